@@ -1,0 +1,26 @@
+"""The ``covidct`` command: one sub-command per module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from covidct.cli import demo, evaluate, predict, train, weights
+from covidct.intended_use import RESEARCH_USE_STATEMENT
+
+app = typer.Typer(
+    name="covidct",
+    help=f"COVID-19 detection in chest CT slices with an ImageNet-pretrained ResNet-50.\n\n{RESEARCH_USE_STATEMENT}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command()(train.train)
+app.command()(evaluate.evaluate)
+app.command()(predict.predict)
+app.command()(demo.demo)
+app.add_typer(weights.app, name="weights")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

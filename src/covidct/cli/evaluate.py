@@ -1,0 +1,62 @@
+"""``covidct evaluate``: slice- and patient-level metrics with bootstrap CIs, figures and an HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from covidct.cli.console import console, print_failures, progress_callback, reports_errors
+from covidct.cli.options import DataArg, DeviceOpt, GroupCol, LabelCol, ModelDirArg, PathCol, PositiveClass, SplitCol, load_dataset
+from covidct.evaluate.aggregate import Aggregate
+from covidct.evaluate.metrics import METRIC_NAMES
+from covidct.evaluate.run import EvaluationRun, evaluate_model
+from covidct.model.device import Device
+
+
+@reports_errors
+def evaluate(
+    model_dir: ModelDirArg,
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, the figures, predictions.csv and report.html.")],
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
+    aggregate: Annotated[Aggregate, typer.Option(help="Patient probability from its slices: mean, max or topk (mean of the top 25%).")] = Aggregate.MEAN,
+    n_resamples: Annotated[int, typer.Option("--n-resamples", help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    device: DeviceOpt = Device.AUTO,
+    path_col: PathCol = "path",
+    label_col: LabelCol = "label",
+    group_col: GroupCol = "patient_id",
+    split_col: SplitCol = "split",
+    positive_class: PositiveClass = "COVID",
+) -> None:
+    """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used for any choice in training)."""
+    manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
+    with progress_callback(f"scoring the {split} split") as progress:
+        run = evaluate_model(model_dir, manifest, out, split=split, aggregate=aggregate, device=device, n_resamples=n_resamples, progress=progress)
+    print_evaluation(run)
+
+
+def print_evaluation(run: EvaluationRun) -> None:
+    """A table of the metrics with their CIs, the failures, and where the report is."""
+    levels = {"slices": run.result.slice_level}
+    if run.result.patient_level is not None:
+        levels["patients"] = run.result.patient_level
+    table = Table(title=f"threshold {run.result.threshold:.3f}")
+    table.add_column("metric")
+    for name, level in levels.items():
+        table.add_column(f"{name} (n={level.n})")
+    for metric in METRIC_NAMES:
+        table.add_row(metric, *(_value_with_ci(level.to_json_dict()[metric]) for level in levels.values()))
+    console.print(table)
+    print_failures(run.failures, title="Images that could not be scored")
+    console.print(f"Report: [bold]{run.report_path}[/]")
+
+
+def _value_with_ci(entry: dict) -> str:
+    if entry["value"] is None:
+        return "undefined"
+    low, high = entry["ci95"]
+    interval = "" if low is None else f" [{low:.3f}, {high:.3f}]"
+    return f"{entry['value']:.3f}{interval}"

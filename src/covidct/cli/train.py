@@ -1,0 +1,100 @@
+"""``covidct train``: fine-tune the ImageNet ResNet-50 on a dataset and write a model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from covidct.cli.console import console, err_console, new_progress, print_failures, progress_callback, reports_errors
+from covidct.cli.options import DataArg, DeviceOpt, GroupCol, LabelCol, PathCol, PositiveClass, SplitCol, load_dataset
+from covidct.model.device import Device
+from covidct.model.network import TrainLayers
+from covidct.model.pretrained import resolve_pretrained
+from covidct.train.callbacks import TrainCallbacks
+from covidct.train.config import Mode, TrainConfig
+from covidct.train.trainer import TrainResult, fit
+
+WeightsOpt = Annotated[str, typer.Option("--weights", help="auto | torchvision | keras-npm, or a local ResNet-50 state dict (.safetensors or torch file).")]
+
+
+@reports_errors
+def train(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.safetensors, model.json, train_log.csv).")],
+    mode: Annotated[Mode, typer.Option(help="finetune (default, recommended) or linear (frozen backbone).")] = Mode.FINETUNE,
+    train_layers: Annotated[TrainLayers, typer.Option("--train-layers", help="finetune depth: layer4, layer3 (default) or all.")] = TrainLayers.LAYER3,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (default 12 for finetune, 100 for linear).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor.")] = 1e-3,
+    backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor")] = 0.1,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation ROC-AUC.")] = 5,
+    image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    seed: int = 0,
+    weights: WeightsOpt = "auto",
+    device: DeviceOpt = Device.AUTO,
+    target_sensitivity: Annotated[float | None, typer.Option("--target-sensitivity", help="Choose the threshold for this validation sensitivity instead of Youden's J.")] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each slice with its mirror image at inference.")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")] = False,
+    path_col: PathCol = "path",
+    label_col: LabelCol = "label",
+    group_col: GroupCol = "patient_id",
+    split_col: SplitCol = "split",
+    positive_class: PositiveClass = "COVID",
+) -> None:
+    """Fine-tune an ImageNet ResNet-50 on DATA; threshold and temperature are chosen on validation data."""
+    config = TrainConfig(
+        mode=mode, train_layers=train_layers, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
+        patience=patience, image_size=image_size, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
+    )
+    manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
+    result = run_training(manifest, out, config, weights=weights, resume=resume)
+    print_training_summary(result)
+
+
+def run_training(manifest, out: Path, config: TrainConfig, *, weights: str, resume: bool) -> TrainResult:
+    """Resolve the start weights and fit, drawing progress bars (shared by ``train`` and ``demo``)."""
+    with progress_callback("ImageNet weights") as progress:
+        pretrained = resolve_pretrained(weights, progress=progress)
+    with new_progress() as bars:
+        return fit(manifest, out, config, pretrained=pretrained, resume=resume, callbacks=RichTrainCallbacks(bars))
+
+
+def print_training_summary(result: TrainResult) -> None:
+    """Where the model is, its validation figures and what could not be used."""
+    card = result.card
+    metrics = card.validation_metrics
+    print_failures(result.failures, title="Training images that could not be used")
+    console.print(
+        f"Model written to [bold]{result.model_dir}[/] (best epoch {card.training['best_epoch'] + 1}, "
+        f"validation ROC-AUC {metrics['auc']:.3f}, threshold {card.decision.threshold:.3f} by {card.decision.threshold_rule}, "
+        f"temperature {card.decision.temperature:.2f})"
+    )
+
+
+class RichTrainCallbacks(TrainCallbacks):
+    """Draws decoding, epoch and step bars on one rich Progress display."""
+
+    def __init__(self, bars) -> None:
+        self.bars = bars
+        self.epoch_task = None
+        self.step_task = None
+
+    def on_stage(self, message: str) -> None:
+        err_console.print(message)
+
+    def decode_progress(self, description: str):
+        task = self.bars.add_task(description, total=None, status="")
+        return lambda done, total: self.bars.update(task, completed=done, total=total)
+
+    def on_step(self, step: int, steps: int, loss: float) -> None:
+        if self.step_task is None:
+            self.step_task = self.bars.add_task("  steps", total=steps, status="")
+        self.bars.update(self.step_task, completed=step, total=steps, status=f"loss {loss:.3f}")
+
+    def on_epoch_end(self, record: dict, epochs: int) -> None:
+        if self.epoch_task is None:
+            self.epoch_task = self.bars.add_task("epochs", total=epochs, status="")
+        status = f"epoch {record['epoch'] + 1}: loss {record['train_loss']:.3f}, val loss {record['val_loss']:.3f}, val AUC {record['val_auc']:.3f}"
+        self.bars.update(self.epoch_task, completed=record["epoch"] + 1, status=status)

@@ -1,0 +1,149 @@
+"""Turn a dataset (a folder of class subfolders, or a CSV manifest) into labelled rows."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from covidct.errors import InputError, OptionError
+from covidct.io.images import IMAGE_SUFFIXES
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Names of the manifest columns; the defaults are covidct's own CSV layout."""
+
+    path: str = "path"
+    label: str = "label"
+    group: str = "patient_id"
+    split: str = "split"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: where it is, its class index, its patient/group id and its split (None if unknown)."""
+
+    path: Path
+    label: int
+    group: str | None
+    split: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The labelled samples of a dataset and its class names; ``classes[positive_index]`` is the positive class."""
+
+    samples: tuple[Sample, ...]
+    classes: tuple[str, ...]
+    positive_index: int
+    origin: Path
+
+    @property
+    def positive_class(self) -> str:
+        return self.classes[self.positive_index]
+
+    @property
+    def has_patient_ids(self) -> bool:
+        return all(sample.group is not None for sample in self.samples)
+
+    @property
+    def has_splits(self) -> bool:
+        return all(sample.split is not None for sample in self.samples)
+
+    def sha256(self) -> str:
+        """Hash of the rows (relative paths, class names, groups, splits), independent of where the data lives."""
+        digest = hashlib.sha256()
+        root = self.origin if self.origin.is_dir() else self.origin.parent
+        for sample in self.samples:
+            relative = sample.path.relative_to(root) if sample.path.is_relative_to(root) else sample.path
+            row = (relative.as_posix(), self.classes[sample.label], sample.group or "", sample.split or "")
+            digest.update("\t".join(row).encode() + b"\n")
+        return digest.hexdigest()
+
+    def class_counts(self, split: str | None = None) -> dict[str, int]:
+        """Number of samples per class name, in one split or overall."""
+        counts = dict.fromkeys(self.classes, 0)
+        for sample in self.samples:
+            if split is None or sample.split == split:
+                counts[self.classes[sample.label]] += 1
+        return counts
+
+    def select(self, split: str) -> Manifest:
+        """The same manifest restricted to one split."""
+        return Manifest(tuple(s for s in self.samples if s.split == split), self.classes, self.positive_index, self.origin)
+
+
+def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_class: str = "COVID") -> Manifest:
+    """Read ``data``: a folder with one subfolder per class, or a CSV manifest (paths relative to the CSV).
+
+    Raises:
+        InputError: a missing dataset, a CSV without the required columns, an empty label or an
+            unknown split value (the message names the row).
+        OptionError: ``positive_class`` is not one of the classes found.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise InputError("dataset not found; expected a folder of class subfolders or a CSV manifest", path=data)
+    if data.is_dir():
+        rows = _rows_from_folder(data)
+    elif data.suffix.lower() == ".csv":
+        rows = _rows_from_csv(data, columns)
+    else:
+        raise InputError("expected a folder of class subfolders or a .csv manifest", path=data)
+    if not rows:
+        raise InputError("no images found", path=data)
+    classes = tuple(sorted({label for _, label, _, _ in rows}))
+    if len(classes) < 2:
+        raise InputError(f"found a single class {classes}; training and evaluation need at least two", path=data)
+    positive_index = _positive_index(classes, positive_class)
+    samples = tuple(Sample(path, classes.index(label), group, split) for path, label, group, split in rows)
+    return Manifest(samples, classes, positive_index, data)
+
+
+def _positive_index(classes: tuple[str, ...], positive_class: str) -> int:
+    if positive_class in classes:
+        return classes.index(positive_class)
+    close = difflib.get_close_matches(positive_class, classes, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise OptionError(f"--positive-class '{positive_class}' is not one of the classes {list(classes)}{hint}")
+
+
+def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None]]:
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                rows.append((path, class_dir.name, None, None))
+    return rows
+
+
+def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, str | None, str | None]]:
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        for required, option in ((columns.path, "--path-col"), (columns.label, "--label-col")):
+            if required not in header:
+                raise InputError(f"no column '{required}' (columns: {header}); name yours with {option}", path=csv_path)
+        has_group, has_split = columns.group in header, columns.split in header
+        rows = []
+        for line, record in enumerate(reader, start=2):
+            label = (record[columns.label] or "").strip()
+            if not label:
+                raise InputError(f"line {line}: empty label in column '{columns.label}'", path=csv_path)
+            group = (record[columns.group] or "").strip() or None if has_group else None
+            split = _parse_split(record[columns.split], csv_path, line) if has_split else None
+            rows.append((csv_path.parent / record[columns.path], label, group, split))
+    return rows
+
+
+def _parse_split(value: str | None, csv_path: Path, line: int) -> str:
+    split = _SPLIT_ALIASES.get((value or "").strip().lower())
+    if split is None:
+        raise InputError(f"line {line}: split '{value}' is not one of train, val, test", path=csv_path)
+    return split

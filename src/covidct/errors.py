@@ -1,0 +1,51 @@
+"""Errors and warnings a user can trigger; the CLI prints these in one line, without a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CovidctError(Exception):
+    """Base class of every error caused by user input (a file, an option, a model directory).
+
+    Args:
+        reason: what was found and what was expected, ending with the fix when there is one.
+        path: the file or directory concerned, if any; it prefixes the message.
+    """
+
+    def __init__(self, reason: str, *, path: str | Path | None = None) -> None:
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class InputError(CovidctError):
+    """An input image or data file cannot be used."""
+
+
+class OptionError(CovidctError):
+    """A command-line option or function argument is invalid."""
+
+
+class ModelDirError(CovidctError):
+    """A model directory is missing files or does not match what was asked of it."""
+
+
+class SplitLeakError(CovidctError):
+    """A patient (or group) appears in more than one split."""
+
+
+class WeightsError(CovidctError):
+    """ImageNet weights could not be fetched, verified or converted."""
+
+
+class TrainingInterrupted(CovidctError):
+    """Training was interrupted (Ctrl-C); a resumable checkpoint was written."""
+
+
+class CovidctWarning(UserWarning):
+    """Base class of covidct's warnings about suspicious-but-usable input."""
+
+
+class OptimisticMetricsWarning(CovidctWarning):
+    """No patient ids: slices of one patient may sit in several splits, so metrics are optimistic."""

@@ -1,0 +1,287 @@
+"""An evaluation's numbers (slice and patient level, with CIs) and the files that report them.
+
+``evaluation_metrics`` returns data; ``write_report`` writes ``metrics.json`` (a fixed shape that other
+tools read), four PNG figures and a self-contained ``report.html`` that opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import numpy as np
+
+from covidct.errors import OptionError
+from covidct.evaluate.aggregate import Aggregate, aggregate_by_group, parse_aggregate
+from covidct.evaluate.bootstrap import BootstrapResult, bootstrap_ci
+from covidct.evaluate.figures import plot_confusion, plot_pr, plot_reliability, plot_roc
+from covidct.evaluate.metrics import METRIC_NAMES, check_threshold
+from covidct.intended_use import RESEARCH_USE_STATEMENT
+
+
+_METRIC_LABELS = {
+    "auc": "ROC-AUC",
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "f1": "F1",
+    "pr_auc": "PR-AUC (average precision)",
+    "brier": "Brier score (lower is better)",
+    "ece": "ECE, 10 bins (lower is better)",
+}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Slice-level and (with patient ids) patient-level metrics with bootstrap CIs.
+
+    Attributes:
+        threshold: decision threshold; ``prob >= threshold`` is called positive.
+        slice_level: metrics over slices; CIs resample patients when patient ids were given.
+        patient_level: metrics over aggregated patient scores, or None without patient ids.
+        aggregate: rule that turned slice probabilities into patient probabilities.
+        topk_fraction: fraction of slices averaged by ``Aggregate.TOPK``.
+    """
+
+    threshold: float
+    slice_level: BootstrapResult
+    patient_level: BootstrapResult | None
+    aggregate: Aggregate
+    topk_fraction: float
+
+    @property
+    def has_patient_ids(self) -> bool:
+        """Whether patient ids were given, and so whether there is a patient level."""
+        return self.patient_level is not None
+
+    def to_json_dict(self) -> dict[str, object]:
+        """Return the fixed ``metrics.json`` shape: slice_level, patient_level (or None), threshold.
+
+        Each level is ``{"n": int, metric: {"value": float|None, "ci95": [lo, hi]}}`` for the metrics of
+        ``METRIC_NAMES``; undefined values are None (JSON null). Dropped-resample counts and the
+        aggregation rule are deliberately left out: the shape is fixed, they go in ``report.html``.
+        """
+        return {
+            "slice_level": self.slice_level.to_json_dict(),
+            "patient_level": None if self.patient_level is None else self.patient_level.to_json_dict(),
+            "threshold": self.threshold,
+        }
+
+
+def evaluation_metrics(
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    *,
+    groups: Sequence[str] | None = None,
+    aggregate: Aggregate = Aggregate.MEAN,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    topk_fraction: float = 0.25,
+) -> EvaluationResult:
+    """Return slice-level and patient-level metrics with 95% bootstrap CIs.
+
+    Slice-level CIs resample patients when ``groups`` is given (slices of one patient are correlated)
+    and slices otherwise; patient-level metrics score one aggregated probability per patient and
+    resample patients. Without ``groups`` there is no patient level.
+
+    Args:
+        y_true: (N,) slice labels in {0, 1}.
+        prob: (N,) slice probabilities of the positive class in [0, 1].
+        threshold: decision threshold in [0, 1], applied to slices and to aggregated patient scores.
+        groups: (N,) patient id per slice, or None.
+        aggregate: how slice probabilities become a patient probability.
+        n_resamples: bootstrap resamples per level.
+        seed: bootstrap seed.
+        topk_fraction: fraction of slices averaged by ``Aggregate.TOPK``.
+
+    Raises:
+        InputError: invalid labels, probabilities or patient ids, or a patient with both labels.
+        OptionError: invalid threshold, aggregate rule, ``topk_fraction`` or ``n_resamples``.
+    """
+    rule = parse_aggregate(aggregate)
+    threshold = check_threshold(threshold)
+    slice_level = bootstrap_ci(y_true, prob, threshold, groups=groups, n_resamples=n_resamples, seed=seed)
+    patient_level = None
+    if groups is not None:
+        patients = aggregate_by_group(prob, y_true, groups, rule, topk_fraction=topk_fraction)
+        patient_level = bootstrap_ci(patients.labels, patients.prob, threshold, n_resamples=n_resamples, seed=seed)
+    return EvaluationResult(threshold, slice_level, patient_level, rule, float(topk_fraction))
+
+
+def write_report(
+    out_dir: Path,
+    result: EvaluationResult,
+    *,
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    model_card: dict,
+    title: str,
+    class_names: tuple[str, str],
+    extra_notes: Sequence[str] = (),
+) -> Path:
+    """Write metrics.json, roc/pr/confusion/reliability PNGs and report.html to ``out_dir``; return the HTML path.
+
+    Figures show slice-level ``y_true``/``prob``. The HTML embeds them as base64 data URIs and carries
+    no external CSS or JS, so the single file can be mailed or archived and still opens offline.
+
+    Raises:
+        OptionError: ``threshold`` differs from ``result.threshold``, or ``class_names`` is not two names.
+        InputError: invalid labels or probabilities.
+    """
+    if not math.isclose(float(threshold), result.threshold, abs_tol=1e-12):
+        raise OptionError(
+            f"threshold {threshold!r} differs from the evaluated threshold {result.threshold!r}; pass the same one."
+        )
+    if len(class_names) != 2:
+        raise OptionError(
+            f"class_names must name 2 classes (negative, positive); got {len(class_names)}: {class_names!r}."
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    figures = {
+        "ROC curve": plot_roc(y_true, prob, threshold, out_dir / "roc.png"),
+        "Precision-recall curve": plot_pr(y_true, prob, threshold, out_dir / "pr.png"),
+        "Confusion matrix": plot_confusion(y_true, prob, threshold, out_dir / "confusion.png", class_names=class_names),
+        "Reliability diagram": plot_reliability(y_true, prob, out_dir / "reliability.png"),
+    }
+    page = _PAGE.substitute(
+        title=html.escape(title),
+        statement=html.escape(RESEARCH_USE_STATEMENT),
+        setup=_setup_section(result, class_names),
+        slice_table=_level_section(
+            "Slice level", result.slice_level, sample_word="slices",
+            unit_word="patients" if result.slice_level.is_grouped else "slices",
+        ),
+        patient_table=_patient_section(result),
+        figures="\n".join(_figure_html(caption, path) for caption, path in figures.items()),
+        notes=_notes_section(extra_notes),
+        model_card=_model_card_section(model_card),
+    )
+    report_path = out_dir / "report.html"
+    report_path.write_text(page, encoding="utf-8")
+    return report_path
+
+
+def _setup_section(result: EvaluationResult, class_names: tuple[str, str]) -> str:
+    positive = class_names[1]
+    rule = result.aggregate.value
+    if result.aggregate is Aggregate.TOPK:
+        rule += f" (mean of the top {result.topk_fraction:.0%} of each patient's slices, at least one)"
+    rows = [
+        ("Decision threshold", f"{result.threshold:.4g} (a probability of {positive} ≥ threshold is called {positive})"),
+        ("Patient aggregation rule", rule if result.has_patient_ids else "not applicable (no patient ids)"),
+        ("Classes", f"negative = {class_names[0]}, positive = {class_names[1]}"),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table class='kv'>{body}</table>"
+
+
+def _patient_section(result: EvaluationResult) -> str:
+    if result.patient_level is None:
+        return (
+            "<h2>Patient level</h2><p class='warn'>Not computed: no patient ids. Slice-level intervals resample "
+            "slices one by one, which understates uncertainty when slices of one patient are correlated, and "
+            "slices of one patient may have been in both training and test data.</p>"
+        )
+    return _level_section("Patient level", result.patient_level, sample_word="patients", unit_word="patients")
+
+
+def _level_section(heading: str, level: BootstrapResult, *, sample_word: str, unit_word: str) -> str:
+    """A level's metric table (value, CI, dropped resamples) with the sample size and resampling unit."""
+    caption = (
+        f"n = {level.n} {sample_word}; {level.confidence:.0%} percentile CIs from {level.n_resamples} bootstrap "
+        f"resamples of the {level.n_units} {unit_word}."
+    )
+    rows, notes = [], []
+    for name in METRIC_NAMES:
+        entry, dropped = level.estimates[name], level.n_dropped[name]
+        low, high = entry["ci95"]
+        ci = "undefined" if math.isnan(low) else f"{_fmt(low)} &ndash; {_fmt(high)}"
+        cells = (_METRIC_LABELS[name], _fmt(entry["value"]), ci, str(dropped))
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+        if dropped:
+            notes.append(
+                f"<li>{_METRIC_LABELS[name]}: {dropped} of {level.n_resamples} resamples dropped because the metric "
+                "was undefined in them (e.g. one class only, or no predicted positives).</li>"
+            )
+    note_html = f"<ul class='small'>{''.join(notes)}</ul>" if notes else "<p class='small'>No resample was dropped.</p>"
+    return (
+        f"<h2>{html.escape(heading)}</h2><p class='small'>{html.escape(caption)}</p>"
+        f"<table><tr><th>Metric</th><th>Value</th><th>{level.confidence:.0%} CI</th><th>Resamples dropped</th></tr>"
+        f"{''.join(rows)}</table>{note_html}"
+    )
+
+
+def _figure_html(caption: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _notes_section(extra_notes: Sequence[str]) -> str:
+    if not extra_notes:
+        return ""
+    items = "".join(f"<li>{html.escape(str(note))}</li>" for note in extra_notes)
+    return f"<h2>Notes</h2><ul>{items}</ul>"
+
+
+def _model_card_section(model_card: dict) -> str:
+    """Top-level card entries as table rows; nested values pretty-printed as JSON, all HTML-escaped."""
+    rows = []
+    for key, value in model_card.items():
+        shown = value if isinstance(value, str) else json.dumps(value, indent=2, default=str, ensure_ascii=False)
+        rows.append(f"<tr><th>{html.escape(str(key))}</th><td><pre>{html.escape(shown)}</pre></td></tr>")
+    return f"<h2>Model card</h2><table class='kv'>{''.join(rows)}</table>"
+
+
+def _fmt(value: float) -> str:
+    return "undefined" if math.isnan(value) else f"{value:.3f}"
+
+
+_PAGE = Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+.ruo { border: 3px solid #b00020; background: #fdecea; color: #b00020; font-size: 1.3rem;
+       font-weight: bold; padding: 0.8rem 1rem; border-radius: 6px; }
+table { border-collapse: collapse; margin: 0.5rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+td:nth-child(n+2) { font-variant-numeric: tabular-nums; }
+pre { margin: 0; white-space: pre-wrap; }
+.small { font-size: 0.9rem; color: #555; }
+.warn { color: #8a4b00; }
+figure { display: inline-block; margin: 0.5rem; }
+img { max-width: 28rem; }
+</style>
+</head>
+<body>
+<h1>$title</h1>
+<p class="ruo">$statement</p>
+<h2>Setup</h2>
+$setup
+$slice_table
+$patient_table
+<h2>Figures (slice level)</h2>
+$figures
+$notes
+$model_card
+</body>
+</html>
+""")

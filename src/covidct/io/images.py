@@ -1,0 +1,73 @@
+"""Decode image files (PNG, JPEG, BMP, TIFF) into one grayscale convention, whatever the file's mode.
+
+Every class goes through this one function, so file format, bit depth or colour mode can never act
+as a label (UCSD COVID slices are RGBA PNGs while many non-COVID ones are JPEGs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from covidct.errors import InputError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+MIN_SIDE_PX = 32
+MAX_PIXELS = 64_000_000
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """Return the image at ``path`` as a (H, W) float32 array in [0, 1].
+
+    Colour is converted with ITU-R 601 luma; transparency is composited on black (the CT background);
+    16-bit and 32-bit images are scaled by their type's range, not per image, so intensities stay
+    comparable across files.
+
+    Raises:
+        InputError: missing, empty, truncated or non-image file; images over ``MAX_PIXELS`` (checked
+            from the header, before decoding) or under ``MIN_SIDE_PX`` on a side.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            _check_size(path, image.size)
+            image.load()
+            return _to_unit_gray(image)
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected an image file", path=path) from None
+    except UnidentifiedImageError:
+        kind = "empty file" if path.stat().st_size == 0 else "not a readable PNG, JPEG, BMP or TIFF image"
+        raise InputError(kind, path=path) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"cannot decode image ({error})", path=path) from None
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise InputError(f"image is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit", path=path)
+    if min(width, height) < MIN_SIDE_PX:
+        raise InputError(f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=path)
+
+
+def _to_unit_gray(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if image.mode == "I":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if array.max(initial=0) <= 65535 else float(2**31 - 1)
+        return (np.clip(array, 0, None) / scale).astype(np.float32)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        return np.zeros_like(array) if high <= low else (array - low) / (high - low)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    gray = image.convert("L")
+    return np.asarray(gray, dtype=np.float32) / 255.0

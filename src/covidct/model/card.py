@@ -1,0 +1,93 @@
+"""The model card (model.json): everything needed to rebuild, trust and reproduce a trained model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from covidct.errors import ModelDirError
+from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.model.network import StrideVariant
+from covidct.preprocess.transforms import Preprocessing
+
+CARD_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How logits become a label: temperature scaling, test-time flips, and the operating threshold."""
+
+    threshold: float
+    threshold_rule: str
+    temperature: float = 1.0
+    tta_hflip: bool = False
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Typed view of model.json. ``to_dict`` gives exactly the documented keys (a test pins them)."""
+
+    classes: tuple[str, ...]
+    positive_class: str
+    stride_variant: StrideVariant
+    preprocessing: Preprocessing
+    decision: Decision
+    weights: dict
+    data: dict
+    training: dict
+    validation_metrics: dict
+    environment: dict
+    covidct_version: str
+    created: str
+    intended_use: str = RESEARCH_USE_STATEMENT
+    checkpoint_sha256: str = ""
+    architecture: dict = field(default_factory=dict)
+
+    @property
+    def positive_index(self) -> int:
+        return self.classes.index(self.positive_class)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["classes"] = list(self.classes)
+        values["stride_variant"] = str(self.stride_variant)
+        values["preprocessing"] = self.preprocessing.to_dict()
+        values["architecture"] = {
+            "name": "torchvision resnet50",
+            "stride_variant": str(self.stride_variant),
+            "head": f"linear 2048 -> {len(self.classes)}, softmax",
+            "input": f"(N, 3, {self.preprocessing.image_size}, {self.preprocessing.image_size})",
+        }
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelCard:
+        values = dict(values)
+        values["classes"] = tuple(values["classes"])
+        values["stride_variant"] = StrideVariant(values["stride_variant"])
+        values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+        values["decision"] = Decision(**values["decision"])
+        return cls(**values)
+
+
+def write_card(model_dir: Path, card: ModelCard) -> Path:
+    """Write ``model_dir/model.json`` (pretty, UTF-8) and return its path."""
+    path = Path(model_dir) / CARD_FILE
+    path.write_text(json.dumps(card.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    """Read ``model_dir/model.json``.
+
+    Raises:
+        ModelDirError: the file is missing, not JSON, or lacks the documented keys.
+    """
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        raise ModelDirError(f"no {CARD_FILE}; expected a model directory written by 'covidct train'", path=model_dir)
+    try:
+        return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as error:
+        raise ModelDirError(f"not a valid covidct model card ({error})", path=path) from None

@@ -1,0 +1,70 @@
+"""A model directory: ``model.safetensors`` (weights, no pickle) plus ``model.json`` (the card)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from covidct.errors import ModelDirError
+from covidct.model.card import ModelCard, read_card, write_card
+from covidct.model.network import build_resnet50
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model_dir(model_dir: Path, model: nn.Module, card: ModelCard) -> ModelCard:
+    """Write the weights and the card (which records the weights' hash); return the card as written."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    weights_path = model_dir / WEIGHTS_FILE
+    save_file(state, weights_path, metadata={"format": "covidct", "stride_variant": str(card.stride_variant)})
+    card = dataclasses.replace(card, checkpoint_sha256=file_sha256(weights_path))
+    write_card(model_dir, card)
+    return card
+
+
+def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network described by the card and load its weights on the CPU, in eval mode.
+
+    Raises:
+        ModelDirError: missing files, a weights file whose hash differs from the card's, or weights
+            that do not fit the architecture.
+    """
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ModelDirError(f"no {WEIGHTS_FILE} beside model.json", path=model_dir)
+    if card.checkpoint_sha256 and file_sha256(weights_path) != card.checkpoint_sha256:
+        raise ModelDirError(
+            f"{WEIGHTS_FILE} does not match the hash in model.json ({card.checkpoint_sha256[:12]}...); "
+            "the directory was modified or mixes two models",
+            path=model_dir,
+        )
+    try:
+        state = load_file(weights_path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise ModelDirError(f"cannot read {WEIGHTS_FILE} ({error})", path=model_dir) from None
+    model = build_resnet50(num_classes=len(card.classes), stride_variant=card.stride_variant)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise ModelDirError(f"weights do not fit a {len(card.classes)}-class ResNet-50 ({first_line})", path=model_dir) from None
+    return model.eval(), card

@@ -1,0 +1,42 @@
+"""Where the network runs and in which precision: CUDA when present, else the CPU with bf16 if it has it."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import StrEnum
+
+import torch
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def resolve_device(device: Device | str) -> torch.device:
+    """Return the torch device for ``device``; ``auto`` picks CUDA when available.
+
+    Raises:
+        ValueError: ``cuda`` was asked for on a machine without a usable GPU.
+    """
+    device = Device(device)
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+    if device is Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(device))
+
+
+def supports_bf16(device: torch.device) -> bool:
+    """True where bf16 autocast is fast: CUDA GPUs with bf16, or CPUs with AVX512-BF16/AMX (oneDNN)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``enabled``, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -1,0 +1,93 @@
+"""ResNet-50 (torchvision) with our classification head, and the knobs that decide what trains."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import torch
+from torch import nn
+from torchvision.models import resnet50
+
+FEATURE_DIM = 2048
+BLOCK_NAMES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+class StrideVariant(StrEnum):
+    """Where the downsampling stride sits in the first block of layers 2-4.
+
+    Keras' ResNet50 (the original He et al. model, "v1") strides the first 1x1 conv; torchvision
+    ("v1.5") strides the 3x3 conv. Shapes match, so the variant must follow the weights' origin for
+    the ImageNet classifier to be reproduced exactly.
+    """
+
+    V1 = "v1"
+    V1_5 = "v1.5"
+
+
+class TrainLayers(StrEnum):
+    """How deep fine-tuning reaches: the head only, or the head plus the last stage(s)."""
+
+    HEAD = "head"
+    LAYER4 = "layer4"
+    LAYER3 = "layer3"
+    ALL = "all"
+
+
+def build_resnet50(*, num_classes: int, stride_variant: StrideVariant = StrideVariant.V1_5) -> nn.Module:
+    """Return torchvision's ResNet-50 with a ``num_classes``-way linear head (randomly initialised).
+
+    Raises:
+        ValueError: if ``num_classes`` < 2.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2; got {num_classes}")
+    model = resnet50(weights=None)
+    if StrideVariant(stride_variant) is StrideVariant.V1:
+        for stage in (model.layer2, model.layer3, model.layer4):
+            stage[0].conv1.stride = (2, 2)
+            stage[0].conv2.stride = (1, 1)
+    model.fc = nn.Linear(FEATURE_DIM, num_classes)
+    return model
+
+
+def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ImageNet weights into ``model``, everything except the 1000-way ``fc`` head.
+
+    Raises:
+        ValueError: if a backbone tensor is missing or has the wrong shape.
+    """
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"ImageNet state dict does not fit ResNet-50: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def set_trainable(model: nn.Module, train_layers: TrainLayers) -> None:
+    """Freeze everything before ``train_layers``; frozen BatchNorms stay in eval mode (see ``train_mode``)."""
+    train_layers = TrainLayers(train_layers)
+    first_trainable = {
+        TrainLayers.HEAD: len(BLOCK_NAMES),
+        TrainLayers.LAYER4: BLOCK_NAMES.index("layer4"),
+        TrainLayers.LAYER3: BLOCK_NAMES.index("layer3"),
+        TrainLayers.ALL: 0,
+    }[train_layers]
+    for index, name in enumerate(BLOCK_NAMES):
+        getattr(model, name).requires_grad_(index >= first_trainable)
+    model.fc.requires_grad_(True)
+
+
+def train_mode(model: nn.Module) -> None:
+    """Put the trainable blocks in training mode and keep frozen ones (their BatchNorm statistics) in eval."""
+    model.train()
+    for name in BLOCK_NAMES:
+        block = getattr(model, name)
+        if not any(p.requires_grad for p in block.parameters()):
+            block.eval()
+
+
+def extract_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Return the (N, 2048) globally pooled penultimate features of ``images`` (N, 3, H, W)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)

@@ -1,0 +1,73 @@
+"""Training options, validated once here; the defaults are the recommended recipe."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from covidct.errors import OptionError
+from covidct.model.device import Device
+from covidct.model.network import TrainLayers
+
+
+class Mode(StrEnum):
+    """``linear``: frozen backbone, cached features, logistic head. ``finetune``: train the last stages too."""
+
+    LINEAR = "linear"
+    FINETUNE = "finetune"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a run; all of it goes into the model card."""
+
+    mode: Mode = Mode.FINETUNE
+    train_layers: TrainLayers = TrainLayers.LAYER3
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_factor: float = 0.1
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    patience: int = 5
+    image_size: int = 224
+    seed: int = 0
+    device: Device = Device.AUTO
+    target_sensitivity: float | None = None
+    tta_hflip: bool = True
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name, kind in (("mode", Mode), ("train_layers", TrainLayers), ("device", Device)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                choices = ", ".join(member.value for member in kind)
+                raise OptionError(f"--{name.replace('_', '-')} must be one of {choices}; got '{value}'") from None
+        _require(self.epochs is None or self.epochs >= 1, "--epochs must be at least 1", self.epochs)
+        _require(self.batch_size >= 2, "--batch-size must be at least 2", self.batch_size)
+        _require(self.lr > 0, "--lr must be positive", self.lr)
+        _require(0 < self.backbone_lr_factor <= 1, "--backbone-lr-factor must be in (0, 1]", self.backbone_lr_factor)
+        _require(self.weight_decay >= 0, "--weight-decay must be >= 0", self.weight_decay)
+        _require(self.patience >= 1, "--patience must be at least 1", self.patience)
+        _require(32 <= self.image_size <= 1024, "--image-size must be between 32 and 1024", self.image_size)
+        if self.target_sensitivity is not None:
+            _require(0 < self.target_sensitivity < 1, "--target-sensitivity must be in (0, 1)", self.target_sensitivity)
+        _require(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5, "split fractions must be in (0, 0.5)", (self.val_fraction, self.test_fraction))
+
+    @property
+    def resolved_epochs(self) -> int:
+        """Epochs to run: as given, else 12 for fine-tuning and 100 for the (cheap) linear head."""
+        if self.epochs is not None:
+            return self.epochs
+        return 100 if self.mode is Mode.LINEAR else 12
+
+    def to_dict(self) -> dict:
+        return {key: (str(value) if isinstance(value, StrEnum) else value) for key, value in asdict(self).items()}
+
+
+def _require(condition: bool, message: str, value: object) -> None:
+    if not condition:
+        raise OptionError(f"{message}; got {value}")

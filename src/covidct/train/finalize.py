@@ -1,0 +1,96 @@
+"""After the epochs: calibrate on validation data and describe the run in a model card."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidct.data.manifest import SPLITS, Manifest
+from covidct.evaluate.metrics import binary_metrics
+from covidct.io.discover import InputFailure
+from covidct.model.card import Decision, ModelCard
+from covidct.model.forward import predict_logits
+from covidct.model.pretrained import Pretrained
+from covidct.preprocess.transforms import Preprocessing
+from covidct.train.calibration import choose_threshold, fit_temperature
+from covidct.train.config import TrainConfig
+from covidct.train.resume import Progress
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the trainer knows about the run beyond the config: where it ran and how it went."""
+
+    device: torch.device
+    use_bf16: bool
+    progress: Progress
+    failures: list[InputFailure]
+    split_method: str
+    wall_time_s: float
+
+
+def build_card(model: nn.Module, manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
+    """Fit temperature and threshold on the validation split (never test) and assemble the card."""
+    model.eval()
+    logits = predict_logits(model, val[0], preprocessing=preprocessing, device=facts.device, use_bf16=facts.use_bf16, tta_hflip=config.tta_hflip)
+    temperature = fit_temperature(logits, val[1])
+    prob = torch.softmax(logits / temperature, 1)[:, manifest.positive_index].numpy()
+    is_positive = (val[1] == manifest.positive_index).numpy().astype(int)
+    threshold, rule = choose_threshold(is_positive, prob, target_sensitivity=config.target_sensitivity)
+    return ModelCard(
+        classes=manifest.classes,
+        positive_class=manifest.positive_class,
+        stride_variant=pretrained.stride_variant,
+        preprocessing=preprocessing,
+        decision=Decision(threshold=threshold, threshold_rule=rule, temperature=temperature, tta_hflip=config.tta_hflip),
+        weights={"imagenet": pretrained.provenance},
+        data=_data_facts(manifest, facts),
+        training={**config.to_dict(), **_run_facts(facts, config.resolved_epochs)},
+        validation_metrics={key: _finite_or_none(value) for key, value in binary_metrics(is_positive, prob, threshold).items()} | {"n": int(len(prob))},
+        environment=_environment(),
+        covidct_version=version("covidct"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _data_facts(manifest: Manifest, facts: RunFacts) -> dict:
+    return {
+        "origin": str(manifest.origin),
+        "manifest_sha256": manifest.sha256(),
+        "class_counts": {split: manifest.class_counts(split) for split in SPLITS},
+        "split_method": facts.split_method,
+        "has_patient_ids": manifest.has_patient_ids,
+        "unusable_files": [{"path": f.path, "reason": f.reason} for f in facts.failures],
+    }
+
+
+def _run_facts(facts: RunFacts, epochs_budget: int) -> dict:
+    progress = facts.progress
+    return {
+        "epochs_run": progress.next_epoch,
+        "best_epoch": progress.best_epoch,
+        "best_val_auc": progress.best_auc,
+        "stopped_early": progress.next_epoch < epochs_budget,
+        "device": str(facts.device),
+        "bf16_autocast": facts.use_bf16,
+        "wall_time_s": round(facts.wall_time_s, 1),
+    }
+
+
+def _environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        **{name: version(name) for name in ("torch", "torchvision", "numpy", "scikit-learn", "safetensors")},
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

@@ -1,0 +1,120 @@
+"""Resumable training state on disk: tensors in safetensors, the rest in JSON; no pickles.
+
+Written atomically at the end of every epoch, so Ctrl-C or a crash loses at most the epoch in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from covidct.errors import ModelDirError
+
+RESUME_DIR = "resume"
+
+
+@dataclass
+class Progress:
+    """Where training stands: the next epoch to run, the best validation AUC so far and the log rows."""
+
+    next_epoch: int = 0
+    best_auc: float = float("-inf")
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def save_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: Progress, config: dict, is_best: bool) -> None:
+    """Write model, optimizer, scheduler, RNG states and progress under ``out_dir/resume``."""
+    folder = Path(out_dir) / RESUME_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "config": config,
+        "progress": progress.__dict__,
+        "param_groups": optimizer_state["param_groups"],
+        "scheduler": scheduler.state_dict(),
+        "rng_numpy": _numpy_rng_to_json(),
+        "rng_python": _python_rng_to_json(),
+    }
+    _atomic_save(tensors, folder / "last.safetensors")
+    if is_best:
+        _atomic_save(model_state, folder / "best.safetensors")
+    (folder / "state.tmp").write_text(json.dumps(meta, allow_nan=True), encoding="utf-8")
+    os.replace(folder / "state.tmp", folder / "state.json")
+
+
+def load_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, config: dict) -> Progress:
+    """Restore what ``save_resume_state`` wrote and return the progress to continue from.
+
+    Raises:
+        ModelDirError: nothing to resume, or the saved run used different options.
+    """
+    folder = Path(out_dir) / RESUME_DIR
+    if not (folder / "state.json").is_file():
+        raise ModelDirError("nothing to resume (no resume/state.json); start without --resume", path=out_dir)
+    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    changed = sorted(k for k in config if k not in ("epochs", "device") and meta["config"].get(k) != config[k])
+    if changed:
+        raise ModelDirError(f"--resume with different options than the interrupted run: {changed}; use the same options", path=out_dir)
+    tensors = load_file(folder / "last.safetensors")
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer.load_state_dict({"state": _optimizer_state(tensors), "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    _restore_numpy_rng(meta["rng_numpy"])
+    _restore_python_rng(meta["rng_python"])
+    return Progress(**meta["progress"])
+
+
+def load_best_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    """The model weights of the best validation epoch."""
+    return load_file(Path(out_dir) / RESUME_DIR / "best.safetensors")
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    return state
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, temporary)
+    os.replace(temporary, path)
+
+
+def _numpy_rng_to_json() -> list:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(position), int(has_gauss), float(cached)]
+
+
+def _restore_numpy_rng(values: list) -> None:
+    name, keys, position, has_gauss, cached = values
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def _python_rng_to_json() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _restore_python_rng(values: list) -> None:
+    version, internal, gauss = values
+    random.setstate((version, tuple(internal), gauss))

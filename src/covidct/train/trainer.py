@@ -1,0 +1,137 @@
+"""Fit a model directory from a manifest: data, network, epochs with early stopping, calibration, save."""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidct.data.dataset import decode_slices
+from covidct.data.manifest import Manifest
+from covidct.data.splits import assign_splits, split_method
+from covidct.errors import InputError, TrainingInterrupted
+from covidct.io.discover import InputFailure
+from covidct.model.card import ModelCard
+from covidct.model.checkpoint import save_model_dir
+from covidct.model.device import resolve_device, supports_bf16
+from covidct.model.network import build_resnet50, load_backbone_state, set_trainable
+from covidct.model.pretrained import Pretrained
+from covidct.preprocess.transforms import Preprocessing
+from covidct.train.callbacks import TrainCallbacks
+from covidct.train.config import Mode, TrainConfig
+from covidct.train.epochs import EpochRunner, make_runner
+from covidct.train.finalize import RunFacts, build_card
+from covidct.train.resume import RESUME_DIR, Progress, load_best_weights, load_resume_state, save_resume_state
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Decoded slices and class indices of one split, with the files that failed to decode."""
+
+    slices: torch.Tensor
+    labels: torch.Tensor
+    failures: list[InputFailure]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``fit`` produced: the model directory, its card and the files that could not be used."""
+
+    model_dir: Path
+    card: ModelCard
+    failures: list[InputFailure]
+
+
+def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Train on ``manifest``'s train split, select and calibrate on val, write ``out_dir``.
+
+    Raises:
+        InputError: a split has no usable images of a class.
+        TrainingInterrupted: Ctrl-C; ``out_dir/resume`` holds the state for ``--resume``.
+    """
+    callbacks = callbacks or TrainCallbacks()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    _seed_everything(config.seed)
+    method = split_method(manifest)
+    manifest = assign_splits(manifest, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    preprocessing = Preprocessing(image_size=config.image_size)
+    train, val = (_decode_split(manifest, split, preprocessing, callbacks) for split in ("train", "val"))
+    device = resolve_device(config.device)
+    use_bf16 = supports_bf16(device)
+    model = _build_model(manifest, config, pretrained)
+    runner = make_runner(model, config, train=(train.slices, train.labels), val=(val.slices, val.labels), positive_index=manifest.positive_index, preprocessing=preprocessing, device=device, use_bf16=use_bf16, callbacks=callbacks)
+    progress = _run_epochs(runner, out_dir, config, resume=resume, callbacks=callbacks)
+    model.load_state_dict(load_best_weights(out_dir))
+    failures = train.failures + val.failures
+    facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started)
+    callbacks.on_stage("calibrating on the validation split")
+    card = build_card(model, manifest, config, val=(val.slices, val.labels), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    card = save_model_dir(out_dir, model, card)
+    _write_log(out_dir / "train_log.csv", progress.history)
+    shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
+    return TrainResult(out_dir, card, failures)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _decode_split(manifest: Manifest, split: str, preprocessing: Preprocessing, callbacks: TrainCallbacks) -> SplitData:
+    part = manifest.select(split)
+    decoded = decode_slices([s.path for s in part.samples], preprocessing.image_size, progress=callbacks.decode_progress(f"decoding {split}"))
+    labels = torch.tensor([part.samples[i].label for i in decoded.indices], dtype=torch.long)
+    missing = [manifest.classes[c] for c in range(len(manifest.classes)) if not (labels == c).any()]
+    if missing:
+        raise InputError(f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)", path=manifest.origin)
+    return SplitData(decoded.images, labels, decoded.failures)
+
+
+def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained) -> nn.Module:
+    model = build_resnet50(num_classes=len(manifest.classes), stride_variant=pretrained.stride_variant)
+    load_backbone_state(model, pretrained.state)
+    set_trainable(model, "head" if config.mode is Mode.LINEAR else config.train_layers)
+    return model
+
+
+def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resume: bool, callbacks: TrainCallbacks) -> Progress:
+    """Run epochs until the budget or early stopping; save resumable state after each one."""
+    state_args = {"model": runner.model, "optimizer": runner.optimizer, "scheduler": runner.scheduler, "config": config.to_dict()}
+    progress = load_resume_state(out_dir, **state_args) if resume else Progress()
+    epochs = config.resolved_epochs
+    try:
+        while progress.next_epoch < epochs and progress.epochs_without_improvement < config.patience:
+            epoch = progress.next_epoch
+            record = runner.run_epoch(epoch)
+            is_best = record["val_auc"] > progress.best_auc
+            if is_best:
+                progress.best_auc, progress.best_epoch, progress.epochs_without_improvement = record["val_auc"], epoch, 0
+            else:
+                progress.epochs_without_improvement += 1
+            progress.history.append(record)
+            progress.next_epoch = epoch + 1
+            save_resume_state(out_dir, progress=progress, is_best=is_best, **state_args)
+            callbacks.on_epoch_end(record, epochs)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted after {progress.next_epoch} completed epoch(s); run the same command with --resume to continue",
+            path=out_dir,
+        ) from None
+    return progress
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
