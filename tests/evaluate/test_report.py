@@ -10,9 +10,10 @@ import pytest
 
 from covidct.errors import OptionError
 from covidct.evaluate.aggregate import Aggregate
+from covidct.evaluate.evaluation import evaluation_metrics
 from covidct.evaluate.figures import plot_pr, plot_roc
 from covidct.evaluate.metrics import METRIC_NAMES
-from covidct.evaluate.report import evaluation_metrics, write_report
+from covidct.evaluate.report import write_report
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

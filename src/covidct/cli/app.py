@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from covidct.cli import demo, evaluate, predict, train, weights
+from covidct.cli import audit, demo, evaluate, predict, train, weights
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app.command()(train.train)
 app.command()(evaluate.evaluate)
 app.command()(predict.predict)
 app.command()(demo.demo)
+app.command()(audit.audit)
 app.add_typer(weights.app, name="weights")
 
 

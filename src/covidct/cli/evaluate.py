@@ -27,8 +27,8 @@ def evaluate(
     device: DeviceOpt = Device.AUTO,
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
-    group_col: GroupCol = "patient_id",
-    split_col: SplitCol = "split",
+    group_col: GroupCol = None,
+    split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
 ) -> None:
     """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used for any choice in training)."""

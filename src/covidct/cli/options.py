@@ -13,13 +13,13 @@ from covidct.model.device import Device
 DataArg = Annotated[Path, typer.Argument(help="A folder with one subfolder per class, or a CSV manifest (path, label[, patient_id, split]).")]
 PathCol = Annotated[str, typer.Option("--path-col", help="CSV column with image paths (relative to the CSV).")]
 LabelCol = Annotated[str, typer.Option("--label-col", help="CSV column with class names.")]
-GroupCol = Annotated[str, typer.Option("--group-col", help="CSV column with patient (group) ids; splits never share a patient.")]
-SplitCol = Annotated[str, typer.Option("--split-col", help="CSV column with train/val/test; without it covidct splits by patient.")]
+GroupCol = Annotated[str | None, typer.Option("--group-col", help="CSV column with patient (group) ids; splits never share a patient. [default: patient_id, if present]")]
+SplitCol = Annotated[str | None, typer.Option("--split-col", help="CSV column with train/val/test; without one covidct splits by patient. [default: split, if present]")]
 PositiveClass = Annotated[str, typer.Option("--positive-class", help="The class whose probability is reported as prob_covid.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present, else the CPU.")]
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 'covidct train'.")]
 
 
-def load_dataset(data: Path, *, path_col: str, label_col: str, group_col: str, split_col: str, positive_class: str) -> Manifest:
+def load_dataset(data: Path, *, path_col: str, label_col: str, group_col: str | None, split_col: str | None, positive_class: str) -> Manifest:
     """Read DATA with the column names the user gave."""
     return read_manifest(data, columns=Columns(path_col, label_col, group_col, split_col), positive_class=positive_class)

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
+from covidct.cli.audit import print_findings
 from covidct.cli.console import console, err_console, new_progress, print_failures, progress_callback, reports_errors
 from covidct.cli.options import DataArg, DeviceOpt, GroupCol, LabelCol, PathCol, PositiveClass, SplitCol, load_dataset
+from covidct.data.audit import AuditResult
 from covidct.model.device import Device
 from covidct.model.network import TrainLayers
 from covidct.model.pretrained import resolve_pretrained
@@ -30,6 +32,8 @@ def train(
     lr: Annotated[float, typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor.")] = 1e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor")] = 0.1,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation ROC-AUC.")] = 5,
+    ema_epochs: Annotated[float | None, typer.Option("--ema-epochs", help="Validate and keep an exponential moving average of the weights over about this many epochs (0 turns it off).")] = 1.0,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).")] = None,
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
     seed: int = 0,
     weights: WeightsOpt = "auto",
@@ -39,14 +43,14 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")] = False,
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
-    group_col: GroupCol = "patient_id",
-    split_col: SplitCol = "split",
+    group_col: GroupCol = None,
+    split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
 ) -> None:
     """Fine-tune an ImageNet ResNet-50 on DATA; threshold and temperature are chosen on validation data."""
     config = TrainConfig(
         mode=mode, train_layers=train_layers, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
-        patience=patience, image_size=image_size, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
+        patience=patience, ema_epochs=ema_epochs or None, max_minutes=max_minutes, image_size=image_size, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
     )
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     result = run_training(manifest, out, config, weights=weights, resume=resume)
@@ -84,17 +88,21 @@ class RichTrainCallbacks(TrainCallbacks):
     def on_stage(self, message: str) -> None:
         err_console.print(message)
 
+    def on_audit(self, audit: AuditResult) -> None:
+        if audit.warnings:
+            print_findings(audit, warnings_only=True)
+            err_console.print("Training goes on; run 'covidct audit DATA --out DIR' for the full audit report.")
+
     def decode_progress(self, description: str):
         task = self.bars.add_task(description, total=None, status="")
         return lambda done, total: self.bars.update(task, completed=done, total=total)
 
     def on_step(self, step: int, steps: int, loss: float) -> None:
-        if self.step_task is None:
+        if self.epoch_task is None:
+            self.epoch_task = self.bars.add_task("epochs", total=None, status="")
             self.step_task = self.bars.add_task("  steps", total=steps, status="")
         self.bars.update(self.step_task, completed=step, total=steps, status=f"loss {loss:.3f}")
 
     def on_epoch_end(self, record: dict, epochs: int) -> None:
-        if self.epoch_task is None:
-            self.epoch_task = self.bars.add_task("epochs", total=epochs, status="")
         status = f"epoch {record['epoch'] + 1}: loss {record['train_loss']:.3f}, val loss {record['val_loss']:.3f}, val AUC {record['val_auc']:.3f}"
-        self.bars.update(self.epoch_task, completed=record["epoch"] + 1, status=status)
+        self.bars.update(self.epoch_task, completed=record["epoch"] + 1, total=epochs, status=status)

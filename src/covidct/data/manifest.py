@@ -5,24 +5,30 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from covidct.errors import InputError, OptionError
-from covidct.io.images import IMAGE_SUFFIXES
+from covidct.errors import CovidctWarning, InputError, OptionError
+from covidct.io.discover import discover_images
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
+DEFAULT_GROUP_COLUMN = "patient_id"
+DEFAULT_SPLIT_COLUMN = "split"
+
+
 @dataclass(frozen=True)
 class Columns:
-    """Names of the manifest columns; the defaults are covidct's own CSV layout."""
+    """Names of the manifest columns. Group and split are optional: None uses ``patient_id`` / ``split``
+    when the CSV has them; a name given explicitly must exist."""
 
     path: str = "path"
     label: str = "label"
-    group: str = "patient_id"
-    split: str = "split"
+    group: str | None = None
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,17 +115,19 @@ def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_cl
 def _positive_index(classes: tuple[str, ...], positive_class: str) -> int:
     if positive_class in classes:
         return classes.index(positive_class)
-    close = difflib.get_close_matches(positive_class, classes, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    by_lower = {name.lower(): name for name in classes}
+    close = difflib.get_close_matches(positive_class.lower(), list(by_lower), n=1)
+    hint = f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
     raise OptionError(f"--positive-class '{positive_class}' is not one of the classes {list(classes)}{hint}")
 
 
 def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None]]:
     rows = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                rows.append((path, class_dir.name, None, None))
+        found = discover_images([class_dir])
+        rows += [(path, class_dir.name, None, None) for path in found.paths]
+        for unused in found.failures + found.skipped:
+            warnings.warn(f"{unused.path}: {unused.reason}; not used", CovidctWarning, stacklevel=4)
     return rows
 
 
@@ -130,15 +138,21 @@ def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, st
         for required, option in ((columns.path, "--path-col"), (columns.label, "--label-col")):
             if required not in header:
                 raise InputError(f"no column '{required}' (columns: {header}); name yours with {option}", path=csv_path)
-        has_group, has_split = columns.group in header, columns.split in header
+        for named, option in ((columns.group, "--group-col"), (columns.split, "--split-col")):
+            if named is not None and named not in header:
+                raise InputError(f"no column '{named}' (columns: {header}); fix {option} or leave it out", path=csv_path)
+        group_col = columns.group or (DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in header else None)
+        split_col = columns.split or (DEFAULT_SPLIT_COLUMN if DEFAULT_SPLIT_COLUMN in header else None)
         rows = []
         for line, record in enumerate(reader, start=2):
             label = (record[columns.label] or "").strip()
-            if not label:
-                raise InputError(f"line {line}: empty label in column '{columns.label}'", path=csv_path)
-            group = (record[columns.group] or "").strip() or None if has_group else None
-            split = _parse_split(record[columns.split], csv_path, line) if has_split else None
-            rows.append((csv_path.parent / record[columns.path], label, group, split))
+            path = (record[columns.path] or "").strip()
+            for value, kind, column in ((label, "label", columns.label), (path, "path", columns.path)):
+                if not value:
+                    raise InputError(f"line {line}: empty {kind} in column '{column}'", path=csv_path)
+            group = ((record[group_col] or "").strip() or None) if group_col else None
+            split = _parse_split(record[split_col], csv_path, line) if split_col else None
+            rows.append((csv_path.parent / path, label, group, split))
     return rows
 
 

@@ -46,10 +46,10 @@ def assign_splits(manifest: Manifest, *, val_fraction: float = 0.15, test_fracti
     labels = np.array([s.label for s in manifest.samples])
     groups = np.array([s.group if s.group is not None else f"__image_{i}" for i, s in enumerate(manifest.samples)])
     split_of = np.full(len(labels), "train", dtype=object)
-    test_index = _one_fold(labels, groups, test_fraction, seed, np.arange(len(labels)))
+    test_index = _one_fold(labels, groups, test_fraction, seed, np.arange(len(labels)), manifest.classes)
     split_of[test_index] = "test"
     rest = np.flatnonzero(split_of == "train")
-    val_index = _one_fold(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1, rest)
+    val_index = _one_fold(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1, rest, manifest.classes)
     split_of[val_index] = "val"
     samples = tuple(dataclasses.replace(s, split=str(split)) for s, split in zip(manifest.samples, split_of, strict=True))
     assigned = dataclasses.replace(manifest, samples=samples)
@@ -57,11 +57,15 @@ def assign_splits(manifest: Manifest, *, val_fraction: float = 0.15, test_fracti
     return assigned
 
 
-def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, positions: np.ndarray) -> np.ndarray:
+def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, positions: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
     n_splits = max(2, round(1 / fraction))
-    n_groups = len(set(groups.tolist()))
-    if n_groups < n_splits:
-        raise InputError(f"only {n_groups} patients/groups; need at least {n_splits} to hold out {fraction:.0%}")
+    for label in np.unique(labels):
+        n_groups = len(set(groups[labels == label].tolist()))
+        if n_groups < n_splits:
+            raise InputError(
+                f"class {classes[label]} has only {n_groups} patients/groups; a stratified {fraction:.0%} hold-out needs at least "
+                f"{n_splits}: add data or give a split column"
+            )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
     return positions[held_out]
@@ -82,8 +86,8 @@ def check_no_patient_leak(manifest: Manifest) -> None:
         group, splits = sorted(leaks.items())[0]
         ordered = " and ".join(s for s in SPLITS if s in splits)
         raise SplitLeakError(
-            f"patient {group} is in both {ordered} ({len(leaks)} leaking patients in all); fix the split column "
-            "or drop --split-col to let covidct split by patient.",
+            f"patient {group} is in both {ordered} ({len(leaks)} leaking patients in all); fix the split column, "
+            "or remove it from the CSV to let covidct split by patient.",
             path=manifest.origin,
         )
 

@@ -15,7 +15,8 @@ from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits
 from covidct.errors import CovidctWarning, InputError
 from covidct.evaluate.aggregate import Aggregate
-from covidct.evaluate.report import EvaluationResult, evaluation_metrics, write_report
+from covidct.evaluate.evaluation import EvaluationResult, evaluation_metrics
+from covidct.evaluate.report import write_report
 from covidct.io.discover import InputFailure
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from covidct.data.dataset import decode_slices
+from covidct.errors import OptionError
 from covidct.io.discover import InputFailure, discover_images
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16
 from covidct.model.forward import calibrated_probabilities, prepare_for_inference
-from covidct.errors import OptionError
 
 
 @dataclass(frozen=True)

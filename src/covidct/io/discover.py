@@ -47,10 +47,19 @@ def discover_images(inputs: Iterable[str | Path]) -> Discovered:
 
 
 def _walk(root: Path, paths: list[Path], failures: list[InputFailure], skipped: list[InputFailure]) -> None:
+    """Walk ``root`` following symlinked folders, each real folder once (so a symlink loop ends)."""
+
     def on_error(error: OSError) -> None:
         failures.append(InputFailure(str(error.filename or root), f"cannot read folder ({error.strerror})"))
 
-    for folder, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
+    visited: set[tuple[int, int]] = set()
+    for folder, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in visited:
+            failures.append(InputFailure(folder, "folder already visited through another path (symlink loop); not walked again"))
+            dirnames.clear()
+            continue
+        visited.add((status.st_dev, status.st_ino))
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(folder) / name

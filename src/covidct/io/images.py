@@ -6,6 +6,7 @@ as a label (UCSD COVID slices are RGBA PNGs while many non-COVID ones are JPEGs)
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,11 @@ def read_grayscale(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns from 89M pixels; our own, lower MAX_PIXELS check refuses those with a clearer error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             _check_size(path, image.size)
             image.load()
             return _to_unit_gray(image)

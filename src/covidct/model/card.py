@@ -44,6 +44,14 @@ class ModelCard:
     checkpoint_sha256: str = ""
     architecture: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive class '{self.positive_class}' is not one of the classes {list(self.classes)}")
+        if not 0.0 <= self.decision.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; got {self.decision.threshold}")
+        if not self.decision.temperature > 0:
+            raise ValueError(f"temperature must be positive; got {self.decision.temperature}")
+
     @property
     def positive_index(self) -> int:
         return self.classes.index(self.positive_class)

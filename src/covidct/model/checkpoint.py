@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -61,6 +60,9 @@ def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelCard]:
         state = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as error:
         raise ModelDirError(f"cannot read {WEIGHTS_FILE} ({error})", path=model_dir) from None
+    head_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
+    if head_classes != len(card.classes):
+        raise ModelDirError(f"model.json names {len(card.classes)} classes but {WEIGHTS_FILE} has a {head_classes}-class head", path=model_dir)
     model = build_resnet50(num_classes=len(card.classes), stride_variant=card.stride_variant)
     try:
         model.load_state_dict(state, strict=True)

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 import torch
 
+from covidct.errors import OptionError
+
 
 class Device(StrEnum):
     AUTO = "auto"
@@ -18,11 +20,11 @@ def resolve_device(device: Device | str) -> torch.device:
     """Return the torch device for ``device``; ``auto`` picks CUDA when available.
 
     Raises:
-        ValueError: ``cuda`` was asked for on a machine without a usable GPU.
+        OptionError: ``cuda`` was asked for on a machine without a usable GPU.
     """
     device = Device(device)
     if device is Device.CUDA and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+        raise OptionError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
     if device is Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(str(device))

@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torchvision.models import resnet50
 
 from covidct.errors import CovidctWarning, WeightsError
+from covidct.model.checkpoint import file_sha256
 from covidct.model.keras_convert import (
     TORCHVISION_MEAN_RGB,
     TORCHVISION_STD_RGB,
@@ -171,7 +172,7 @@ def load_imagenet_state_dict(weights: ImageNetWeights) -> dict[str, torch.Tensor
     Raises:
         WeightsError: if the file changed since it was fetched (its sha256 differs).
     """
-    found = _sha256_file(weights.path)
+    found = file_sha256(weights.path)
     if found != weights.sha256:
         raise WeightsError(
             f"sha256 is {found}, expected {weights.sha256}; the file changed since it was fetched. "
@@ -314,7 +315,7 @@ def _read_cache(directory: Path, source: WeightSource) -> ImageNetWeights | None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warnings.warn(f"{sidecar_path}: unreadable provenance ({exc}); fetching the weights again", CovidctWarning, stacklevel=3)
         return None
-    found = _sha256_file(weights_path)
+    found = file_sha256(weights_path)
     if found != recorded:
         warnings.warn(
             f"{weights_path}: sha256 {found} differs from the recorded {recorded}; fetching the weights again",
@@ -330,9 +331,11 @@ def _write_cache(directory: Path, source: WeightSource, state: dict[str, torch.T
     upstream = UPSTREAMS[source]
     weights_path, sidecar_path = _cache_paths(directory, source)
     partial = weights_path.with_name(weights_path.name + ".partial")
-    metadata = {"source": str(source), "stride_variant": str(upstream.stride_variant)}
+    # One metadata key only: safetensors writes metadata in hash-map order, and a single key keeps the
+    # file, and so its sha256, the same for every conversion of the same upstream file.
+    metadata = {"stride_variant": str(upstream.stride_variant)}
     save_file({key: value.contiguous() for key, value in state.items()}, str(partial), metadata=metadata)
-    sha256 = _sha256_file(partial)
+    sha256 = file_sha256(partial)
     provenance = {
         "source": str(source),
         "description": upstream.description,
@@ -356,15 +359,6 @@ def _write_cache(directory: Path, source: WeightSource, state: dict[str, torch.T
     partial_sidecar.write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
     os.replace(partial_sidecar, sidecar_path)
     return ImageNetWeights(weights_path, str(source), upstream.stride_variant, sha256, provenance)
-
-
-def _sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

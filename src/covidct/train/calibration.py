@@ -24,7 +24,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, *, target_sensitivity: float | None = None) -> tuple[float, str]:
@@ -33,7 +33,7 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, *, target_sensitivity
     Default: Youden's J (max sensitivity + specificity - 1). With ``target_sensitivity``: the highest
     threshold whose validation sensitivity reaches the target (the most specific such point).
     """
-    fpr, tpr, thresholds = roc_curve(y_true, prob)
+    fpr, tpr, thresholds = roc_curve(y_true, prob, drop_intermediate=False)
     thresholds = np.clip(thresholds, 0.0, 1.0)
     if target_sensitivity is None:
         best = int(np.argmax(tpr - fpr))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from covidct.data.audit import AuditResult
+
 
 class TrainCallbacks:
     """No-op hooks; subclass and override what you want to show."""
@@ -14,6 +16,9 @@ class TrainCallbacks:
     def decode_progress(self, description: str) -> Callable[[int, int], None] | None:
         """Return a (done, total) callback for decoding a split, or None."""
         return None
+
+    def on_audit(self, audit: AuditResult) -> None:
+        """The data audit (shortcuts, duplicates, leaks, balance) finished; training goes on regardless."""
 
     def on_step(self, step: int, steps: int, loss: float) -> None:
         """A training step finished."""

@@ -30,6 +30,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     patience: int = 5
+    ema_epochs: float | None = 1.0
+    max_minutes: float | None = None
     image_size: int = 224
     seed: int = 0
     device: Device = Device.AUTO
@@ -51,7 +53,9 @@ class TrainConfig:
         _require(self.lr > 0, "--lr must be positive", self.lr)
         _require(0 < self.backbone_lr_factor <= 1, "--backbone-lr-factor must be in (0, 1]", self.backbone_lr_factor)
         _require(self.weight_decay >= 0, "--weight-decay must be >= 0", self.weight_decay)
+        _require(self.ema_epochs is None or self.ema_epochs > 0, "--ema-epochs must be positive", self.ema_epochs)
         _require(self.patience >= 1, "--patience must be at least 1", self.patience)
+        _require(self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive", self.max_minutes)
         _require(32 <= self.image_size <= 1024, "--image-size must be between 32 and 1024", self.image_size)
         if self.target_sensitivity is not None:
             _require(0 < self.target_sensitivity < 1, "--target-sensitivity must be in (0, 1)", self.target_sensitivity)

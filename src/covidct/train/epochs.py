@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from covidct.data.dataset import SliceDataset
@@ -34,7 +35,7 @@ class EpochRunner:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: DataLoader
     to_input: Callable[[torch.Tensor], torch.Tensor]
-    val_logits: Callable[[], torch.Tensor]
+    val_logits: Callable[[nn.Module], torch.Tensor]
     val_labels: torch.Tensor
     loss_fn: nn.Module
     device: torch.device
@@ -42,6 +43,22 @@ class EpochRunner:
     callbacks: TrainCallbacks
     seed: int
     positive_index: int
+    averaged: AveragedModel | None = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that is validated and kept as "best": the weight average when there is one."""
+        return self.averaged.module if self.averaged is not None else self.model
+
+    @property
+    def stateful(self) -> dict[str, nn.Module]:
+        """Everything whose state a resumed run needs, by name."""
+        return {"model": self.model} | ({"ema": self.averaged} if self.averaged is not None else {})
+
+    def plan_epochs(self, epochs: int) -> None:
+        """Shorten (or restore) the schedule so the learning rate reaches zero at the end of ``epochs``."""
+        for schedule in self.scheduler.lr_lambdas:
+            schedule.plan(epochs)
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch, then validate; return the log row (loss, validation loss and ROC-AUC, lr, seconds)."""
@@ -60,10 +77,13 @@ class EpochRunner:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
             losses.append(float(loss.detach()))
             self.callbacks.on_step(step + 1, len(self.loader), losses[-1])
         self.module.eval()
-        logits = self.val_logits()
+        self.evaluated.eval()
+        logits = self.val_logits(self.evaluated)
         val_loss = float(self.loss_fn(logits.to(self.device), self.val_labels.to(self.device)))
         positive_prob = torch.softmax(logits, 1)[:, self.positive_index].numpy()
         is_positive = (self.val_labels == self.positive_index).numpy()
@@ -97,18 +117,31 @@ def make_runner(
         module = model.fc
         dataset = TensorDataset(features["train"], train[1])
         to_input = _identity
-        val_logits = lambda: _head_logits(module, features["val"], device)  # noqa: E731
+        val_logits = lambda net: _head_logits(net.fc, features["val"], device)  # noqa: E731
     else:
         module = model
         dataset = SliceDataset(train[0], train[1], augment=train_augmentation(preprocessing.image_size))
         to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)  # noqa: E731
-        val_logits = lambda: predict_logits(model, val[0], preprocessing=preprocessing, device=device, use_bf16=use_bf16, batch_size=config.batch_size)  # noqa: E731
+        val_logits = lambda net: predict_logits(net, val[0], preprocessing=preprocessing, device=device, use_bf16=use_bf16, batch_size=config.batch_size)  # noqa: E731
     drop_last = len(dataset) > config.batch_size and module is model
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=drop_last, generator=generator)
     optimizer = _optimizer(model, module, config)
-    scheduler = _warmup_cosine(optimizer, steps_per_epoch=len(loader), config=config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(steps_per_epoch=len(loader), epochs=config.resolved_epochs, warmup_epochs=config.warmup_epochs))
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(train[1], model.fc.out_features).to(device))
-    return EpochRunner(model, module, optimizer, scheduler, loader, to_input, val_logits, val[1], loss_fn, device, use_bf16, callbacks, config.seed, positive_index)
+    averaged = _weight_average(model, config, steps_per_epoch=len(loader)) if module is model else None
+    return EpochRunner(model, module, optimizer, scheduler, loader, to_input, val_logits, val[1], loss_fn, device, use_bf16, callbacks, config.seed, positive_index, averaged)
+
+
+def _weight_average(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int) -> AveragedModel | None:
+    """An exponential moving average of the weights (and BatchNorm statistics) over ~``ema_epochs`` epochs.
+
+    On small, noisy CT datasets the validation AUC of single checkpoints jumps from epoch to epoch; the
+    average is a cheap ensemble of the recent checkpoints and is what gets validated and kept.
+    """
+    if config.ema_epochs is None:
+        return None
+    decay = 1.0 - 1.0 / max(1.0, config.ema_epochs * steps_per_epoch)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:
@@ -136,17 +169,27 @@ def _optimizer(model: nn.Module, module: nn.Module, config: TrainConfig) -> torc
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up for ``warmup_epochs``, then cosine decay to zero at the last epoch."""
-    total = max(1, steps_per_epoch * config.resolved_epochs)
-    warmup = min(total - 1, round(steps_per_epoch * config.warmup_epochs))
+class WarmupCosine:
+    """LR factor: linear warm-up for ``warmup_epochs``, then cosine decay to zero at the last planned epoch.
 
-    def factor(step: int) -> float:
+    A callable object rather than a closure, so LambdaLR saves ``total_steps`` with the scheduler state
+    and a resumed run keeps the horizon that ``--max-minutes`` may have shortened.
+    """
+
+    def __init__(self, *, steps_per_epoch: int, epochs: int, warmup_epochs: float) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.warmup_steps = round(steps_per_epoch * warmup_epochs)
+        self.total_steps = max(1, steps_per_epoch * epochs)
+
+    def plan(self, epochs: int) -> None:
+        """Move the end of the cosine to the end of epoch ``epochs``."""
+        self.total_steps = max(1, self.steps_per_epoch * epochs)
+
+    def __call__(self, step: int) -> float:
+        warmup = min(self.total_steps - 1, self.warmup_steps)
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, self.total_steps - warmup))))
 
 
 def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

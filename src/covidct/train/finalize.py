@@ -33,6 +33,7 @@ class RunFacts:
     failures: list[InputFailure]
     split_method: str
     wall_time_s: float
+    audit_warnings: list[str]
 
 
 def build_card(model: nn.Module, manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
@@ -67,6 +68,7 @@ def _data_facts(manifest: Manifest, facts: RunFacts) -> dict:
         "split_method": facts.split_method,
         "has_patient_ids": manifest.has_patient_ids,
         "unusable_files": [{"path": f.path, "reason": f.reason} for f in facts.failures],
+        "audit_warnings": facts.audit_warnings,
     }
 
 

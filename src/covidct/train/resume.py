@@ -28,16 +28,21 @@ class Progress:
     best_auc: float = float("-inf")
     best_epoch: int = -1
     epochs_without_improvement: int = 0
+    planned_epochs: int | None = None
     history: list[dict] = field(default_factory=list)
 
 
-def save_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: Progress, config: dict, is_best: bool) -> None:
-    """Write model, optimizer, scheduler, RNG states and progress under ``out_dir/resume``."""
+def save_resume_state(
+    out_dir: Path, *, modules: dict[str, torch.nn.Module], best: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: Progress, config: dict, is_best: bool
+) -> None:
+    """Write the modules (by name), optimizer, scheduler, RNG states and progress under ``out_dir/resume``.
+
+    ``best`` is the network whose weights are kept as ``best.safetensors`` when ``is_best``.
+    """
     folder = Path(out_dir) / RESUME_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    tensors = {f"{name}.{k}": _plain(v) for name, module in modules.items() for k, v in module.state_dict().items()}
     for index, state in optimizer_state["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -52,12 +57,12 @@ def save_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch
     }
     _atomic_save(tensors, folder / "last.safetensors")
     if is_best:
-        _atomic_save(model_state, folder / "best.safetensors")
+        _atomic_save({k: _plain(v) for k, v in best.state_dict().items()}, folder / "best.safetensors")
     (folder / "state.tmp").write_text(json.dumps(meta, allow_nan=True), encoding="utf-8")
     os.replace(folder / "state.tmp", folder / "state.json")
 
 
-def load_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, config: dict) -> Progress:
+def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler, config: dict) -> Progress:
     """Restore what ``save_resume_state`` wrote and return the progress to continue from.
 
     Raises:
@@ -67,11 +72,12 @@ def load_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch
     if not (folder / "state.json").is_file():
         raise ModelDirError("nothing to resume (no resume/state.json); start without --resume", path=out_dir)
     meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    changed = sorted(k for k in config if k not in ("epochs", "device") and meta["config"].get(k) != config[k])
+    changed = sorted(k for k in config if k not in ("epochs", "device", "max_minutes") and meta["config"].get(k) != config[k])
     if changed:
         raise ModelDirError(f"--resume with different options than the interrupted run: {changed}; use the same options", path=out_dir)
     tensors = load_file(folder / "last.safetensors")
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    for name, module in modules.items():
+        module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")})
     optimizer.load_state_dict({"state": _optimizer_state(tensors), "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
@@ -83,6 +89,10 @@ def load_resume_state(out_dir: Path, *, model: torch.nn.Module, optimizer: torch
 def load_best_weights(out_dir: Path) -> dict[str, torch.Tensor]:
     """The model weights of the best validation epoch."""
     return load_file(Path(out_dir) / RESUME_DIR / "best.safetensors")
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous()
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidct.data.audit import audit_manifest
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits, split_method
@@ -63,6 +64,8 @@ def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: P
     _seed_everything(config.seed)
     method = split_method(manifest)
     manifest = assign_splits(manifest, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    audit = audit_manifest(manifest, progress=callbacks.decode_progress("auditing the data"))
+    callbacks.on_audit(audit)
     preprocessing = Preprocessing(image_size=config.image_size)
     train, val = (_decode_split(manifest, split, preprocessing, callbacks) for split in ("train", "val"))
     device = resolve_device(config.device)
@@ -72,7 +75,7 @@ def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: P
     progress = _run_epochs(runner, out_dir, config, resume=resume, callbacks=callbacks)
     model.load_state_dict(load_best_weights(out_dir))
     failures = train.failures + val.failures
-    facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started)
+    facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started, [f.message for f in audit.warnings])
     callbacks.on_stage("calibrating on the validation split")
     card = build_card(model, manifest, config, val=(val.slices, val.labels), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
     card = save_model_dir(out_dir, model, card)
@@ -105,12 +108,11 @@ def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained
 
 
 def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resume: bool, callbacks: TrainCallbacks) -> Progress:
-    """Run epochs until the budget or early stopping; save resumable state after each one."""
-    state_args = {"model": runner.model, "optimizer": runner.optimizer, "scheduler": runner.scheduler, "config": config.to_dict()}
+    """Run epochs until the plan or early stopping; save resumable state after each one."""
+    state_args = {"modules": runner.stateful, "optimizer": runner.optimizer, "scheduler": runner.scheduler, "config": config.to_dict()}
     progress = load_resume_state(out_dir, **state_args) if resume else Progress()
-    epochs = config.resolved_epochs
     try:
-        while progress.next_epoch < epochs and progress.epochs_without_improvement < config.patience:
+        while progress.next_epoch < (progress.planned_epochs or config.resolved_epochs) and progress.epochs_without_improvement < config.patience:
             epoch = progress.next_epoch
             record = runner.run_epoch(epoch)
             is_best = record["val_auc"] > progress.best_auc
@@ -120,14 +122,24 @@ def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resu
                 progress.epochs_without_improvement += 1
             progress.history.append(record)
             progress.next_epoch = epoch + 1
-            save_resume_state(out_dir, progress=progress, is_best=is_best, **state_args)
-            callbacks.on_epoch_end(record, epochs)
+            if config.max_minutes is not None:
+                progress.planned_epochs = _epochs_within_budget(progress, config)
+                runner.plan_epochs(progress.planned_epochs)
+            save_resume_state(out_dir, best=runner.evaluated, progress=progress, is_best=is_best, **state_args)
+            callbacks.on_epoch_end(record, progress.planned_epochs or config.resolved_epochs)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted after {progress.next_epoch} completed epoch(s); run the same command with --resume to continue",
             path=out_dir,
         ) from None
     return progress
+
+
+def _epochs_within_budget(progress: Progress, config: TrainConfig) -> int:
+    """Epochs that fit ``--max-minutes`` at the mean epoch time so far (training + validation passes)."""
+    seconds_per_epoch = sum(record["seconds"] for record in progress.history) / len(progress.history)
+    affordable = int(config.max_minutes * 60 // seconds_per_epoch)
+    return max(progress.next_epoch, min(config.resolved_epochs, affordable))
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

@@ -1,0 +1,232 @@
+"""The real typer app end to end: train -> evaluate -> predict on a tiny dataset, help, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import typer.main
+from synthetic import write_csv
+from typer.testing import CliRunner
+
+from covidct.cli.app import app
+from covidct.errors import CovidctWarning
+from covidct.intended_use import RESEARCH_USE_STATEMENT
+
+METRICS = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"]
+FIGURES = ["confusion.png", "pr.png", "reliability.png", "roc.png"]
+WIDE = {"COLUMNS": "250"}  # rich wraps at the terminal width; wide enough that paths stay on one line
+
+
+def invoke(*args) -> typer.testing.Result:
+    return CliRunner().invoke(app, [str(arg) for arg in args], env=WIDE)
+
+
+def all_command_paths() -> list[list[str]]:
+    """Every command and sub-command of the app, found by walking it (a new command gets tested too)."""
+    paths, stack = [[]], [([], typer.main.get_command(app))]
+    while stack:
+        prefix, group = stack.pop()
+        for name, command in getattr(group, "commands", {}).items():
+            paths.append([*prefix, name])
+            stack.append(([*prefix, name], command))
+    return sorted(paths)
+
+
+def test_the_app_has_the_documented_commands():
+    commands = {" ".join(path) for path in all_command_paths()}
+
+    assert {"train", "evaluate", "predict", "demo", "audit", "weights", "weights fetch"} <= commands
+
+
+@pytest.mark.parametrize("command", all_command_paths(), ids=lambda path: " ".join(path) or "covidct")
+def test_every_command_has_help(command):
+    result = invoke(*command, "--help")
+
+    assert result.exit_code == 0, result.output
+    assert f"Usage: covidct {' '.join(command)}".strip() in " ".join(result.stdout.split())
+
+
+def test_root_help_shows_the_research_use_statement():
+    result = invoke("--help")
+
+    assert RESEARCH_USE_STATEMENT in " ".join(result.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, random_weights, tmp_path_factory) -> Path:
+    """``covidct train`` on the CSV manifest (patient ids and splits): one epoch, 64 px, random start weights."""
+    model_dir = tmp_path_factory.mktemp("cli") / "model"
+    result = invoke("train", tiny_dataset.csv, "--out", model_dir, "--image-size", 64, "--epochs", 1, "--batch-size", 16, "--weights", random_weights, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"Model written to {model_dir}" in " ".join(result.stdout.split())
+    return model_dir
+
+
+def test_train_writes_a_model_dir(trained):
+    assert sorted(p.name for p in trained.iterdir()) == ["model.json", "model.safetensors", "train_log.csv"]
+    card = json.loads((trained / "model.json").read_text())
+    assert card["preprocessing"]["image_size"] == 64
+    assert card["data"]["split_method"] == "split column"
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tiny_dataset) -> tuple[Path, typer.testing.Result]:
+    out = trained.parent / "evaluation"
+    return out, invoke("evaluate", trained, tiny_dataset.csv, "--out", out, "--n-resamples", 50, "--device", "cpu")
+
+
+def test_evaluate_succeeds_and_names_the_report(evaluated):
+    out, result = evaluated
+
+    assert result.exit_code == 0, result.output
+    assert str(out / "report.html") in " ".join(result.stdout.split())
+
+
+def test_metrics_json_keeps_its_fixed_shape(evaluated, trained):
+    out, _ = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    assert sorted(metrics) == ["patient_level", "slice_level", "threshold"]
+    assert metrics["threshold"] == json.loads((trained / "model.json").read_text())["decision"]["threshold"]
+    for level, n in (("slice_level", 12), ("patient_level", 4)):  # the test split: 4 patients x 3 slices
+        assert sorted(metrics[level]) == sorted(["n", *METRICS]), level
+        assert metrics[level]["n"] == n
+        for name in METRICS:
+            entry = metrics[level][name]
+            assert sorted(entry) == ["ci95", "value"], (level, name)
+            assert len(entry["ci95"]) == 2
+            assert entry["value"] is None or isinstance(entry["value"], float)
+
+
+def test_evaluate_writes_the_report_figures_and_predictions(evaluated, tiny_dataset):
+    out, _ = evaluated
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(["failures.csv", "metrics.json", "predictions.csv", "report.html", *FIGURES])
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert RESEARCH_USE_STATEMENT in (out / "report.html").read_text(encoding="utf-8")
+    with (out / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["patient_id"] for row in rows] == ["C06"] * 3 + ["C07"] * 3 + ["N06"] * 3 + ["N07"] * 3
+    assert list(rows[0]) == ["path", "patient_id", "label", "prob_covid"]
+
+
+def test_evaluate_on_every_row_of_a_folder_without_patient_ids(trained, tiny_dataset, tmp_path):
+    result = invoke("evaluate", trained, tiny_dataset.root, "--out", tmp_path, "--split", "all", "--aggregate", "max", "--n-resamples", 20, "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["slice_level"]["n"] == 48
+    assert metrics["patient_level"] is None
+
+
+@pytest.mark.filterwarnings("ignore::covidct.errors.OptimisticMetricsWarning")  # also true here, not the point
+def test_evaluate_warns_when_it_must_rebuild_a_split_on_other_data(trained, tiny_dataset, tmp_path):
+    """The model was trained on the CSV; the folder holds the same images without its split column."""
+    with pytest.warns(CovidctWarning, match="differs from the training data, so the rebuilt 'test' split may overlap"):
+        result = invoke("evaluate", trained, tiny_dataset.root, "--out", tmp_path, "--n-resamples", 20, "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    assert "differs from the training data" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_writes_a_csv(trained, tiny_dataset, tmp_path):
+    inputs = tiny_dataset.paths["COVID"][:2] + tiny_dataset.paths["non-COVID"][:1]
+
+    result = invoke("predict", trained, *inputs, "--out", tmp_path / "x.csv", "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    rows = read_csv(tmp_path / "x.csv")
+    assert list(rows[0]) == ["path", "prob_covid", "label", "prob_COVID", "prob_non-COVID"]
+    assert [row["path"] for row in rows] == [str(path) for path in inputs]
+    for row in rows:
+        assert float(row["prob_covid"]) == float(row["prob_COVID"])
+        assert float(row["prob_COVID"]) + float(row["prob_non-COVID"]) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] in ("COVID", "non-COVID")
+
+
+def test_predict_writes_json_with_the_notice(trained, tiny_dataset, tmp_path):
+    result = invoke("predict", trained, tiny_dataset.paths["COVID"][0], "--out", tmp_path / "x.json", "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "x.json").read_text())
+    assert sorted(written) == ["failures", "notice", "predictions"]
+    assert written["notice"] == RESEARCH_USE_STATEMENT
+    assert written["failures"] == []
+    assert sorted(written["predictions"][0]) == sorted(["path", "prob_covid", "label", "prob_COVID", "prob_non-COVID"])
+
+
+def test_predict_expands_folders_and_prints_a_table(trained, tiny_dataset):
+    result = invoke("predict", trained, tiny_dataset.root / "COVID", "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    assert all(path.name in result.stdout for path in tiny_dataset.paths["COVID"])
+    assert "prob_non-COVID" in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_predict_exits_1_on_a_failed_input_and_reports_it(trained, tiny_dataset, tmp_path, suffix):
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    good = tiny_dataset.paths["COVID"][0]
+
+    result = invoke("predict", trained, good, broken, "--out", tmp_path / f"x{suffix}", "--device", "cpu")
+
+    assert result.exit_code == 1, result.output
+    assert str(broken) in result.stderr and "not a readable PNG, JPEG, BMP or TIFF image" in result.stderr
+    assert "Traceback" not in result.output
+    if suffix == ".json":
+        written = json.loads((tmp_path / "x.json").read_text())
+        assert [p["path"] for p in written["predictions"]] == [str(good)]
+        assert written["failures"] == [{"path": str(broken), "reason": "not a readable PNG, JPEG, BMP or TIFF image"}]
+    else:
+        assert [row["path"] for row in read_csv(tmp_path / "x.csv")] == [str(good)]
+
+
+def _other_classes(tmp_path: Path, dataset) -> Path:
+    rows = [{"path": str(path), "label": label} for label, name in (("A", "COVID"), ("B", "non-COVID")) for path in dataset.paths[name][:2]]
+    return write_csv(tmp_path / "other.csv", rows)
+
+
+# (id, arguments from (tmp_path, trained model dir, dataset, weights), message)
+ERRORS = [
+    ("train-missing-data", lambda t, m, d, w: ["train", t / "absent", "--out", t / "m", "--weights", w], "absent: dataset not found"),
+    ("train-bad-epochs", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--epochs", 0, "--weights", w], "--epochs must be at least 1; got 0"),
+    ("train-missing-weights", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--weights", t / "none.safetensors"], "none.safetensors: no such file"),
+    ("train-missing-column", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--path-col", "file", "--weights", w], "no column 'file'.*--path-col"),
+    ("predict-out-txt", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--out", t / "x.txt"], "--out must end in .csv or .json; got 'x.txt'"),
+    ("predict-batch-size", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--batch-size", 0], "--batch-size must be at least 1; got 0"),
+    ("predict-not-a-model", lambda t, m, d, w: ["predict", t, d.paths["COVID"][0]], "no model.json; expected a model directory"),
+    ("evaluate-unknown-split", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--split", "holdout"], "no rows in split 'holdout'"),
+    ("evaluate-other-classes", lambda t, m, d, w: ["evaluate", m, _other_classes(t, d), "--out", t / "e", "--positive-class", "A", "--split", "all"], r"classes \['A', 'B'\] differ from the model's \['COVID', 'non-COVID'\]"),
+    ("evaluate-positive-class", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--positive-class", "COVID19"], r"did you mean 'COVID'\?"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
+def test_user_errors_print_one_line_and_exit_2(trained, tiny_dataset, random_weights, tmp_path, arguments, message):
+    result = invoke(*arguments(tmp_path, trained, tiny_dataset, random_weights))
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()  # a progress bar that was drawing may come first
+    assert [line for line in lines if line.startswith("error")] == lines[-1:], result.stderr
+    assert re.search(message, lines[-1].removeprefix("error: ")), lines[-1]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(trained, tiny_dataset):
+    result = invoke("predict", trained, tiny_dataset.paths["COVID"][0], "--device", "cuda")
+
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.exception!r}"
+    assert result.stderr.strip().splitlines()[-1] == "error: --device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto"

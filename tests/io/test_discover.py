@@ -1,0 +1,105 @@
+"""discover_images: folders walked recursively in a fixed order, nothing dropped without a note."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from covidct.io.discover import discover_images
+
+
+def touch(root: Path, *relative: str) -> None:
+    for name in relative:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")  # discovery never decodes, so the content does not matter
+
+
+def names(paths, root: Path) -> list[str]:
+    return [Path(p).relative_to(root).as_posix() for p in paths]
+
+
+def test_folders_are_walked_recursively_in_sorted_order(tmp_path):
+    touch(tmp_path, "b/2.png", "a/sub/3.JPG", "a/1.png", "a/0.tiff", "c/deep/er/4.bmp")
+
+    found = discover_images([tmp_path])
+
+    assert names(found.paths, tmp_path) == ["a/0.tiff", "a/1.png", "a/sub/3.JPG", "b/2.png", "c/deep/er/4.bmp"]
+    assert found.failures == []
+
+
+def test_order_does_not_depend_on_creation_order(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    touch(first, "x/b.png", "x/a.png", "w/c.png")
+    touch(second, "w/c.png", "x/a.png", "x/b.png")
+
+    assert names(discover_images([first]).paths, first) == names(discover_images([second]).paths, second)
+
+
+def test_non_image_files_in_folders_are_listed_as_skipped(tmp_path):
+    touch(tmp_path, "scan.png", "notes.txt", "README", "sub/table.csv")
+
+    found = discover_images([tmp_path])
+
+    assert names(found.paths, tmp_path) == ["scan.png"]
+    assert {(Path(s.path).relative_to(tmp_path).as_posix(), s.reason) for s in found.skipped} == {
+        ("notes.txt", "not an image file type (.txt)"),
+        ("README", "not an image file type (no extension)"),
+        ("sub/table.csv", "not an image file type (.csv)"),
+    }
+    assert found.failures == []
+
+
+def test_a_named_file_is_used_whatever_its_extension(tmp_path):
+    touch(tmp_path, "slice.dat")
+
+    found = discover_images([tmp_path / "slice.dat"])
+
+    assert found.paths == [tmp_path / "slice.dat"]
+    assert found.skipped == []
+
+
+def test_inputs_keep_the_order_they_were_given(tmp_path):
+    touch(tmp_path, "z.png", "folder/a.png", "m.png")
+
+    found = discover_images([tmp_path / "z.png", tmp_path / "folder", str(tmp_path / "m.png")])
+
+    assert names(found.paths, tmp_path) == ["z.png", "folder/a.png", "m.png"]
+
+
+def test_a_missing_path_is_a_failure_and_the_others_go_on(tmp_path):
+    touch(tmp_path, "scan.png")
+
+    found = discover_images([tmp_path / "absent.png", tmp_path / "scan.png", tmp_path / "no_folder"])
+
+    assert found.paths == [tmp_path / "scan.png"]
+    assert [(f.path, f.reason) for f in found.failures] == [
+        (str(tmp_path / "absent.png"), "no such file or folder"),
+        (str(tmp_path / "no_folder"), "no such file or folder"),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_symlink_loop_does_not_hang_and_lists_each_image_once(tmp_path):
+    touch(tmp_path, "data/a/1.png", "data/b/2.png")
+    (tmp_path / "data" / "a" / "back_to_data").symlink_to(tmp_path / "data", target_is_directory=True)
+    (tmp_path / "data" / "b" / "self").symlink_to(tmp_path / "data" / "b", target_is_directory=True)
+
+    found = discover_images([tmp_path / "data"])
+
+    assert names(found.paths, tmp_path / "data") == ["a/1.png", "b/2.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_images_behind_a_symlinked_folder_are_found_or_reported(tmp_path):
+    """Datasets are often assembled from symlinked folders; their images must not vanish silently."""
+    touch(tmp_path, "store/covid/1.png")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "covid").symlink_to(tmp_path / "store" / "covid", target_is_directory=True)
+
+    found = discover_images([tmp_path / "data"])
+
+    mentioned = [str(p) for p in found.paths] + [f.path for f in found.skipped + found.failures]
+    assert any(path.endswith(("1.png", "covid")) for path in mentioned), found

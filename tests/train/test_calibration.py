@@ -1,0 +1,94 @@
+"""Temperature scaling and threshold rules, on synthetic validation data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from covidct.train.calibration import choose_threshold, fit_temperature
+
+
+def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose labels are drawn from softmax(logits / true_temperature): the NLL optimum is that T."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 2, generator=generator) * 4
+    labels = torch.multinomial(torch.softmax(logits / true_temperature, 1), 1, generator=generator).squeeze(1)
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.5], ids=["under-confident", "calibrated", "over-confident"])
+def test_temperature_recovers_a_known_temperature(true_temperature):
+    logits, labels = logits_with_temperature(true_temperature)
+
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.15)
+
+
+def test_temperature_keeps_the_ranking():
+    logits, labels = logits_with_temperature(2.0)
+    logits = logits.double()  # float32 softmax saturates at 1.0 and would create ties
+    temperature = fit_temperature(logits, labels)
+
+    before = torch.softmax(logits, 1)[:, 1]
+    after = torch.softmax(logits / temperature, 1)[:, 1]
+
+    assert temperature != pytest.approx(1.0, abs=0.1)
+    assert roc_auc_score(labels, after) == pytest.approx(roc_auc_score(labels, before), abs=1e-12)
+
+
+def test_temperature_is_a_positive_float_within_its_bounds():
+    logits = torch.tensor([[0.0, 50.0], [50.0, 0.0]] * 10)
+    labels = torch.tensor([0, 1] * 10)  # confidently wrong every time: the best T is as large as allowed
+
+    temperature = fit_temperature(logits, labels)
+
+    assert isinstance(temperature, float)
+    assert temperature == pytest.approx(20.0)
+
+
+def test_youden_threshold_separates_a_separable_case():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    prob = np.array([0.05, 0.2, 0.3, 0.35, 0.6, 0.7, 0.8, 0.95])
+
+    threshold, rule = choose_threshold(y_true, prob)
+
+    assert rule == "youden_j"
+    assert 0.35 < threshold <= 0.6
+    assert np.array_equal(prob >= threshold, y_true.astype(bool))
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95])
+def test_target_sensitivity_rule_reaches_the_target_on_the_data(target):
+    rng = np.random.default_rng(3)
+    y_true = np.repeat([0, 1], 100)
+    prob = np.clip(0.35 + 0.3 * y_true + rng.normal(0, 0.15, 200), 0, 1)
+
+    threshold, rule = choose_threshold(y_true, prob, target_sensitivity=target)
+
+    assert rule == f"sensitivity>={target:g}"
+    assert np.mean(prob[y_true == 1] >= threshold) >= target
+
+
+def test_target_sensitivity_rule_picks_the_most_specific_point():
+    """"The highest threshold whose validation sensitivity reaches the target", even on collinear ROC points.
+
+    Tied scores (0.8 and 0.7 are each held by a positive and a negative) put three ROC points on one
+    line; a ROC curve that drops such intermediate points skips the 0.8 point and settles for 0.7.
+    """
+    y_true = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    prob = np.array([0.9, 0.8, 0.7, 0.2, 0.8, 0.7, 0.6, 0.1])
+
+    threshold, _ = choose_threshold(y_true, prob, target_sensitivity=0.5)
+
+    sensitivity, specificity = np.mean(prob[y_true == 1] >= threshold), np.mean(prob[y_true == 0] < threshold)
+    assert (threshold, sensitivity, specificity) == (0.8, 0.5, 0.75)
+
+
+def test_thresholds_are_probabilities():
+    y_true = np.array([0, 1, 0, 1])
+    prob = np.array([0.9, 0.1, 0.8, 0.2])  # anti-correlated: the best Youden point is "call nothing positive"
+
+    threshold, _ = choose_threshold(y_true, prob)
+
+    assert 0.0 <= threshold <= 1.0

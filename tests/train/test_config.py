@@ -1,0 +1,78 @@
+"""TrainConfig: defaults are the recommended recipe; every invalid option has its own message."""
+
+from __future__ import annotations
+
+import pytest
+
+from covidct.errors import OptionError
+from covidct.model.device import Device
+from covidct.model.network import TrainLayers
+from covidct.train.config import Mode, TrainConfig
+
+
+def test_defaults():
+    config = TrainConfig()
+
+    assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.LAYER3, Device.AUTO)
+    assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, True)
+
+
+@pytest.mark.parametrize(
+    ("options", "epochs"),
+    [({}, 12), ({"mode": "linear"}, 100), ({"epochs": 3}, 3), ({"mode": "linear", "epochs": 2}, 2)],
+    ids=["finetune-default", "linear-default", "finetune-given", "linear-given"],
+)
+def test_resolved_epochs(options, epochs):
+    assert TrainConfig(**options).resolved_epochs == epochs
+
+
+def test_strings_become_enums():
+    config = TrainConfig(mode="linear", train_layers="all", device="cpu")
+
+    assert (config.mode, config.train_layers, config.device) == (Mode.LINEAR, TrainLayers.ALL, Device.CPU)
+
+
+def test_to_dict_is_plain_values():
+    values = TrainConfig(mode="linear", target_sensitivity=0.9).to_dict()
+
+    assert values["mode"] == "linear" and type(values["mode"]) is str
+    assert values["train_layers"] == "layer3" and type(values["train_layers"]) is str
+    assert values["target_sensitivity"] == 0.9
+    assert sorted(values) == sorted(TrainConfig.__dataclass_fields__)
+
+
+# (id, options, message)
+INVALID = [
+    ("mode", {"mode": "transfer"}, "--mode must be one of linear, finetune; got 'transfer'"),
+    ("train-layers", {"train_layers": "layer2"}, "--train-layers must be one of head, layer4, layer3, all; got 'layer2'"),
+    ("device", {"device": "tpu"}, "--device must be one of auto, cpu, cuda; got 'tpu'"),
+    ("epochs-zero", {"epochs": 0}, "--epochs must be at least 1; got 0"),
+    ("batch-size-one", {"batch_size": 1}, "--batch-size must be at least 2; got 1"),
+    ("lr-zero", {"lr": 0.0}, "--lr must be positive; got 0.0"),
+    ("lr-negative", {"lr": -1e-3}, "--lr must be positive; got -0.001"),
+    ("backbone-lr-factor-zero", {"backbone_lr_factor": 0.0}, r"--backbone-lr-factor must be in \(0, 1\]; got 0.0"),
+    ("backbone-lr-factor-above-one", {"backbone_lr_factor": 1.5}, r"--backbone-lr-factor must be in \(0, 1\]; got 1.5"),
+    ("weight-decay-negative", {"weight_decay": -0.1}, "--weight-decay must be >= 0; got -0.1"),
+    ("patience-zero", {"patience": 0}, "--patience must be at least 1; got 0"),
+    ("image-size-small", {"image_size": 16}, "--image-size must be between 32 and 1024; got 16"),
+    ("image-size-large", {"image_size": 2048}, "--image-size must be between 32 and 1024; got 2048"),
+    ("target-sensitivity-one", {"target_sensitivity": 1.0}, r"--target-sensitivity must be in \(0, 1\); got 1.0"),
+    ("target-sensitivity-zero", {"target_sensitivity": 0.0}, r"--target-sensitivity must be in \(0, 1\); got 0.0"),
+    ("val-fraction", {"val_fraction": 0.5}, r"split fractions must be in \(0, 0.5\); got \(0.5, 0.15\)"),
+    ("test-fraction", {"test_fraction": 0.0}, r"split fractions must be in \(0, 0.5\); got \(0.15, 0.0\)"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+def test_invalid_options_raise_option_error(options, message):
+    with pytest.raises(OptionError, match=f"^{message}$"):
+        TrainConfig(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"image_size": 32}, {"image_size": 1024}, {"backbone_lr_factor": 1.0}, {"weight_decay": 0.0}, {"batch_size": 2}, {"target_sensitivity": 0.99}],
+    ids=["image-size-32", "image-size-1024", "backbone-lr-factor-1", "weight-decay-0", "batch-size-2", "target-sensitivity-0.99"],
+)
+def test_boundary_values_are_accepted(options):
+    TrainConfig(**options)
