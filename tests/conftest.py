@@ -14,6 +14,12 @@ from safetensors.torch import save_file
 from synthetic import SyntheticDataset, write_synthetic_dataset
 from torchvision.models import resnet50
 
+from covidct.data.manifest import read_manifest
+from covidct.export.onnx import export_onnx
+from covidct.model.pretrained import resolve_pretrained
+from covidct.train.config import TrainConfig
+from covidct.train.trainer import fit
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -56,3 +62,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
+    """A tiny trained model directory (64 px, one epoch, with its OOD guard) plus model.onnx and model.int8.onnx.
+
+    Read-only: tests that change files link the ones they keep into a folder of their own.
+    """
+    config = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu")
+    out = tmp_path_factory.mktemp("onnx-model") / "model"
+    model_dir = fit(read_manifest(tiny_dataset.csv), out, config, pretrained=resolve_pretrained(random_weights)).model_dir
+    export_onnx(model_dir)
+    export_onnx(model_dir, int8=True)  # calibrated on the train split of the tiny dataset that model.json records
+    return model_dir

@@ -5,8 +5,8 @@ Research use only: not a medical device, not for diagnosis.
 
 from importlib.metadata import version as _version
 
-from covidct.infer.predictor import Prediction, PredictionRun, Predictor, load_model
+from covidct.infer.predictor import Explanation, ExplanationRun, Prediction, PredictionRun, Predictor, load_model
 from covidct.model.card import ModelCard
 
 __version__ = _version("covidct")
-__all__ = ["ModelCard", "Prediction", "PredictionRun", "Predictor", "__version__", "load_model"]
+__all__ = ["Explanation", "ExplanationRun", "ModelCard", "Prediction", "PredictionRun", "Predictor", "__version__", "load_model"]

@@ -49,3 +49,7 @@ class CovidctWarning(UserWarning):
 
 class OptimisticMetricsWarning(CovidctWarning):
     """No patient ids: slices of one patient may sit in several splits, so metrics are optimistic."""
+
+
+class MissingOodDetectorWarning(CovidctWarning):
+    """A model directory has no out-of-distribution detector, so no input is ever flagged as not a CT slice."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import typer.main
+from PIL import Image
 from synthetic import write_csv
 from typer.testing import CliRunner
 
@@ -19,6 +22,7 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 METRICS = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"]
 FIGURES = ["confusion.png", "pr.png", "reliability.png", "roc.png"]
+PREDICTION_COLUMNS = ["path", "prob_covid", "label", "prob_COVID", "prob_non-COVID", "in_distribution", "ood_score", "message"]
 WIDE = {"COLUMNS": "250"}  # rich wraps at the terminal width; wide enough that paths stay on one line
 
 
@@ -68,7 +72,7 @@ def trained(tiny_dataset, random_weights, tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_model_dir(trained):
-    assert sorted(p.name for p in trained.iterdir()) == ["model.json", "model.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in trained.iterdir()) == ["model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
     card = json.loads((trained / "model.json").read_text())
     assert card["preprocessing"]["image_size"] == 64
     assert card["data"]["split_method"] == "split column"
@@ -113,7 +117,8 @@ def test_evaluate_writes_the_report_figures_and_predictions(evaluated, tiny_data
     with (out / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["patient_id"] for row in rows] == ["C06"] * 3 + ["C07"] * 3 + ["N06"] * 3 + ["N07"] * 3
-    assert list(rows[0]) == ["path", "patient_id", "label", "prob_covid"]
+    assert list(rows[0]) == ["path", "patient_id", "label", "prob_covid", "in_distribution", "ood_score"]
+    assert all(row["in_distribution"] in ("True", "False") and float(row["ood_score"]) >= 0 for row in rows)
 
 
 def test_evaluate_on_every_row_of_a_folder_without_patient_ids(trained, tiny_dataset, tmp_path):
@@ -147,7 +152,7 @@ def test_predict_writes_a_csv(trained, tiny_dataset, tmp_path):
 
     assert result.exit_code == 0, result.output
     rows = read_csv(tmp_path / "x.csv")
-    assert list(rows[0]) == ["path", "prob_covid", "label", "prob_COVID", "prob_non-COVID"]
+    assert list(rows[0]) == PREDICTION_COLUMNS
     assert [row["path"] for row in rows] == [str(path) for path in inputs]
     for row in rows:
         assert float(row["prob_covid"]) == float(row["prob_COVID"])
@@ -163,7 +168,7 @@ def test_predict_writes_json_with_the_notice(trained, tiny_dataset, tmp_path):
     assert sorted(written) == ["failures", "notice", "predictions"]
     assert written["notice"] == RESEARCH_USE_STATEMENT
     assert written["failures"] == []
-    assert sorted(written["predictions"][0]) == sorted(["path", "prob_covid", "label", "prob_COVID", "prob_non-COVID"])
+    assert sorted(written["predictions"][0]) == sorted(PREDICTION_COLUMNS)
 
 
 def test_predict_expands_folders_and_prints_a_table(trained, tiny_dataset):
@@ -193,6 +198,67 @@ def test_predict_exits_1_on_a_failed_input_and_reports_it(trained, tiny_dataset,
         assert [row["path"] for row in read_csv(tmp_path / "x.csv")] == [str(good)]
 
 
+@pytest.fixture
+def white_png(tmp_path) -> Path:
+    path = tmp_path / "white.png"
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_blank_image_is_labelled_not_ct_without_probabilities(trained, tiny_dataset, white_png, tmp_path, suffix):
+    ct_slice = tiny_dataset.paths["COVID"][0]
+
+    result = invoke("predict", trained, ct_slice, white_png, "--out", tmp_path / f"x{suffix}", "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    rows = read_csv(tmp_path / "x.csv") if suffix == ".csv" else json.loads((tmp_path / "x.json").read_text())["predictions"]
+    ct, white = rows
+    empty = "" if suffix == ".csv" else None
+    assert (white["label"], white["prob_covid"], white["prob_COVID"], white["prob_non-COVID"]) == ("not-ct", empty, empty, empty)
+    assert str(white["in_distribution"]) == "False"
+    assert re.fullmatch(r"does not look like a chest CT slice the model was trained on \(OOD score [0-9.]+ > threshold [0-9.]+\)", white["message"])
+    assert float(white["ood_score"]) > float(ct["ood_score"])
+    assert (ct["label"], str(ct["in_distribution"]), ct["message"]) in (("COVID", "True", ""), ("non-COVID", "True", ""))
+
+
+def test_the_table_shows_the_message_instead_of_a_probability(trained, white_png):
+    result = invoke("predict", trained, white_png, "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    assert "not-ct" in result.stdout
+    assert "does not look like a chest CT slice the model was trained on (OOD score" in " ".join(result.stdout.split())
+
+
+def test_predict_cam_writes_one_overlay_per_input(trained, tiny_dataset, tmp_path):
+    inputs = [tmp_path / "a" / "slice.png", tmp_path / "b" / "slice.png", tiny_dataset.paths["non-COVID"][0]]
+    for source, target in zip(tiny_dataset.paths["COVID"][:2], inputs[:2], strict=True):
+        target.parent.mkdir()
+        shutil.copy(source, target)
+
+    result = invoke("predict", trained, *inputs, "--cam", tmp_path / "cams", "--out", tmp_path / "x.csv", "--device", "cpu")
+
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "cams").iterdir())
+    assert names == sorted(["slice_cam.png", "slice_2_cam.png", f"{inputs[2].stem}_cam.png"])
+    for name in names:
+        with Image.open(tmp_path / "cams" / name) as overlay:
+            assert (overlay.format, overlay.mode, overlay.width) == ("PNG", "RGB", 256)
+    assert "3 Grad-CAM overlay(s) written to" in result.stdout
+    assert [row["path"] for row in read_csv(tmp_path / "x.csv")] == [str(path) for path in inputs]
+
+
+def test_the_report_has_a_grad_cam_gallery_and_the_ood_share(evaluated):
+    out, _ = evaluated
+    page = (out / "report.html").read_text(encoding="utf-8")
+
+    assert "<h2>Grad-CAM gallery</h2>" in page
+    for kind in ("True positives", "False positives", "False negatives"):
+        assert re.search(rf"<h3>{kind} \(\d\)</h3>", page), kind
+    assert page.count("<figure class='cam'>") >= 1
+    assert re.search(r"Out-of-distribution guard: \d+ of 12 slices \(\d+\.\d%\) were flagged", page)
+
+
 def _other_classes(tmp_path: Path, dataset) -> Path:
     rows = [{"path": str(path), "label": label} for label, name in (("A", "COVID"), ("B", "non-COVID")) for path in dataset.paths[name][:2]]
     return write_csv(tmp_path / "other.csv", rows)
@@ -207,6 +273,7 @@ ERRORS = [
     ("predict-out-txt", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--out", t / "x.txt"], "--out must end in .csv or .json; got 'x.txt'"),
     ("predict-batch-size", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--batch-size", 0], "--batch-size must be at least 1; got 0"),
     ("predict-not-a-model", lambda t, m, d, w: ["predict", t, d.paths["COVID"][0]], "no model.json; expected a model directory"),
+    ("predict-cam-a-file", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--cam", d.csv], r"--cam must be a folder; '.*manifest.csv' is a file"),
     ("evaluate-unknown-split", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--split", "holdout"], "no rows in split 'holdout'"),
     ("evaluate-other-classes", lambda t, m, d, w: ["evaluate", m, _other_classes(t, d), "--out", t / "e", "--positive-class", "A", "--split", "all"], r"classes \['A', 'B'\] differ from the model's \['COVID', 'non-COVID'\]"),
     ("evaluate-positive-class", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--positive-class", "COVID19"], r"did you mean 'COVID'\?"),

@@ -17,6 +17,9 @@ from covidct.preprocess.transforms import Preprocessing
 
 NOT_AN_IMAGE = "not a readable PNG, JPEG, BMP or TIFF image"
 
+# save_random_model writes a directory without the OOD guard (as older covidct did): test_ood covers that warning
+pytestmark = pytest.mark.filterwarnings("ignore::covidct.errors.MissingOodDetectorWarning")
+
 
 def save_random_model(model_dir, classes: tuple[str, ...], *, threshold: float = 0.5, seed: int = 0):
     """A ResNet-50 with random weights behind a card for 32 x 32 inputs (predictions are arbitrary but valid)."""

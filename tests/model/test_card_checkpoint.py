@@ -26,6 +26,7 @@ CARD_KEYS = [
     "decision",
     "environment",
     "intended_use",
+    "ood",
     "positive_class",
     "preprocessing",
     "stride_variant",

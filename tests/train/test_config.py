@@ -13,13 +13,13 @@ from covidct.train.config import Mode, TrainConfig
 def test_defaults():
     config = TrainConfig()
 
-    assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.LAYER3, Device.AUTO)
+    assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.ALL, Device.AUTO)
     assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, True)
 
 
 @pytest.mark.parametrize(
     ("options", "epochs"),
-    [({}, 12), ({"mode": "linear"}, 100), ({"epochs": 3}, 3), ({"mode": "linear", "epochs": 2}, 2)],
+    [({}, 20), ({"mode": "linear"}, 100), ({"epochs": 3}, 3), ({"mode": "linear", "epochs": 2}, 2)],
     ids=["finetune-default", "linear-default", "finetune-given", "linear-given"],
 )
 def test_resolved_epochs(options, epochs):
@@ -36,7 +36,7 @@ def test_to_dict_is_plain_values():
     values = TrainConfig(mode="linear", target_sensitivity=0.9).to_dict()
 
     assert values["mode"] == "linear" and type(values["mode"]) is str
-    assert values["train_layers"] == "layer3" and type(values["train_layers"]) is str
+    assert values["train_layers"] == "all" and type(values["train_layers"]) is str
     assert values["target_sensitivity"] == 0.9
     assert sorted(values) == sorted(TrainConfig.__dataclass_fields__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from covidct.cli import audit, demo, evaluate, predict, train, weights
+from covidct.cli import audit, demo, evaluate, export, predict, train, weights
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.command()(train.train)
 app.command()(evaluate.evaluate)
 app.command()(predict.predict)
+app.command()(export.export)
 app.command()(demo.demo)
 app.command()(audit.audit)
 app.add_typer(weights.app, name="weights")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from covidct.data.audit import SHORTCUT_AUC, AuditResult, DuplicateCluster
 from covidct.errors import InputError, OptionError
-from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.html_page import html_page
 from covidct.io.images import read_grayscale
 
 THUMBNAIL_PX = 96
@@ -43,9 +43,8 @@ def write_audit(out_dir: str | Path, result: AuditResult) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out_dir / "audit.json", out_dir / "audit.html"
     json_path.write_text(json.dumps(result.to_json_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
-    page = _PAGE.substitute(
+    body = _BODY.substitute(
         dataset=html.escape(str(result.root)),
-        statement=html.escape(RESEARCH_USE_STATEMENT),
         summary=html.escape(f"{result.n_images} images, {len(result.failures)} unreadable; classes {', '.join(result.classes)} "
                             f"(positive: {result.positive_class}); splits: {result.split_source}."),
         findings=_findings_table(result),
@@ -53,7 +52,7 @@ def write_audit(out_dir: str | Path, result: AuditResult) -> tuple[Path, Path]:
         balance=_balance_table(result),
         clusters=_clusters_section(result),
     )
-    html_path.write_text(page, encoding="utf-8")
+    html_path.write_text(html_page("covidct data audit", body, extra_css=_EXTRA_CSS), encoding="utf-8")
     return json_path, html_path
 
 
@@ -129,30 +128,14 @@ def _thumbnail_html(path: Path, caption: str) -> str:
     return f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
 
 
-_PAGE = Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>covidct data audit</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 64rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-.ruo { border: 3px solid #b00020; background: #fdecea; color: #b00020; font-size: 1.3rem;
-       font-weight: bold; padding: 0.8rem 1rem; border-radius: 6px; }
-table { border-collapse: collapse; margin: 0.5rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+_EXTRA_CSS = """
 tr.warning td:first-child { color: #8a4b00; font-weight: bold; }
-.small { font-size: 0.9rem; color: #555; }
-.warn { color: #8a4b00; }
 .cluster { border-top: 1px solid #ddd; margin-top: 0.8rem; }
 figure { display: inline-block; margin: 0.4rem; max-width: 12rem; vertical-align: top; }
 figcaption { font-size: 0.8rem; overflow-wrap: anywhere; }
-</style>
-</head>
-<body>
-<h1>covidct data audit</h1>
-<p class="ruo">$statement</p>
-<p>Dataset: <code>$dataset</code></p>
+"""
+
+_BODY = Template("""<p>Dataset: <code>$dataset</code></p>
 <p>$summary</p>
 <h2>Findings</h2>
 $findings
@@ -162,6 +145,4 @@ $attributes
 $balance
 <h2>Duplicate clusters</h2>
 $clusters
-</body>
-</html>
 """)

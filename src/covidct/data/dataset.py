@@ -42,7 +42,9 @@ def decode_slices(paths: Sequence[Path], image_size: int, *, progress: Progress 
             failures.append(InputFailure(str(path), error.reason))
         if progress:
             progress(index + 1, len(paths))
-    stacked = torch.from_numpy(np.stack(images)).to(torch.float16) if images else torch.empty(0, image_size, image_size, dtype=torch.float16)
+    # float16 in numpy, not torch: predict decodes in a background thread, where a torch op would start a second
+    # OpenMP team competing with the forward pass for the cores (the values are the same, both round to nearest even).
+    stacked = torch.from_numpy(np.stack(images).astype(np.float16)) if images else torch.empty(0, image_size, image_size, dtype=torch.float16)
     return DecodedSlices(stacked, np.asarray(indices, dtype=np.int64), failures)
 
 

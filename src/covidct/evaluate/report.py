@@ -22,7 +22,7 @@ from covidct.evaluate.bootstrap import BootstrapResult
 from covidct.evaluate.evaluation import EvaluationResult
 from covidct.evaluate.figures import plot_confusion, plot_pr, plot_reliability, plot_roc
 from covidct.evaluate.metrics import METRIC_NAMES
-from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.html_page import html_page
 
 _METRIC_LABELS = {
     "auc": "ROC-AUC",
@@ -49,11 +49,13 @@ def write_report(
     title: str,
     class_names: tuple[str, str],
     extra_notes: Sequence[str] = (),
+    gallery_html: str = "",
 ) -> Path:
     """Write metrics.json, roc/pr/confusion/reliability PNGs and report.html to ``out_dir``; return the HTML path.
 
     Figures show slice-level ``y_true``/``prob``. The HTML embeds them as base64 data URIs and carries
     no external CSS or JS, so the single file can be mailed or archived and still opens offline.
+    ``gallery_html`` is a ready section (see ``evaluate.gallery``) placed after the figures.
 
     Raises:
         OptionError: ``threshold`` differs from ``result.threshold``, or ``class_names`` is not two names.
@@ -76,9 +78,7 @@ def write_report(
         "Confusion matrix": plot_confusion(y_true, prob, threshold, out_dir / "confusion.png", class_names=class_names),
         "Reliability diagram": plot_reliability(y_true, prob, out_dir / "reliability.png"),
     }
-    page = _PAGE.substitute(
-        title=html.escape(title),
-        statement=html.escape(RESEARCH_USE_STATEMENT),
+    body = _BODY.substitute(
         setup=_setup_section(result, class_names),
         slice_table=_level_section(
             "Slice level", result.slice_level, sample_word="slices",
@@ -86,9 +86,11 @@ def write_report(
         ),
         patient_table=_patient_section(result),
         figures="\n".join(_figure_html(caption, path) for caption, path in figures.items()),
+        gallery=gallery_html,
         notes=_notes_section(extra_notes),
         model_card=_model_card_section(model_card),
     )
+    page = html_page(title, body, extra_css=_EXTRA_CSS)
     report_path = out_dir / "report.html"
     report_path.write_text(page, encoding="utf-8")
     return report_path
@@ -172,37 +174,21 @@ def _fmt(value: float) -> str:
     return "undefined" if math.isnan(value) else f"{value:.3f}"
 
 
-_PAGE = Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-.ruo { border: 3px solid #b00020; background: #fdecea; color: #b00020; font-size: 1.3rem;
-       font-weight: bold; padding: 0.8rem 1rem; border-radius: 6px; }
-table { border-collapse: collapse; margin: 0.5rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+_EXTRA_CSS = """
 td:nth-child(n+2) { font-variant-numeric: tabular-nums; }
 pre { margin: 0; white-space: pre-wrap; }
-.small { font-size: 0.9rem; color: #555; }
-.warn { color: #8a4b00; }
 figure { display: inline-block; margin: 0.5rem; }
 img { max-width: 28rem; }
-</style>
-</head>
-<body>
-<h1>$title</h1>
-<p class="ruo">$statement</p>
-<h2>Setup</h2>
+figure.cam img { max-width: 14rem; }
+"""
+
+_BODY = Template("""<h2>Setup</h2>
 $setup
 $slice_table
 $patient_table
 <h2>Figures (slice level)</h2>
 $figures
+$gallery
 $notes
 $model_card
-</body>
-</html>
 """)

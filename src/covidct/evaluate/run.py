@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
@@ -16,24 +17,32 @@ from covidct.data.splits import assign_splits
 from covidct.errors import CovidctWarning, InputError
 from covidct.evaluate.aggregate import Aggregate
 from covidct.evaluate.evaluation import EvaluationResult, evaluation_metrics
+from covidct.evaluate.gallery import build_gallery, gallery_section
 from covidct.evaluate.report import write_report
+from covidct.infer.ood import OodDetector, features_and_logits, load_detector
 from covidct.io.discover import InputFailure
+from covidct.model.card import ModelCard
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16
-from covidct.model.forward import calibrated_probabilities, prepare_for_inference
+from covidct.model.forward import prepare_for_inference
 
 ALL_SPLITS = "all"
 
 
 @dataclass(frozen=True)
 class EvaluationRun:
-    """The metrics, where the report is, how many slices were scored and which files failed."""
+    """The metrics, where the report is, how many slices were scored and which files failed.
+
+    ``n_flagged`` counts the slices the out-of-distribution guard flagged (None for a model without
+    one); they are scored like the others, so the metrics cover every decoded slice.
+    """
 
     result: EvaluationResult
     report_path: Path
     n_slices: int
     failures: list[InputFailure]
     notes: list[str]
+    n_flagged: int | None = None
 
 
 def evaluate_model(
@@ -57,27 +66,58 @@ def evaluate_model(
     if tuple(manifest.classes) != tuple(card.classes):
         raise InputError(f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}", path=manifest.origin)
     part, notes = _select_split(manifest, split, card.training, card.data.get("manifest_sha256"))
+    detector = load_detector(Path(model_dir), card)
     torch_device = resolve_device(device)
     decoded = decode_slices([s.path for s in part.samples], card.preprocessing.image_size, progress=progress)
     if len(decoded.indices) == 0:
         raise InputError(f"no image of the {split} split could be decoded ({len(decoded.failures)} failures)", path=manifest.origin)
     net = prepare_for_inference(model, torch_device)
-    probabilities = calibrated_probabilities(net, card, decoded.images, device=torch_device, use_bf16=supports_bf16(torch_device))
+    prob, ood_scores = _score(net, card, detector, decoded.images, torch_device)
     samples = [part.samples[i] for i in decoded.indices]
-    prob = probabilities[:, card.positive_index].numpy().astype(np.float64)
     y_true = np.array([s.label == card.positive_index for s in samples], dtype=int)
     groups = [s.group for s in samples] if part.has_patient_ids else None
     result = evaluation_metrics(y_true, prob, card.decision.threshold, groups=groups, aggregate=aggregate, n_resamples=n_resamples)
     notes += [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"] if decoded.failures else []
+    notes.append(_ood_note(detector, ood_scores))
+    gallery = build_gallery(net, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob, device=torch_device)
     out_dir = Path(out_dir)
     report = write_report(
         out_dir, result, y_true=y_true, prob=prob, threshold=card.decision.threshold, model_card=card.to_dict(),
         title=f"covidct evaluation: {manifest.origin.name}, split {split}", class_names=(_negative_name(card.classes, card.positive_class), card.positive_class),
-        extra_notes=notes,
+        extra_notes=notes, gallery_html=gallery_section(gallery),
     )
-    _write_rows(out_dir / "predictions.csv", ["path", "patient_id", "label", "prob_covid"], [(s.path, s.group or "", card.classes[s.label], f"{p:.6f}") for s, p in zip(samples, prob, strict=True)])
+    passed = None if ood_scores is None else detector.is_in_distribution(ood_scores)
+    _write_predictions(out_dir / "predictions.csv", samples, card.classes, prob, passed, ood_scores)
     _write_rows(out_dir / "failures.csv", ["path", "reason"], [(f.path, f.reason) for f in decoded.failures])
-    return EvaluationRun(result, report, len(samples), decoded.failures, notes)
+    n_flagged = None if passed is None else int((~passed).sum())
+    return EvaluationRun(result, report, len(samples), decoded.failures, notes, n_flagged)
+
+
+def _score(net: torch.nn.Module, card: ModelCard, detector: OodDetector | None, slices: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N,) float64 positive-class probabilities as the card prescribes, and the guard's (N,) scores (or None)."""
+    features, logits = features_and_logits(net, slices, preprocessing=card.preprocessing, device=device, use_bf16=supports_bf16(device), tta_hflip=card.decision.tta_hflip)
+    probabilities = torch.softmax(logits / card.decision.temperature, dim=1)
+    scores = None if detector is None else detector.scores(features)
+    return probabilities[:, card.positive_index].numpy().astype(np.float64), scores
+
+
+def _write_predictions(path: Path, samples: list, classes: tuple[str, ...], prob: np.ndarray, passed: np.ndarray | None, scores: np.ndarray | None) -> None:
+    """predictions.csv: one row per scored slice; the guard's columns are empty for a model without one."""
+    passed_text = [""] * len(samples) if passed is None else [str(bool(value)) for value in passed]
+    scores_text = [""] * len(samples) if scores is None else [f"{score:.3f}" for score in scores]
+    rows = [(s.path, s.group or "", classes[s.label], f"{p:.6f}", ok, score) for s, p, ok, score in zip(samples, prob, passed_text, scores_text, strict=True)]
+    _write_rows(path, ["path", "patient_id", "label", "prob_covid", "in_distribution", "ood_score"], rows)
+
+
+def _ood_note(detector: OodDetector | None, scores: np.ndarray | None) -> str:
+    if detector is None:
+        return "The model has no out-of-distribution guard (trained with an older covidct): no slice could be flagged as not a chest CT slice."
+    flagged = int((~detector.is_in_distribution(scores)).sum())
+    return (
+        f"Out-of-distribution guard: {flagged} of {len(scores)} slices ({flagged / len(scores):.1%}) were flagged as not looking like "
+        f"the training CT slices (OOD score > {detector.threshold:.1f}; about 5% of validation slices are by design). "
+        "They are still scored: every metric above covers all decoded slices."
+    )
 
 
 def _select_split(manifest: Manifest, split: str, training: dict, trained_sha256: str | None) -> tuple[Manifest, list[str]]:

@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from covidct.data.dataset import decode_slices
 from covidct.errors import OptionError
-from covidct.io.discover import InputFailure, discover_images
+from covidct.infer.engines import Engine, InferenceEngine, TorchEngine, open_onnx_engine
+from covidct.infer.gradcam import gradcam_heatmaps
+from covidct.infer.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
+from covidct.infer.stream import iter_slice_batches
+from covidct.io.discover import InputFailure, count_images
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16
-from covidct.model.forward import calibrated_probabilities, prepare_for_inference
+from covidct.model.forward import prepare_for_inference
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one image: calibrated probabilities and the label at the card's threshold."""
+    """The model's answer for one image.
+
+    For a chest CT slice: calibrated probabilities and the label at the card's threshold. For an input
+    the out-of-distribution guard flags: ``label`` is ``"not-ct"``, ``prob_covid`` is None, there are
+    no probabilities and ``message`` says why, because a COVID probability for a photo would mean nothing.
+
+    Attributes:
+        in_distribution: False when the guard flagged the input.
+        ood_score: the guard's distance (larger is less CT-like), or None for a model without a guard.
+        message: empty, or the reason the input was flagged.
+    """
 
     path: str
-    prob_covid: float
+    prob_covid: float | None
     label: str
     probabilities: dict[str, float]
+    in_distribution: bool = True
+    ood_score: float | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -36,17 +53,57 @@ class PredictionRun:
     skipped: list[InputFailure]
 
 
-class Predictor:
-    """A loaded model: weights, card-driven preprocessing, temperature and threshold."""
+@dataclass(frozen=True)
+class Explanation:
+    """A prediction with its Grad-CAM heatmap and the slice as the model saw it.
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard, *, device: Device | str = Device.AUTO, batch_size: int = 32) -> None:
+    Attributes:
+        slice: (S, S) float32 grayscale in [0, 1], resized to the card's image size.
+        heatmap: (S, S) float32 in [0, 1]: where evidence for the positive class was (see ``infer.gradcam``).
+    """
+
+    prediction: Prediction
+    slice: np.ndarray
+    heatmap: np.ndarray
+
+    @property
+    def path(self) -> str:
+        return self.prediction.path
+
+
+@dataclass(frozen=True)
+class ExplanationRun:
+    """Explanations for the inputs that worked, and the failures and skipped files, as in ``PredictionRun``."""
+
+    explanations: list[Explanation]
+    failures: list[InputFailure]
+    skipped: list[InputFailure]
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        return [explanation.prediction for explanation in self.explanations]
+
+
+class Predictor:
+    """A loaded model: weights, card-driven preprocessing, temperature, threshold and out-of-distribution guard.
+
+    Without a ``detector`` (a model trained before the guard) every input counts as in distribution.
+    ``engine`` computes features and logits (default: ``model`` on ``device``, see ``infer.engines``);
+    Grad-CAM always uses the torch ``model``.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None
+    ) -> None:
         if batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
         self.card = card
+        self.detector = detector
         self.device = resolve_device(device)
         self.use_bf16 = supports_bf16(self.device)
         self.batch_size = batch_size
         self.model = prepare_for_inference(model, self.device)
+        self.engine = engine if engine is not None else TorchEngine(self.model, device=self.device, use_bf16=self.use_bf16)
 
     @property
     def threshold(self) -> float:
@@ -57,39 +114,110 @@ class Predictor:
 
         Files that cannot be decoded become failures with a reason; the others are still predicted.
         """
-        found = discover_images(inputs)
-        predictions: list[Prediction] = []
-        failures = list(found.failures)
-        for start in range(0, len(found.paths), self.batch_size):
-            chunk = found.paths[start : start + self.batch_size]
-            decoded = decode_slices(chunk, self.card.preprocessing.image_size)
-            failures.extend(decoded.failures)
-            probabilities = self.probabilities(decoded.images)
-            predictions.extend(self._prediction(str(chunk[i]), row) for i, row in zip(decoded.indices, probabilities, strict=True))
-            if progress:
-                progress(min(start + self.batch_size, len(found.paths)), len(found.paths))
-        return PredictionRun(predictions, failures, found.skipped)
+        run = self._run(inputs, progress=progress, explain=False)
+        return PredictionRun(run.predictions, run.failures, run.skipped)
+
+    def iter_predict(self, inputs: Iterable[str | Path], *, batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> Iterator[PredictionRun]:
+        """Yield each batch's predictions, failures and skipped files as soon as the batch is done.
+
+        For folders of any size: the next batch is decoded in a background thread while this one
+        runs, and nothing is kept between batches, so memory stays flat (``predict`` collects them).
+
+        Args:
+            inputs: files, or folders walked recursively.
+            batch_size: slices decoded and yielded together (default: the predictor's, which also
+                bounds each forward pass).
+            progress: called with (image files done, total) after each batch; the total costs one
+                extra walk of the folders.
+
+        Raises:
+            OptionError: ``batch_size`` < 1.
+        """
+        if batch_size is not None and batch_size < 1:
+            raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
+        runs = self._iter_runs(inputs, batch_size=batch_size or self.batch_size, progress=progress, explain=False)
+        return (PredictionRun(run.predictions, run.failures, run.skipped) for run in runs)
+
+    def explain(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None) -> ExplanationRun:
+        """Predict like ``predict`` and add each input's Grad-CAM heatmap and resized slice.
+
+        A backward pass per image makes this about three times slower than ``predict``, and each result
+        holds two (S, S) float32 arrays (0.4 MB at 224 px); flagged inputs get a heatmap too.
+        """
+        return self._run(inputs, progress=progress, explain=True)
 
     def probabilities(self, slices: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities (N, C) for (N, S, S) grayscale slices in [0, 1]."""
-        return calibrated_probabilities(self.model, self.card, slices, device=self.device, use_bf16=self.use_bf16, batch_size=self.batch_size)
+        return self._forward(slices)[1]
 
-    def _prediction(self, path: str, probabilities: torch.Tensor) -> Prediction:
+    def ood_scores(self, slices: torch.Tensor) -> np.ndarray | None:
+        """(N,) guard distances for (N, S, S) grayscale slices in [0, 1], or None without a guard."""
+        return self._forward(slices)[0]
+
+    def _run(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None, explain: bool) -> ExplanationRun:
+        explanations: list[Explanation] = []
+        failures: list[InputFailure] = []
+        skipped: list[InputFailure] = []
+        for run in self._iter_runs(inputs, batch_size=self.batch_size, progress=progress, explain=explain):
+            explanations += run.explanations
+            failures += run.failures
+            skipped += run.skipped
+        return ExplanationRun(explanations, failures, skipped)
+
+    def _iter_runs(self, inputs: Iterable[str | Path], *, batch_size: int, progress: Callable[[int, int], None] | None, explain: bool) -> Iterator[ExplanationRun]:
+        inputs = list(inputs)
+        total, reported = (count_images(inputs) if progress else 0), 0
+        for batch in iter_slice_batches(inputs, image_size=self.card.preprocessing.image_size, batch_size=batch_size):
+            explanations = []
+            if batch.paths:
+                scores, probabilities = self._forward(batch.images)
+                heatmaps = self._heatmaps(batch.images) if explain else [None] * len(batch.paths)
+                for row, path in enumerate(batch.paths):
+                    prediction = self._prediction(str(path), probabilities[row], None if scores is None else float(scores[row]))
+                    slice_gray = batch.images[row].float().numpy() if explain else None
+                    explanations.append(Explanation(prediction, slice_gray, heatmaps[row]))
+            if progress and batch.n_images_seen > reported:
+                reported = batch.n_images_seen
+                progress(reported, max(total, reported))
+            yield ExplanationRun(explanations, batch.failures, batch.skipped)
+
+    def _forward(self, slices: torch.Tensor) -> tuple[np.ndarray | None, torch.Tensor]:
+        """Guard scores (or None) and calibrated probabilities, from one pass over the slices."""
+        decision = self.card.decision
+        features, logits = self.engine.features_and_logits(slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size, tta_hflip=decision.tta_hflip)
+        scores = None if self.detector is None else self.detector.scores(features)
+        return scores, torch.softmax(logits / decision.temperature, dim=1)
+
+    def _heatmaps(self, slices: torch.Tensor) -> np.ndarray:
+        return gradcam_heatmaps(self.model, slices, preprocessing=self.card.preprocessing, target_index=self.card.positive_index, device=self.device)
+
+    def _prediction(self, path: str, probabilities: torch.Tensor, ood_score: float | None) -> Prediction:
         card = self.card
+        if ood_score is not None and ood_score > self.detector.threshold:
+            return Prediction(path, None, NOT_CT_LABEL, {}, False, ood_score, not_ct_message(ood_score, self.detector.threshold))
         prob_covid = float(probabilities[card.positive_index])
         if prob_covid >= self.threshold:
             label = card.positive_class
         else:
             others = [(float(p), name) for name, p in zip(card.classes, probabilities, strict=True) if name != card.positive_class]
             label = max(others)[1]
-        return Prediction(path, prob_covid, label, {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)})
+        return Prediction(path, prob_covid, label, {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}, True, ood_score)
 
 
-def load_model(model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32) -> Predictor:
+def load_model(model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32, engine: Engine | str = Engine.TORCH) -> Predictor:
     """Load a model directory written by ``covidct train`` (on the CPU if there is no GPU).
 
+    ``engine`` onnx or onnx-int8 runs ``model.onnx`` or ``model.int8.onnx`` (written by ``covidct
+    export``) with onnxruntime on the CPU; the torch weights are still loaded (hash check, Grad-CAM).
+
     Raises:
-        ModelDirError: missing or mismatched model files.
+        ModelDirError: missing or mismatched model files; a missing export names the command that writes it.
+        OptionError: an unknown ``engine``, or an ONNX engine with ``device`` cuda.
+
+    Warns:
+        MissingOodDetectorWarning: the directory has no out-of-distribution guard (an older model).
     """
+    engine = Engine(engine)
     model, card = load_model_dir(Path(model_dir))
-    return Predictor(model, card, device=device, batch_size=batch_size)
+    runner = None if engine is Engine.TORCH else open_onnx_engine(Path(model_dir), card, engine, device=device)
+    return Predictor(model, card, detector=load_detector(Path(model_dir), card), device=device, batch_size=batch_size, engine=runner)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,11 @@ class InputFailure:
 
     path: str
     reason: str
+
+
+@dataclass(frozen=True)
+class SkippedFile(InputFailure):
+    """A file inside a folder left out for its type: listed for the user, but not a failure."""
 
 
 @dataclass(frozen=True)
@@ -36,27 +41,50 @@ def discover_images(inputs: Iterable[str | Path]) -> Discovered:
     paths: list[Path] = []
     failures: list[InputFailure] = []
     skipped: list[InputFailure] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            _walk(item, paths, failures, skipped)
-        elif item.is_file():
+    for item in iter_inputs(inputs):
+        if isinstance(item, Path):
             paths.append(item)
+        elif isinstance(item, SkippedFile):
+            skipped.append(item)
         else:
-            failures.append(InputFailure(str(item), "no such file or folder"))
+            failures.append(item)
     return Discovered(paths, failures, skipped)
 
 
-def _walk(root: Path, paths: list[Path], failures: list[InputFailure], skipped: list[InputFailure]) -> None:
+def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path | InputFailure]:
+    """Yield, in ``discover_images`` order, each image path, failed input and ``SkippedFile`` as it is found.
+
+    Nothing is collected: memory holds one folder's listing at a time, so a folder tree of millions
+    of slices can be streamed.
+    """
+    for item in map(Path, inputs):
+        if item.is_dir():
+            yield from _walk(item)
+        elif item.is_file():
+            yield item
+        else:
+            yield InputFailure(str(item), "no such file or folder")
+
+
+def count_images(inputs: Iterable[str | Path]) -> int:
+    """The number of image paths ``iter_inputs`` yields (one walk, nothing kept): a total for progress bars."""
+    return sum(isinstance(item, Path) for item in iter_inputs(inputs))
+
+
+def _walk(root: Path) -> Iterator[Path | InputFailure]:
     """Walk ``root`` following symlinked folders, each real folder once (so a symlink loop ends)."""
+    errors: list[InputFailure] = []
 
     def on_error(error: OSError) -> None:
-        failures.append(InputFailure(str(error.filename or root), f"cannot read folder ({error.strerror})"))
+        errors.append(InputFailure(str(error.filename or root), f"cannot read folder ({error.strerror})"))
 
     visited: set[tuple[int, int]] = set()
     for folder, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        yield from errors
+        errors.clear()
         status = os.stat(folder)
         if (status.st_dev, status.st_ino) in visited:
-            failures.append(InputFailure(folder, "folder already visited through another path (symlink loop); not walked again"))
+            yield InputFailure(folder, "folder already visited through another path (symlink loop); not walked again")
             dirnames.clear()
             continue
         visited.add((status.st_dev, status.st_ino))
@@ -66,6 +94,7 @@ def _walk(root: Path, paths: list[Path], failures: list[InputFailure], skipped: 
             if name.startswith("."):
                 continue
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(path)
+                yield path
             else:
-                skipped.append(InputFailure(str(path), f"not an image file type ({path.suffix or 'no extension'})"))
+                yield SkippedFile(str(path), f"not an image file type ({path.suffix or 'no extension'})")
+    yield from errors

@@ -26,7 +26,11 @@ class Decision:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Typed view of model.json. ``to_dict`` gives exactly the documented keys (a test pins them)."""
+    """Typed view of model.json. ``to_dict`` gives exactly the documented keys (a test pins them).
+
+    ``ood`` describes the out-of-distribution detector stored beside the weights (see
+    ``covidct.infer.ood``); it is None for models trained before the guard existed.
+    """
 
     classes: tuple[str, ...]
     positive_class: str
@@ -43,6 +47,7 @@ class ModelCard:
     intended_use: str = RESEARCH_USE_STATEMENT
     checkpoint_sha256: str = ""
     architecture: dict = field(default_factory=dict)
+    ood: dict | None = None
 
     def __post_init__(self) -> None:
         if self.positive_class not in self.classes:

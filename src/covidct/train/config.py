@@ -22,14 +22,14 @@ class TrainConfig:
     """Every hyperparameter of a run; all of it goes into the model card."""
 
     mode: Mode = Mode.FINETUNE
-    train_layers: TrainLayers = TrainLayers.LAYER3
+    train_layers: TrainLayers = TrainLayers.ALL
     epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     backbone_lr_factor: float = 0.1
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    patience: int = 5
+    patience: int = 8
     ema_epochs: float | None = 1.0
     max_minutes: float | None = None
     image_size: int = 224
@@ -63,10 +63,10 @@ class TrainConfig:
 
     @property
     def resolved_epochs(self) -> int:
-        """Epochs to run: as given, else 12 for fine-tuning and 100 for the (cheap) linear head."""
+        """Epochs to run: as given, else 20 for fine-tuning and 100 for the (cheap) linear head."""
         if self.epochs is not None:
             return self.epochs
-        return 100 if self.mode is Mode.LINEAR else 12
+        return 100 if self.mode is Mode.LINEAR else 20
 
     def to_dict(self) -> dict:
         return {key: (str(value) if isinstance(value, StrEnum) else value) for key, value in asdict(self).items()}

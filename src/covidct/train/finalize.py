@@ -9,13 +9,11 @@ from importlib.metadata import version
 
 import numpy as np
 import torch
-from torch import nn
 
 from covidct.data.manifest import SPLITS, Manifest
 from covidct.evaluate.metrics import binary_metrics
 from covidct.io.discover import InputFailure
 from covidct.model.card import Decision, ModelCard
-from covidct.model.forward import predict_logits
 from covidct.model.pretrained import Pretrained
 from covidct.preprocess.transforms import Preprocessing
 from covidct.train.calibration import choose_threshold, fit_temperature
@@ -36,10 +34,14 @@ class RunFacts:
     audit_warnings: list[str]
 
 
-def build_card(model: nn.Module, manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
-    """Fit temperature and threshold on the validation split (never test) and assemble the card."""
-    model.eval()
-    logits = predict_logits(model, val[0], preprocessing=preprocessing, device=facts.device, use_bf16=facts.use_bf16, tta_hflip=config.tta_hflip)
+def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
+    """Fit temperature and threshold on the validation split (never test) and assemble the card.
+
+    Args:
+        val: the validation split's (N, C) logits, computed as inference will (mirror averaged when
+            ``config.tta_hflip``), and its (N,) class indices.
+    """
+    logits = val[0]
     temperature = fit_temperature(logits, val[1])
     prob = torch.softmax(logits / temperature, 1)[:, manifest.positive_index].numpy()
     is_positive = (val[1] == manifest.positive_index).numpy().astype(int)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 import shutil
 import time
@@ -18,6 +19,7 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits, split_method
 from covidct.errors import InputError, TrainingInterrupted
+from covidct.infer.ood import features_and_logits, save_detector
 from covidct.io.discover import InputFailure
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import save_model_dir
@@ -29,6 +31,7 @@ from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
 from covidct.train.epochs import EpochRunner, make_runner
 from covidct.train.finalize import RunFacts, build_card
+from covidct.train.ood_fit import fit_ood_guard
 from covidct.train.resume import RESUME_DIR, Progress, load_best_weights, load_resume_state, save_resume_state
 
 
@@ -51,7 +54,7 @@ class TrainResult:
 
 
 def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Train on ``manifest``'s train split, select and calibrate on val, write ``out_dir``.
+    """Train on ``manifest``'s train split, select and calibrate on val, fit the OOD guard, write ``out_dir``.
 
     Raises:
         InputError: a split has no usable images of a class.
@@ -77,7 +80,12 @@ def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: P
     failures = train.failures + val.failures
     facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started, [f.message for f in audit.warnings])
     callbacks.on_stage("calibrating on the validation split")
-    card = build_card(model, manifest, config, val=(val.slices, val.labels), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    # One validation pass serves calibration (logits) and the OOD threshold (features).
+    val_features, val_logits = features_and_logits(model.eval(), val.slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
+    card = build_card(manifest, config, val=(val_logits, val.labels), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    callbacks.on_stage("fitting the out-of-distribution guard on the training slices")
+    ood = fit_ood_guard(model, train=(train.slices, train.labels), val_features=val_features, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
+    card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
     card = save_model_dir(out_dir, model, card)
     _write_log(out_dir / "train_log.csv", progress.history)
     shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)

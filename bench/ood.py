@@ -1,0 +1,295 @@
+"""Out-of-distribution guard benchmark: how many non-CT images are flagged, and how many real CT slices (not a test).
+
+    .venv/bin/python bench/ood.py [--model DIR] [--shared ../shared/data] [--out bench/results/ood.json]
+
+Without ``--model`` it first trains a model on the UCSD official split (the default recipe with
+``epochs=4``, which the JSON records). Non-CT images are made on the fly from what ships offline:
+scikit-image's bundled photos (random crops and rescales), blank and noise images, text documents
+rendered with Pillow's default font, and other medical-looking images (the Shepp-Logan head phantom,
+retina and microscopy images from scikit-image, synthetic chest radiographs). Real CT slices: the
+UCSD official test split (minus the 4 cross-label duplicates) and SARS-CoV-2 block 9. Targets: at
+least 95% of non-CT images flagged, at most 5% of CT slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from shared_datasets import sars_rows, ucsd_rows, write_manifest
+from skimage import data as skdata
+from skimage.transform import rotate
+
+from covidct.data.manifest import read_manifest
+from covidct.infer.ood import NOT_CT_LABEL
+from covidct.infer.predictor import Predictor, load_model
+from covidct.model.device import resolve_device, supports_bf16
+from covidct.model.pretrained import resolve_pretrained
+from covidct.train.callbacks import TrainCallbacks
+from covidct.train.config import TrainConfig
+from covidct.train.trainer import fit
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_NON_CT_FLAGGED = 0.95
+TARGET_CT_FLAGGED = 0.05
+OOD_STAGE = "fitting the out-of-distribution guard on the training slices"
+Images = Iterator[tuple[str, np.ndarray]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="a trained model directory (default: train one on UCSD, 4 epochs)")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ood.json")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the model and the generated images go (default: a temporary folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-ood-"))
+    shared = args.shared.resolve()
+    model_dir, model_facts = (args.model, {"given": str(args.model)}) if args.model else _train_ucsd(shared, workdir)
+    predictor = load_model(model_dir)
+    results = {"machine": _machine(), "model": model_facts | {"ood": predictor.card.ood}, "threshold": predictor.detector.threshold, "non_ct": {}, "ct": {}}
+    rng = np.random.default_rng(args.seed)
+    for category, make in NON_CT_SETS.items():
+        paths = _write_images(make(rng), workdir / "non_ct" / category)
+        results["non_ct"][category] = _flag_rate(predictor, paths, is_ct=False)
+        print(f"non-CT {category}: {results['non_ct'][category]['flagged']}/{results['non_ct'][category]['n']} flagged", flush=True)
+    for source, rows in (("ucsd_test", ucsd_rows(shared)), ("sars_block9", sars_rows(shared))):
+        paths = [Path(row["path"]) for row in rows if row["split"] == "test"]
+        results["ct"][source] = _flag_rate(predictor, paths, is_ct=True)
+        print(f"CT {source}: {results['ct'][source]['flagged']}/{results['ct'][source]['n']} flagged", flush=True)
+    results["summary"] = _summary(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(results["summary"], indent=2))
+    print(f"wrote {args.out} (model and images in {workdir})")
+
+
+def _train_ucsd(shared: Path, workdir: Path) -> tuple[Path, dict]:
+    config = TrainConfig(epochs=4)
+    manifest = read_manifest(write_manifest(ucsd_rows(shared), workdir / "ucsd.csv"))
+    stages = StageTimer()
+    trained = fit(manifest, workdir / "model-ucsd", config, pretrained=resolve_pretrained("auto"), callbacks=stages)
+    seconds = stages.seconds()
+    facts = {
+        "trained_by_bench": "UCSD official split, the default recipe except epochs=4",
+        "config": config.to_dict(),
+        "train_wall_time_s": round(sum(seconds.values()), 1),
+        "stage_seconds": seconds,
+        "ood_fit_share_of_training": round(seconds[OOD_STAGE] / sum(seconds.values()), 3),
+        "validation_metrics": trained.card.validation_metrics,
+    }
+    return trained.model_dir, facts
+
+
+class StageTimer(TrainCallbacks):
+    """Wall time of each training stage (from one ``on_stage`` call to the next, the last one to ``seconds()``)."""
+
+    def __init__(self) -> None:
+        self.starts = [("decoding and epochs", time.perf_counter())]
+
+    def on_stage(self, message: str) -> None:
+        self.starts.append((message, time.perf_counter()))
+
+    def seconds(self) -> dict[str, float]:
+        ends = [start for _, start in self.starts[1:]] + [time.perf_counter()]
+        return {name: round(end - start, 1) for (name, start), end in zip(self.starts, ends, strict=True)}
+
+
+def _flag_rate(predictor: Predictor, paths: list[Path], *, is_ct: bool) -> dict:
+    """Flag counts and score quantiles of one image set, with up to 20 of its errors (flagged CT, passed non-CT) by name."""
+    run = predictor.predict(paths)
+    if run.failures:
+        raise SystemExit(f"{len(run.failures)} image(s) failed to decode, e.g. {run.failures[0]}")
+    scores = np.array([p.ood_score for p in run.predictions])
+    flagged = [p for p in run.predictions if p.label == NOT_CT_LABEL]
+    return {
+        "n": len(run.predictions),
+        "flagged": len(flagged),
+        "flag_rate": round(len(flagged) / len(run.predictions), 4),
+        "score_quantiles": {q: round(float(np.quantile(scores, float(q))), 2) for q in ("0.0", "0.05", "0.5", "0.95", "1.0")},
+        "errors": [Path(p.path).name for p in run.predictions if p.in_distribution != is_ct][:20],
+    }
+
+
+def _summary(results: dict) -> dict:
+    non_ct_n = sum(entry["n"] for entry in results["non_ct"].values())
+    non_ct_flagged = sum(entry["flagged"] for entry in results["non_ct"].values())
+    ct_n = sum(entry["n"] for entry in results["ct"].values())
+    ct_flagged = sum(entry["flagged"] for entry in results["ct"].values())
+    non_ct_rate, ct_rate = non_ct_flagged / non_ct_n, ct_flagged / ct_n
+    return {
+        "non_ct_flag_rate": round(non_ct_rate, 4),
+        "non_ct_n": non_ct_n,
+        "non_ct_flag_rate_by_category": {name: entry["flag_rate"] for name, entry in results["non_ct"].items()},
+        "ct_flag_rate": round(ct_rate, 4),
+        "ct_n": ct_n,
+        "ct_flag_rate_by_source": {name: entry["flag_rate"] for name, entry in results["ct"].items()},
+        "meets_non_ct_target": non_ct_rate >= TARGET_NON_CT_FLAGGED,
+        "meets_ct_target": all(entry["flag_rate"] <= TARGET_CT_FLAGGED for entry in results["ct"].values()),
+        "targets": {"non_ct_flagged_at_least": TARGET_NON_CT_FLAGGED, "ct_flagged_at_most_per_source": TARGET_CT_FLAGGED},
+    }
+
+
+def _write_images(images: Images, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, array in images:
+        path = folder / f"{name}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if image.dtype != np.uint8:
+        return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return image
+
+
+def _random_crop(rng: np.random.Generator, image: np.ndarray, *, min_fraction: float = 0.35) -> np.ndarray:
+    """A crop of 35-90% of each side, anywhere in the image, with its aspect ratio changed by up to 4:3."""
+    height, width = image.shape[:2]
+    crop_h = int(height * rng.uniform(min_fraction, 0.9))
+    crop_w = int(np.clip(crop_h * rng.uniform(0.75, 1.33) * width / height, 32, width))
+    crop_h = max(crop_h, 32)
+    top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+    return image[top : top + crop_h, left : left + crop_w]
+
+
+def _with_crops(rng: np.random.Generator, name: str, image: np.ndarray, crops: int) -> Images:
+    image = _to_uint8(image)
+    yield name, image
+    for index in range(crops):
+        yield f"{name}_crop{index}", np.ascontiguousarray(_random_crop(rng, image))
+
+
+def natural_photos(rng: np.random.Generator) -> Images:
+    """scikit-image's bundled photographs and graphics, whole and in 5 random crops each, plus 10 faces."""
+    sources = {
+        "astronaut": skdata.astronaut(), "camera": skdata.camera(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea(),
+        "cat": skdata.cat(), "rocket": skdata.rocket(), "coins": skdata.coins(), "horse": skdata.horse(), "moon": skdata.moon(),
+        "hubble_deep_field": skdata.hubble_deep_field(), "brick": skdata.brick(), "grass": skdata.grass(), "gravel": skdata.gravel(),
+        "clock": skdata.clock(), "colorwheel": skdata.colorwheel(), "logo": skdata.logo()[..., :3], "motorcycle": skdata.stereo_motorcycle()[0],
+    }
+    for name, image in sources.items():
+        yield from _with_crops(rng, name, image, crops=5)
+    for index, face in enumerate(skdata.lfw_subset()[::20]):
+        yield f"face{index}", np.asarray(Image.fromarray(_to_uint8(face)).resize((128, 128), Image.Resampling.BILINEAR))
+
+
+WORDS = ["the", "patient", "was", "admitted", "with", "fever", "and", "cough", "chest", "imaging", "showed", "bilateral", "findings", "table", "results", "method", "analysis", "figure"]
+
+
+def _rendered_page(rng: np.random.Generator) -> np.ndarray:
+    width, height = (int(rng.integers(400, 900)), int(rng.integers(400, 1100)))
+    page = Image.new("L", (width, height), int(rng.integers(235, 256)))
+    draw = ImageDraw.Draw(page)
+    size = int(rng.integers(10, 30))
+    font = ImageFont.load_default(size=size)
+    y = int(rng.integers(10, 60))
+    while y < height - size:
+        words = rng.choice(WORDS, size=int(rng.integers(3, max(4, width // (size * 4)))))
+        draw.text((int(rng.integers(10, 40)), y), " ".join(words), fill=int(rng.integers(0, 60)), font=font)
+        y += int(size * rng.uniform(1.3, 2.2))
+    return np.asarray(page)
+
+
+def documents(rng: np.random.Generator) -> Images:
+    """scikit-image's ``page`` and ``text`` (whole and cropped) and 40 rendered text pages of random layout."""
+    yield from _with_crops(rng, "page", skdata.page(), crops=4)
+    yield from _with_crops(rng, "text", skdata.text(), crops=4)
+    for index in range(40):
+        yield f"rendered{index}", _rendered_page(rng)
+
+
+def blank(rng: np.random.Generator) -> Images:
+    """Constant images (black, white, gray, random levels), some with faint sensor-like noise."""
+    levels = [0, 255, 128, *rng.integers(0, 256, size=12).tolist()]
+    for index, level in enumerate(levels):
+        yield f"constant{index}_{level}", np.full((int(rng.integers(64, 512)),) * 2, level, np.uint8)
+    for index in range(5):
+        level = int(rng.integers(20, 236))
+        yield f"faint_noise{index}", np.clip(level + rng.normal(0, 2, (256, 256)), 0, 255).astype(np.uint8)
+
+
+def noise(rng: np.random.Generator) -> Images:
+    """Uniform, Gaussian and salt-and-pepper noise, 10 each, at random sizes."""
+    for index in range(10):
+        side = int(rng.integers(64, 512))
+        yield f"uniform{index}", rng.integers(0, 256, (side, side), dtype=np.uint8)
+        gaussian = rng.normal(rng.uniform(60, 190), rng.uniform(15, 80), (side, side))
+        yield f"gaussian{index}", np.clip(gaussian, 0, 255).astype(np.uint8)
+        pepper = np.full((side, side), int(rng.integers(0, 256)), np.uint8)
+        mask = rng.random((side, side))
+        density = rng.uniform(0.05, 0.5)
+        pepper[mask < density / 2] = 0
+        pepper[mask > 1 - density / 2] = 255
+        yield f"salt_pepper{index}", pepper
+
+
+def _synthetic_radiograph(rng: np.random.Generator, size: int = 384) -> np.ndarray:
+    """A frontal chest radiograph cartoon: bright soft tissue, dark lung fields, spine, ribs, heart shadow, blur."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    image = np.full((size, size), rng.uniform(0.05, 0.15), np.float32)
+    image[((xx - 0.5) / 0.42) ** 2 + ((yy - 0.6) / 0.55) ** 2 <= 1] = rng.uniform(0.55, 0.75)
+    for side in (-1, 1):
+        lung = ((xx - 0.5 - side * 0.17) / 0.13) ** 2 + ((yy - 0.52) / 0.3) ** 2 <= 1
+        image[lung] = rng.uniform(0.15, 0.3)
+    image[np.abs(xx - 0.5) < 0.035] = 0.85
+    image[((xx - 0.53) / 0.12) ** 2 + ((yy - 0.68) / 0.12) ** 2 <= 1] = 0.7
+    for rib in range(8):
+        center = 0.28 + rib * 0.06
+        arc = np.abs(yy - center - 0.25 * (xx - 0.5) ** 2 * 4) < 0.008
+        image[arc & (np.abs(xx - 0.5) > 0.04) & (np.abs(xx - 0.5) < 0.33)] += 0.25
+    image += rng.normal(0, 0.02, image.shape).astype(np.float32)
+    blurred = Image.fromarray(_to_uint8(image)).filter(ImageFilter.GaussianBlur(rng.uniform(1, 3)))
+    return np.asarray(blurred)
+
+
+def medical_other(rng: np.random.Generator) -> Images:
+    """Medical-looking images that are not chest CT: head phantom, retina, histology, microscopy, radiographs."""
+    phantom = skdata.shepp_logan_phantom()
+    for index in range(10):
+        turned = rotate(phantom, rng.uniform(-30, 30), mode="constant")
+        yield f"shepp_logan{index}", _to_uint8(np.clip(turned * rng.uniform(0.8, 1.5), 0, 1))
+    yield from _with_crops(rng, "retina", skdata.retina(), crops=5)
+    yield from _with_crops(rng, "microaneurysms", skdata.microaneurysms(), crops=0)
+    yield from _with_crops(rng, "immunohistochemistry", skdata.immunohistochemistry(), crops=5)
+    yield from _with_crops(rng, "cell", skdata.cell(), crops=4)
+    for index in range(20):
+        yield f"radiograph{index}", _synthetic_radiograph(rng)
+
+
+NON_CT_SETS: dict[str, Callable[[np.random.Generator], Images]] = {
+    "natural_photos": natural_photos,
+    "documents": documents,
+    "blank": blank,
+    "noise": noise,
+    "medical_other": medical_other,
+}
+
+
+def _machine() -> dict:
+    device = resolve_device("auto")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {
+        "processor": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device), "bf16": supports_bf16(device),
+        "python": platform.python_version(), "torch": version("torch"), "covidct": version("covidct"), "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model exports for other runtimes: ONNX (fp32 and int8)."""

@@ -1,0 +1,118 @@
+"""Decoded slices in batches, streamed from files and folders while the network works on the previous batch.
+
+A background thread walks the inputs and decodes the next batches into a small bounded queue, so
+PNG decoding (PIL, which releases the GIL) overlaps the forward pass, and memory holds a few
+batches whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from covidct.data.dataset import decode_slices
+from covidct.io.discover import InputFailure, SkippedFile, iter_inputs
+
+DEFAULT_PREFETCH = 2
+_DONE = object()
+_PUT_TIMEOUT_S = 0.1
+
+
+@dataclass(frozen=True)
+class SliceBatch:
+    """One batch of decoded slices, and the inputs met since the previous batch that gave no slice.
+
+    Attributes:
+        paths: the file of each decoded slice, one per row of ``images``.
+        images: (N, S, S) float16 grayscale in [0, 1], N <= the batch size (N may be 0).
+        failures: inputs that failed (missing, unreadable folder, undecodable image).
+        skipped: files left out for their type.
+        n_images_seen: image files taken so far in the whole stream, decoded or failed (for progress).
+    """
+
+    paths: list[Path]
+    images: torch.Tensor
+    failures: list[InputFailure]
+    skipped: list[InputFailure]
+    n_images_seen: int
+
+
+def iter_slice_batches(inputs: Iterable[str | Path], *, image_size: int, batch_size: int, prefetch: int = DEFAULT_PREFETCH) -> Iterator[SliceBatch]:
+    """Yield ``SliceBatch``es of at most ``batch_size`` slices resized to ``image_size``, decoded ahead in a thread.
+
+    At most ``prefetch`` decoded batches wait in the queue. Stopping early (``break``, an exception in
+    the caller) stops the thread after the batch it is decoding. An unexpected error in the thread is
+    raised here, in the caller's thread; a file that cannot be decoded is a failure in its batch.
+    """
+    batches: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    worker = threading.Thread(target=_produce, args=(inputs, image_size, batch_size, batches, stop), name="covidct-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := batches.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        _drain(batches)
+        worker.join()
+
+
+def _produce(inputs: Iterable[str | Path], image_size: int, batch_size: int, batches: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for batch in _decoded_batches(inputs, image_size, batch_size):
+            if not _put(batches, batch, stop):
+                return
+        _put(batches, _DONE, stop)
+    except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it with its traceback
+        _put(batches, error, stop)
+
+
+def _decoded_batches(inputs: Iterable[str | Path], image_size: int, batch_size: int) -> Iterator[SliceBatch]:
+    paths: list[Path] = []
+    failures: list[InputFailure] = []
+    skipped: list[InputFailure] = []
+    n_seen = 0
+    for item in iter_inputs(inputs):
+        if isinstance(item, Path):
+            paths.append(item)
+            n_seen += 1
+        elif isinstance(item, SkippedFile):
+            skipped.append(item)
+        else:
+            failures.append(item)
+        if len(paths) == batch_size:
+            yield _decoded(paths, failures, skipped, image_size, n_seen)
+            paths, failures, skipped = [], [], []
+    if paths or failures or skipped:
+        yield _decoded(paths, failures, skipped, image_size, n_seen)
+
+
+def _decoded(paths: list[Path], failures: list[InputFailure], skipped: list[InputFailure], image_size: int, n_seen: int) -> SliceBatch:
+    decoded = decode_slices(paths, image_size)
+    return SliceBatch([paths[i] for i in decoded.indices], decoded.images, failures + decoded.failures, skipped, n_seen)
+
+
+def _put(batches: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has stopped; False when it has (the producer should end)."""
+    while not stop.is_set():
+        try:
+            batches.put(item, timeout=_PUT_TIMEOUT_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(batches: queue.Queue) -> None:
+    while True:
+        try:
+            batches.get_nowait()
+        except queue.Empty:
+            return

@@ -1,0 +1,44 @@
+"""evaluate_model with a model directory from before the out-of-distribution guard: it still evaluates, and says so."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from covidct.data.manifest import read_manifest
+from covidct.errors import MissingOodDetectorWarning
+from covidct.evaluate.run import evaluate_model
+from covidct.model.card import Decision, ModelCard
+from covidct.model.checkpoint import save_model_dir
+from covidct.model.network import StrideVariant, build_resnet50
+from covidct.preprocess.transforms import Preprocessing
+
+NO_GUARD_NOTE = "The model has no out-of-distribution guard (trained with an older covidct): no slice could be flagged as not a chest CT slice."
+
+
+@pytest.fixture(scope="module")
+def old_model_dir(tmp_path_factory):
+    """A random 32 px ResNet-50 saved without ``ood.safetensors``, as covidct wrote model directories before the guard."""
+    torch.manual_seed(0)
+    card = ModelCard(
+        classes=("COVID", "non-COVID"), positive_class="COVID", stride_variant=StrideVariant.V1_5, preprocessing=Preprocessing(image_size=32),
+        decision=Decision(threshold=0.5, threshold_rule="youden_j"), weights={}, data={}, training={}, validation_metrics={}, environment={},
+        covidct_version="0.1.0", created="2025-01-01T00:00:00+00:00",
+    )
+    model_dir = tmp_path_factory.mktemp("old") / "model"
+    save_model_dir(model_dir, build_resnet50(num_classes=2), card)
+    return model_dir
+
+
+def test_a_model_without_the_guard_is_evaluated_and_the_report_says_so(old_model_dir, tiny_dataset, tmp_path):
+    with pytest.warns(MissingOodDetectorWarning, match="model.json has no out-of-distribution detector"):
+        run = evaluate_model(old_model_dir, read_manifest(tiny_dataset.csv), tmp_path, n_resamples=10, device="cpu")
+
+    assert (run.n_slices, run.n_flagged) == (12, None)
+    assert NO_GUARD_NOTE in run.notes
+    assert NO_GUARD_NOTE in (tmp_path / "report.html").read_text(encoding="utf-8")
+    with (tmp_path / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["in_distribution"], row["ood_score"]) for row in rows} == {("", "")}
