@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-import torch
+from machine import machine_facts
 from shared_datasets import sars_rows, ucsd_rows, write_manifest
 
 from covidct.data.manifest import read_manifest
 from covidct.evaluate.run import evaluate_model
-from covidct.model.device import resolve_device, supports_bf16
 from covidct.model.pretrained import resolve_pretrained
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import TrainConfig
@@ -47,7 +43,7 @@ def main() -> None:
     }
     pretrained = resolve_pretrained("auto")
     config = TrainConfig(max_minutes=args.max_minutes)
-    results = {"machine": _machine(), "recipe": config.to_dict(), "imagenet_weights": pretrained.provenance, "runs": {}}
+    results = {"machine": machine_facts(), "recipe": config.to_dict(), "imagenet_weights": pretrained.provenance, "runs": {}}
     for name, manifest in manifests.items():
         started = time.perf_counter()
         trained = fit(manifest, workdir / f"model-{name}", config, pretrained=pretrained, callbacks=EpochPrinter(name))
@@ -76,23 +72,6 @@ class EpochPrinter(TrainCallbacks):
 
     def on_epoch_end(self, record: dict, epochs: int) -> None:
         print(f"{self.name} epoch {record['epoch'] + 1}/{epochs}: val AUC {record['val_auc']:.3f} ({record['seconds']:.0f} s)", flush=True)
-
-
-def _machine() -> dict:
-    device = resolve_device("auto")
-    return {
-        "processor": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "bf16": supports_bf16(device), "python": platform.python_version(),
-        "torch": version("torch"), "torchvision": version("torchvision"), "covidct": version("covidct"),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import torch
+from machine import machine_facts
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from shared_datasets import sars_rows, ucsd_rows, write_manifest
 from skimage import data as skdata
@@ -33,7 +30,6 @@ from skimage.transform import rotate
 from covidct.data.manifest import read_manifest
 from covidct.infer.ood import NOT_CT_LABEL
 from covidct.infer.predictor import Predictor, load_model
-from covidct.model.device import resolve_device, supports_bf16
 from covidct.model.pretrained import resolve_pretrained
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import TrainConfig
@@ -58,7 +54,7 @@ def main() -> None:
     shared = args.shared.resolve()
     model_dir, model_facts = (args.model, {"given": str(args.model)}) if args.model else _train_ucsd(shared, workdir)
     predictor = load_model(model_dir)
-    results = {"machine": _machine(), "model": model_facts | {"ood": predictor.card.ood}, "threshold": predictor.detector.threshold, "non_ct": {}, "ct": {}}
+    results = {"machine": machine_facts(), "model": model_facts | {"ood": predictor.card.ood}, "threshold": predictor.detector.threshold, "non_ct": {}, "ct": {}}
     rng = np.random.default_rng(args.seed)
     for category, make in NON_CT_SETS.items():
         paths = _write_images(make(rng), workdir / "non_ct" / category)
@@ -280,15 +276,6 @@ NON_CT_SETS: dict[str, Callable[[np.random.Generator], Images]] = {
     "noise": noise,
     "medical_other": medical_other,
 }
-
-
-def _machine() -> dict:
-    device = resolve_device("auto")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {
-        "processor": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device), "bf16": supports_bf16(device),
-        "python": platform.python_version(), "torch": version("torch"), "covidct": version("covidct"), "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,11 +25,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_facts
 from safetensors.torch import load_file
 from shared_datasets import sars_rows, ucsd_rows
 from sklearn.metrics import roc_auc_score
@@ -40,10 +38,9 @@ from covidct import Predictor, load_model
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
 from covidct.export.onnx import export_onnx
-from covidct.infer.engines import Engine, TorchEngine, available_cpus
+from covidct.infer.engines import Engine, TorchEngine
 from covidct.model.card import read_card
 from covidct.model.checkpoint import WEIGHTS_FILE
-from covidct.model.device import supports_bf16
 from covidct.model.network import build_resnet50
 from covidct.preprocess.transforms import normalize
 
@@ -78,7 +75,7 @@ def main() -> None:
         engines[engine] = _measure_in_subprocess(engine, args, workdir)
     card = read_card(args.model)
     results = {
-        "machine": _machine(),
+        "machine": machine_facts(("torch", "torchvision", "onnxruntime", "onnx", "covidct")),
         "model": {"dir": str(args.model), "image_size": card.preprocessing.image_size, "tta_hflip": card.decision.tta_hflip, "has_ood_guard": card.ood is not None, "checkpoint_sha256": card.checkpoint_sha256},
         "slices": {"n": len(slices), "composition": composition, "auc_on": f"UCSD official test split ({sum(s['is_ucsd_test'] for s in slices)} slices)"},
         "settings": {"batch_size": BATCH, "quick": args.quick, "timed_passes": 1 if args.quick else 3, "latency_calls": 5 if args.quick else 50},
@@ -261,22 +258,6 @@ def _with_ratios(engines: dict, threshold: float) -> dict:
         both = entry["auc_ucsd_test"] is not None and reference_auc is not None
         entry["abs_delta_auc_vs_torch_fp32"] = abs(entry["auc_ucsd_test"] - reference_auc) if both else None
     return engines
-
-
-def _machine() -> dict:
-    return {
-        "processor": _cpu_model(), "cores": os.cpu_count(), "usable_cores": available_cpus(), "bf16": supports_bf16(torch.device("cpu")),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
-        **{name: version(name) for name in ("torch", "torchvision", "onnxruntime", "onnx", "covidct")},
-        "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d"),
-    }
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":
