@@ -7,7 +7,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from covidct.model.card import ModelCard
 from covidct.model.device import autocast
 from covidct.preprocess.transforms import Preprocessing, normalize
 
@@ -38,15 +37,6 @@ def predict_logits(
                 logits = (logits + net(inputs.flip(-1)).float()) / 2
         outputs.append(logits.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
-
-
-def calibrated_probabilities(model: nn.Module, card: ModelCard, slices: torch.Tensor, *, device: torch.device, use_bf16: bool, batch_size: int = 32) -> torch.Tensor:
-    """Class probabilities (N, C) as the card prescribes: its flips, then softmax at its temperature."""
-    if len(slices) == 0:
-        return torch.empty(0, len(card.classes))
-    decision = card.decision
-    logits = predict_logits(model, slices, preprocessing=card.preprocessing, device=device, use_bf16=use_bf16, batch_size=batch_size, tta_hflip=decision.tta_hflip)
-    return torch.softmax(logits / decision.temperature, dim=1)
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
