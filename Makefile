@@ -17,6 +17,8 @@ demo: install
 	$(BIN)/covidct demo --out covidct-demo
 
 test: install
+	# the browser test drives Debian's Chromium (never a Playwright browser download)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest
 
 clean:

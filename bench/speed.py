@@ -11,7 +11,9 @@ slices in memory, and files to probabilities end to end), p50 latency at batch 1
 the UCSD test split, each engine's ratio to the baseline, |delta AUC| and per-slice agreement (prob_covid,
 label at the card's threshold, out-of-distribution flag) against covidct's torch fp32 path, and the machine. covidct's engines include what the model card prescribes (mirror-image TTA, the
 out-of-distribution guard's features and scores); the baseline does not: the ratios are the cost or
-gain of the whole covidct path. Missing ONNX exports are made first (``covidct export``'s defaults).
+gain of the whole covidct path. Each covidct engine is measured a second time with TTA off (names ending
+in ``-1pass``: one forward pass per slice, as a model trained with ``--no-tta`` runs), compared
+for AUC with torch fp32 at the same setting. Missing ONNX exports are made first (``covidct export``'s defaults).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +45,13 @@ from covidct.infer.engines import Engine, TorchEngine
 from covidct.model.card import read_card
 from covidct.model.checkpoint import WEIGHTS_FILE
 from covidct.model.network import build_resnet50
-from covidct.preprocess.transforms import normalize
+from covidct.preprocess.transforms import Preprocessing, normalize
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 32
-ENGINES = ("baseline", "torch", "torch-fp32", "onnx", "onnx-int8")
+COVIDCT_ENGINES = ("torch", "torch-fp32", "onnx", "onnx-int8")
+SINGLE_PASS = "-1pass"  # the same engine with the card's mirror-image TTA turned off: one forward pass per slice
+ENGINES = ("baseline", *COVIDCT_ENGINES, *(name + SINGLE_PASS for name in COVIDCT_ENGINES))
 AUC_REFERENCE = "torch-fp32"
 
 
@@ -86,7 +91,7 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for name, entry in results["engines"].items():
         agreement = entry["agreement_with_torch_fp32"]
-        print(f"{name:>11}: {entry['throughput_slices_per_s']:7.1f} slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
+        print(f"{name:>17}: {entry['throughput_slices_per_s']:7.1f} slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
               f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
               f"labels {agreement['label_agreement']:.3f}, OOD flags {agreement['ood_flag_agreement']}")
     print(f"wrote {args.out}")
@@ -139,7 +144,7 @@ def _run_worker(args: argparse.Namespace) -> None:
     paths = [Path(r["path"]) for r in rows]
     card = read_card(args.model)
     predict, description, predictor = _engine(args.worker, args.model)
-    decoded = decode_slices(paths, card.preprocessing.image_size)
+    decoded = decode_slices(paths, card.preprocessing)
     if len(decoded.indices) != len(paths):
         raise SystemExit(f"{len(paths) - len(decoded.indices)} benchmark slices failed to decode: {decoded.failures[:3]}")
     predict(decoded.images[:BATCH])  # warm-up: first-call allocations, oneDNN / onnxruntime kernel selection
@@ -154,7 +159,7 @@ def _run_worker(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         predict(decoded.images[i : i + 1])
         latencies.append(time.perf_counter() - started)
-    end_to_end = _end_to_end_seconds(predictor, paths, predict, card.preprocessing.image_size)
+    end_to_end = _end_to_end_seconds(predictor, paths, predict, card.preprocessing)
     is_test = np.array([r["is_ucsd_test"] for r in rows])
     labels = np.array([r["is_covid"] for r in rows])[is_test]
     auc = float(roc_auc_score(labels, prob_covid.numpy()[is_test])) if len(set(labels)) == 2 else None
@@ -175,7 +180,11 @@ def _engine(name: str, model_dir: Path) -> tuple[Callable[[torch.Tensor], torch.
     """A function from (N, S, S) slices to (N,) prob_covid, its description, and the covidct predictor behind it (None for the baseline)."""
     if name == "baseline":
         return (*_baseline(model_dir), None)
+    single_pass = name.endswith(SINGLE_PASS)
+    name = name.removesuffix(SINGLE_PASS)
     predictor = load_model(model_dir, device="cpu", engine="torch" if name.startswith("torch") else name, batch_size=BATCH)
+    if single_pass:
+        predictor.card = replace(predictor.card, decision=replace(predictor.card.decision, tta_hflip=False))
     if name == "torch-fp32":
         fp32 = TorchEngine(predictor.model, device=predictor.device, use_bf16=False)
         predictor = Predictor(predictor.model, predictor.card, detector=predictor.detector, device="cpu", batch_size=BATCH, engine=fp32)
@@ -210,12 +219,12 @@ def _baseline(model_dir: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], 
     return predict, f"torchvision resnet50, eager fp32 NCHW, torch.no_grad, batch {BATCH}, no TTA, softmax without the card's temperature, threads {torch.get_num_threads()}"
 
 
-def _end_to_end_seconds(predictor: Predictor | None, paths: list[Path], predict: Callable[[torch.Tensor], torch.Tensor], image_size: int) -> float:
+def _end_to_end_seconds(predictor: Predictor | None, paths: list[Path], predict: Callable[[torch.Tensor], torch.Tensor], preprocessing: Preprocessing) -> float:
     """Files to probabilities: covidct streams (decoding overlaps compute); the baseline decodes, then computes, batch after batch."""
     started = time.perf_counter()
     if predictor is None:
         for i in range(0, len(paths), BATCH):
-            predict(decode_slices(paths[i : i + BATCH], image_size).images)
+            predict(decode_slices(paths[i : i + BATCH], preprocessing).images)
     else:
         for _ in predictor.iter_predict(paths, batch_size=BATCH):
             pass
@@ -242,13 +251,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _reference_of(name: str) -> str:
+    """torch fp32 at the same TTA setting as ``name``: the reference for AUC and per-slice agreement."""
+    return AUC_REFERENCE + (SINGLE_PASS if name.endswith(SINGLE_PASS) else "")
+
+
 def _with_ratios(engines: dict, threshold: float) -> dict:
-    """Add each engine's ratios to the baseline and its agreement with covidct's torch fp32 path (per-slice lists dropped)."""
+    """Add each engine's ratios to the baseline and its agreement with covidct's torch fp32 path at the same TTA setting (per-slice lists dropped)."""
     base = engines["baseline"]
-    reference_auc = engines[AUC_REFERENCE]["auc_ucsd_test"]
-    reference = engines[AUC_REFERENCE]["per_slice"]
-    for entry in engines.values():
-        entry["agreement_with_torch_fp32"] = _agreement(entry.pop("per_slice"), reference, threshold)
+    per_slice = {name: entry.pop("per_slice") for name, entry in engines.items()}
+    for name, entry in engines.items():
+        reference = _reference_of(name)
+        reference_auc = engines[reference]["auc_ucsd_test"]
+        entry["agreement_with_torch_fp32"] = _agreement(per_slice[name], per_slice[reference], threshold)
         entry["ratio_to_baseline"] = {
             "throughput": entry["throughput_slices_per_s"] / base["throughput_slices_per_s"],
             "end_to_end": entry["end_to_end_slices_per_s"] / base["end_to_end_slices_per_s"],

@@ -65,6 +65,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
+    """``fit`` on the tiny CSV dataset: 64 px, one epoch, random start weights (a few seconds on one core). Read-only."""
+    config = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu")
+    out = tmp_path_factory.mktemp("tiny-model") / "model"
+    return fit(read_manifest(tiny_dataset.csv), out, config, pretrained=resolve_pretrained(random_weights)).model_dir
+
+
+@pytest.fixture(scope="session")
 def onnx_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
     """A tiny trained model directory (64 px, one epoch, with its OOD guard) plus model.onnx and model.int8.onnx.
 

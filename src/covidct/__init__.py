@@ -5,7 +5,14 @@ Research use only: not a medical device, not for diagnosis.
 
 from importlib.metadata import version as _version
 
-from covidct.infer.predictor import Explanation, ExplanationRun, Prediction, PredictionRun, Predictor, load_model
+from covidct.infer.predictor import (
+    Explanation,
+    ExplanationRun,
+    Prediction,
+    PredictionRun,
+    Predictor,
+    load_model,
+)
 from covidct.model.card import ModelCard
 
 __version__ = _version("covidct")

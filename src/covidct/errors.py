@@ -23,6 +23,14 @@ class InputError(CovidctError):
     """An input image or data file cannot be used."""
 
 
+class UploadTooLargeError(InputError):
+    """An upload is over a configured limit (bytes, file count, pixels); the server answers 413."""
+
+
+class UnsupportedUploadError(InputError):
+    """An uploaded file is not a type covidct reads (PNG, JPEG, BMP, TIFF, DICOM, NIfTI); the server answers 415."""
+
+
 class OptionError(CovidctError):
     """A command-line option or function argument is invalid."""
 

@@ -22,7 +22,10 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 METRICS = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"]
 FIGURES = ["confusion.png", "pr.png", "reliability.png", "roc.png"]
-PREDICTION_COLUMNS = ["path", "prob_covid", "label", "prob_COVID", "prob_non-COVID", "in_distribution", "ood_score", "message"]
+PREDICTION_COLUMNS = [
+    "path", "prob_covid", "label", "prob_COVID", "prob_non-COVID", "in_distribution", "ood_score", "message",
+    "kind", "study_key", "series_key", "slice", "slice_index", "n_slices_total", "n_slices_used", "aggregate", "plot",
+]
 WIDE = {"COLUMNS": "250"}  # rich wraps at the terminal width; wide enough that paths stay on one line
 
 
@@ -95,7 +98,7 @@ def test_metrics_json_keeps_its_fixed_shape(evaluated, trained):
     out, _ = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
 
-    assert sorted(metrics) == ["patient_level", "slice_level", "threshold"]
+    assert sorted(metrics) == ["patient_level", "site_shift", "slice_level", "threshold"]
     assert metrics["threshold"] == json.loads((trained / "model.json").read_text())["decision"]["threshold"]
     for level, n in (("slice_level", 12), ("patient_level", 4)):  # the test split: 4 patients x 3 slices
         assert sorted(metrics[level]) == sorted(["n", *METRICS]), level
@@ -272,6 +275,7 @@ ERRORS = [
     ("train-missing-column", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--path-col", "file", "--weights", w], "no column 'file'.*--path-col"),
     ("predict-out-txt", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--out", t / "x.txt"], "--out must end in .csv or .json; got 'x.txt'"),
     ("predict-batch-size", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--batch-size", 0], "--batch-size must be at least 1; got 0"),
+    ("predict-max-pixels", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--max-pixels", 0], "--max-pixels must be at least 1; got 0"),
     ("predict-not-a-model", lambda t, m, d, w: ["predict", t, d.paths["COVID"][0]], "no model.json; expected a model directory"),
     ("predict-cam-a-file", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--cam", d.csv], r"--cam must be a folder; '.*manifest.csv' is a file"),
     ("evaluate-unknown-split", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--split", "holdout"], "no rows in split 'holdout'"),

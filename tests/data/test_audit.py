@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 from synthetic import write_csv
+from volumes import chest_phantom, write_nifti
 
 from covidct.data.audit import (
     HASH_BITS,
@@ -280,6 +281,20 @@ def test_a_truncated_file_is_left_out_and_the_other_checks_still_run(tmp_path):
     assert [Path(f.path).name for f in result.failures] == ["broken.png"]
     assert result.n_images == 13
     assert sum(result.attributes[0].counts["PNG"].values()) == 12
+
+
+def test_a_ct_volume_row_is_listed_as_not_audited_and_the_images_still_are(tmp_path):
+    csv_path = write_dataset(tmp_path, balanced())
+    write_nifti(tmp_path / "COVID" / "case.nii.gz", chest_phantom(4, 48, [1, 2]))
+    with csv_path.open("a", encoding="utf-8") as handle:
+        handle.write("COVID/case.nii.gz,COVID,C99,train\n")
+
+    result = audit_csv(csv_path)
+
+    assert [(Path(f.path).name, f.reason) for f in result.failures] == [
+        ("case.nii.gz", "a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited")
+    ]
+    assert result.n_images == 13
 
 
 @pytest.mark.parametrize(

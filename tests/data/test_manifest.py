@@ -211,3 +211,20 @@ def test_reads_the_shared_ucsd_metadata(shared_data):
     assert manifest.class_counts("test") == {"COVID": 98, "non-COVID": 105}
     assert all(s.path.is_file() for s in manifest.samples[:20])
     check_no_patient_leak(manifest)
+
+
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [
+        pytest.param(None, [None, None], id="no-source-column"),
+        pytest.param(["ucsd", " "], ["ucsd", None], id="source-column-with-a-blank"),
+    ],
+)
+def test_an_optional_source_column_names_each_rows_site(tmp_path, sources, expected):
+    rows = [{"path": "a.png", "label": "COVID"}, {"path": "b.png", "label": "non-COVID"}]
+    if sources is not None:
+        rows = [{**row, "source": source} for row, source in zip(rows, sources, strict=True)]
+
+    manifest = read_manifest(write_csv(tmp_path / "m.csv", rows))
+
+    assert [sample.source for sample in manifest.samples] == expected

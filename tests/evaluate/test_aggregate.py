@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from covidct.errors import InputError, OptionError
-from covidct.evaluate.aggregate import Aggregate, aggregate_by_group
+from covidct.evaluate.aggregate import (
+    Aggregate,
+    aggregate_by_group,
+    aggregate_slices,
+    describe_rule,
+)
 
 # Patient B comes first so the output order (first appearance, not alphabetical) is checked too.
 GROUPS = ["B", "A", "B", "A", "A", "A", "C"]
@@ -66,3 +71,21 @@ def test_group_count_must_match_slices():
 def test_missing_patient_id_is_an_error():
     with pytest.raises(InputError, match=r"1 slice\(s\) have no patient id \(first at position 1\)"):
         aggregate_by_group(np.array([0.1, 0.2]), np.array([0, 0]), ["P", ""], Aggregate.MEAN)
+
+
+# One study's slices: 0.1, 0.9, 0.3, 0.5 (the same numbers as patient A above).
+STUDY_CASES = [
+    pytest.param(Aggregate.MEAN, 0.25, 0.45, "mean", id="mean"),
+    pytest.param(Aggregate.MAX, 0.25, 0.9, "max", id="max"),
+    pytest.param(Aggregate.TOPK, 0.5, 0.7, "top 50% mean", id="top-half"),
+    pytest.param(Aggregate.TOPK, 0.1, 0.9, "top 10% mean", id="top-tenth-is-at-least-one-slice"),
+]
+
+
+@pytest.mark.parametrize(("rule", "fraction", "expected", "described"), STUDY_CASES)
+def test_one_study_is_aggregated_like_a_patient(rule, fraction, expected, described):
+    slices = np.array([0.1, 0.9, 0.3, 0.5])
+
+    assert aggregate_slices(slices, rule, topk_fraction=fraction) == pytest.approx(expected)
+    assert aggregate_by_group(slices, np.ones(4, int), ["S"] * 4, rule, topk_fraction=fraction).prob[0] == pytest.approx(expected)
+    assert describe_rule(rule, fraction) == described

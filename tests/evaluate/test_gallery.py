@@ -10,7 +10,16 @@ import torch
 from PIL import Image
 
 from covidct.evaluate.evaluation import evaluation_metrics
-from covidct.evaluate.gallery import FALSE_NEGATIVES, FALSE_POSITIVES, GALLERY_KINDS, TRUE_POSITIVES, GalleryImage, build_gallery, gallery_section, pick_gallery_cases
+from covidct.evaluate.gallery import (
+    FALSE_NEGATIVES,
+    FALSE_POSITIVES,
+    GALLERY_KINDS,
+    TRUE_POSITIVES,
+    GalleryImage,
+    build_gallery,
+    gallery_section,
+    pick_gallery_cases,
+)
 from covidct.evaluate.report import write_report
 from covidct.model.card import Decision, ModelCard
 from covidct.model.network import StrideVariant, build_resnet50

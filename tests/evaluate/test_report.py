@@ -54,8 +54,8 @@ def written(slices, tmp_path_factory):
 def test_metrics_json_has_exactly_the_documented_keys(written):
     out, _, result = written
     data = json.loads((out / "metrics.json").read_text())
-    assert data == result.to_json_dict()
-    assert set(data) == {"slice_level", "patient_level", "threshold"}
+    assert data == {**result.to_json_dict(), "site_shift": None}
+    assert set(data) == {"slice_level", "patient_level", "threshold", "site_shift"}
     assert data["threshold"] == 0.5
     for level in ("slice_level", "patient_level"):
         assert set(data[level]) == LEVEL_KEYS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 
 import pytest
 import torch
@@ -42,3 +43,19 @@ def test_a_model_without_the_guard_is_evaluated_and_the_report_says_so(old_model
     with (tmp_path / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(row["in_distribution"], row["ood_score"]) for row in rows} == {("", "")}
+
+
+RULE_CASES = [
+    pytest.param(None, "topk", "Patient aggregation rule: top 25% mean, the model card's study rule (default: the model card predates study-level rules).", id="card-rule"),
+    pytest.param("max", "max", "Patient aggregation rule: max, set by --aggregate instead of the model card's study rule (top 25% mean).", id="aggregate-overrides"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::covidct.errors.MissingOodDetectorWarning")
+@pytest.mark.parametrize(("aggregate", "expected", "note"), RULE_CASES)
+def test_patient_level_uses_the_card_study_rule_unless_overridden(old_model_dir, tiny_dataset, tmp_path, aggregate, expected, note):
+    run = evaluate_model(old_model_dir, read_manifest(tiny_dataset.csv), tmp_path, aggregate=aggregate, n_resamples=10, device="cpu")
+
+    assert (run.result.aggregate.value, run.result.topk_fraction) == (expected, 0.25)
+    assert note in run.notes
+    assert html.escape(note) in (tmp_path / "report.html").read_text(encoding="utf-8")

@@ -17,6 +17,7 @@ from covidct.export.onnx import export_onnx
 from covidct.infer.engines import Engine, OnnxEngine, TorchEngine, settings_path
 from covidct.model.card import read_card, write_card
 from covidct.model.checkpoint import file_sha256, load_model_dir
+from covidct.preprocess.transforms import Preprocessing
 
 SETTINGS_KEYS = ["agreement_with_torch", "covidct_version", "created", "engine", "exporter", "file", "graph", "intended_use", "precision", "quantization", "sha256", "size_bytes", "source"]
 CALIBRATION_KEYS = ["data", "is_training_data", "manifest_sha256", "n_failed", "n_slices", "n_train_slices", "sampling", "split"]
@@ -26,7 +27,7 @@ CALIBRATION_KEYS = ["data", "is_training_data", "manifest_sha256", "n_failed", "
 def slices(tiny_dataset) -> torch.Tensor:
     """(8, 64, 64) test-split slices of both classes, decoded as covidct does."""
     paths = [p for name in ("COVID", "non-COVID") for p in tiny_dataset.paths[name][-4:]]
-    return decode_slices(paths, 64).images
+    return decode_slices(paths, Preprocessing(image_size=64)).images
 
 
 def outputs(engine, card, slices) -> tuple[torch.Tensor, torch.Tensor]:

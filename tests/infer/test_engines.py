@@ -12,7 +12,13 @@ from onnx import TensorProto, helper
 
 from covidct import Predictor, load_model
 from covidct.errors import ModelDirError, OptionError
-from covidct.infer.engines import Engine, OnnxEngine, TorchEngine, available_cpus, settings_path
+from covidct.infer.engines import (
+    Engine,
+    OnnxEngine,
+    TorchEngine,
+    available_cpus,
+    settings_path,
+)
 
 
 @pytest.fixture(scope="module")

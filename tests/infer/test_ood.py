@@ -13,7 +13,15 @@ from test_predictor import save_random_model
 from covidct import load_model
 from covidct.data.dataset import decode_slices
 from covidct.errors import InputError, MissingOodDetectorWarning, ModelDirError
-from covidct.infer.ood import OOD_FILE, OodDetector, fit_detector, load_detector, not_ct_message, save_detector, with_threshold
+from covidct.infer.ood import (
+    OOD_FILE,
+    OodDetector,
+    fit_detector,
+    load_detector,
+    not_ct_message,
+    save_detector,
+    with_threshold,
+)
 from covidct.model.card import read_card
 from covidct.model.checkpoint import file_sha256
 from covidct.model.network import FEATURE_DIM
@@ -218,7 +226,7 @@ def test_ct_slices_pass_and_carry_their_score(predictor, tiny_dataset):
 
 def test_ood_scores_match_the_predictions(predictor, tiny_dataset):
     paths = tiny_dataset.paths["COVID"][:3]
-    slices = decode_slices(paths, 64).images
+    slices = decode_slices(paths, predictor.card.preprocessing).images
 
     scores = predictor.ood_scores(slices)
 

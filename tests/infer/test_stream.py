@@ -66,7 +66,7 @@ def mixed_folder(tmp_path):
 
 
 def test_batches_keep_the_walk_order_with_failures_and_skipped_files_in_their_batch(mixed_folder):
-    batches = list(iter_slice_batches([mixed_folder], image_size=32, batch_size=2))
+    batches = list(iter_slice_batches([mixed_folder], preprocessing=Preprocessing(image_size=32), batch_size=2))
 
     assert [[p.name for p in b.paths] for b in batches] == [["a0.png", "a1.png"], ["a2.png", "b3.png"], ["c4.png"], []]
     assert [[f.path for f in b.failures] for b in batches] == [[], [], [str(mixed_folder / "bad.png")], []]
@@ -101,7 +101,7 @@ def test_stopping_early_ends_the_decoding_thread(predictor, tmp_path):
 
 
 def test_an_unexpected_error_in_the_decoding_thread_reaches_the_caller(predictor, mixed_folder, monkeypatch):
-    def broken(paths, image_size):
+    def broken(paths, preprocessing):
         raise RuntimeError("decoder bug")
 
     monkeypatch.setattr(stream, "decode_slices", broken)

@@ -6,8 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from volumes import chest_phantom, write_dicom_series, write_nifti
 
-from covidct.io.discover import discover_images
+from covidct.io.discover import (
+    VolumeInput,
+    VolumeKind,
+    count_images,
+    discover_images,
+    iter_inputs,
+)
+
+PHANTOM = chest_phantom(3, 40, lung_slices=[1])
 
 
 def touch(root: Path, *relative: str) -> None:
@@ -103,3 +112,58 @@ def test_images_behind_a_symlinked_folder_are_found_or_reported(tmp_path):
 
     mentioned = [str(p) for p in found.paths] + [f.path for f in found.skipped + found.failures]
     assert any(path.endswith(("1.png", "covid")) for path in mentioned), found
+
+
+def test_dicom_series_in_a_folder_become_one_volume_each_beside_images_and_nifti(tmp_path):
+    first = write_dicom_series(tmp_path / "study", PHANTOM, seed=0)
+    second = [path.rename(path.with_name(f"B{path.name}")) for path in write_dicom_series(tmp_path / "other", PHANTOM[:2], seed=1)]
+    for path in second:
+        path.rename(tmp_path / "study" / path.name)
+    write_nifti(tmp_path / "study" / "ct.nii.gz", PHANTOM)
+    touch(tmp_path, "study/overview.png", "study/notes.txt")
+
+    found = discover_images([tmp_path / "study"])
+
+    folder = str(tmp_path / "study")
+    assert found.paths == [tmp_path / "study" / "overview.png"]
+    assert found.volumes == [
+        VolumeInput(VolumeKind.NIFTI, str(tmp_path / "study" / "ct.nii.gz"), (tmp_path / "study" / "ct.nii.gz",)),
+        VolumeInput(VolumeKind.DICOM, f"{folder} (series 1 of 2)", tuple(tmp_path / "study" / p.name for p in second)),
+        VolumeInput(VolumeKind.DICOM, f"{folder} (series 2 of 2)", tuple(first)),
+    ]
+    assert [s.path for s in found.skipped] == [str(tmp_path / "study" / "notes.txt")]
+    assert count_images([tmp_path / "study"]) == 4
+
+
+def test_extension_less_dicom_files_are_recognised_by_their_marker(tmp_path):
+    files = [path.rename(path.with_suffix("")) for path in write_dicom_series(tmp_path / "series", PHANTOM)]
+
+    found = discover_images([tmp_path / "series"])
+
+    assert found.volumes == [VolumeInput(VolumeKind.DICOM, str(tmp_path / "series"), tuple(sorted(files)))]
+    assert found.skipped == []
+
+
+def test_dicom_files_named_one_by_one_are_grouped_into_their_series(tmp_path):
+    files = write_dicom_series(tmp_path / "series", PHANTOM)
+    touch(tmp_path, "slice.png")
+
+    items = list(iter_inputs([*files, tmp_path / "slice.png"]))
+
+    assert items == [tmp_path / "slice.png", VolumeInput(VolumeKind.DICOM, str(tmp_path / "series"), tuple(files))]
+
+
+def test_a_named_nifti_file_is_a_volume(tmp_path):
+    path = write_nifti(tmp_path / "ct.nii", PHANTOM)
+
+    assert list(iter_inputs([path])) == [VolumeInput("nifti", str(path), (path,))]
+
+
+def test_an_unreadable_dicom_file_in_a_folder_is_a_failure(tmp_path):
+    write_dicom_series(tmp_path / "series", PHANTOM)
+    (tmp_path / "series" / "broken.dcm").write_text("not dicom")
+
+    found = discover_images([tmp_path / "series"])
+
+    assert len(found.volumes) == 1 and len(found.volumes[0].files) == 3
+    assert [(f.path, f.reason) for f in found.failures] == [(str(tmp_path / "series" / "broken.dcm"), "not a DICOM file (no 'DICM' marker and no DICOM header)")]

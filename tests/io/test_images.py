@@ -165,3 +165,24 @@ def test_huge_headers_are_refused_before_decoding(tmp_path, monkeypatch, width, 
     monkeypatch.setattr(ImageFile.ImageFile, "load", fail_load)
     with pytest.raises(InputError, match=f"{width * height} pixels|{width}x{height} pixels"):
         read_grayscale(path)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [case[1:] for case in BAD_FILES if case[2] is not None], ids=[case[0] for case in BAD_FILES if case[2] is not None])
+def test_uploaded_bytes_get_the_same_errors_as_files(name, content, message):
+    with pytest.raises(InputError, match=message) as raised:
+        read_grayscale((name, content))
+
+    assert raised.value.path == name
+
+
+def test_uploaded_bytes_decode_like_the_file(tmp_path):
+    Image.fromarray(gray_content(), mode="L").save(tmp_path / "slice.png")
+
+    np.testing.assert_array_equal(read_grayscale(("slice.png", (tmp_path / "slice.png").read_bytes())), read_grayscale(tmp_path / "slice.png"))
+
+
+def test_the_pixel_cap_is_configurable(tmp_path):
+    Image.fromarray(gray_content(), mode="L").save(tmp_path / "slice.png")
+
+    with pytest.raises(InputError, match=r"slice\.png: image is 56x40 pixels, over the 2,000-pixel limit"):
+        read_grayscale(tmp_path / "slice.png", max_pixels=2000)

@@ -34,8 +34,8 @@ CARD_KEYS = [
     "validation_metrics",
     "weights",
 ]
-DECISION_KEYS = ["temperature", "threshold", "threshold_rule", "tta_hflip"]
-PREPROCESSING_KEYS = ["channels", "image_size", "mean", "resize", "std"]
+DECISION_KEYS = ["study_aggregate", "study_rule_source", "study_topk_fraction", "temperature", "threshold", "threshold_rule", "tta_hflip"]
+PREPROCESSING_KEYS = ["channels", "crop_field", "hu_window", "image_size", "mean", "remove_annotations", "resize", "standardise_intensity", "std"]
 ARCHITECTURE_KEYS = ["head", "input", "name", "stride_variant"]
 
 
@@ -84,6 +84,17 @@ def test_card_values_are_plain_json():
     assert values["intended_use"] == RESEARCH_USE_STATEMENT
     assert values["architecture"]["head"] == "linear 2048 -> 2, softmax"
     assert values["architecture"]["input"] == "(N, 3, 32, 32)"
+
+
+def test_a_card_from_before_study_rules_gets_the_default_rule(tmp_path):
+    values = make_card().to_dict()
+    values["decision"] = {"threshold": 0.4, "threshold_rule": "youden_j"}
+    (tmp_path / "model.json").write_text(json.dumps(values))
+
+    decision = read_card(tmp_path).decision
+
+    assert (decision.study_aggregate, decision.study_topk_fraction) == ("topk", 0.25)
+    assert decision.study_rule_source == "default: the model card predates study-level rules"
 
 
 def test_card_round_trips_through_model_json(tmp_path):
@@ -154,6 +165,8 @@ BROKEN_DIRS = [
     ("card-not-json", lambda d: (d / "model.json").write_text("{not json"), "not a valid covidct model card"),
     ("card-without-classes", lambda d: (d / "model.json").write_text('{"positive_class": "COVID"}'), "not a valid covidct model card"),
     ("bad-stride-variant", _edit_card(stride_variant="v2"), "not a valid covidct model card"),
+    ("bad-study-rule", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "median"}), r"study_aggregate must be mean, max or topk; got 'median'"),
+    ("topk-without-fraction", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "topk", "study_topk_fraction": None}), r"study_topk_fraction must be in \(0, 1\] for topk; got None"),
     ("weights-not-safetensors", lambda d: _replace_weights(d, b"not safetensors"), r"cannot read model.safetensors \("),
 ]
 

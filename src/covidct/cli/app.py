@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from covidct.cli import audit, demo, evaluate, export, predict, train, weights
+from covidct.cli import (
+    audit,
+    demo,
+    evaluate,
+    export,
+    predict,
+    preprocess_preview,
+    serve,
+    train,
+    weights,
+)
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 app = typer.Typer(
@@ -20,6 +30,8 @@ app.command()(predict.predict)
 app.command()(export.export)
 app.command()(demo.demo)
 app.command()(audit.audit)
+app.command("preprocess-preview")(preprocess_preview.preprocess_preview)
+app.command()(serve.serve)
 app.add_typer(weights.app, name="weights")
 
 

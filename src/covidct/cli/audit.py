@@ -11,7 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from covidct.cli.console import console, progress_callback, reports_errors
-from covidct.cli.options import DataArg, GroupCol, LabelCol, PathCol, PositiveClass, SplitCol, load_dataset
+from covidct.cli.options import (
+    DataArg,
+    GroupCol,
+    LabelCol,
+    PathCol,
+    PositiveClass,
+    SplitCol,
+    load_dataset,
+)
 from covidct.data.audit import AuditResult, Severity, audit_manifest
 from covidct.data.audit_report import write_audit
 

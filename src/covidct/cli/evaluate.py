@@ -6,10 +6,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from covidct.cli.console import console, print_failures, progress_callback, reports_errors
-from covidct.cli.options import DataArg, DeviceOpt, GroupCol, LabelCol, ModelDirArg, PathCol, PositiveClass, SplitCol, load_dataset
+from covidct.cli.console import (
+    console,
+    print_failures,
+    progress_callback,
+    reports_errors,
+)
+from covidct.cli.options import (
+    DataArg,
+    DeviceOpt,
+    GroupCol,
+    LabelCol,
+    ModelDirArg,
+    PathCol,
+    PositiveClass,
+    SplitCol,
+    load_dataset,
+)
 from covidct.evaluate.aggregate import Aggregate
 from covidct.evaluate.metrics import METRIC_NAMES
 from covidct.evaluate.run import EvaluationRun, evaluate_model
@@ -22,7 +38,7 @@ def evaluate(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, the figures, predictions.csv and report.html.")],
     split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
-    aggregate: Annotated[Aggregate, typer.Option(help="Patient probability from its slices: mean, max or topk (mean of the top 25%).")] = Aggregate.MEAN,
+    aggregate: Annotated[Aggregate | None, typer.Option(help="Patient probability from its slices: mean, max or topk (mean of the top 25%) (default: the model card's study rule).")] = None,
     n_resamples: Annotated[int, typer.Option("--n-resamples", help="Bootstrap resamples for the 95% CIs.")] = 1000,
     device: DeviceOpt = Device.AUTO,
     path_col: PathCol = "path",
@@ -50,6 +66,8 @@ def print_evaluation(run: EvaluationRun) -> None:
     for metric in METRIC_NAMES:
         table.add_row(metric, *(_value_with_ci(level.to_json_dict()[metric]) for level in levels.values()))
     console.print(table)
+    if run.site_shift is not None and run.site_shift.is_shifted:
+        console.print(f"[bold yellow]{escape(run.site_shift.note())}[/]", highlight=False)
     print_failures(run.failures, title="Images that could not be scored")
     console.print(f"Report: [bold]{run.report_path}[/]")
 

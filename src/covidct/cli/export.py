@@ -10,8 +10,18 @@ from typing import Annotated
 import typer
 
 from covidct.cli.console import console, err_console, progress_callback, reports_errors
-from covidct.cli.options import GroupCol, LabelCol, ModelDirArg, PathCol, SplitCol, load_dataset
-from covidct.export.calibration import DEFAULT_CALIBRATION_SLICES, default_calibration_data
+from covidct.cli.options import (
+    GroupCol,
+    LabelCol,
+    ModelDirArg,
+    PathCol,
+    SplitCol,
+    load_dataset,
+)
+from covidct.export.calibration import (
+    DEFAULT_CALIBRATION_SLICES,
+    default_calibration_data,
+)
 from covidct.export.onnx import export_onnx
 from covidct.model.card import read_card
 

@@ -18,6 +18,9 @@ SplitCol = Annotated[str | None, typer.Option("--split-col", help="CSV column wi
 PositiveClass = Annotated[str, typer.Option("--positive-class", help="The class whose probability is reported as prob_covid.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present, else the CPU.")]
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 'covidct train'.")]
+CropFieldOpt = Annotated[bool, typer.Option("--crop-field/--no-crop-field", help="Crop each slice to the body (largest bright components plus a margin) before resizing.")]
+RemoveAnnotationsOpt = Annotated[bool, typer.Option("--remove-annotations/--no-remove-annotations", help="Blank bright marks outside the body (letters, arrows, the table).")]
+StandardiseIntensityOpt = Annotated[bool, typer.Option("--standardise-intensity/--no-standardise-intensity", help="Map the body's 1st/99th intensity percentiles to black and white.")]
 
 
 def load_dataset(data: Path, *, path_col: str, label_col: str, group_col: str | None, split_col: str | None, positive_class: str) -> Manifest:

@@ -8,14 +8,35 @@ from typing import Annotated
 import typer
 
 from covidct.cli.audit import print_findings
-from covidct.cli.console import console, err_console, new_progress, print_failures, progress_callback, reports_errors
-from covidct.cli.options import DataArg, DeviceOpt, GroupCol, LabelCol, PathCol, PositiveClass, SplitCol, load_dataset
+from covidct.cli.console import (
+    console,
+    err_console,
+    new_progress,
+    print_failures,
+    progress_callback,
+    reports_errors,
+)
+from covidct.cli.options import (
+    CropFieldOpt,
+    DataArg,
+    DeviceOpt,
+    GroupCol,
+    LabelCol,
+    PathCol,
+    PositiveClass,
+    RemoveAnnotationsOpt,
+    SplitCol,
+    StandardiseIntensityOpt,
+    load_dataset,
+)
 from covidct.data.audit import AuditResult
 from covidct.model.device import Device
 from covidct.model.network import TrainLayers
 from covidct.model.pretrained import resolve_pretrained
+from covidct.preprocess.window import LUNG_WINDOW
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
+from covidct.train.distributed import is_main_process
 from covidct.train.trainer import TrainResult, fit
 
 WeightsOpt = Annotated[str, typer.Option("--weights", help="auto | torchvision | keras-npm, or a local ResNet-50 state dict (.safetensors or torch file).")]
@@ -27,6 +48,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.safetensors, model.json, train_log.csv).")],
     mode: Annotated[Mode, typer.Option(help="finetune (default, recommended) or linear (frozen backbone).")] = Mode.FINETUNE,
     train_layers: Annotated[TrainLayers, typer.Option("--train-layers", help="finetune depth: layer4, layer3 or all (default).")] = TrainLayers.ALL,
+    frozen_views: Annotated[int, typer.Option("--frozen-views", help="With --train-layers layer4/layer3: run the frozen layers once on this many augmented views per slice and reuse them (faster epochs; the views repeat after that many epochs). 0: fresh augmentation every epoch.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (default 20 for finetune, 100 for linear).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor.")] = 1e-3,
@@ -35,6 +57,10 @@ def train(
     ema_epochs: Annotated[float | None, typer.Option("--ema-epochs", help="Validate and keep an exponential moving average of the weights over about this many epochs (0 turns it off).")] = 1.0,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).")] = None,
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    crop_field: CropFieldOpt = True,
+    remove_annotations: RemoveAnnotationsOpt = True,
+    standardise_intensity: StandardiseIntensityOpt = False,
+    window: Annotated[str, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG are already windowed); stored in the model card.")] = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
     device: DeviceOpt = Device.AUTO,
@@ -49,16 +75,23 @@ def train(
 ) -> None:
     """Fine-tune an ImageNet ResNet-50 on DATA; threshold and temperature are chosen on validation data."""
     config = TrainConfig(
-        mode=mode, train_layers=train_layers, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
-        patience=patience, ema_epochs=ema_epochs or None, max_minutes=max_minutes, image_size=image_size, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
+        mode=mode, train_layers=train_layers, frozen_views=frozen_views, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
+        patience=patience, ema_epochs=ema_epochs or None, max_minutes=max_minutes, image_size=image_size,
+        crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity, hu_window=window, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
     )
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     result = run_training(manifest, out, config, weights=weights, resume=resume)
-    print_training_summary(result)
+    if result is not None:
+        print_training_summary(result)
 
 
-def run_training(manifest, out: Path, config: TrainConfig, *, weights: str, resume: bool) -> TrainResult:
-    """Resolve the start weights and fit, drawing progress bars (shared by ``train`` and ``demo``)."""
+def run_training(manifest, out: Path, config: TrainConfig, *, weights: str, resume: bool) -> TrainResult | None:
+    """Resolve the start weights and fit, drawing progress bars (shared by ``train`` and ``demo``).
+
+    Under torchrun only rank 0 draws anything; the other ranks train silently and get None.
+    """
+    if not is_main_process():
+        return fit(manifest, out, config, pretrained=resolve_pretrained(weights), resume=resume)
     with progress_callback("ImageNet weights") as progress:
         pretrained = resolve_pretrained(weights, progress=progress)
     with new_progress() as bars:

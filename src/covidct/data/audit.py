@@ -36,6 +36,7 @@ from covidct.data.splits import assign_splits
 from covidct.errors import InputError, OptimisticMetricsWarning
 from covidct.io.discover import InputFailure
 from covidct.io.images import read_grayscale
+from covidct.io.readers import is_volume_path
 
 # An attribute that alone separates the classes with ROC-AUC >= 0.70 ("acceptable discrimination",
 # Hosmer & Lemeshow, Applied Logistic Regression, 2000) is flagged: a CNN picks up much weaker cues than
@@ -295,6 +296,9 @@ def _inspect_all(manifest: Manifest, progress) -> tuple[list[_ImageFacts | None]
 
 
 def _inspect(path: Path) -> _ImageFacts:
+    if is_volume_path(path):
+        # File attributes and perceptual hashes describe 2-D image files; a volume's slices are windowed from HU.
+        raise InputError("a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited", path=path)
     gray = read_grayscale(path)
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as image:

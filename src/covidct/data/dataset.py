@@ -12,8 +12,12 @@ from torch.utils.data import Dataset
 
 from covidct.errors import InputError
 from covidct.io.discover import InputFailure
-from covidct.io.images import read_grayscale
-from covidct.preprocess.transforms import resize_gray
+from covidct.io.images import MAX_PIXELS, read_grayscale
+from covidct.io.readers import is_volume_path, read_path_volumes
+from covidct.preprocess.lung_slices import lung_slice_indices
+from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.transforms import Preprocessing
+from covidct.preprocess.window import HuWindow, window_hu
 
 Progress = Callable[[int, int], None]
 
@@ -27,40 +31,56 @@ class DecodedSlices:
     failures: list[InputFailure]
 
 
-def decode_slices(paths: Sequence[Path], image_size: int, *, progress: Progress | None = None) -> DecodedSlices:
-    """Decode and resize every path once; a file that fails is recorded and the rest go on.
+def decode_slices(paths: Sequence[Path], preprocessing: Preprocessing, *, progress: Progress | None = None, max_pixels: int = MAX_PIXELS) -> DecodedSlices:
+    """Decode every path once and prepare it as ``preprocessing`` says; a file that fails is recorded and the rest go on.
 
     Holding the resized slices in memory (224 x 224 x 2 bytes each) lets every epoch skip PNG decoding,
     which on a 2-core machine would otherwise compete with the network for the CPU.
+
+    A path naming a CT volume (a DICOM file, a folder of DICOM series, a NIfTI file) gives one slice per
+    lung slice in it (``select_lung_slices``), windowed from HU with ``preprocessing.hu_window``; all of
+    them carry that path's index, so each becomes a sample with its manifest row's label and group.
+    ``max_pixels`` caps an image's (or a volume slice's) width x height, checked from the header before decoding.
     """
     images, indices, failures = [], [], []
     for index, path in enumerate(paths):
         try:
-            images.append(resize_gray(read_grayscale(path), image_size))
-            indices.append(index)
+            grays = _lung_slices(path, HuWindow.parse(preprocessing.hu_window), max_pixels) if is_volume_path(path) else [read_grayscale(path, max_pixels=max_pixels)]
+            images.extend(prepare_slice(gray, preprocessing) for gray in grays)
+            indices.extend([index] * len(grays))
         except InputError as error:
-            failures.append(InputFailure(str(path), error.reason))
+            failures.append(InputFailure(error.path or str(path), error.reason))
         if progress:
             progress(index + 1, len(paths))
     # float16 in numpy, not torch: predict decodes in a background thread, where a torch op would start a second
     # OpenMP team competing with the forward pass for the cores (the values are the same, both round to nearest even).
-    stacked = torch.from_numpy(np.stack(images).astype(np.float16)) if images else torch.empty(0, image_size, image_size, dtype=torch.float16)
+    stacked = torch.from_numpy(np.stack(images).astype(np.float16)) if images else torch.empty(0, preprocessing.image_size, preprocessing.image_size, dtype=torch.float16)
     return DecodedSlices(stacked, np.asarray(indices, dtype=np.int64), failures)
 
 
-class SliceDataset(Dataset):
-    """(1, S, S) float32 slices and class indices, with an optional per-sample augmentation."""
+def _lung_slices(path: Path, window: HuWindow, max_pixels: int) -> list[np.ndarray]:
+    """(H, W) float32 [0, 1] windowed lung slices of every volume at ``path``.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    Raises:
+        InputError: a volume cannot be read, or one of them has no slice that shows lung.
+    """
+    return [gray for volume in read_path_volumes(path, max_pixels=max_pixels) for gray in window_hu(volume.hu[lung_slice_indices(volume)], window)]
+
+
+class SliceDataset(Dataset):
+    """(1, S, S) float32 slices, class indices and loss weights, with an optional per-sample augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.images = images
         self.labels = labels
+        self.weights = weights
         self.augment = augment
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image = self.images[index].unsqueeze(0).float()
         if self.augment is not None:
             image = self.augment(image).clamp(0.0, 1.0)
-        return image, self.labels[index]
+        return image, self.labels[index], self.weights[index]

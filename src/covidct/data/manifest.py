@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidct.errors import CovidctWarning, InputError, OptionError
-from covidct.io.discover import discover_images
+from covidct.io.discover import VolumeInput, VolumeKind, discover_images
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -18,12 +18,14 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 
 DEFAULT_GROUP_COLUMN = "patient_id"
 DEFAULT_SPLIT_COLUMN = "split"
+DEFAULT_SOURCE_COLUMN = "source"
 
 
 @dataclass(frozen=True)
 class Columns:
     """Names of the manifest columns. Group and split are optional: None uses ``patient_id`` / ``split``
-    when the CSV has them; a name given explicitly must exist."""
+    when the CSV has them; a name given explicitly must exist. A ``source`` column, when present,
+    names the site or dataset of each row (training balances the sources)."""
 
     path: str = "path"
     label: str = "label"
@@ -33,12 +35,13 @@ class Columns:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: where it is, its class index, its patient/group id and its split (None if unknown)."""
+    """One image: where it is, its class index, its patient/group id, its split and the site or dataset it came from (None if unknown)."""
 
     path: Path
     label: int
     group: str | None
     split: str | None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ class Manifest:
 def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_class: str = "COVID") -> Manifest:
     """Read ``data``: a folder with one subfolder per class, or a CSV manifest (paths relative to the CSV).
 
+    A row's path may be a 2-D image, or a CT volume: a DICOM file, a folder of DICOM files (its
+    series, not its subfolders) or a NIfTI file. A volume's lung slices all become samples of that
+    row (``covidct.data.dataset.decode_slices``); in a class folder, each NIfTI file and each folder
+    holding DICOM files is one row.
+
     Raises:
         InputError: a missing dataset, a CSV without the required columns, an empty label or an
             unknown split value (the message names the row).
@@ -104,11 +112,11 @@ def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_cl
         raise InputError("expected a folder of class subfolders or a .csv manifest", path=data)
     if not rows:
         raise InputError("no images found", path=data)
-    classes = tuple(sorted({label for _, label, _, _ in rows}))
+    classes = tuple(sorted({row[1] for row in rows}))
     if len(classes) < 2:
         raise InputError(f"found a single class {classes}; training and evaluation need at least two", path=data)
     positive_index = _positive_index(classes, positive_class)
-    samples = tuple(Sample(path, classes.index(label), group, split) for path, label, group, split in rows)
+    samples = tuple(Sample(path, classes.index(label), group, split, source) for path, label, group, split, source in rows)
     return Manifest(samples, classes, positive_index, data)
 
 
@@ -121,17 +129,23 @@ def _positive_index(classes: tuple[str, ...], positive_class: str) -> int:
     raise OptionError(f"--positive-class '{positive_class}' is not one of the classes {list(classes)}{hint}")
 
 
-def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None]]:
+def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None, None]]:
     rows = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = discover_images([class_dir])
-        rows += [(path, class_dir.name, None, None) for path in found.paths]
+        rows += [(path, class_dir.name, None, None, None) for path in found.paths + _volume_paths(found.volumes)]
         for unused in found.failures + found.skipped:
             warnings.warn(f"{unused.path}: {unused.reason}; not used", CovidctWarning, stacklevel=4)
     return rows
 
 
-def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, str | None, str | None]]:
+def _volume_paths(volumes: list[VolumeInput]) -> list[Path]:
+    """One sample path per NIfTI file and per folder of DICOM series (a folder's series are read together)."""
+    paths = [volume.files[0] if volume.kind is VolumeKind.NIFTI else volume.files[0].parent for volume in volumes]
+    return list(dict.fromkeys(paths))
+
+
+def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, str | None, str | None, str | None]]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -143,6 +157,7 @@ def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, st
                 raise InputError(f"no column '{named}' (columns: {header}); fix {option} or leave it out", path=csv_path)
         group_col = columns.group or (DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in header else None)
         split_col = columns.split or (DEFAULT_SPLIT_COLUMN if DEFAULT_SPLIT_COLUMN in header else None)
+        source_col = DEFAULT_SOURCE_COLUMN if DEFAULT_SOURCE_COLUMN in header else None
         rows = []
         for line, record in enumerate(reader, start=2):
             label = (record[columns.label] or "").strip()
@@ -152,7 +167,8 @@ def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, st
                     raise InputError(f"line {line}: empty {kind} in column '{column}'", path=csv_path)
             group = ((record[group_col] or "").strip() or None) if group_col else None
             split = _parse_split(record[split_col], csv_path, line) if split_col else None
-            rows.append((csv_path.parent / path, label, group, split))
+            source = ((record[source_col] or "").strip() or None) if source_col else None
+            rows.append((csv_path.parent / path, label, group, split, source))
     return rows
 
 

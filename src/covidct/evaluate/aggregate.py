@@ -1,4 +1,4 @@
-"""Slice probabilities -> one probability per patient, for patient-level metrics."""
+"""Slice probabilities -> one probability per patient or study: patient-level metrics and study predictions."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class Aggregate(StrEnum):
     MEAN = "mean"
     MAX = "max"
     TOPK = "topk"
+
+
+DEFAULT_TOPK_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def aggregate_by_group(
     groups: Sequence[str],
     rule: Aggregate,
     *,
-    topk_fraction: float = 0.25,
+    topk_fraction: float = DEFAULT_TOPK_FRACTION,
 ) -> GroupedScores:
     """Return one probability and label per patient from slice probabilities.
 
@@ -98,7 +101,7 @@ def aggregate_by_group(
                 f"Patient {unique[g]} has slices labelled both 0 and 1; a patient-level label must be one "
                 "class. Fix the label column, or give slice-level patient ids that split this patient."
             )
-        out_prob.append(_aggregate_one(p[members], rule, topk_fraction))
+        out_prob.append(aggregate_slices(p[members], rule, topk_fraction=topk_fraction))
         out_label.append(patient_labels[0])
         out_count.append(int(members.sum()))
     return GroupedScores(
@@ -126,8 +129,8 @@ def check_patient_ids(groups: Sequence[str], n: int) -> np.ndarray:
     return np.asarray([str(g) for g in groups])
 
 
-def _aggregate_one(slice_prob: np.ndarray, rule: Aggregate, topk_fraction: float) -> float:
-    """One patient's probability from its (n,) slice probabilities."""
+def aggregate_slices(slice_prob: np.ndarray, rule: Aggregate, *, topk_fraction: float = DEFAULT_TOPK_FRACTION) -> float:
+    """One patient's or study's probability from its (n,) slice probabilities, n >= 1 (see ``aggregate_by_group``)."""
     if rule is Aggregate.MEAN:
         return float(slice_prob.mean())
     if rule is Aggregate.MAX:
@@ -135,3 +138,8 @@ def _aggregate_one(slice_prob: np.ndarray, rule: Aggregate, topk_fraction: float
     # The epsilon keeps 0.1 * 30 (3.0000000000000004 in floating point) at 3 slices, not 4.
     k = max(1, math.ceil(topk_fraction * slice_prob.size - 1e-9))
     return float(np.sort(slice_prob)[-k:].mean())
+
+
+def describe_rule(rule: Aggregate, topk_fraction: float = DEFAULT_TOPK_FRACTION) -> str:
+    """A short readable name for a rule: "mean", "max" or "top 25% mean" (for reports, tables and plots)."""
+    return f"top {topk_fraction:.0%} mean" if rule is Aggregate.TOPK else rule.value

@@ -13,7 +13,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from covidct.evaluate.metrics import ECE_BINS, binary_metrics, check_binary_inputs, confusion, reliability_bins
+from covidct.evaluate.metrics import (
+    ECE_BINS,
+    binary_metrics,
+    check_binary_inputs,
+    confusion,
+    reliability_bins,
+)
 
 _SIZE_IN = (5.0, 4.5)
 _DPI = 110

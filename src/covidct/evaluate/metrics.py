@@ -17,7 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, confusion_matrix, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    roc_auc_score,
+)
 
 from covidct.errors import InputError, OptionError
 
@@ -57,7 +63,7 @@ def check_binary_inputs(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarra
         raise InputError("no samples to evaluate; expected at least one label and probability.")
     if y.shape != p.shape:
         raise InputError(f"{y.size} labels but {p.size} probabilities; expected one probability per label.")
-    bad_labels = sorted({v.item() for v in np.unique(y)} - {0, 1, False, True})
+    bad_labels = sorted({v.item() for v in np.unique(y)} - {0, 1})
     if bad_labels:
         raise InputError(f"labels must be 0 (negative) or 1 (positive); found {bad_labels[:5]}.")
     if not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0:

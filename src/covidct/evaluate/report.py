@@ -22,6 +22,7 @@ from covidct.evaluate.bootstrap import BootstrapResult
 from covidct.evaluate.evaluation import EvaluationResult
 from covidct.evaluate.figures import plot_confusion, plot_pr, plot_reliability, plot_roc
 from covidct.evaluate.metrics import METRIC_NAMES
+from covidct.evaluate.site_shift import STATISTIC_DESCRIPTIONS, SiteShift
 from covidct.html_page import html_page
 
 _METRIC_LABELS = {
@@ -50,12 +51,15 @@ def write_report(
     class_names: tuple[str, str],
     extra_notes: Sequence[str] = (),
     gallery_html: str = "",
+    site_shift: SiteShift | None = None,
 ) -> Path:
     """Write metrics.json, roc/pr/confusion/reliability PNGs and report.html to ``out_dir``; return the HTML path.
 
     Figures show slice-level ``y_true``/``prob``. The HTML embeds them as base64 data URIs and carries
     no external CSS or JS, so the single file can be mailed or archived and still opens offline.
     ``gallery_html`` is a ready section (see ``evaluate.gallery``) placed after the figures.
+    ``site_shift`` (None when the model card records no training statistics) goes into metrics.json
+    as ``site_shift`` and into the report right after the slice-level metrics.
 
     Raises:
         OptionError: ``threshold`` differs from ``result.threshold``, or ``class_names`` is not two names.
@@ -71,7 +75,8 @@ def write_report(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    metrics = {**result.to_json_dict(), "site_shift": None if site_shift is None else site_shift.to_json_dict()}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     figures = {
         "ROC curve": plot_roc(y_true, prob, threshold, out_dir / "roc.png"),
         "Precision-recall curve": plot_pr(y_true, prob, threshold, out_dir / "pr.png"),
@@ -84,6 +89,7 @@ def write_report(
             "Slice level", result.slice_level, sample_word="slices",
             unit_word="patients" if result.slice_level.is_grouped else "slices",
         ),
+        site_shift=_site_shift_section(site_shift),
         patient_table=_patient_section(result),
         figures="\n".join(_figure_html(caption, path) for caption, path in figures.items()),
         gallery=gallery_html,
@@ -108,6 +114,21 @@ def _setup_section(result: EvaluationResult, class_names: tuple[str, str]) -> st
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table class='kv'>{body}</table>"
+
+
+def _site_shift_section(site_shift: SiteShift | None) -> str:
+    """The shift flag under the slice-level metrics: a warning when the test set differs from the training data."""
+    if site_shift is None:
+        return "<p class='small'>Site shift: not checked (the model card records no training-image statistics; retrain to get them).</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(STATISTIC_DESCRIPTIONS[name])}</td><td>{distance:.3f}</td><td>{site_shift.threshold[name]:.3f}</td></tr>"
+        for name, distance in site_shift.ks_distance.items()
+    )
+    css = "warn" if site_shift.is_shifted else "small"
+    return (
+        f"<h2>Site shift</h2><p class='{css}'>{html.escape(site_shift.note())}</p>"
+        "<table><tr><th>Statistic (test vs. training data)</th><th>KS distance</th><th>Flagged above</th></tr>" f"{rows}</table>"
+    )
 
 
 def _patient_section(result: EvaluationResult) -> str:
@@ -185,6 +206,7 @@ figure.cam img { max-width: 14rem; }
 _BODY = Template("""<h2>Setup</h2>
 $setup
 $slice_table
+$site_shift
 $patient_table
 <h2>Figures (slice level)</h2>
 $figures

@@ -15,10 +15,11 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits
 from covidct.errors import CovidctWarning, InputError
-from covidct.evaluate.aggregate import Aggregate
+from covidct.evaluate.aggregate import DEFAULT_TOPK_FRACTION, Aggregate, describe_rule
 from covidct.evaluate.evaluation import EvaluationResult, evaluation_metrics
 from covidct.evaluate.gallery import build_gallery, gallery_section
 from covidct.evaluate.report import write_report
+from covidct.evaluate.site_shift import SiteShift, detect_site_shift, slice_statistics
 from covidct.infer.ood import OodDetector, features_and_logits, load_detector
 from covidct.io.discover import InputFailure
 from covidct.model.card import ModelCard
@@ -34,7 +35,8 @@ class EvaluationRun:
     """The metrics, where the report is, how many slices were scored and which files failed.
 
     ``n_flagged`` counts the slices the out-of-distribution guard flagged (None for a model without
-    one); they are scored like the others, so the metrics cover every decoded slice.
+    one); they are scored like the others, so the metrics cover every decoded slice. ``site_shift``
+    compares the test slices with the training data (None for a card without training statistics).
     """
 
     result: EvaluationResult
@@ -43,6 +45,7 @@ class EvaluationRun:
     failures: list[InputFailure]
     notes: list[str]
     n_flagged: int | None = None
+    site_shift: SiteShift | None = None
 
 
 def evaluate_model(
@@ -51,12 +54,15 @@ def evaluate_model(
     out_dir: Path,
     *,
     split: str = "test",
-    aggregate: Aggregate = Aggregate.MEAN,
+    aggregate: Aggregate | None = None,
     device: Device = Device.AUTO,
     n_resamples: int = 1000,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationRun:
     """Score ``manifest``'s ``split`` (or every row with ``split="all"``) and write the report to ``out_dir``.
+
+    Patient-level metrics aggregate each patient's slices by the model card's study rule, the one
+    predict applies to a study, unless ``aggregate`` overrides it (TOPK then averages the top 25%).
 
     Raises:
         ModelDirError: the model directory is unusable.
@@ -68,7 +74,7 @@ def evaluate_model(
     part, notes = _select_split(manifest, split, card.training, card.data.get("manifest_sha256"))
     detector = load_detector(Path(model_dir), card)
     torch_device = resolve_device(device)
-    decoded = decode_slices([s.path for s in part.samples], card.preprocessing.image_size, progress=progress)
+    decoded = decode_slices([s.path for s in part.samples], card.preprocessing, progress=progress)
     if len(decoded.indices) == 0:
         raise InputError(f"no image of the {split} split could be decoded ({len(decoded.failures)} failures)", path=manifest.origin)
     net = prepare_for_inference(model, torch_device)
@@ -76,21 +82,36 @@ def evaluate_model(
     samples = [part.samples[i] for i in decoded.indices]
     y_true = np.array([s.label == card.positive_index for s in samples], dtype=int)
     groups = [s.group for s in samples] if part.has_patient_ids else None
-    result = evaluation_metrics(y_true, prob, card.decision.threshold, groups=groups, aggregate=aggregate, n_resamples=n_resamples)
+    rule, topk_fraction, rule_note = _patient_rule(card, aggregate)
+    result = evaluation_metrics(y_true, prob, card.decision.threshold, groups=groups, aggregate=rule, topk_fraction=topk_fraction, n_resamples=n_resamples)
+    notes += [rule_note] if groups is not None else []
     notes += [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"] if decoded.failures else []
     notes.append(_ood_note(detector, ood_scores))
+    site_shift = _site_shift(card, decoded.images, ood_scores)
     gallery = build_gallery(net, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob, device=torch_device)
     out_dir = Path(out_dir)
     report = write_report(
         out_dir, result, y_true=y_true, prob=prob, threshold=card.decision.threshold, model_card=card.to_dict(),
         title=f"covidct evaluation: {manifest.origin.name}, split {split}", class_names=(_negative_name(card.classes, card.positive_class), card.positive_class),
-        extra_notes=notes, gallery_html=gallery_section(gallery),
+        extra_notes=notes, gallery_html=gallery_section(gallery), site_shift=site_shift,
     )
     passed = None if ood_scores is None else detector.is_in_distribution(ood_scores)
     _write_predictions(out_dir / "predictions.csv", samples, card.classes, prob, passed, ood_scores)
     _write_rows(out_dir / "failures.csv", ["path", "reason"], [(f.path, f.reason) for f in decoded.failures])
     n_flagged = None if passed is None else int((~passed).sum())
-    return EvaluationRun(result, report, len(samples), decoded.failures, notes, n_flagged)
+    return EvaluationRun(result, report, len(samples), decoded.failures, notes, n_flagged, site_shift)
+
+
+def _patient_rule(card: ModelCard, aggregate: Aggregate | None) -> tuple[Aggregate, float, str]:
+    """The patient aggregation rule, its top-k fraction, and a report note saying where the rule came from."""
+    decision = card.decision
+    card_rule = Aggregate(decision.study_aggregate)
+    card_fraction = decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
+    described = describe_rule(card_rule, card_fraction)
+    if aggregate is None:
+        return card_rule, card_fraction, f"Patient aggregation rule: {described}, the model card's study rule ({decision.study_rule_source})."
+    override = Aggregate(aggregate)
+    return override, DEFAULT_TOPK_FRACTION, f"Patient aggregation rule: {describe_rule(override)}, set by --aggregate instead of the model card's study rule ({described})."
 
 
 def _score(net: torch.nn.Module, card: ModelCard, detector: OodDetector | None, slices: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
@@ -107,6 +128,15 @@ def _write_predictions(path: Path, samples: list, classes: tuple[str, ...], prob
     scores_text = [""] * len(samples) if scores is None else [f"{score:.3f}" for score in scores]
     rows = [(s.path, s.group or "", classes[s.label], f"{p:.6f}", ok, score) for s, p, ok, score in zip(samples, prob, passed_text, scores_text, strict=True)]
     _write_rows(path, ["path", "patient_id", "label", "prob_covid", "in_distribution", "ood_score"], rows)
+
+
+def _site_shift(card: ModelCard, slices: torch.Tensor, ood_scores: np.ndarray | None) -> SiteShift | None:
+    """Compare the test slices (and their OOD scores) with the training statistics the card records, if any."""
+    reference = card.data.get("site_statistics")
+    if reference is None:
+        return None
+    statistics = slice_statistics(slices) | ({} if ood_scores is None else {"ood_score": ood_scores})
+    return detect_site_shift(reference, statistics)
 
 
 def _ood_note(detector: OodDetector | None, scores: np.ndarray | None) -> str:

@@ -85,7 +85,7 @@ def calibration_set(manifest: Manifest, card: ModelCard, *, n_slices: int = DEFA
         raise InputError("no rows in the train split to calibrate on; pass the model's training data with --calibration", path=manifest.origin)
     rng = np.random.default_rng(SAMPLE_SEED)
     chosen = np.sort(rng.choice(len(train.samples), size=min(n_slices, len(train.samples)), replace=False))
-    decoded = decode_slices([train.samples[i].path for i in chosen], card.preprocessing.image_size, progress=progress)
+    decoded = decode_slices([train.samples[i].path for i in chosen], card.preprocessing, progress=progress)
     if len(decoded.indices) == 0:
         first = decoded.failures[0]
         raise InputError(f"none of the {len(chosen)} sampled train slices could be decoded (first: {first.path}: {first.reason})", path=manifest.origin)

@@ -56,6 +56,14 @@ def gradcam_heatmaps(
     return np.clip(np.concatenate(heatmaps), 0.0, 1.0) if heatmaps else np.empty((0, size, size), np.float32)
 
 
+def overlay_caption(label: str, prob_covid: float | None, ood_score: float | None = None) -> str:
+    """The line under an overlay: the label with its probability, or (flagged input) why there is none."""
+    if prob_covid is None:
+        score = "" if ood_score is None else f"OOD score {ood_score:.1f}, "
+        return f"{label}: {score}no COVID probability"
+    return f"{label}  P(COVID) = {prob_covid:.3f}"
+
+
 def render_overlay(slice_gray: np.ndarray, heatmap: np.ndarray, caption: str) -> Image.Image:
     """Return an RGB image: the (S, S) slice in gray, the (S, S) heatmap over it in the jet colormap, ``caption`` below.
 

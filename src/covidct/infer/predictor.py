@@ -1,24 +1,30 @@
-"""Run a trained model directory on image files: the Python API behind ``covidct predict``."""
+"""Run a trained model directory on image files and CT volumes: the Python API behind ``covidct predict``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from covidct.errors import OptionError
+from covidct.errors import InputError, OptionError
 from covidct.infer.engines import Engine, InferenceEngine, TorchEngine, open_onnx_engine
 from covidct.infer.gradcam import gradcam_heatmaps
 from covidct.infer.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
 from covidct.infer.stream import iter_slice_batches
+from covidct.infer.study import StudyPrediction, model_slices, study_prediction
 from covidct.io.discover import InputFailure, count_images
+from covidct.io.images import MAX_PIXELS
+from covidct.io.volume import Volume
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16
 from covidct.model.forward import prepare_for_inference
+from covidct.preprocess.lung_slices import lung_slice_indices
+from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.window import HuWindow
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,15 @@ class Prediction:
 
 @dataclass(frozen=True)
 class PredictionRun:
-    """Predictions for the inputs that worked, and a failure (path + reason) for each one that did not."""
+    """Predictions for the inputs that worked, and a failure (path + reason) for each one that did not.
+
+    ``predictions`` holds the 2-D images, ``studies`` the CT volumes (one per DICOM series or NIfTI file).
+    """
 
     predictions: list[Prediction]
     failures: list[InputFailure]
     skipped: list[InputFailure]
+    studies: list[StudyPrediction] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class ExplanationRun:
     explanations: list[Explanation]
     failures: list[InputFailure]
     skipped: list[InputFailure]
+    studies: list[StudyPrediction] = field(default_factory=list)
 
     @property
     def predictions(self) -> list[Prediction]:
@@ -89,14 +100,19 @@ class Predictor:
 
     Without a ``detector`` (a model trained before the guard) every input counts as in distribution.
     ``engine`` computes features and logits (default: ``model`` on ``device``, see ``infer.engines``);
-    Grad-CAM always uses the torch ``model``.
+    Grad-CAM always uses the torch ``model``. ``window`` maps DICOM/NIfTI HU to the network input
+    (default: the card's ``preprocessing.hu_window``, the one the model was trained with). An input
+    whose header claims more than ``max_pixels`` pixels per image (or slice) is a failure, before decoding.
     """
 
     def __init__(
-        self, model: torch.nn.Module, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None
+        self, model: torch.nn.Module, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None,
+        window: HuWindow | None = None, max_pixels: int = MAX_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
+        if max_pixels < 1:
+            raise OptionError(f"--max-pixels must be at least 1; got {max_pixels}")
         self.card = card
         self.detector = detector
         self.device = resolve_device(device)
@@ -104,18 +120,22 @@ class Predictor:
         self.batch_size = batch_size
         self.model = prepare_for_inference(model, self.device)
         self.engine = engine if engine is not None else TorchEngine(self.model, device=self.device, use_bf16=self.use_bf16)
+        self.window = window or HuWindow.parse(card.preprocessing.hu_window)
+        self.max_pixels = max_pixels
 
     @property
     def threshold(self) -> float:
         return self.card.decision.threshold
 
     def predict(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None) -> PredictionRun:
-        """Predict every image in ``inputs`` (files, or folders walked recursively).
+        """Predict every image and study in ``inputs`` (files, or folders walked recursively).
 
-        Files that cannot be decoded become failures with a reason; the others are still predicted.
+        2-D images give ``predictions``; DICOM series and NIfTI files give ``studies`` (see
+        ``predict_volume``). Inputs that cannot be used become failures with a reason; the others are
+        still predicted.
         """
         run = self._run(inputs, progress=progress, explain=False)
-        return PredictionRun(run.predictions, run.failures, run.skipped)
+        return PredictionRun(run.predictions, run.failures, run.skipped, run.studies)
 
     def iter_predict(self, inputs: Iterable[str | Path], *, batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> Iterator[PredictionRun]:
         """Yield each batch's predictions, failures and skipped files as soon as the batch is done.
@@ -136,7 +156,7 @@ class Predictor:
         if batch_size is not None and batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
         runs = self._iter_runs(inputs, batch_size=batch_size or self.batch_size, progress=progress, explain=False)
-        return (PredictionRun(run.predictions, run.failures, run.skipped) for run in runs)
+        return (PredictionRun(run.predictions, run.failures, run.skipped, run.studies) for run in runs)
 
     def explain(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None) -> ExplanationRun:
         """Predict like ``predict`` and add each input's Grad-CAM heatmap and resized slice.
@@ -145,6 +165,46 @@ class Predictor:
         holds two (S, S) float32 arrays (0.4 MB at 224 px); flagged inputs get a heatmap too.
         """
         return self._run(inputs, progress=progress, explain=True)
+
+    def predict_slices(self, names: Sequence[str], slices: Sequence[np.ndarray], *, explain: bool = False) -> list[Explanation]:
+        """Predict slices already decoded in memory (the server's uploads), prepared exactly as files are.
+
+        Each result holds the resized slice (for previews); its heatmap is None unless ``explain``.
+
+        Args:
+            names: one label per slice (an upload's file name), reported as each prediction's ``path``.
+            slices: (H, W) float32 grayscale in [0, 1], any size, as ``io.images.read_grayscale`` returns.
+            explain: also compute each slice's Grad-CAM heatmap (about three times slower).
+        """
+        if len(names) != len(slices):
+            raise ValueError(f"{len(names)} names for {len(slices)} slices")
+        preprocessing = self.card.preprocessing
+        size = preprocessing.image_size
+        # prepare_slice and float16 like the file path (data.dataset.decode_slices), so an upload and its file get the same answer.
+        prepared = np.stack([prepare_slice(gray, preprocessing) for gray in slices]).astype(np.float16) if slices else np.empty((0, size, size), np.float16)
+        return self._explained(list(names), torch.from_numpy(prepared), explain=explain, keep_slices=True)
+
+    def predict_volume(self, volume: Volume, *, explain: bool = False) -> StudyPrediction:
+        """Predict one study: its lung slices in batches, aggregated by the card's study rule (see ``infer.study``).
+
+        Args:
+            volume: a DICOM series or NIfTI volume in HU, as ``io.readers.read_volume`` returns it.
+            explain: also attach the Grad-CAM heatmap of the most suspicious slice (one backward pass).
+
+        Raises:
+            InputError: no slice of the volume shows lung.
+        """
+        indices = lung_slice_indices(volume)
+        predictions: list[Prediction] = []
+        for start in range(0, len(indices), self.batch_size):
+            batch = indices[start : start + self.batch_size]
+            images = model_slices(volume.hu[batch], self.window, self.card.preprocessing)
+            predictions += [e.prediction for e in self._explained([volume.slice_names[i] for i in batch], images, explain=False, keep_slices=False)]
+        study = study_prediction(volume, indices, predictions, self.card)
+        if not (explain and study.suspicious_slices):
+            return study
+        top = model_slices(volume.hu[[study.suspicious_slices[0].index]], self.window, self.card.preprocessing)
+        return replace(study, cam_slice=top[0].float().numpy(), cam_heatmap=self._heatmaps(top)[0])
 
     def probabilities(self, slices: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities (N, C) for (N, S, S) grayscale slices in [0, 1]."""
@@ -158,28 +218,47 @@ class Predictor:
         explanations: list[Explanation] = []
         failures: list[InputFailure] = []
         skipped: list[InputFailure] = []
+        studies: list[StudyPrediction] = []
         for run in self._iter_runs(inputs, batch_size=self.batch_size, progress=progress, explain=explain):
             explanations += run.explanations
             failures += run.failures
             skipped += run.skipped
-        return ExplanationRun(explanations, failures, skipped)
+            studies += run.studies
+        return ExplanationRun(explanations, failures, skipped, studies)
 
     def _iter_runs(self, inputs: Iterable[str | Path], *, batch_size: int, progress: Callable[[int, int], None] | None, explain: bool) -> Iterator[ExplanationRun]:
         inputs = list(inputs)
         total, reported = (count_images(inputs) if progress else 0), 0
-        for batch in iter_slice_batches(inputs, image_size=self.card.preprocessing.image_size, batch_size=batch_size):
-            explanations = []
-            if batch.paths:
-                scores, probabilities = self._forward(batch.images)
-                heatmaps = self._heatmaps(batch.images) if explain else [None] * len(batch.paths)
-                for row, path in enumerate(batch.paths):
-                    prediction = self._prediction(str(path), probabilities[row], None if scores is None else float(scores[row]))
-                    slice_gray = batch.images[row].float().numpy() if explain else None
-                    explanations.append(Explanation(prediction, slice_gray, heatmaps[row]))
+        for batch in iter_slice_batches(inputs, preprocessing=self.card.preprocessing, batch_size=batch_size, max_pixels=self.max_pixels):
+            explanations = self._explained([str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain)
+            studies, failures = self._studies(batch.volumes, explain=explain)
             if progress and batch.n_images_seen > reported:
                 reported = batch.n_images_seen
                 progress(reported, max(total, reported))
-            yield ExplanationRun(explanations, batch.failures, batch.skipped)
+            yield ExplanationRun(explanations, batch.failures + failures, batch.skipped, studies)
+
+    def _studies(self, volumes: list[Volume], *, explain: bool) -> tuple[list[StudyPrediction], list[InputFailure]]:
+        """``predict_volume`` on each volume; one without lung becomes a failure and the others go on."""
+        studies, failures = [], []
+        for volume in volumes:
+            try:
+                studies.append(self.predict_volume(volume, explain=explain))
+            except InputError as error:
+                failures.append(InputFailure(error.path or volume.source, error.reason))
+        return studies, failures
+
+    def _explained(self, names: list[str], images: torch.Tensor, *, explain: bool, keep_slices: bool) -> list[Explanation]:
+        """One forward pass (and Grad-CAM when ``explain``) over (N, S, S) slices, one ``Explanation`` per name."""
+        if not names:
+            return []
+        scores, probabilities = self._forward(images)
+        heatmaps = self._heatmaps(images) if explain else [None] * len(names)
+        explanations = []
+        for row, name in enumerate(names):
+            prediction = self._prediction(name, probabilities[row], None if scores is None else float(scores[row]))
+            slice_gray = images[row].float().numpy() if keep_slices else None
+            explanations.append(Explanation(prediction, slice_gray, heatmaps[row]))
+        return explanations
 
     def _forward(self, slices: torch.Tensor) -> tuple[np.ndarray | None, torch.Tensor]:
         """Guard scores (or None) and calibrated probabilities, from one pass over the slices."""
@@ -204,11 +283,16 @@ class Predictor:
         return Prediction(path, prob_covid, label, {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}, True, ood_score)
 
 
-def load_model(model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32, engine: Engine | str = Engine.TORCH) -> Predictor:
+def load_model(
+    model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32, engine: Engine | str = Engine.TORCH, window: HuWindow | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Predictor:
     """Load a model directory written by ``covidct train`` (on the CPU if there is no GPU).
 
     ``engine`` onnx or onnx-int8 runs ``model.onnx`` or ``model.int8.onnx`` (written by ``covidct
     export``) with onnxruntime on the CPU; the torch weights are still loaded (hash check, Grad-CAM).
+    ``window`` overrides the card's HU window for DICOM/NIfTI input (the CLI warns when it differs);
+    ``max_pixels`` is the decompression-bomb cap on an image's (or slice's) width x height.
 
     Raises:
         ModelDirError: missing or mismatched model files; a missing export names the command that writes it.
@@ -220,4 +304,4 @@ def load_model(model_dir: str | Path, *, device: Device | str = Device.AUTO, bat
     engine = Engine(engine)
     model, card = load_model_dir(Path(model_dir))
     runner = None if engine is Engine.TORCH else open_onnx_engine(Path(model_dir), card, engine, device=device)
-    return Predictor(model, card, detector=load_detector(Path(model_dir), card), device=device, batch_size=batch_size, engine=runner)
+    return Predictor(model, card, detector=load_detector(Path(model_dir), card), device=device, batch_size=batch_size, engine=runner, window=window, max_pixels=max_pixels)

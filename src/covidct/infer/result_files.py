@@ -1,6 +1,6 @@
 """Prediction files (CSV or JSON) written a batch at a time, so a run over millions of slices keeps no rows in memory.
 
-CSV: a header, then one row per prediction, flushed after each batch (an interrupted run leaves
+CSV: a header, then one row per prediction (image, study, or slice of a study), flushed after each batch (an interrupted run leaves
 every row done so far). JSON keeps its one-document shape, ``{"notice", "predictions", "failures"}``,
 written incrementally: one prediction object per line inside the ``predictions`` array, and the
 failures (usually few) at the end. The JSON is closed only when the run finishes: an interrupted run
@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -22,11 +22,17 @@ from covidct.io.discover import InputFailure
 
 @dataclass(frozen=True)
 class WrittenPredictions:
-    """What a prediction file received: the number of prediction rows, and every failure and skipped file."""
+    """What a prediction file received: the number of rows, every failure and skipped file, the studies' plots.
+
+    Attributes:
+        n_predictions: image and study rows (per-slice rows not counted).
+        plots: the probability plot of each study, in row order.
+    """
 
     n_predictions: int
     failures: list[InputFailure]
     skipped: list[InputFailure]
+    plots: list[Path] = field(default_factory=list)
 
 
 class PredictionFile:

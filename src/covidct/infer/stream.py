@@ -1,22 +1,27 @@
 """Decoded slices in batches, streamed from files and folders while the network works on the previous batch.
 
 A background thread walks the inputs and decodes the next batches into a small bounded queue, so
-PNG decoding (PIL, which releases the GIL) overlaps the forward pass, and memory holds a few
-batches whatever the number of files.
+PNG decoding (PIL, which releases the GIL) and DICOM/NIfTI reading overlap the forward pass, and
+memory holds a few batches whatever the number of files (a batch holds at most one volume).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from covidct.data.dataset import decode_slices
-from covidct.io.discover import InputFailure, SkippedFile, iter_inputs
+from covidct.errors import InputError
+from covidct.io.discover import InputFailure, SkippedFile, VolumeInput, iter_inputs
+from covidct.io.images import MAX_PIXELS
+from covidct.io.readers import read_volume
+from covidct.io.volume import Volume
+from covidct.preprocess.transforms import Preprocessing
 
 DEFAULT_PREFETCH = 2
 _DONE = object()
@@ -32,7 +37,9 @@ class SliceBatch:
         images: (N, S, S) float16 grayscale in [0, 1], N <= the batch size (N may be 0).
         failures: inputs that failed (missing, unreadable folder, undecodable image).
         skipped: files left out for their type.
-        n_images_seen: image files taken so far in the whole stream, decoded or failed (for progress).
+        n_images_seen: image files and volumes taken so far in the whole stream, decoded or failed (for progress).
+        volumes: CT volumes (DICOM series, NIfTI files) read in HU; each comes in a batch of its own
+            making, since one can hold hundreds of slices (the caller batches their slices).
     """
 
     paths: list[Path]
@@ -40,18 +47,22 @@ class SliceBatch:
     failures: list[InputFailure]
     skipped: list[InputFailure]
     n_images_seen: int
+    volumes: list[Volume] = field(default_factory=list)
 
 
-def iter_slice_batches(inputs: Iterable[str | Path], *, image_size: int, batch_size: int, prefetch: int = DEFAULT_PREFETCH) -> Iterator[SliceBatch]:
-    """Yield ``SliceBatch``es of at most ``batch_size`` slices resized to ``image_size``, decoded ahead in a thread.
+def iter_slice_batches(
+    inputs: Iterable[str | Path], *, preprocessing: Preprocessing, batch_size: int, max_pixels: int = MAX_PIXELS, prefetch: int = DEFAULT_PREFETCH
+) -> Iterator[SliceBatch]:
+    """Yield ``SliceBatch``es of at most ``batch_size`` slices prepared as ``preprocessing`` says, decoded ahead in a thread.
 
     At most ``prefetch`` decoded batches wait in the queue. Stopping early (``break``, an exception in
     the caller) stops the thread after the batch it is decoding. An unexpected error in the thread is
-    raised here, in the caller's thread; a file that cannot be decoded is a failure in its batch.
+    raised here, in the caller's thread; a file that cannot be decoded (or whose header claims more
+    than ``max_pixels`` pixels per image or slice) is a failure in its batch.
     """
     batches: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(inputs, image_size, batch_size, batches, stop), name="covidct-decode", daemon=True)
+    worker = threading.Thread(target=_produce, args=(inputs, preprocessing, batch_size, max_pixels, batches, stop), name="covidct-decode", daemon=True)
     worker.start()
     try:
         while (item := batches.get()) is not _DONE:
@@ -64,9 +75,9 @@ def iter_slice_batches(inputs: Iterable[str | Path], *, image_size: int, batch_s
         worker.join()
 
 
-def _produce(inputs: Iterable[str | Path], image_size: int, batch_size: int, batches: queue.Queue, stop: threading.Event) -> None:
+def _produce(inputs: Iterable[str | Path], preprocessing: Preprocessing, batch_size: int, max_pixels: int, batches: queue.Queue, stop: threading.Event) -> None:
     try:
-        for batch in _decoded_batches(inputs, image_size, batch_size):
+        for batch in _decoded_batches(inputs, preprocessing, batch_size, max_pixels):
             if not _put(batches, batch, stop):
                 return
         _put(batches, _DONE, stop)
@@ -74,7 +85,7 @@ def _produce(inputs: Iterable[str | Path], image_size: int, batch_size: int, bat
         _put(batches, error, stop)
 
 
-def _decoded_batches(inputs: Iterable[str | Path], image_size: int, batch_size: int) -> Iterator[SliceBatch]:
+def _decoded_batches(inputs: Iterable[str | Path], preprocessing: Preprocessing, batch_size: int, max_pixels: int) -> Iterator[SliceBatch]:
     paths: list[Path] = []
     failures: list[InputFailure] = []
     skipped: list[InputFailure] = []
@@ -83,20 +94,31 @@ def _decoded_batches(inputs: Iterable[str | Path], image_size: int, batch_size: 
         if isinstance(item, Path):
             paths.append(item)
             n_seen += 1
+        elif isinstance(item, VolumeInput):
+            n_seen += 1
+            try:
+                volume = read_volume(item, max_pixels=max_pixels)
+            except InputError as error:
+                failures.append(InputFailure(error.path or item.source, error.reason))
+            else:
+                yield _decoded(paths, failures, skipped, preprocessing, max_pixels, n_seen, [volume])
+                paths, failures, skipped = [], [], []
         elif isinstance(item, SkippedFile):
             skipped.append(item)
         else:
             failures.append(item)
         if len(paths) == batch_size:
-            yield _decoded(paths, failures, skipped, image_size, n_seen)
+            yield _decoded(paths, failures, skipped, preprocessing, max_pixels, n_seen)
             paths, failures, skipped = [], [], []
     if paths or failures or skipped:
-        yield _decoded(paths, failures, skipped, image_size, n_seen)
+        yield _decoded(paths, failures, skipped, preprocessing, max_pixels, n_seen)
 
 
-def _decoded(paths: list[Path], failures: list[InputFailure], skipped: list[InputFailure], image_size: int, n_seen: int) -> SliceBatch:
-    decoded = decode_slices(paths, image_size)
-    return SliceBatch([paths[i] for i in decoded.indices], decoded.images, failures + decoded.failures, skipped, n_seen)
+def _decoded(
+    paths: list[Path], failures: list[InputFailure], skipped: list[InputFailure], preprocessing: Preprocessing, max_pixels: int, n_seen: int, volumes: Sequence[Volume] = ()
+) -> SliceBatch:
+    decoded = decode_slices(paths, preprocessing, max_pixels=max_pixels)
+    return SliceBatch([paths[i] for i in decoded.indices], decoded.images, failures + decoded.failures, skipped, n_seen, list(volumes))
 
 
 def _put(batches: queue.Queue, item: object, stop: threading.Event) -> bool:

@@ -1,77 +1,105 @@
-"""Walk the inputs a user names (files and folders) into image paths, recording what cannot be used."""
+"""Walk the inputs a user names (files and folders) into 2-D images and CT volumes, recording what cannot be used.
+
+A 2-D image file (PNG, JPEG, ...) is one input; a NIfTI file is one volume; DICOM files are grouped
+by SeriesInstanceUID, one volume per series, so a folder of a study's slices gives one result per series.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
+from covidct.io.dicom import group_dicom_series, is_dicom
+from covidct.io.failures import InputFailure, SkippedFile
 from covidct.io.images import IMAGE_SUFFIXES
+from covidct.io.nifti import is_nifti
+
+__all__ = ["Discovered", "InputFailure", "SkippedFile", "VolumeInput", "VolumeKind", "count_images", "discover_images", "iter_inputs"]
+
+
+class VolumeKind(str, Enum):
+    """The file format of a CT volume."""
+
+    DICOM = "dicom"
+    NIFTI = "nifti"
 
 
 @dataclass(frozen=True)
-class InputFailure:
-    """An input that produced no result, and why (shown in the summary table; never silent)."""
+class VolumeInput:
+    """The files of one CT volume: a DICOM series (one or more files, maybe multi-frame) or a NIfTI file.
 
-    path: str
-    reason: str
+    Attributes:
+        kind: ``VolumeKind.DICOM`` or ``VolumeKind.NIFTI``.
+        source: what to show for it: the file, or the series' folder (with "(series i of n)" when the
+            folder holds several series).
+        files: its files, in the order found (the reader orders the slices).
+    """
 
-
-@dataclass(frozen=True)
-class SkippedFile(InputFailure):
-    """A file inside a folder left out for its type: listed for the user, but not a failure."""
+    kind: VolumeKind
+    source: str
+    files: tuple[Path, ...]
 
 
 @dataclass(frozen=True)
 class Discovered:
-    """Image files to process, inputs that failed, and files skipped for their type (listed, not failed)."""
+    """Image files and volumes to process, inputs that failed, and files skipped for their type (listed, not failed)."""
 
     paths: list[Path]
     failures: list[InputFailure]
     skipped: list[InputFailure]
+    volumes: list[VolumeInput] = field(default_factory=list)
 
 
 def discover_images(inputs: Iterable[str | Path]) -> Discovered:
-    """Expand files and folders (recursively, sorted, symlink loops safe) into image paths.
+    """Expand files and folders (recursively, sorted, symlink loops safe) into image paths and volumes.
 
-    A named file is used whatever its extension (the decoder decides); inside folders, only files
-    with an image extension are taken and the others are listed as skipped.
+    A named file is used whatever its extension (the decoder decides); inside folders, only image,
+    NIfTI and DICOM files are taken and the others are listed as skipped.
     """
-    paths: list[Path] = []
-    failures: list[InputFailure] = []
-    skipped: list[InputFailure] = []
+    found = Discovered([], [], [], [])
     for item in iter_inputs(inputs):
         if isinstance(item, Path):
-            paths.append(item)
+            found.paths.append(item)
+        elif isinstance(item, VolumeInput):
+            found.volumes.append(item)
         elif isinstance(item, SkippedFile):
-            skipped.append(item)
+            found.skipped.append(item)
         else:
-            failures.append(item)
-    return Discovered(paths, failures, skipped)
+            found.failures.append(item)
+    return found
 
 
-def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path | InputFailure]:
-    """Yield, in ``discover_images`` order, each image path, failed input and ``SkippedFile`` as it is found.
+def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path | VolumeInput | InputFailure]:
+    """Yield, in ``discover_images`` order, each image path, volume, failed input and ``SkippedFile`` as it is found.
 
-    Nothing is collected: memory holds one folder's listing at a time, so a folder tree of millions
-    of slices can be streamed.
+    Nothing is collected but one folder's listing and its DICOM file names, so a folder tree of
+    millions of slices can be streamed. DICOM files named one by one (``scan/*.dcm``) are grouped
+    by series too, after the other named inputs.
     """
+    named_dicom: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             yield from _walk(item)
-        elif item.is_file():
-            yield item
-        else:
+        elif not item.is_file():
             yield InputFailure(str(item), "no such file or folder")
+        elif is_nifti(item.name):
+            yield VolumeInput(VolumeKind.NIFTI, str(item), (item,))
+        elif item.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(item):
+            named_dicom.append(item)
+        else:
+            yield item
+    yield from _series_inputs(named_dicom, folder=None)
 
 
 def count_images(inputs: Iterable[str | Path]) -> int:
-    """The number of image paths ``iter_inputs`` yields (one walk, nothing kept): a total for progress bars."""
-    return sum(isinstance(item, Path) for item in iter_inputs(inputs))
+    """The number of image paths and volumes ``iter_inputs`` yields (one walk, nothing kept): a total for progress bars."""
+    return sum(isinstance(item, Path | VolumeInput) for item in iter_inputs(inputs))
 
 
-def _walk(root: Path) -> Iterator[Path | InputFailure]:
+def _walk(root: Path) -> Iterator[Path | VolumeInput | InputFailure]:
     """Walk ``root`` following symlinked folders, each real folder once (so a symlink loop ends)."""
     errors: list[InputFailure] = []
 
@@ -89,12 +117,28 @@ def _walk(root: Path) -> Iterator[Path | InputFailure]:
             continue
         visited.add((status.st_dev, status.st_ino))
         dirnames.sort()
+        dicom_files = []
         for name in sorted(filenames):
             path = Path(folder) / name
             if name.startswith("."):
                 continue
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 yield path
+            elif is_nifti(name):
+                yield VolumeInput(VolumeKind.NIFTI, str(path), (path,))
+            elif is_dicom(path):  # a .dcm name, or the DICM marker in files named by UID or with no extension
+                dicom_files.append(path)
             else:
                 yield SkippedFile(str(path), f"not an image file type ({path.suffix or 'no extension'})")
+        yield from _series_inputs(dicom_files, folder=folder)
     yield from errors
+
+
+def _series_inputs(files: Sequence[Path], *, folder: str | None) -> Iterator[VolumeInput | InputFailure]:
+    """One ``VolumeInput`` per DICOM series in ``files`` (headers only), then the files whose header is unreadable."""
+    groups, failures = group_dicom_series(files)
+    for index, group in enumerate(groups, start=1):
+        base = folder if folder is not None else str(group[0] if len(group) == 1 else group[0].parent)
+        source = base if len(groups) == 1 else f"{base} (series {index} of {len(groups)})"
+        yield VolumeInput(VolumeKind.DICOM, source, tuple(group))
+    yield from failures

@@ -6,6 +6,7 @@ as a label (UCSD COVID slices are RGBA PNGs while many non-COVID ones are JPEGs)
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -19,44 +20,47 @@ MIN_SIDE_PX = 32
 MAX_PIXELS = 64_000_000
 
 
-def read_grayscale(path: str | Path) -> np.ndarray:
-    """Return the image at ``path`` as a (H, W) float32 array in [0, 1].
+def read_grayscale(source: str | Path | tuple[str, bytes], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Return the image at ``source`` (a path, or an upload's ``(name, bytes)``) as a (H, W) float32 array in [0, 1].
 
-    Colour is converted with ITU-R 601 luma; transparency is composited on black (the CT background);
-    16-bit and 32-bit images are scaled by their type's range, not per image, so intensities stay
-    comparable across files.
+    8-bit PNG/JPEG slices are taken as already windowed: their gray levels go to the model as they are
+    (HU windowing only applies to DICOM and NIfTI). Colour is converted with ITU-R 601 luma; transparency
+    is composited on black (the CT background); 16-bit and 32-bit images are scaled by their type's range,
+    not per image, so intensities stay comparable across files. Uploads are decoded in memory, never
+    written to disk, with the same checks and messages as files.
 
     Raises:
-        InputError: missing, empty, truncated or non-image file; images over ``MAX_PIXELS`` (checked
-            from the header, before decoding) or under ``MIN_SIDE_PX`` on a side.
+        InputError: missing, empty, truncated or non-image file; images over ``max_pixels`` (checked
+            from the header, before decoding, so a decompression bomb is never expanded) or under
+            ``MIN_SIDE_PX`` on a side.
     """
-    path = Path(path)
+    name, opened = (source[0], io.BytesIO(source[1])) if isinstance(source, tuple) else (Path(source), Path(source))
     try:
         with warnings.catch_warnings():
-            # Pillow warns from 89M pixels; our own, lower MAX_PIXELS check refuses those with a clearer error.
+            # Pillow warns from 89M pixels; our own, lower max_pixels check refuses those with a clearer error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(opened)
         with image:
-            _check_size(path, image.size)
+            _check_size(name, image.size, max_pixels)
             image.load()
             return _to_unit_gray(image)
     except FileNotFoundError:
-        raise InputError("file not found", path=path) from None
+        raise InputError("file not found", path=name) from None
     except IsADirectoryError:
-        raise InputError("is a directory, expected an image file", path=path) from None
+        raise InputError("is a directory, expected an image file", path=name) from None
     except UnidentifiedImageError:
-        kind = "empty file" if path.stat().st_size == 0 else "not a readable PNG, JPEG, BMP or TIFF image"
-        raise InputError(kind, path=path) from None
+        is_empty = len(source[1]) == 0 if isinstance(source, tuple) else Path(source).stat().st_size == 0
+        raise InputError("empty file" if is_empty else "not a readable PNG, JPEG, BMP or TIFF image", path=name) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot decode image ({error})", path=path) from None
+        raise InputError(f"cannot decode image ({error})", path=name) from None
 
 
-def _check_size(path: Path, size: tuple[int, int]) -> None:
+def _check_size(name: str | Path, size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
-    if width * height > MAX_PIXELS:
-        raise InputError(f"image is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit", path=path)
+    if width * height > max_pixels:
+        raise InputError(f"image is {width}x{height} pixels, over the {max_pixels:,}-pixel limit", path=name)
     if min(width, height) < MIN_SIDE_PX:
-        raise InputError(f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=path)
+        raise InputError(f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=name)
 
 
 def _to_unit_gray(image: Image.Image) -> np.ndarray:

@@ -14,14 +14,29 @@ from covidct.preprocess.transforms import Preprocessing
 CARD_FILE = "model.json"
 
 
+# The study rule of a card written before study-level prediction, and the fallback when validation cannot
+# choose one (see ``covidct.train.study_rule``): the mean of the top 25% slices, so focal findings are not
+# diluted by many normal slices as in a plain mean, nor hang on one noisy slice as with the maximum.
+DEFAULT_STUDY_AGGREGATE = "topk"
+DEFAULT_STUDY_TOPK_FRACTION = 0.25
+
+
 @dataclass(frozen=True)
 class Decision:
-    """How logits become a label: temperature scaling, test-time flips, and the operating threshold."""
+    """How logits become a label: temperature scaling, test-time flips, and the operating threshold.
+
+    A study (DICOM series, NIfTI volume) gets one probability from its slices' by ``study_aggregate``
+    (mean, max or topk, the mean of the top ``study_topk_fraction`` of its slices); ``study_rule_source``
+    says whether validation data chose it or it is the default, and why.
+    """
 
     threshold: float
     threshold_rule: str
     temperature: float = 1.0
     tta_hflip: bool = False
+    study_aggregate: str = DEFAULT_STUDY_AGGREGATE
+    study_topk_fraction: float | None = DEFAULT_STUDY_TOPK_FRACTION
+    study_rule_source: str = "default: the model card predates study-level rules"
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,10 @@ class ModelCard:
             raise ValueError(f"threshold must be in [0, 1]; got {self.decision.threshold}")
         if not self.decision.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.decision.temperature}")
+        if self.decision.study_aggregate not in ("mean", "max", "topk"):
+            raise ValueError(f"study_aggregate must be mean, max or topk; got {self.decision.study_aggregate!r}")
+        if self.decision.study_aggregate == "topk" and not 0.0 < (self.decision.study_topk_fraction or 0.0) <= 1.0:
+            raise ValueError(f"study_topk_fraction must be in (0, 1] for topk; got {self.decision.study_topk_fraction!r}")
 
     @property
     def positive_index(self) -> int:

@@ -10,7 +10,12 @@ import torch
 
 from covidct.model.checkpoint import file_sha256
 from covidct.model.network import StrideVariant
-from covidct.model.weights import WeightSource, fetch_imagenet_weights, load_imagenet_state_dict, load_weights_file
+from covidct.model.weights import (
+    WeightSource,
+    fetch_imagenet_weights,
+    load_imagenet_state_dict,
+    load_weights_file,
+)
 
 
 @dataclass(frozen=True)

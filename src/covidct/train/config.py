@@ -8,6 +8,8 @@ from enum import StrEnum
 from covidct.errors import OptionError
 from covidct.model.device import Device
 from covidct.model.network import TrainLayers
+from covidct.preprocess.transforms import Preprocessing
+from covidct.preprocess.window import LUNG_WINDOW, HuWindow
 
 
 class Mode(StrEnum):
@@ -23,6 +25,7 @@ class TrainConfig:
 
     mode: Mode = Mode.FINETUNE
     train_layers: TrainLayers = TrainLayers.ALL
+    frozen_views: int = 0
     epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
@@ -33,6 +36,11 @@ class TrainConfig:
     ema_epochs: float | None = 1.0
     max_minutes: float | None = None
     image_size: int = 224
+    crop_field: bool = True
+    remove_annotations: bool = True
+    # Off by default: on validation data it cost in-domain ROC-AUC (see BENCHMARKS.md, "Cross-site generalisation").
+    standardise_intensity: bool = False
+    hu_window: str = str(LUNG_WINDOW)
     seed: int = 0
     device: Device = Device.AUTO
     target_sensitivity: float | None = None
@@ -49,6 +57,10 @@ class TrainConfig:
                 choices = ", ".join(member.value for member in kind)
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {choices}; got '{value}'") from None
         _require(self.epochs is None or self.epochs >= 1, "--epochs must be at least 1", self.epochs)
+        _require(self.frozen_views >= 0, "--frozen-views must be 0 (off) or a number of views", self.frozen_views)
+        if self.frozen_views:
+            has_frozen_trunk = self.mode is Mode.FINETUNE and self.train_layers in (TrainLayers.LAYER4, TrainLayers.LAYER3)
+            _require(has_frozen_trunk, "--frozen-views caches frozen layers below trained ones: use it with --train-layers layer4 or layer3", f"--mode {self.mode} --train-layers {self.train_layers}")
         _require(self.batch_size >= 2, "--batch-size must be at least 2", self.batch_size)
         _require(self.lr > 0, "--lr must be positive", self.lr)
         _require(0 < self.backbone_lr_factor <= 1, "--backbone-lr-factor must be in (0, 1]", self.backbone_lr_factor)
@@ -57,6 +69,7 @@ class TrainConfig:
         _require(self.patience >= 1, "--patience must be at least 1", self.patience)
         _require(self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive", self.max_minutes)
         _require(32 <= self.image_size <= 1024, "--image-size must be between 32 and 1024", self.image_size)
+        object.__setattr__(self, "hu_window", str(HuWindow.parse(self.hu_window)))  # raises OptionError naming --window
         if self.target_sensitivity is not None:
             _require(0 < self.target_sensitivity < 1, "--target-sensitivity must be in (0, 1)", self.target_sensitivity)
         _require(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5, "split fractions must be in (0, 0.5)", (self.val_fraction, self.test_fraction))
@@ -67,6 +80,14 @@ class TrainConfig:
         if self.epochs is not None:
             return self.epochs
         return 100 if self.mode is Mode.LINEAR else 20
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The slice pipeline this run trains with; the card stores it and inference rebuilds it from there."""
+        return Preprocessing(
+            image_size=self.image_size, crop_field=self.crop_field, remove_annotations=self.remove_annotations, standardise_intensity=self.standardise_intensity,
+            hu_window=self.hu_window,
+        )
 
     def to_dict(self) -> dict:
         return {key: (str(value) if isinstance(value, StrEnum) else value) for key, value in asdict(self).items()}

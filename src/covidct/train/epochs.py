@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn import functional
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -21,6 +23,14 @@ from covidct.model.network import extract_features, train_mode
 from covidct.preprocess.transforms import Preprocessing, normalize, train_augmentation
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
+from covidct.train.distributed import World
+from covidct.train.frozen_cache import (
+    CachedViews,
+    TrainableTail,
+    cache_frozen_views,
+    tail_logits,
+    trunk_outputs,
+)
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,15 +74,17 @@ class EpochRunner:
         """Train one epoch, then validate; return the log row (loss, validation loss and ROC-AUC, lr, seconds)."""
         started = time.perf_counter()
         self.loader.generator.manual_seed(self.seed * 1000 + epoch)
-        if self.module is self.model:
-            train_mode(self.model)
-        else:
-            self.module.train()
+        for part in (self.loader.sampler, self.loader.dataset):  # a DistributedSampler reshuffles; cached frozen views move on
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+        self.module.train()
+        train_mode(self.model)  # after module.train(): frozen blocks go back to eval, their BatchNorms keep ImageNet's statistics
         losses = []
-        for step, (inputs, labels) in enumerate(self.loader):
-            inputs, labels = self.to_input(inputs.to(self.device)), labels.to(self.device)
+        for step, (inputs, labels, weights) in enumerate(self.loader):
+            inputs, labels, weights = self.to_input(inputs.to(self.device)), labels.to(self.device), weights.to(self.device)
             with autocast(self.device, self.use_bf16):
-                loss = self.loss_fn(self.module(inputs).float(), labels)
+                losses_per_sample = functional.cross_entropy(self.module(inputs).float(), labels, reduction="none")
+            loss = (losses_per_sample * weights).sum() / weights.sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -103,33 +115,57 @@ def make_runner(
     *,
     train: Tensors,
     val: Tensors,
+    train_sources: Sequence[str | None],
     positive_index: int,
     preprocessing: Preprocessing,
     device: torch.device,
     use_bf16: bool,
     callbacks: TrainCallbacks,
+    world: World | None = None,
 ) -> EpochRunner:
-    """Build the runner for ``config.mode``; linear mode computes the frozen features here, once."""
+    """Build the runner for ``config.mode``; linear mode and ``--frozen-views`` run the frozen layers here, once.
+
+    ``train_sources`` names the site or dataset of each training slice (None where unknown); the
+    training loss weights each (source, class) cell equally (see ``cell_weights``). Under torchrun
+    (``world``) the training module is wrapped in DistributedDataParallel, each rank draws its share of
+    the training data, and each validates its shard of the validation split (see ``covidct.train.distributed``).
+    """
     model.to(device=device, memory_format=torch.channels_last)
+    world = world or World(device)
+    weights = cell_weights(train[1], train_sources)
     generator = torch.Generator().manual_seed(config.seed)
+    val_shard = world.shard(val[0])
     if config.mode is Mode.LINEAR:
-        features = {name: _features(model, slices, preprocessing, device, use_bf16) for name, (slices, _) in (("train", train), ("val", val))}
+        train_features = world.gather(_features(model, world.shard(train[0]), preprocessing, device, use_bf16), len(train[0]))
+        val_features = _features(model, val_shard, preprocessing, device, use_bf16)
         module = model.fc
-        dataset = TensorDataset(features["train"], train[1])
+        dataset = TensorDataset(train_features, train[1], weights)
         to_input = _identity
-        val_logits = lambda net: _head_logits(net.fc, features["val"], device)  # noqa: E731
+        val_logits = lambda net: _head_logits(net.fc, val_features, device)
+    elif config.frozen_views:
+        callbacks.on_stage(f"running the frozen layers once on {config.frozen_views} augmented views of each training slice (--frozen-views)")
+        frozen = {"device": device, "use_bf16": use_bf16, "train_layers": config.train_layers}
+        views = cache_frozen_views(model, train[0], views=config.frozen_views, preprocessing=preprocessing, batch_size=config.batch_size, world=world, progress=callbacks.decode_progress("frozen layers"), **frozen)
+        val_cached = trunk_outputs(model, val_shard, preprocessing=preprocessing, **frozen)
+        module = TrainableTail(model, config.train_layers)
+        dataset = CachedViews(views, train[1], weights, seed=config.seed)
+        to_input = lambda cached: cached.contiguous(memory_format=torch.channels_last)
+        val_logits = lambda net: tail_logits(net, val_cached, batch_size=config.batch_size, **frozen)
     else:
         module = model
-        dataset = SliceDataset(train[0], train[1], augment=train_augmentation(preprocessing.image_size))
-        to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)  # noqa: E731
-        val_logits = lambda net: predict_logits(net, val[0], preprocessing=preprocessing, device=device, use_bf16=use_bf16, batch_size=config.batch_size)  # noqa: E731
-    drop_last = len(dataset) > config.batch_size and module is model
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=drop_last, generator=generator)
+        dataset = SliceDataset(train[0], train[1], weights, augment=train_augmentation(preprocessing.image_size))
+        to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
+        val_logits = lambda net: predict_logits(net, val_shard, preprocessing=preprocessing, device=device, use_bf16=use_bf16, batch_size=config.batch_size)
+    is_finetune = config.mode is Mode.FINETUNE
+    drop_last = len(dataset) > config.batch_size and is_finetune
+    sampler = world.sampler(dataset, seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=drop_last, generator=generator)
     optimizer = _optimizer(model, module, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(steps_per_epoch=len(loader), epochs=config.resolved_epochs, warmup_epochs=config.warmup_epochs))
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(train[1], model.fc.out_features).to(device))
-    averaged = _weight_average(model, config, steps_per_epoch=len(loader)) if module is model else None
-    return EpochRunner(model, module, optimizer, scheduler, loader, to_input, val_logits, val[1], loss_fn, device, use_bf16, callbacks, config.seed, positive_index, averaged)
+    averaged = _weight_average(model, config, steps_per_epoch=len(loader)) if is_finetune else None
+    val_logits = world.gathered_validation(val_logits, len(val[1]))
+    return EpochRunner(model, world.wrap(module), optimizer, scheduler, loader, to_input, val_logits, val[1], loss_fn, device, use_bf16, callbacks, config.seed, positive_index, averaged)
 
 
 def _weight_average(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int) -> AveragedModel | None:
@@ -193,6 +229,19 @@ class WarmupCosine:
 
 
 def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (n / (C * n_c)), so the loss treats classes equally whatever the balance."""
+    """Inverse-frequency weights (n / (C * n_c)), so the validation loss treats classes equally whatever the balance."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
     return counts.sum() / (num_classes * counts)
+
+
+def cell_weights(labels: torch.Tensor, sources: Sequence[str | None]) -> torch.Tensor:
+    """(N,) float32 loss weights n / (K * n_k) over the K (source, class) cells that occur.
+
+    Each cell then carries the same total weight, so a model cannot lower its loss by learning which
+    source a slice came from when one source has more COVID slices than another (the shortcut behind
+    cross-site failures). Without sources it is the class weighting n / (C * n_c). A loss weighting
+    rather than a sampler, so it composes with any sampler (distributed training shards the data).
+    """
+    cells = list(zip(sources, labels.tolist(), strict=True))
+    counts = Counter(cells)
+    return torch.tensor([len(cells) / (len(counts) * counts[cell]) for cell in cells], dtype=torch.float32)

@@ -19,6 +19,7 @@ from covidct.preprocess.transforms import Preprocessing
 from covidct.train.calibration import choose_threshold, fit_temperature
 from covidct.train.config import TrainConfig
 from covidct.train.resume import Progress
+from covidct.train.study_rule import choose_study_rule
 
 
 @dataclass(frozen=True)
@@ -34,28 +35,33 @@ class RunFacts:
     audit_warnings: list[str]
 
 
-def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
-    """Fit temperature and threshold on the validation split (never test) and assemble the card.
+def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor, list[str | None]], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
+    """Fit temperature, threshold and the study aggregation rule on the validation split (never test); assemble the card.
 
     Args:
         val: the validation split's (N, C) logits, computed as inference will (mirror averaged when
-            ``config.tta_hflip``), and its (N,) class indices.
+            ``config.tta_hflip``), its (N,) class indices and its (N,) patient ids (None where unknown).
     """
     logits = val[0]
     temperature = fit_temperature(logits, val[1])
     prob = torch.softmax(logits / temperature, 1)[:, manifest.positive_index].numpy()
     is_positive = (val[1] == manifest.positive_index).numpy().astype(int)
     threshold, rule = choose_threshold(is_positive, prob, target_sensitivity=config.target_sensitivity)
+    study = choose_study_rule(is_positive, prob, val[2])
+    decision = Decision(
+        threshold=threshold, threshold_rule=rule, temperature=temperature, tta_hflip=config.tta_hflip,
+        study_aggregate=study.rule.aggregate.value, study_topk_fraction=study.rule.topk_fraction, study_rule_source=study.source,
+    )
     return ModelCard(
         classes=manifest.classes,
         positive_class=manifest.positive_class,
         stride_variant=pretrained.stride_variant,
         preprocessing=preprocessing,
-        decision=Decision(threshold=threshold, threshold_rule=rule, temperature=temperature, tta_hflip=config.tta_hflip),
+        decision=decision,
         weights={"imagenet": pretrained.provenance},
         data=_data_facts(manifest, facts),
         training={**config.to_dict(), **_run_facts(facts, config.resolved_epochs)},
-        validation_metrics={key: _finite_or_none(value) for key, value in binary_metrics(is_positive, prob, threshold).items()} | {"n": int(len(prob))},
+        validation_metrics={key: _finite_or_none(value) for key, value in binary_metrics(is_positive, prob, threshold).items()} | {"n": len(prob)},
         environment=_environment(),
         covidct_version=version("covidct"),
         created=datetime.now(UTC).isoformat(timespec="seconds"),

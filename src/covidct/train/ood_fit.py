@@ -8,7 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidct.infer.ood import DEFAULT_PASS_RATE, OodDetector, features_and_logits, fit_detector, with_threshold
+from covidct.infer.ood import (
+    DEFAULT_PASS_RATE,
+    OodDetector,
+    features_and_logits,
+    fit_detector,
+    with_threshold,
+)
 from covidct.preprocess.transforms import Preprocessing
 
 

@@ -19,29 +19,39 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits, split_method
 from covidct.errors import InputError, TrainingInterrupted
+from covidct.evaluate.site_shift import reference_statistics
 from covidct.infer.ood import features_and_logits, save_detector
 from covidct.io.discover import InputFailure
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import save_model_dir
-from covidct.model.device import resolve_device, supports_bf16
+from covidct.model.device import supports_bf16
 from covidct.model.network import build_resnet50, load_backbone_state, set_trainable
 from covidct.model.pretrained import Pretrained
 from covidct.preprocess.transforms import Preprocessing
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
+from covidct.train.distributed import World, distributed_session
 from covidct.train.epochs import EpochRunner, make_runner
 from covidct.train.finalize import RunFacts, build_card
 from covidct.train.ood_fit import fit_ood_guard
-from covidct.train.resume import RESUME_DIR, Progress, load_best_weights, load_resume_state, save_resume_state
+from covidct.train.resume import (
+    RESUME_DIR,
+    Progress,
+    load_best_weights,
+    load_resume_state,
+    save_resume_state,
+)
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """Decoded slices and class indices of one split, with the files that failed to decode."""
+    """Decoded slices, class indices, sources and patient ids (None where unknown) of one split, with the files that failed to decode."""
 
     slices: torch.Tensor
     labels: torch.Tensor
     failures: list[InputFailure]
+    sources: list[str | None]
+    groups: list[str | None]
 
 
 @dataclass(frozen=True)
@@ -53,39 +63,57 @@ class TrainResult:
     failures: list[InputFailure]
 
 
-def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
+def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult | None:
     """Train on ``manifest``'s train split, select and calibrate on val, fit the OOD guard, write ``out_dir``.
+
+    Under torchrun every process trains its share (see ``covidct.train.distributed``); rank 0 alone
+    reports through ``callbacks`` and writes ``out_dir``, and the other ranks return None.
 
     Raises:
         InputError: a split has no usable images of a class.
         TrainingInterrupted: Ctrl-C; ``out_dir/resume`` holds the state for ``--resume``.
+        OptionError: torchrun started more processes on a node than it has GPUs.
     """
-    callbacks = callbacks or TrainCallbacks()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with distributed_session(config.device) as world:
+        quiet = TrainCallbacks()
+        return _fit(manifest, Path(out_dir), config, pretrained=pretrained, resume=resume, callbacks=(callbacks or quiet) if world.is_main else quiet, world=world)
+
+
+def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool, callbacks: TrainCallbacks, world: World) -> TrainResult | None:
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     _seed_everything(config.seed)
     method = split_method(manifest)
     manifest = assign_splits(manifest, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
-    audit = audit_manifest(manifest, progress=callbacks.decode_progress("auditing the data"))
-    callbacks.on_audit(audit)
-    preprocessing = Preprocessing(image_size=config.image_size)
+    if world.is_main:  # the audit decodes every image; the other ranks would only repeat it
+        audit = audit_manifest(manifest, progress=callbacks.decode_progress("auditing the data"))
+        callbacks.on_audit(audit)
+    preprocessing = config.preprocessing
     train, val = (_decode_split(manifest, split, preprocessing, callbacks) for split in ("train", "val"))
-    device = resolve_device(config.device)
+    world.require_rows(len(train.labels), "train")
+    world.require_rows(len(val.labels), "val")
+    device = world.device
     use_bf16 = supports_bf16(device)
     model = _build_model(manifest, config, pretrained)
-    runner = make_runner(model, config, train=(train.slices, train.labels), val=(val.slices, val.labels), positive_index=manifest.positive_index, preprocessing=preprocessing, device=device, use_bf16=use_bf16, callbacks=callbacks)
-    progress = _run_epochs(runner, out_dir, config, resume=resume, callbacks=callbacks)
+    world.seed_augmentation(config.seed)
+    runner = make_runner(model, config, train=(train.slices, train.labels), val=(val.slices, val.labels), train_sources=train.sources, positive_index=manifest.positive_index, preprocessing=preprocessing, device=device, use_bf16=use_bf16, callbacks=callbacks, world=world)
+    progress = _run_epochs(runner, out_dir, config, resume=resume, callbacks=callbacks, world=world)
+    if not world.is_main:
+        return None
     model.load_state_dict(load_best_weights(out_dir))
     failures = train.failures + val.failures
     facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started, [f.message for f in audit.warnings])
     callbacks.on_stage("calibrating on the validation split")
     # One validation pass serves calibration (logits) and the OOD threshold (features).
     val_features, val_logits = features_and_logits(model.eval(), val.slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
-    card = build_card(manifest, config, val=(val_logits, val.labels), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    card = build_card(manifest, config, val=(val_logits, val.labels, val.groups), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    card = dataclasses.replace(card, training={**card.training, "processes": world.size, "global_batch_size": config.batch_size * world.size})
     callbacks.on_stage("fitting the out-of-distribution guard on the training slices")
     ood = fit_ood_guard(model, train=(train.slices, train.labels), val_features=val_features, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
     card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
+    # What evaluation compares a test set with to flag a likely site shift (covidct.evaluate.site_shift).
+    card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.detector.scores(val_features))})
     card = save_model_dir(out_dir, model, card)
     _write_log(out_dir / "train_log.csv", progress.history)
     shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
@@ -100,12 +128,13 @@ def _seed_everything(seed: int) -> None:
 
 def _decode_split(manifest: Manifest, split: str, preprocessing: Preprocessing, callbacks: TrainCallbacks) -> SplitData:
     part = manifest.select(split)
-    decoded = decode_slices([s.path for s in part.samples], preprocessing.image_size, progress=callbacks.decode_progress(f"decoding {split}"))
+    decoded = decode_slices([s.path for s in part.samples], preprocessing, progress=callbacks.decode_progress(f"decoding {split}"))
     labels = torch.tensor([part.samples[i].label for i in decoded.indices], dtype=torch.long)
     missing = [manifest.classes[c] for c in range(len(manifest.classes)) if not (labels == c).any()]
     if missing:
         raise InputError(f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)", path=manifest.origin)
-    return SplitData(decoded.images, labels, decoded.failures)
+    samples = [part.samples[i] for i in decoded.indices]
+    return SplitData(decoded.images, labels, decoded.failures, [s.source for s in samples], [s.group for s in samples])
 
 
 def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained) -> nn.Module:
@@ -115,14 +144,18 @@ def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained
     return model
 
 
-def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resume: bool, callbacks: TrainCallbacks) -> Progress:
-    """Run epochs until the plan or early stopping; save resumable state after each one."""
+def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resume: bool, callbacks: TrainCallbacks, world: World) -> Progress:
+    """Run epochs until the plan or early stopping; save resumable state after each one (rank 0).
+
+    Every rank follows rank 0's epoch record, so the ranks agree on the best epoch, the time plan and
+    when to stop, and none waits forever in a collective that another has left.
+    """
     state_args = {"modules": runner.stateful, "optimizer": runner.optimizer, "scheduler": runner.scheduler, "config": config.to_dict()}
     progress = load_resume_state(out_dir, **state_args) if resume else Progress()
     try:
         while progress.next_epoch < (progress.planned_epochs or config.resolved_epochs) and progress.epochs_without_improvement < config.patience:
             epoch = progress.next_epoch
-            record = runner.run_epoch(epoch)
+            record = world.broadcast(runner.run_epoch(epoch))
             is_best = record["val_auc"] > progress.best_auc
             if is_best:
                 progress.best_auc, progress.best_epoch, progress.epochs_without_improvement = record["val_auc"], epoch, 0
@@ -133,7 +166,8 @@ def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resu
             if config.max_minutes is not None:
                 progress.planned_epochs = _epochs_within_budget(progress, config)
                 runner.plan_epochs(progress.planned_epochs)
-            save_resume_state(out_dir, best=runner.evaluated, progress=progress, is_best=is_best, **state_args)
+            if world.is_main:
+                save_resume_state(out_dir, best=runner.evaluated, progress=progress, is_best=is_best, **state_args)
             callbacks.on_epoch_end(record, progress.planned_epochs or config.resolved_epochs)
     except KeyboardInterrupt:
         raise TrainingInterrupted(

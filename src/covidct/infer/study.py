@@ -1,0 +1,154 @@
+"""One study's answer from its slices: lung slices only, the out-of-distribution guard, the card's aggregation rule.
+
+How a volume (DICOM series, multi-frame DICOM, NIfTI) becomes one answer:
+
+1. Lung slices. Only slices with enough lung-range HU inside the body go to the network
+   (``preprocess.lung_slices``): slices of the neck or abdomen say nothing about the lungs and would
+   dilute the aggregate. A volume without any is a failure for that study, not a guess from all
+   slices: it is most likely not a chest CT (a localizer, a head or abdomen series).
+2. Each lung slice is windowed (lung window by default) and prepared like a training slice, then
+   scored by the predictor: a probability, or a flag from the out-of-distribution guard.
+3. Guard. Flagged slices are left out of the aggregate and counted in ``message``. When more than
+   ``MAX_FLAGGED_FRACTION`` of the lung slices are flagged, the study as a whole does not look like
+   the training data: it gets the label ``not-ct`` and no probability, as a single flagged image does.
+4. Aggregate. The remaining slice probabilities become the study probability by the rule on the
+   model card (``Decision.study_aggregate``, chosen on validation data by ``train.study_rule``),
+   and the card's threshold gives the label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from covidct.evaluate.aggregate import (
+    DEFAULT_TOPK_FRACTION,
+    aggregate_slices,
+    describe_rule,
+    parse_aggregate,
+)
+from covidct.infer.ood import NOT_CT_LABEL
+from covidct.io.volume import Volume
+from covidct.model.card import ModelCard
+from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.transforms import Preprocessing
+from covidct.preprocess.window import HuWindow, window_hu
+
+if TYPE_CHECKING:  # predictor imports this module
+    from covidct.infer.predictor import Prediction
+
+MAX_FLAGGED_FRACTION = 0.5
+N_MARKED_SLICES = 3
+
+
+@dataclass(frozen=True)
+class SlicePrediction:
+    """One lung slice of a study as the model scored it.
+
+    Attributes:
+        name: the slice's label from the volume (file name, or "<file>#<index>").
+        index: position along the volume's slice axis (0 = first slice), counting non-lung slices too.
+        prob_covid: calibrated probability, or None when the guard flagged the slice.
+        label: the slice's own label at the threshold, or ``not-ct``.
+        in_distribution: False when the guard flagged the slice (it is left out of the aggregate).
+        ood_score: the guard's distance, or None for a model without a guard.
+    """
+
+    name: str
+    index: int
+    prob_covid: float | None
+    label: str
+    in_distribution: bool = True
+    ood_score: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """The model's answer for one study (one series or volume), referred to by path and hashed keys only.
+
+    Attributes:
+        source: the file or folder the study came from (never a patient attribute).
+        study_key: hash of the StudyInstanceUID (see ``io.volume.privacy_key``); series_key likewise.
+        prob_covid: the aggregated probability, or None when the study is out of distribution.
+        label: the positive class at ``threshold`` or the negative one, or ``not-ct``.
+        n_slices_total: slices in the volume; n_slices_used: lung slices in the aggregate.
+        aggregate: the rule that made ``prob_covid`` from the slices ("top 25% mean").
+        slices: every lung slice scored, in slice order.
+        ood_score: median guard distance over the lung slices, or None without a guard.
+        message: empty, or what the guard did (slices left out, or why there is no probability).
+        cam_slice, cam_heatmap: (S, S) float32 slice and Grad-CAM heatmap of the most suspicious slice,
+            when an explanation was asked for (see ``Predictor.explain``); else None.
+    """
+
+    source: str
+    study_key: str
+    series_key: str
+    prob_covid: float | None
+    label: str
+    threshold: float
+    n_slices_total: int
+    n_slices_used: int
+    aggregate: str
+    slices: tuple[SlicePrediction, ...]
+    in_distribution: bool = True
+    ood_score: float | None = None
+    message: str = ""
+    cam_slice: np.ndarray | None = field(default=None, repr=False, compare=False)
+    cam_heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def suspicious_slices(self) -> list[SlicePrediction]:
+        """Up to ``N_MARKED_SLICES`` scored slices with the highest probability, highest first (ties: lower index)."""
+        scored = [s for s in self.slices if s.prob_covid is not None]
+        return sorted(scored, key=lambda s: (-s.prob_covid, s.index))[:N_MARKED_SLICES]
+
+
+def model_slices(hu: np.ndarray, window: HuWindow, preprocessing: Preprocessing) -> torch.Tensor:
+    """(N, S, S) float16 network-ready slices in [0, 1] from (N, H, W) HU slices, windowed then prepared as in training."""
+    size = preprocessing.image_size
+    prepared = [prepare_slice(window_hu(slice_hu, window), preprocessing) for slice_hu in hu]
+    # float16 like decoded image files (data.dataset.decode_slices), so both kinds of input meet the same network input.
+    return torch.from_numpy(np.stack(prepared).astype(np.float16) if prepared else np.empty((0, size, size), np.float16))
+
+
+def study_prediction(volume: Volume, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard) -> StudyPrediction:
+    """Aggregate the predictions of a volume's lung slices into the study's answer (steps 3 and 4 above).
+
+    Args:
+        volume: the study the slices came from.
+        indices: (K,) position of each scored slice in the volume, K >= 1.
+        slices: K predictions, one per index, in the same order.
+        card: the model card: threshold, classes and study aggregation rule.
+    """
+    scored = tuple(
+        SlicePrediction(p.path, int(index), p.prob_covid, p.label, p.in_distribution, p.ood_score) for index, p in zip(indices, slices, strict=True)
+    )
+    used = [s.prob_covid for s in scored if s.in_distribution]
+    n_flagged = len(scored) - len(used)
+    scores = [s.ood_score for s in scored if s.ood_score is not None]
+    rule = parse_aggregate(card.decision.study_aggregate)
+    topk_fraction = card.decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
+    common = {
+        "source": volume.source, "study_key": volume.study_key, "series_key": volume.series_key, "threshold": card.decision.threshold,
+        "n_slices_total": volume.n_slices, "aggregate": describe_rule(rule, topk_fraction), "slices": scored,
+        "ood_score": float(np.median(scores)) if scores else None,
+    }
+    flagged = f"{n_flagged} of {len(scored)} lung slices do not look like the chest CT slices the model was trained on"
+    if n_flagged > MAX_FLAGGED_FRACTION * len(scored):
+        message = f"{flagged} (out-of-distribution guard), so the study gets no COVID probability"
+        return StudyPrediction(prob_covid=None, label=NOT_CT_LABEL, n_slices_used=0, in_distribution=False, message=message, **common)
+    prob_covid = aggregate_slices(np.asarray(used, dtype=np.float64), rule, topk_fraction=topk_fraction)
+    message = f"{flagged} and were left out of the study probability" if n_flagged else ""
+    return StudyPrediction(prob_covid=prob_covid, label=_study_label(prob_covid, card), n_slices_used=len(used), message=message, **common)
+
+
+def _study_label(prob_covid: float, card: ModelCard) -> str:
+    """The positive class at or above the threshold; else the other class (or "not-<positive>" with several)."""
+    if prob_covid >= card.decision.threshold:
+        return card.positive_class
+    others = [name for name in card.classes if name != card.positive_class]
+    return others[0] if len(others) == 1 else f"not-{card.positive_class}"

@@ -1,0 +1,357 @@
+"""DICOM CT files -> a ``Volume`` in Hounsfield units: series grouping, slice order, checks before decoding.
+
+Pixel data of any transfer syntax pydicom can read is decoded, compressed ones (JPEG Lossless,
+JPEG-LS, JPEG 2000, RLE) through the pylibjpeg plugins and Deflated Explicit VR by pydicom itself.
+
+Privacy: nothing read here leaves as text except the modality, the SOP class and the transfer
+syntax; studies and series are referred to by ``privacy_key`` hashes of their UIDs, never by the
+UIDs or any patient attribute (PS3.15 Annex E lists what identifies a patient).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from covidct.errors import InputError
+from covidct.io.failures import InputFailure
+from covidct.io.images import MAX_PIXELS
+from covidct.io.volume import Volume, check_volume_size, privacy_key
+
+DicomSource = Path | tuple[str, bytes]
+
+DICOM_SUFFIX = ".dcm"
+_MARKER_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def is_dicom(source: DicomSource) -> bool:
+    """True for a ``.dcm`` name, or for content carrying the ``DICM`` marker after its preamble (extension-less files)."""
+    name = source[0] if isinstance(source, tuple) else source.name
+    if Path(name).suffix.lower() == DICOM_SUFFIX:
+        return True
+    if isinstance(source, tuple):
+        head = source[1][: _MARKER_OFFSET + 4]
+    else:
+        try:
+            with source.open("rb") as handle:
+                head = handle.read(_MARKER_OFFSET + 4)
+        except OSError:
+            return False
+    return head[_MARKER_OFFSET:] == b"DICM"
+
+
+def group_dicom_series(paths: Sequence[DicomSource]) -> tuple[list[list[DicomSource]], list[InputFailure]]:
+    """Group DICOM files by SeriesInstanceUID, reading headers only; series and files keep their given order.
+
+    A file without a SeriesInstanceUID is a series of its own. A file whose header cannot be read is
+    a failure, and the others are grouped without it.
+    """
+    series: dict[str, list[DicomSource]] = {}
+    failures: list[InputFailure] = []
+    for path in paths:
+        try:
+            uid = _series_uid(_read(path, stop_before_pixels=True), _name(path)) or f"no series uid: {_name(path)}"
+        except InputError as error:
+            failures.append(InputFailure(error.path or _name(path), error.reason))
+            continue
+        series.setdefault(uid, []).append(path)
+    return list(series.values()), failures
+
+
+def read_dicom_series(files: Sequence[DicomSource], *, source: str | None = None, max_pixels: int = MAX_PIXELS) -> Volume:
+    """Read the files of ONE series (single- or multi-frame) into a ``Volume`` of HU, ordered along the slice normal.
+
+    HU come from the modality LUT, ``stored * RescaleSlope + RescaleIntercept`` (PS3.3 C.11.1; for
+    Enhanced CT, the Pixel Value Transformation functional group). MONOCHROME1 only says how to
+    *display* values; when rescale tags are present the values are physical HU whatever the
+    photometric interpretation, so they are used as they are. A CT image with neither rescale tags
+    nor MONOCHROME2 is refused: its stored values cannot be trusted to be HU, and inverting them
+    would only guess. Without rescale tags, MONOCHROME2 values are taken as HU (identity LUT).
+
+    Slices are ordered by ImagePositionPatient projected on the normal of ImageOrientationPatient;
+    when some file lacks that geometry, by SliceLocation; then by InstanceNumber (and frame number);
+    else in the order given.
+
+    Args:
+        files: paths, or uploads as ``(name, bytes)`` decoded in memory.
+        source: what to call the series in messages and outputs; by default its folder (or file).
+        max_pixels: per-slice pixel cap, checked from the headers before any pixel is decoded.
+
+    Raises:
+        InputError: unreadable or truncated file, no pixel data, a modality other than CT, colour
+            images, slices of different sizes, sizes over the caps, undecodable pixel data.
+    """
+    if not files:
+        raise InputError("no DICOM files in this series", path=source)
+    source = source or _default_source(files)
+    names = [_name(file) for file in files]
+    datasets = [_read(file) for file in files]
+    headers = [_header(dataset, name, max_pixels) for dataset, name in zip(datasets, names, strict=True)]
+    shape = _common_slice_shape(headers, names, source)
+    check_volume_size(source, (sum(len(h.frames) for h in headers), *shape), max_pixels=max_pixels)
+    order, positions = _slice_order([header.frames for header in headers])
+    hu = np.empty((len(order), *shape), dtype=np.float32)
+    destination = {frame: index for index, frame in enumerate(order)}
+    for file_index, (dataset, header, name) in enumerate(zip(datasets, headers, names, strict=True)):
+        for frame_index, frame_hu in enumerate(_hu_frames(dataset, header, name)):
+            hu[destination[(file_index, frame_index)]] = frame_hu
+    first = headers[0]
+    return Volume(
+        source=source,
+        study_key=privacy_key(first.study_uid or source),
+        series_key=privacy_key(first.series_uid or source),
+        hu=hu,
+        slice_names=tuple(_slice_name(names[f], i, len(headers[f].frames)) for f, i in order),
+        slice_positions_mm=positions,
+        spacing_mm=_spacing_mm(first, positions),
+    )
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What orders one frame: position along the slice normal (mm), SliceLocation, (InstanceNumber, frame)."""
+
+    position_mm: float | None
+    slice_location: float | None
+    instance: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The values of one file that reading needs, converted once (a corrupt value fails here, naming the file)."""
+
+    rows: int
+    columns: int
+    rescale: np.ndarray  # (F, 2) float32 slope and intercept of each frame
+    frames: list[_Frame]
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_spacing_mm: float | None
+    study_uid: str
+    series_uid: str
+
+
+def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
+    """Check that ``dataset`` is a grayscale CT image of an acceptable size, and read its geometry and modality LUT.
+
+    Raises:
+        InputError: not a CT image (see ``_check_is_ct_image``), a size over the caps (checked before
+            anything else is read, so a header claiming billions of frames costs nothing), or a header
+            value of the wrong type.
+    """
+    try:
+        _check_is_ct_image(dataset, name)
+        frames_value = dataset.get("NumberOfFrames")
+        rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+        n_frames = 1 if frames_value in (None, "") else int(frames_value)
+        if n_frames < 1:
+            raise InputError(f"NumberOfFrames is {n_frames}; expected a positive integer", path=name)
+        check_volume_size(name, (n_frames, rows, columns), max_pixels=max_pixels)
+        pixel_spacing = dataset.get("PixelSpacing") or _shared(dataset, "PixelMeasuresSequence", "PixelSpacing")
+        between = dataset.get("SpacingBetweenSlices") or dataset.get("SliceThickness")
+        return _Header(
+            rows=rows,
+            columns=columns,
+            rescale=_frame_rescales(dataset, n_frames, name),
+            frames=_frames(dataset, n_frames),
+            pixel_spacing_mm=(float(pixel_spacing[0]), float(pixel_spacing[1])) if pixel_spacing is not None and len(pixel_spacing) == 2 else None,
+            slice_spacing_mm=None if between is None else float(between),
+            study_uid=str(dataset.get("StudyInstanceUID") or ""),
+            series_uid=str(dataset.get("SeriesInstanceUID") or ""),
+        )
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
+        raise InputError(f"invalid value in the DICOM header ({type(error).__name__}: {error})", path=name) from None
+
+
+def _series_uid(dataset: Dataset, name: str) -> str:
+    try:
+        return str(dataset.get("SeriesInstanceUID") or "")
+    except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
+        raise InputError(f"invalid SeriesInstanceUID in the DICOM header ({type(error).__name__})", path=name) from None
+
+
+def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
+    """Parse one file; files without the preamble (older than PS3.10) are read too when they parse to an SOP instance."""
+    name = _name(file)
+    try:
+        try:
+            dataset = _parse(file, stop_before_pixels=stop_before_pixels, force=False)
+        except InvalidDicomError:
+            dataset = _parse(file, stop_before_pixels=stop_before_pixels, force=True)
+            if "SOPClassUID" not in dataset:
+                raise InvalidDicomError from None
+        return dataset
+    except FileNotFoundError:
+        raise InputError("file not found", path=name) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a DICOM file", path=name) from None
+    except InvalidDicomError:
+        is_empty = len(file[1]) == 0 if isinstance(file, tuple) else file.stat().st_size == 0
+        raise InputError("empty file" if is_empty else "not a DICOM file (no 'DICM' marker and no DICOM header)", path=name) from None
+    except Exception as error:  # noqa: BLE001 - on corrupt input pydicom raises anything from EOFError to struct.error
+        raise InputError(f"not a readable DICOM file ({type(error).__name__}: {error})", path=name) from None
+
+
+def _parse(file: DicomSource, *, stop_before_pixels: bool, force: bool) -> Dataset:
+    # pydicom converts values lazily, on access: only the attributes read in ``_header`` are ever converted (so a
+    # corrupt value fails there, and patient attributes are never even decoded, let alone warned about).
+    return dcmread(io.BytesIO(file[1]) if isinstance(file, tuple) else file, stop_before_pixels=stop_before_pixels, force=force)
+
+
+def _check_is_ct_image(dataset: Dataset, name: str) -> None:
+    sop_class = getattr(dataset.get("SOPClassUID"), "name", None) or "unknown SOP class"
+    if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
+        # pydicom stops quietly at the end of a file cut between elements: an image SOP class without pixels is that.
+        hint = ", so the file is probably truncated" if "Image Storage" in sop_class else ""
+        raise InputError(f"no pixel data ({sop_class}{hint}); expected a CT image slice", path=name)
+    modality = str(dataset.get("Modality") or "")
+    if modality != "CT":
+        raise InputError(f"modality is {modality or 'missing'} ({sop_class}); expected CT", path=name)
+    samples = int(dataset.get("SamplesPerPixel") or 1)
+    photometric = str(dataset.get("PhotometricInterpretation") or "")
+    if samples != 1:
+        raise InputError(f"{samples} samples per pixel ({photometric}); expected a grayscale CT image", path=name)
+
+
+def _frames(dataset: Dataset, n_frames: int) -> list[_Frame]:
+    normal = _normal(dataset)
+    instance = dataset.get("InstanceNumber")
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    frames = []
+    for index in range(n_frames):
+        if len(per_frame) == n_frames:
+            position = _first(per_frame[index], "PlanePositionSequence", "ImagePositionPatient")
+        else:
+            position = dataset.get("ImagePositionPatient") if n_frames == 1 else None
+        location = dataset.get("SliceLocation") if n_frames == 1 else None
+        frames.append(_Frame(
+            None if position is None or normal is None else float(np.dot(np.asarray(position, dtype=float), normal)),
+            None if location is None else float(location),
+            None if instance is None else (int(instance), index),
+        ))
+    return frames
+
+
+def _slice_order(frames: list[list[_Frame]]) -> tuple[list[tuple[int, int]], np.ndarray | None]:
+    """(file index, frame index) of each slice in order, and positions along the normal when the geometry is known."""
+    keyed = [((f, i), frame) for f, file_frames in enumerate(frames) for i, frame in enumerate(file_frames)]
+    for attribute in ("position_mm", "slice_location", "instance"):
+        if all(getattr(frame, attribute) is not None for _, frame in keyed):
+            keyed.sort(key=lambda item: getattr(item[1], attribute))
+            break
+    positions = np.array([frame.position_mm for _, frame in keyed]) if all(frame.position_mm is not None for _, frame in keyed) else None
+    return [key for key, _ in keyed], positions
+
+
+def _common_slice_shape(headers: list[_Header], names: list[str], source: str) -> tuple[int, int]:
+    shapes = [(header.rows, header.columns) for header in headers]
+    for shape, name in zip(shapes, names, strict=True):
+        if shape != shapes[0]:
+            first = f"{Path(names[0]).name}: {shapes[0][1]}x{shapes[0][0]}"
+            raise InputError(f"slices differ in size ({first}, {Path(name).name}: {shape[1]}x{shape[0]}); expected one series", path=source)
+    return shapes[0]
+
+
+def _hu_frames(dataset: Dataset, header: _Header, name: str) -> np.ndarray:
+    """(F, H, W) float32 HU of one file's frames."""
+    try:
+        stored = dataset.pixel_array
+    except BaseException as error:
+        if not _is_decoder_failure(error):
+            raise
+        syntax = dataset.file_meta.get("TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", None) or "unknown transfer syntax"
+        raise InputError(f"cannot decode pixel data ({syntax_name}: {type(error).__name__}: {error})", path=name) from None
+    expected = (len(header.frames), header.rows, header.columns)
+    if stored.size != np.prod(expected):
+        raise InputError(f"pixel data holds {stored.shape}, expected {expected} from the header (frames, rows, columns)", path=name)
+    slope, intercept = header.rescale[:, 0, None, None], header.rescale[:, 1, None, None]
+    return stored.reshape(expected).astype(np.float32) * slope + intercept
+
+
+def _is_decoder_failure(error: BaseException) -> bool:
+    """Any ``Exception``, or the ``PanicException`` (a ``BaseException``) that the Rust RLE decoder raises through pyo3 on corrupt data."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
+
+
+def _frame_rescales(dataset: Dataset, n_frames: int, name: str) -> np.ndarray:
+    """(F, 2) float32 RescaleSlope and RescaleIntercept of each frame: top level (CT Image), else the shared or
+    per-frame Pixel Value Transformation (Enhanced CT), else identity for MONOCHROME2.
+
+    Raises:
+        InputError: no rescale tags and not MONOCHROME2 (see ``read_dicom_series``).
+    """
+    shared = _item(_item(dataset, "SharedFunctionalGroupsSequence"), "PixelValueTransformationSequence")
+    common = _slope_intercept(dataset) or _slope_intercept(shared)
+    if common is not None:
+        return np.tile(np.array([common], np.float32), (n_frames, 1))
+    per_frame = [_slope_intercept(_item(item, "PixelValueTransformationSequence")) for item in dataset.get("PerFrameFunctionalGroupsSequence") or []]
+    if len(per_frame) == n_frames and all(value is not None for value in per_frame):
+        return np.array(per_frame, np.float32)
+    photometric = str(dataset.get("PhotometricInterpretation") or "")
+    if photometric != "MONOCHROME2":
+        raise InputError(f"{photometric or 'no photometric interpretation'} without RescaleSlope/RescaleIntercept; cannot tell Hounsfield units", path=name)
+    return np.tile(np.array([[1.0, 0.0]], np.float32), (n_frames, 1))
+
+
+def _slope_intercept(dataset: Dataset | None) -> tuple[float, float] | None:
+    if dataset is None or dataset.get("RescaleSlope") is None or dataset.get("RescaleIntercept") is None:
+        return None
+    return float(dataset.RescaleSlope), float(dataset.RescaleIntercept)
+
+
+def _item(dataset: Dataset | None, sequence: str) -> Dataset | None:
+    """The first item of ``sequence`` in ``dataset``, or None."""
+    items = None if dataset is None else dataset.get(sequence)
+    return items[0] if items else None
+
+
+def _normal(dataset: Dataset) -> np.ndarray | None:
+    orientation = dataset.get("ImageOrientationPatient")
+    if orientation is None:
+        orientation = _shared(dataset, "PlaneOrientationSequence", "ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        return None
+    row, column = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:], dtype=float)
+    return np.cross(row, column)
+
+
+def _shared(dataset: Dataset, sequence: str, keyword: str) -> object | None:
+    """``keyword`` in the Shared Functional Groups (Enhanced CT), where classic CT files have it at the top level."""
+    return _first(_item(dataset, "SharedFunctionalGroupsSequence"), sequence, keyword)
+
+
+def _first(dataset: Dataset | None, sequence: str, keyword: str) -> object | None:
+    item = _item(dataset, sequence)
+    return None if item is None else item.get(keyword)
+
+
+def _spacing_mm(header: _Header, positions: np.ndarray | None) -> tuple[float, float, float] | None:
+    between = float(np.median(np.abs(np.diff(positions)))) if positions is not None and len(positions) > 1 else header.slice_spacing_mm
+    if header.pixel_spacing_mm is None or between is None:
+        return None
+    return (between, *header.pixel_spacing_mm)
+
+
+def _name(file: DicomSource) -> str:
+    return file[0] if isinstance(file, tuple) else str(file)
+
+
+def _default_source(files: Sequence[DicomSource]) -> str:
+    if len(files) == 1 or isinstance(files[0], tuple):
+        return _name(files[0])
+    return str(files[0].parent)
+
+
+def _slice_name(name: str, frame: int, n_frames: int) -> str:
+    base = Path(name).name
+    return f"{base}#{frame}" if n_frames > 1 else base

@@ -1,0 +1,22 @@
+"""What became of an input that gave no result: a failure, or a file left out for its type.
+
+Its own module so that the readers (``dicom``, ``readers``) and the folder walk (``discover``) can all
+report failures without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InputFailure:
+    """An input that produced no result, and why (shown in the summary table; never silent)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SkippedFile(InputFailure):
+    """A file inside a folder left out for its type: listed for the user, but not a failure."""

@@ -1,0 +1,60 @@
+"""Which slices of a CT volume show lung: the model was trained on lung slices, so only those are scored.
+
+A chest CT series also covers the neck and the upper abdomen, where a COVID-19 classifier has
+nothing to see and its output is meaningless. The test is on HU alone, so it needs no model and
+behaves the same for DICOM and NIfTI.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from covidct.errors import InputError
+from covidct.io.volume import Volume
+
+# Everything denser than this is tissue: the body is the largest such region, with its holes filled
+# (the lungs and airways are the holes), so air around the patient never counts as lung.
+BODY_FLOOR_HU = -500.0
+# Aerated lung parenchyma, about -950 to -400 HU (emphysema below, consolidation above); ground-glass
+# opacity (-750 to -300 HU) is still mostly inside this range, so a diseased lung is kept.
+LUNG_RANGE_HU = (-950.0, -400.0)
+# A slice is a lung slice when lung-range pixels cover at least this share of the body: the trachea
+# alone (neck) or bowel gas (abdomen) stay below it, the lung apices and bases reach it.
+MIN_LUNG_FRACTION = 0.05
+
+
+def select_lung_slices(hu: np.ndarray) -> np.ndarray:
+    """Return an (N,) bool mask of the slices of ``hu`` ((N, H, W) HU) that contain lung inside the body.
+
+    See ``BODY_FLOOR_HU``, ``LUNG_RANGE_HU`` and ``MIN_LUNG_FRACTION`` for the thresholds and why.
+    """
+    return np.array([_lung_fraction(slice_hu) >= MIN_LUNG_FRACTION for slice_hu in hu], dtype=bool)
+
+
+def lung_slice_indices(volume: Volume) -> np.ndarray:
+    """(K,) int64 indices of the volume's slices that show lung, K >= 1.
+
+    Raises:
+        InputError: no slice shows lung.
+    """
+    indices = np.flatnonzero(select_lung_slices(volume.hu))
+    if indices.size == 0:
+        raise InputError(
+            f"none of its {volume.n_slices} slices shows lung (too few pixels in the lung HU range inside the body); "
+            "expected a chest CT series through the lungs, not a localizer, head or abdomen series",
+            path=volume.source,
+        )
+    return indices
+
+
+def _lung_fraction(slice_hu: np.ndarray) -> float:
+    """Share of the body's (hole-filled) area that is in the lung range; 0 when no body is found."""
+    labels, n_regions = ndimage.label(slice_hu > BODY_FLOOR_HU)
+    if n_regions == 0:
+        return 0.0
+    sizes = np.bincount(labels.ravel())[1:]
+    body = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    low, high = LUNG_RANGE_HU
+    lung = body & (slice_hu >= low) & (slice_hu <= high)
+    return float(lung.sum()) / float(body.sum())

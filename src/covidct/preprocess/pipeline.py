@@ -1,0 +1,33 @@
+"""One decoded slice -> the (S, S) slice the network sees: the single path training, evaluation and inference share.
+
+Whatever a model card's ``Preprocessing`` switches on happens here and nowhere else, so a step can
+never run in training but not at inference (or the other way round).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidct.preprocess import site
+from covidct.preprocess.transforms import Preprocessing, resize_gray
+
+
+def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """Return (S, S) float32 in [0, 1] from a (H, W) float32 slice in [0, 1], S = ``preprocessing.image_size``.
+
+    The site steps run in a fixed order: annotations are removed on the whole image (they sit beside
+    the body, and the crop would otherwise keep those within its margin), then the crop, then the
+    intensity window measured inside the body's hull (so black air around a whole-body figure does
+    not set the contrast).
+    """
+    if not (preprocessing.crop_field or preprocessing.remove_annotations or preprocessing.standardise_intensity):
+        return resize_gray(gray, preprocessing.image_size)
+    body = site.find_body(gray)
+    if preprocessing.remove_annotations:
+        gray = site.remove_annotations(gray, body)
+    hull = body.hull
+    if preprocessing.crop_field:
+        gray, hull = site.crop_to_field(gray, body)
+    if preprocessing.standardise_intensity:
+        gray = site.standardise_intensity(gray, hull)
+    return resize_gray(gray, preprocessing.image_size)

@@ -1,0 +1,155 @@
+"""Remove what differs between CT sites but is not disease: framing, burned-in marks, window and contrast.
+
+Two public datasets show why this matters: UCSD slices are paper figures showing the whole body on
+black air (sometimes with the table, letters and arrows), SARS-CoV-2 slices are tight crops of the
+chest in a brighter window. A network trained on one learns that framing and window, and scores the
+other worse than chance. Each step here is one function on a (H, W) float32 slice in [0, 1]:
+
+1. ``find_body``: Otsu threshold (air vs. body), morphological opening, the largest connected components (the body;
+   the same body crop COVID-Net CT uses: Gunraj et al., "COVIDNet-CT", Front. Med. 2020).
+2. ``remove_annotations``: bright components outside the body's hull (letters, arrows, the table,
+   figure borders) are set to the background.
+3. ``crop_to_field``: the bounding box of the body with a margin.
+4. ``standardise_intensity``: the field's 1st and 99th percentiles map to 0 and 1.
+
+Every step falls back to the whole image when nothing body-like is found (blank or all-bright slice),
+so it never fails on an image that decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# A component is kept as body when it holds at least this share of the largest one: the two halves of a
+# body split by a dark band stay, letters and the table (a few percent) go.
+_KEEP_FRACTION_OF_LARGEST = 0.2
+# Below this share of the image, the "body" is noise (a blank slice with a few bright pixels).
+_MIN_BODY_FRACTION = 0.02
+_OPENING_ITERATIONS = 2
+_CROP_MARGIN_FRACTION = 0.03
+_LOW_PERCENTILE, _HIGH_PERCENTILE = 1.0, 99.0
+_MIN_CONTRAST = 1e-3
+
+
+@dataclass(frozen=True)
+class Body:
+    """Where the body is in a slice.
+
+    Attributes:
+        hull: (H, W) bool, the kept bright components (body tissue) filled row- or column-wise: the body
+            with the lungs inside.
+        box: (top, bottom, left, right) of the body, end-exclusive; the whole image when ``found`` is False.
+        found: False when no body-like region was found and the steps use the whole image.
+    """
+
+    hull: np.ndarray
+    box: tuple[int, int, int, int]
+    found: bool
+
+
+def find_body(gray: np.ndarray) -> Body:
+    """Locate the body in a (H, W) float32 slice in [0, 1] (see the module docstring for the method)."""
+    height, width = gray.shape
+    whole = Body(np.ones_like(gray, dtype=bool), (0, height, 0, width), False)
+    thresholds = otsu_thresholds(gray)
+    if thresholds is None:
+        return whole
+    bright = ndimage.binary_opening(gray > thresholds[0], iterations=_OPENING_ITERATIONS)
+    labels, count = ndimage.label(bright)
+    if count == 0:
+        return whole
+    areas = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
+    if areas.max() < _MIN_BODY_FRACTION * gray.size:
+        return whole
+    kept = np.flatnonzero(areas >= _KEEP_FRACTION_OF_LARGEST * areas.max()) + 1
+    mask = np.isin(labels, kept)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return Body(_orthogonal_hull(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1), True)
+
+
+def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | None:
+    """Otsu's two thresholds for three classes of ``gray`` in [0, 1] (air, soft tissue, bright), or None for a flat image.
+
+    Three classes, not two: in a soft-tissue (mediastinal) window the two-class split falls between
+    the tissue and the contrast-filled heart, and the "body" would shrink to the heart. The lower
+    threshold separates air (and, in a lung window, aerated lung) from the body in both windows. An
+    image with only two grey levels gets the one threshold between them, twice.
+    """
+    histogram, edges = np.histogram(gray, bins=bins, range=(0.0, 1.0))
+    occupied = np.flatnonzero(histogram)
+    if len(occupied) < 2:
+        return None
+    if len(occupied) == 2:
+        return (float(edges[occupied[0] + 1]),) * 2
+    centres = (edges[:-1] + edges[1:]) / 2
+    share = histogram / histogram.sum()
+    weight, moment = np.cumsum(share), np.cumsum(share * centres)
+    low, high = np.triu_indices(bins - 1, 1)
+    weights = (weight[low], weight[high] - weight[low], 1.0 - weight[high])
+    moments = (moment[low], moment[high] - moment[low], moment[-1] - moment[high])
+    valid = np.all([w > 1e-12 for w in weights], axis=0)
+    between = np.where(valid, sum(m**2 / np.where(valid, w, 1.0) for m, w in zip(moments, weights, strict=True)), -1.0)
+    best = int(np.argmax(between))
+    return float(edges[low[best] + 1]), float(edges[high[best] + 1])
+
+
+def remove_annotations(gray: np.ndarray, body: Body) -> np.ndarray:
+    """Return ``gray`` with bright marks outside the body's hull set to the background intensity.
+
+    Burned-in letters, arrows, rulers, the table and figure borders sit outside the body; bright
+    structures inside the hull (vessels, opacities: the findings) are never touched.
+    """
+    if not body.found:
+        return gray
+    outside = ~ndimage.binary_dilation(body.hull, iterations=_OPENING_ITERATIONS)
+    if not outside.any():
+        return gray
+    background = np.float32(np.percentile(gray[outside], 10))
+    thresholds = otsu_thresholds(gray)
+    marks = outside & (gray > (thresholds[1] if thresholds else 1.0))
+    cleaned = gray.copy()
+    cleaned[ndimage.binary_dilation(marks, iterations=1) & outside] = background
+    return cleaned
+
+
+def crop_to_field(gray: np.ndarray, body: Body) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``gray`` and the body hull to the body's box plus a margin; return (crop, hull crop)."""
+    height, width = gray.shape
+    top, bottom, left, right = body.box
+    margin = round(_CROP_MARGIN_FRACTION * max(bottom - top, right - left))
+    rows = slice(max(0, top - margin), min(height, bottom + margin))
+    cols = slice(max(0, left - margin), min(width, right + margin))
+    return gray[rows, cols], body.hull[rows, cols]
+
+
+def standardise_intensity(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Map the 1st/99th percentiles of ``gray`` inside ``field`` (bool mask) linearly to 0 and 1, clipped.
+
+    A percentile window instead of min/max, so one saturated marker or one black pixel does not set
+    the contrast; a flat field (no contrast to stretch) is returned unchanged.
+    """
+    values = gray[field] if field.any() else gray
+    low, high = np.percentile(values, [_LOW_PERCENTILE, _HIGH_PERCENTILE])
+    if high - low < _MIN_CONTRAST:
+        return gray
+    return np.clip((gray - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _orthogonal_hull(mask: np.ndarray) -> np.ndarray:
+    """Fill ``mask`` between its first and last pixel in every row, and in every column; return the union.
+
+    A cheap stand-in for the convex hull: it holds the lungs inside a body ring, and also the lungs of
+    a tight crop where they touch the image edge on one axis, but not letters in a corner beside an
+    oval body.
+    """
+    def spans(m: np.ndarray) -> np.ndarray:
+        has = m.any(axis=1)
+        first = np.where(has, m.argmax(axis=1), m.shape[1])
+        last = np.where(has, m.shape[1] - 1 - m[:, ::-1].argmax(axis=1), -1)
+        index = np.arange(m.shape[1])
+        return (index >= first[:, None]) & (index <= last[:, None])
+
+    return spans(mask) | spans(mask.T).T

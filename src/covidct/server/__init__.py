@@ -1,0 +1,1 @@
+"""The ``covidct serve`` web page and REST API (FastAPI), built by ``create_app(settings)``."""

@@ -1,0 +1,88 @@
+"""Predictor results -> the API's ``PredictResponse``: one slice's answer or one study's, overlay as base64 PNG.
+
+A study is a DICOM series or NIfTI volume (``Predictor.predict_volume``) or several 2-D slices
+uploaded together; both are answered through ``infer.study``, so a set of PNGs is aggregated with
+the same rule, guard and threshold as a DICOM series.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from covidct.errors import InputError
+from covidct.infer.gradcam import overlay_caption, render_overlay
+from covidct.infer.predictor import Explanation
+from covidct.infer.study import StudyPrediction, study_prediction
+from covidct.io.volume import Volume, privacy_key
+from covidct.model.card import ModelCard
+from covidct.server.schemas import PredictResponse, SliceResult, UploadFailure
+
+
+def slice_answer(explanation: Explanation, errors: Sequence[InputError], card: ModelCard) -> PredictResponse:
+    """The response for one uploaded image (with its overlay when ``explanation`` has a heatmap)."""
+    p = explanation.prediction
+    answer = PredictResponse(
+        prob_covid=p.prob_covid, label=p.label, threshold=card.decision.threshold, in_distribution=p.in_distribution,
+        ood_score=p.ood_score, message=p.message, is_study=False,
+        slices=[SliceResult(name=p.path, prob_covid=p.prob_covid, in_distribution=p.in_distribution, ood_score=p.ood_score)],
+        failures=_failures(errors),
+    )
+    if explanation.heatmap is not None:
+        _add_overlay(answer, p.path, explanation.slice, explanation.heatmap, overlay_caption(p.label, p.prob_covid, p.ood_score))
+    return answer
+
+
+def study_answer(study: StudyPrediction, errors: Sequence[InputError]) -> PredictResponse:
+    """The response for one study (with its most suspicious slice's overlay when ``study`` has one)."""
+    slices = [SliceResult(name=s.name, prob_covid=s.prob_covid, in_distribution=s.in_distribution, ood_score=s.ood_score) for s in study.slices]
+    answer = PredictResponse(
+        prob_covid=study.prob_covid, label=study.label, threshold=study.threshold, in_distribution=study.in_distribution,
+        ood_score=study.ood_score, message=study.message, is_study=True, study_key=study.study_key, aggregate=study.aggregate,
+        n_slices_total=study.n_slices_total, n_slices_used=study.n_slices_used, slices=slices, failures=_failures(errors),
+    )
+    if study.cam_heatmap is not None:
+        shown = study.suspicious_slices[0].name if study.suspicious_slices else study.slices[0].name
+        _add_overlay(answer, shown, study.cam_slice, study.cam_heatmap, overlay_caption(study.label, study.prob_covid))
+    return answer
+
+
+def images_study(names: Sequence[str], explanations: Sequence[Explanation], card: ModelCard) -> StudyPrediction:
+    """Several uploaded 2-D slices as one study: ``infer.study``'s guard and aggregation over their predictions.
+
+    The slices are already prepared, so the volume handed to ``study_prediction`` carries only what it
+    reads: a source, hashed keys and the slice count. An explained slice's heatmap becomes the study's overlay.
+    """
+    source = f"{names[0]} (+{len(names) - 1} slices)"
+    key = privacy_key("\n".join(names))
+    stub = Volume(source=source, study_key=key, series_key=key, hu=np.zeros((len(names), 0, 0), np.float32), slice_names=tuple(names))
+    study = study_prediction(stub, range(len(names)), [e.prediction for e in explanations], card)
+    explained = next((e for e in explanations if e.heatmap is not None), None)
+    return study if explained is None else dataclasses.replace(study, cam_slice=explained.slice, cam_heatmap=explained.heatmap)
+
+
+def most_suspicious(explanations: Sequence[Explanation]) -> int:
+    """The index of the in-distribution slice with the highest COVID probability (of any slice when none is)."""
+    indices = [i for i, e in enumerate(explanations) if e.prediction.in_distribution] or list(range(len(explanations)))
+    return max(indices, key=lambda i: explanations[i].prediction.prob_covid or 0.0)
+
+
+def _failures(errors: Sequence[InputError]) -> list[UploadFailure]:
+    return [UploadFailure(name=error.path or "", reason=error.reason) for error in errors]
+
+
+def _add_overlay(answer: PredictResponse, name: str, slice_gray: np.ndarray, heatmap: np.ndarray, caption: str) -> None:
+    answer.cam_slice = name
+    answer.overlay_png = _png_base64(render_overlay(slice_gray, heatmap, caption))
+    answer.slice_png = _png_base64(Image.fromarray((np.clip(slice_gray, 0, 1) * 255).round().astype(np.uint8), mode="L"))
+
+
+def _png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,70 @@
+"""The server's settings: one pydantic-settings class, read once at start-up (env prefix ``COVIDCT_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from covidct.errors import OptionError
+from covidct.infer.engines import Engine
+from covidct.model.device import Device
+
+MIB = 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    """What ``covidct serve`` runs and the limits it enforces on every request.
+
+    Attributes:
+        api_key: when set, every ``/api/v1`` request needs ``Authorization: Bearer <key>``.
+        cors_origins: browser origins allowed to call the API from other pages; empty keeps CORS off.
+        max_upload_bytes: the whole request body (413 over it), checked before and while it is read.
+        max_files: files in one request (413 over it).
+        max_pixels: width x height of one image, read from its header before decoding (413 over it),
+            so a small compressed file cannot expand into gigabytes (a decompression bomb).
+        workers: inference threads; each runs one batch at a time.
+        queue_size: requests waiting for a worker; one more gets 503 (retry later) instead of piling up.
+        max_batch: slices of concurrent requests run together in one forward pass (micro-batching).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="COVIDCT_")
+
+    model_dir: Path
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    engine: Engine = Engine.TORCH
+    device: Device = Device.AUTO
+    cors_origins: list[str] = []
+    max_upload_bytes: int = Field(64 * MIB, ge=1)
+    max_files: int = Field(1024, ge=1)
+    max_pixels: int = Field(4096 * 4096, ge=1)
+    workers: int = Field(1, ge=1)
+    queue_size: int = Field(64, ge=1)
+    max_batch: int = Field(16, ge=1)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuse to serve beyond this machine without an API key.
+
+    Raises:
+        OptionError: ``host`` is not a loopback address and there is no API key.
+    """
+    if not is_loopback(settings.host) and not (settings.api_key and settings.api_key.get_secret_value()):
+        raise OptionError(
+            f"--host {settings.host} lets other machines connect, so it needs an API key: "
+            "pass --api-key KEY or set COVIDCT_API_KEY (or keep the default --host 127.0.0.1)"
+        )

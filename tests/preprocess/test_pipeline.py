@@ -1,0 +1,79 @@
+"""prepare_slice: one pipeline for every path; each site step switches on its own; old cards change nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.data.dataset import decode_slices
+from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.transforms import Preprocessing, resize_gray
+
+SITE_STEPS = ("crop_field", "remove_annotations", "standardise_intensity")
+SIZE = 32
+
+
+def _small_body_with_letter() -> np.ndarray:
+    """A 128 px figure: a dim oval body in the middle third, dark lungs, and a bright letter in a corner."""
+    yy, xx = np.mgrid[0:128, 0:128] / 128
+    gray = np.full((128, 128), 0.05, np.float32)
+    gray[((xx - 0.5) / 0.2) ** 2 + ((yy - 0.5) / 0.15) ** 2 <= 1] = 0.5
+    gray[((xx - 0.45) / 0.05) ** 2 + ((yy - 0.5) / 0.08) ** 2 <= 1] = 0.15
+    gray[4:14, 4:14] = 1.0
+    return gray
+
+
+@pytest.mark.parametrize(
+    "gray",
+    [
+        pytest.param(np.zeros((40, 50), np.float32), id="blank"),
+        pytest.param(np.ones((40, 50), np.float32), id="all-bright"),
+        pytest.param(np.random.default_rng(0).random((40, 50), dtype=np.float32), id="noise"),
+        pytest.param(_small_body_with_letter(), id="figure"),
+    ],
+)
+@pytest.mark.parametrize("steps", [(), SITE_STEPS], ids=["all-off", "all-on"])
+def test_prepare_slice_always_returns_a_square_float32_slice_in_unit_range(gray, steps):
+    result = prepare_slice(gray, Preprocessing(image_size=SIZE, **dict.fromkeys(steps, True)))
+    assert result.shape == (SIZE, SIZE) and result.dtype == np.float32
+    assert 0.0 <= result.min() and result.max() <= 1.0
+
+
+def test_with_every_step_off_prepare_slice_is_the_plain_resize():
+    gray = _small_body_with_letter()
+    assert np.array_equal(prepare_slice(gray, Preprocessing(image_size=SIZE)), resize_gray(gray, SIZE))
+
+
+@pytest.mark.parametrize(
+    ("step", "changed"),
+    [
+        # what each step alone does to the figure: the crop shrinks the black air, the annotation step
+        # blanks the corner letter, the intensity step stretches the dim body to white
+        pytest.param("crop_field", lambda off, on: (on < 0.1).mean() < (off < 0.1).mean() - 0.2, id="crop_field"),
+        pytest.param("remove_annotations", lambda off, on: off[2, 2] > 0.9 and on[2, 2] < 0.1, id="remove_annotations"),
+        pytest.param("standardise_intensity", lambda off, on: on[16, 20] > off[16, 20] + 0.3, id="standardise_intensity"),
+    ],
+)
+def test_each_site_step_switches_on_alone(step, changed):
+    gray = _small_body_with_letter()
+    off = prepare_slice(gray, Preprocessing(image_size=SIZE))
+    on = prepare_slice(gray, Preprocessing(image_size=SIZE, **{step: True}))
+    assert changed(off, on)
+
+
+def test_a_card_written_before_the_site_steps_loads_with_them_off_and_decodes_identically(tiny_dataset):
+    """An older model card must give the same network input, hence the same predictions, as before."""
+    old_card_section = {key: value for key, value in Preprocessing(image_size=SIZE).to_dict().items() if key not in SITE_STEPS}
+    preprocessing = Preprocessing.from_dict(json.loads(json.dumps(old_card_section)))
+    assert [getattr(preprocessing, step) for step in SITE_STEPS] == [False, False, False]
+    paths = tiny_dataset.paths["COVID"][:3]
+    expected = np.stack([resize_gray(np.asarray(Image.open(p).convert("L"), np.float32) / 255, SIZE) for p in paths])
+    assert np.allclose(decode_slices(paths, preprocessing).images.float().numpy(), expected, atol=1e-3)
+
+
+def test_the_site_steps_round_trip_through_the_card_section():
+    preprocessing = Preprocessing(image_size=SIZE, crop_field=True, standardise_intensity=True)
+    assert Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing

@@ -1,0 +1,147 @@
+"""Site steps: body found on both framings, marks outside the body blanked, findings inside never touched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.io.images import read_grayscale
+from covidct.preprocess.site import (
+    crop_to_field,
+    find_body,
+    otsu_thresholds,
+    remove_annotations,
+    standardise_intensity,
+)
+
+SIZE = 96
+
+
+def _whole_body_figure() -> np.ndarray:
+    """A UCSD-like figure: an oval body on black air, two dark lungs with a bright opacity, a letter in a corner."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    gray = np.full((SIZE, SIZE), 0.02, np.float32)
+    body = ((xx - 0.5) / 0.3) ** 2 + ((yy - 0.55) / 0.25) ** 2 <= 1
+    gray[body] = 0.7
+    for centre in (0.4, 0.6):
+        gray[((xx - centre) / 0.08) ** 2 + ((yy - 0.55) / 0.15) ** 2 <= 1] = 0.1
+    gray[52:56, 36:40] = 0.6  # an opacity inside the left lung
+    gray[3:9, 3:9] = 1.0  # a burned-in letter in the corner
+    return gray
+
+
+def _tight_crop() -> np.ndarray:
+    """A SARS-like tight crop: bright tissue everywhere but two lungs that run off the left and right edges."""
+    gray = np.full((SIZE, SIZE), 0.9, np.float32)
+    gray[20:80, 0:40] = 0.25
+    gray[20:80, 56:SIZE] = 0.25
+    gray[45:50, 5:10] = 0.8  # a vessel or opacity in the lung that touches the edge
+    return gray
+
+
+@pytest.mark.parametrize(
+    ("gray", "expected_found"),
+    [
+        pytest.param(np.zeros((SIZE, SIZE), np.float32), False, id="blank"),
+        pytest.param(np.ones((SIZE, SIZE), np.float32), False, id="all-bright"),
+        pytest.param(np.where(np.arange(SIZE * SIZE).reshape(SIZE, SIZE) == 7, 1.0, 0.0).astype(np.float32), False, id="one-bright-pixel"),
+        pytest.param(_whole_body_figure(), True, id="whole-body-figure"),
+        pytest.param(_tight_crop(), True, id="tight-crop"),
+    ],
+)
+def test_find_body_falls_back_to_the_whole_image_when_nothing_is_body_like(gray, expected_found):
+    body = find_body(gray)
+    assert body.found is expected_found
+    assert body.hull.shape == gray.shape and body.hull.dtype == bool
+    if not expected_found:
+        assert body.box == (0, SIZE, 0, SIZE)
+
+
+def test_find_body_boxes_the_oval_and_leaves_out_the_letter():
+    top, bottom, left, right = find_body(_whole_body_figure()).box
+    # The oval spans rows 0.30-0.80 and columns 0.20-0.80 of the image; the letter sits at rows/columns 3-8.
+    assert (top, left) > (20, 15)
+    assert abs(bottom - 0.8 * SIZE) <= 3 and abs(right - 0.8 * SIZE) <= 3
+
+
+def test_crop_to_field_keeps_the_body_with_a_small_margin():
+    gray = _whole_body_figure()
+    crop, hull = crop_to_field(gray, find_body(gray))
+    assert crop.shape == hull.shape
+    assert 0.45 * SIZE <= crop.shape[0] <= 0.6 * SIZE and 0.58 * SIZE <= crop.shape[1] <= 0.7 * SIZE
+
+
+def test_remove_annotations_blanks_the_letter_and_keeps_the_opacity():
+    gray = _whole_body_figure()
+    cleaned = remove_annotations(gray, find_body(gray))
+    assert cleaned[3:9, 3:9].max() == pytest.approx(0.02)
+    assert np.array_equal(cleaned[20:, 20:], gray[20:, 20:])
+
+
+def test_remove_annotations_never_touches_lungs_that_run_off_the_edge():
+    gray = _tight_crop()
+    assert np.array_equal(remove_annotations(gray, find_body(gray)), gray)
+
+
+def test_standardise_intensity_maps_the_field_percentiles_to_0_and_1():
+    rng = np.random.default_rng(0)
+    gray = rng.uniform(0.3, 0.6, (SIZE, SIZE)).astype(np.float32)
+    gray[20, 20] = 0.45
+    field = np.zeros_like(gray, dtype=bool)
+    field[10:80, 10:80] = True
+    low, high = np.percentile(gray[field], [1, 99])
+    result = standardise_intensity(gray, field)
+    assert result.dtype == np.float32
+    assert np.percentile(result[field], [1, 99]) == pytest.approx([0.0, 1.0], abs=1e-5)
+    assert result[20, 20] == pytest.approx((0.45 - low) / (high - low), abs=1e-5)
+
+
+def test_standardise_intensity_leaves_a_flat_field_unchanged():
+    gray = np.full((SIZE, SIZE), 0.4, np.float32)
+    assert np.array_equal(standardise_intensity(gray, np.ones_like(gray, dtype=bool)), gray)
+
+
+@pytest.mark.parametrize(
+    ("gray", "expected"),
+    [
+        pytest.param(np.full((8, 8), 0.5, np.float32), None, id="flat"),
+        pytest.param(np.repeat(np.array([0.1, 0.8], np.float32), 32).reshape(8, 8), ((0.1, 0.8), (0.1, 0.8)), id="two-levels"),
+        pytest.param(np.repeat(np.array([0.0, 0.3, 0.3, 0.9], np.float32), 16).reshape(8, 8), ((0.0, 0.3), (0.3, 0.9)), id="air-tissue-contrast"),
+    ],
+)
+def test_otsu_thresholds_separate_three_levels_or_return_none(gray, expected):
+    thresholds = otsu_thresholds(gray)
+    if expected is None:
+        assert thresholds is None
+    else:
+        assert all(low < threshold <= high for threshold, (low, high) in zip(thresholds, expected, strict=True))
+
+
+def test_a_soft_tissue_window_keeps_the_whole_body_not_just_the_bright_heart():
+    """UCSD CT_NonCOVID/117.png-like: black air, grey body and lungs, a small bright contrast-filled heart."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    gray = np.zeros((SIZE, SIZE), np.float32)
+    gray[((xx - 0.5) / 0.4) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1] = 0.3
+    gray[((xx - 0.5) / 0.08) ** 2 + ((yy - 0.5) / 0.08) ** 2 <= 1] = 0.9
+    top, bottom, left, right = find_body(gray).box
+    assert (right - left) >= 0.75 * SIZE and (bottom - top) >= 0.55 * SIZE
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset", ["sars_cov2_ct", "ucsd_covid_ct"])
+def test_on_real_slices_the_body_is_found_and_the_crop_never_cuts_into_it(shared_data, dataset):
+    """Every 40th slice of each shared dataset: a body is found and the crop keeps most of each side.
+
+    SARS slices are tight chest crops and UCSD slices mostly whole-body figures (one in a soft-tissue
+    window, ``CT_NonCOVID/117.png``, was once cropped to its heart); neither should lose lung.
+    """
+    root = shared_data / dataset
+    paths = sorted((root / "images").rglob("*.*"))[::40]
+    if dataset == "ucsd_covid_ct":
+        paths.append(root / "images" / "CT_NonCOVID" / "117.png")
+    for path in paths:
+        gray = read_grayscale(path)
+        body = find_body(gray)
+        crop, _ = crop_to_field(gray, body)
+        assert body.found, path
+        assert crop.shape[0] >= 0.6 * gray.shape[0] and crop.shape[1] >= 0.6 * gray.shape[1], path
