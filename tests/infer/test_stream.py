@@ -101,7 +101,7 @@ def test_stopping_early_ends_the_decoding_thread(predictor, tmp_path):
 
 
 def test_an_unexpected_error_in_the_decoding_thread_reaches_the_caller(predictor, mixed_folder, monkeypatch):
-    def broken(paths, preprocessing):
+    def broken(paths, preprocessing, **options):
         raise RuntimeError("decoder bug")
 
     monkeypatch.setattr(stream, "decode_slices", broken)
