@@ -8,7 +8,7 @@ import json
 import pytest
 
 from covidct.infer.result_files import PredictionFile
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 
 FIELDS = ["path", "prob_covid", "label"]
 BATCHES = [

@@ -23,7 +23,7 @@ from covidct.errors import (
     OptimisticMetricsWarning,
     TrainingInterrupted,
 )
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.pretrained import resolve_pretrained
 from covidct.train.callbacks import TrainCallbacks

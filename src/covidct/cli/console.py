@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from covidct.errors import CovidctError
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 
 console = Console()
 err_console = Console(stderr=True)

@@ -34,7 +34,7 @@ from sklearn.model_selection import StratifiedKFold
 from covidct.data.manifest import SPLITS, Manifest
 from covidct.data.splits import assign_splits
 from covidct.errors import InputError, OptimisticMetricsWarning
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 from covidct.io.images import read_grayscale
 from covidct.io.readers import is_volume_path
 

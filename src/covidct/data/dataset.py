@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from covidct.errors import InputError
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 from covidct.io.images import MAX_PIXELS, read_grayscale
 from covidct.io.readers import is_volume_path, read_path_volumes
 from covidct.preprocess.lung_slices import lung_slice_indices
-from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.pipeline import prepare_slice, stack_prepared
 from covidct.preprocess.transforms import Preprocessing
 from covidct.preprocess.window import HuWindow, window_hu
 
@@ -52,10 +52,7 @@ def decode_slices(paths: Sequence[Path], preprocessing: Preprocessing, *, progre
             failures.append(InputFailure(error.path or str(path), error.reason))
         if progress:
             progress(index + 1, len(paths))
-    # float16 in numpy, not torch: predict decodes in a background thread, where a torch op would start a second
-    # OpenMP team competing with the forward pass for the cores (the values are the same, both round to nearest even).
-    stacked = torch.from_numpy(np.stack(images).astype(np.float16)) if images else torch.empty(0, preprocessing.image_size, preprocessing.image_size, dtype=torch.float16)
-    return DecodedSlices(stacked, np.asarray(indices, dtype=np.int64), failures)
+    return DecodedSlices(stack_prepared(images, preprocessing.image_size), np.asarray(indices, dtype=np.int64), failures)
 
 
 def _lung_slices(path: Path, window: HuWindow, max_pixels: int) -> list[np.ndarray]:

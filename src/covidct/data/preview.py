@@ -14,7 +14,8 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
 from covidct.errors import InputError
 from covidct.html_page import html_page
-from covidct.io.discover import Discovered, InputFailure, discover_images
+from covidct.io.discover import Discovered, discover_images
+from covidct.io.failures import InputFailure
 from covidct.preprocess.transforms import Preprocessing
 
 INDEX_FILE = "index.html"

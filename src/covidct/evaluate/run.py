@@ -21,7 +21,7 @@ from covidct.evaluate.gallery import build_gallery, gallery_section
 from covidct.evaluate.report import write_report
 from covidct.evaluate.site_shift import SiteShift, detect_site_shift, slice_statistics
 from covidct.infer.ood import OodDetector, features_and_logits, load_detector
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16

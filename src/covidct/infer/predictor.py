@@ -15,7 +15,8 @@ from covidct.infer.gradcam import gradcam_heatmaps
 from covidct.infer.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
 from covidct.infer.stream import iter_slice_batches
 from covidct.infer.study import StudyPrediction, model_slices, study_prediction
-from covidct.io.discover import InputFailure, count_images
+from covidct.io.discover import count_images
+from covidct.io.failures import InputFailure
 from covidct.io.images import MAX_PIXELS
 from covidct.io.volume import Volume
 from covidct.model.card import ModelCard
@@ -23,7 +24,7 @@ from covidct.model.checkpoint import load_model_dir
 from covidct.model.device import Device, resolve_device, supports_bf16
 from covidct.model.forward import prepare_for_inference
 from covidct.preprocess.lung_slices import lung_slice_indices
-from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.window import HuWindow
 
 
@@ -178,11 +179,8 @@ class Predictor:
         """
         if len(names) != len(slices):
             raise ValueError(f"{len(names)} names for {len(slices)} slices")
-        preprocessing = self.card.preprocessing
-        size = preprocessing.image_size
-        # prepare_slice and float16 like the file path (data.dataset.decode_slices), so an upload and its file get the same answer.
-        prepared = np.stack([prepare_slice(gray, preprocessing) for gray in slices]).astype(np.float16) if slices else np.empty((0, size, size), np.float16)
-        return self._explained(list(names), torch.from_numpy(prepared), explain=explain, keep_slices=True)
+        # The file path's preparation (data.dataset.decode_slices), so an upload and its file get the same answer.
+        return self._explained(list(names), prepare_slices(slices, self.card.preprocessing), explain=explain, keep_slices=True)
 
     def predict_volume(self, volume: Volume, *, explain: bool = False) -> StudyPrediction:
         """Predict one study: its lung slices in batches, aggregated by the card's study rule (see ``infer.study``).

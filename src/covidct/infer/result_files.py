@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 
 
 @dataclass(frozen=True)

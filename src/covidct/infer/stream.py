@@ -17,7 +17,8 @@ import torch
 
 from covidct.data.dataset import decode_slices
 from covidct.errors import InputError
-from covidct.io.discover import InputFailure, SkippedFile, VolumeInput, iter_inputs
+from covidct.io.discover import VolumeInput, iter_inputs
+from covidct.io.failures import InputFailure, SkippedFile
 from covidct.io.images import MAX_PIXELS
 from covidct.io.readers import read_volume
 from covidct.io.volume import Volume

@@ -34,7 +34,7 @@ from covidct.evaluate.aggregate import (
 from covidct.infer.ood import NOT_CT_LABEL
 from covidct.io.volume import Volume
 from covidct.model.card import ModelCard
-from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.transforms import Preprocessing
 from covidct.preprocess.window import HuWindow, window_hu
 
@@ -109,10 +109,7 @@ class StudyPrediction:
 
 def model_slices(hu: np.ndarray, window: HuWindow, preprocessing: Preprocessing) -> torch.Tensor:
     """(N, S, S) float16 network-ready slices in [0, 1] from (N, H, W) HU slices, windowed then prepared as in training."""
-    size = preprocessing.image_size
-    prepared = [prepare_slice(window_hu(slice_hu, window), preprocessing) for slice_hu in hu]
-    # float16 like decoded image files (data.dataset.decode_slices), so both kinds of input meet the same network input.
-    return torch.from_numpy(np.stack(prepared).astype(np.float16) if prepared else np.empty((0, size, size), np.float16))
+    return prepare_slices(window_hu(hu, window), preprocessing)
 
 
 def study_prediction(volume: Volume, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard) -> StudyPrediction:

@@ -17,8 +17,6 @@ from covidct.io.failures import InputFailure, SkippedFile
 from covidct.io.images import IMAGE_SUFFIXES
 from covidct.io.nifti import is_nifti
 
-__all__ = ["Discovered", "InputFailure", "SkippedFile", "VolumeInput", "VolumeKind", "count_images", "discover_images", "iter_inputs"]
-
 
 class VolumeKind(str, Enum):
     """The file format of a CT volume."""

@@ -12,7 +12,7 @@ import torch
 
 from covidct.data.manifest import SPLITS, Manifest
 from covidct.evaluate.metrics import binary_metrics
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 from covidct.model.card import Decision, ModelCard
 from covidct.model.pretrained import Pretrained
 from covidct.preprocess.transforms import Preprocessing

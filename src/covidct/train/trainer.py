@@ -21,7 +21,7 @@ from covidct.data.splits import assign_splits, split_method
 from covidct.errors import InputError, TrainingInterrupted
 from covidct.evaluate.site_shift import reference_statistics
 from covidct.infer.ood import features_and_logits, save_detector
-from covidct.io.discover import InputFailure
+from covidct.io.failures import InputFailure
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import save_model_dir
 from covidct.model.device import supports_bf16
