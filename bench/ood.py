@@ -1,6 +1,6 @@
 """Out-of-distribution guard benchmark: how many non-CT images are flagged, and how many real CT slices (not a test).
 
-    .venv/bin/python bench/ood.py [--model ucsd=DIR] [--model sars=DIR] [--shared ../shared/data] [--out bench/results/ood.json]
+    .venv/bin/python bench/ood.py [--model ucsd=DIR] [--model sars=DIR] [--rethreshold-guard] [--shared ../shared/data] [--out bench/results/ood.json]
 
 Each ``--model SOURCE=DIR`` is a model trained on one shared source (ucsd: the UCSD official train/val
 split; sars: SARS-CoV-2 blocks 0-7 with block 8 for validation). Without ``--model`` it first trains a
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +35,15 @@ from shared_datasets import sars_rows, ucsd_rows, write_manifest
 from skimage import data as skdata
 from skimage.transform import rotate
 
+from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
-from covidct.infer.ood import NOT_CT_LABEL
+from covidct.infer.ood import NOT_CT_LABEL, save_detector
 from covidct.infer.predictor import Predictor, load_model
+from covidct.model.card import write_card
 from covidct.model.pretrained import resolve_pretrained
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import TrainConfig
+from covidct.train.ood_fit import threshold_on_validation
 from covidct.train.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +54,7 @@ Images = Iterator[tuple[str, np.ndarray]]
 
 
 TEST_SETS = {"ucsd": "ucsd_test", "sars": "sars_block9"}
+SOURCE_ROWS = {"ucsd": ucsd_rows, "sars": sars_rows}
 
 
 def main() -> None:
@@ -58,10 +64,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ood.json")
     parser.add_argument("--workdir", type=Path, default=None, help="where the model and the generated images go (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rethreshold-guard", action="store_true",
+        help="set each --model's guard threshold again with this covidct's rule (its source's validation split) in a copy under --workdir; the detector itself is kept",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-ood-"))
     shared = args.shared.resolve()
     models = dict(_parse_model(text) for text in args.model) or {"ucsd": _train_ucsd(shared, workdir)}
+    if args.rethreshold_guard:
+        models = {source: _rethresholded(source, folder, facts, shared, workdir) for source, (folder, facts) in models.items()}
     ct_paths = {TEST_SETS["ucsd"]: _test_paths(ucsd_rows(shared)), TEST_SETS["sars"]: _test_paths(sars_rows(shared))}
     non_ct_paths = {category: _write_images(make(np.random.default_rng(args.seed)), workdir / "non_ct" / category) for category, make in NON_CT_SETS.items()}
     results = {"machine": machine_facts(), "models": {}}
@@ -92,6 +104,25 @@ def _parse_model(text: str) -> tuple[str, tuple[Path, dict]]:
     if source not in TEST_SETS or not folder:
         raise SystemExit(f"--model must be SOURCE=DIR with SOURCE one of {sorted(TEST_SETS)}; got {text!r}")
     return source, (Path(folder), {"given": folder})
+
+
+def _rethresholded(source: str, model_dir: Path, facts: dict, shared: Path, workdir: Path) -> tuple[Path, dict]:
+    """A copy of ``model_dir`` whose guard threshold comes from ``threshold_on_validation`` on its source's validation split.
+
+    The detector (class means, precision) depends only on the weights and the training slices, so it is
+    kept; what a retrained model would change is the threshold rule, and that is recomputed here.
+    """
+    copy = workdir / f"rethresholded-{source}"
+    shutil.copytree(model_dir, copy, dirs_exist_ok=True)
+    predictor = load_model(copy)
+    val_rows = [row for row in SOURCE_ROWS[source](shared) if row["split"] == "val"]
+    decoded = decode_slices([Path(row["path"]) for row in val_rows], predictor.card.preprocessing)
+    if decoded.failures or len(decoded.indices) != len(val_rows):
+        raise SystemExit(f"validation slices of {source} did not all decode: {decoded.failures[:3]}")
+    fitted = threshold_on_validation(predictor.detector, predictor.ood_scores(decoded.images), [row["patient_id"] for row in val_rows])
+    card = replace(predictor.card, ood=save_detector(copy, fitted.detector, n_train=predictor.card.ood["n_train"], **fitted.facts))
+    write_card(copy, card)
+    return copy, facts | {"guard_rethresholded": "this covidct's threshold rule on the validation split; detector from the original model"}
 
 
 def _test_paths(rows: list[dict]) -> list[Path]:

@@ -40,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 from covidct import Predictor, load_model
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
+from covidct.export.calibration import DEFAULT_CALIBRATION_SLICES
 from covidct.export.onnx import export_onnx
 from covidct.infer.engines import Engine, TorchEngine
 from covidct.model.card import read_card
@@ -126,7 +127,7 @@ def _ensure_exports(model_dir: Path, calibration: Path | None, *, quick: bool) -
         print(f"no {path.name}: exporting it ...", flush=True)
         started = time.perf_counter()
         manifest = read_manifest(calibration, positive_class=read_card(model_dir).positive_class) if calibration and engine is Engine.ONNX_INT8 else None
-        export_onnx(model_dir, int8=engine is Engine.ONNX_INT8, calibration=manifest, calibration_slices=32 if quick else 256)
+        export_onnx(model_dir, int8=engine is Engine.ONNX_INT8, calibration=manifest, calibration_slices=8 if quick else DEFAULT_CALIBRATION_SLICES)
         facts[str(engine)] = {"exported_now": True, "export_seconds": round(time.perf_counter() - started, 1)}
     return facts
 

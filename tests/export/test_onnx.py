@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import onnx
 import pytest
 import torch
 from synthetic import write_csv
@@ -57,6 +58,22 @@ def test_int8_export_gives_probabilities_close_to_torch(onnx_model_dir, slices):
     assert (onnx_model_dir / "model.int8.onnx").stat().st_size < (onnx_model_dir / "model.onnx").stat().st_size / 3
 
 
+def test_int8_keeps_the_image_convolution_and_the_head_in_fp32(onnx_model_dir):
+    graph = onnx.load(str(onnx_model_dir / "model.int8.onnx")).graph
+    made_by = {output: node.op_type for node in graph.node for output in node.output}
+    initializers = {tensor.name for tensor in graph.initializer}
+
+    def weight_is_quantized(node) -> bool:
+        return made_by.get(node.input[1]) == "DequantizeLinear"
+
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    stem = [node for node in convs if node.input[0] == graph.input[0].name]
+    heads = [node for node in graph.node if node.op_type in {"Gemm", "MatMul"}]
+    assert len(stem) == 1 and stem[0].input[1] in initializers and not weight_is_quantized(stem[0])
+    assert heads and not any(weight_is_quantized(node) for node in heads)
+    assert sum(weight_is_quantized(node) for node in convs) == len(convs) - 1  # every other convolution is int8
+
+
 @pytest.mark.parametrize(("engine", "precision"), [(Engine.ONNX, "fp32"), (Engine.ONNX_INT8, "int8")], ids=["fp32", "int8"])
 def test_the_settings_file_records_hash_source_and_method(onnx_model_dir, engine, precision):
     path = onnx_model_dir / engine.onnx_file
@@ -75,9 +92,10 @@ def test_the_settings_file_records_hash_source_and_method(onnx_model_dir, engine
     else:
         calibration = settings["quantization"]["calibration"]
         assert sorted(calibration) == CALIBRATION_KEYS
-        # the tiny dataset's train split: 4 patients x 3 slices per class, all of them (fewer than 256)
+        # the tiny dataset's train split: 4 patients x 3 slices per class, all of them (fewer than 32)
         assert (calibration["split"], calibration["n_train_slices"], calibration["n_slices"], calibration["is_training_data"]) == ("train", 24, 24, True)
         assert settings["quantization"]["format"] == "QDQ" and settings["quantization"]["per_channel"] is True
+        assert settings["quantization"]["calibrate_method"] == "Percentile"
 
 
 @pytest.mark.filterwarnings("ignore::covidct.errors.OptimisticMetricsWarning")  # also true here, not the point

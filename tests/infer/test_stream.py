@@ -139,3 +139,36 @@ def test_memory_stays_flat_from_500_to_5000_files(predictor, tmp_path):
 
     assert (n_small, n_large) == (500, 5000)
     assert peak_large < peak_small * 1.2 + 200_000, f"peak {peak_small:,} B for 500 files, {peak_large:,} B for 5,000"
+
+
+# --- decoding in worker processes ---
+
+
+def test_worker_processes_decode_the_same_slices_and_failures_as_the_thread(mixed_folder):
+    def batches(workers: int) -> list:
+        return list(iter_slice_batches([mixed_folder], preprocessing=Preprocessing(image_size=32, crop_field=True, remove_annotations=True), batch_size=2, decode_workers=workers))
+
+    in_thread, in_processes = batches(0), batches(2)
+
+    assert [b.paths for b in in_processes] == [b.paths for b in in_thread] and sum(len(b.paths) for b in in_thread) == 5
+    for threaded, pooled in zip(in_thread, in_processes, strict=True):
+        assert torch.equal(pooled.images, threaded.images)
+        assert pooled.failures == threaded.failures and pooled.skipped == threaded.skipped
+    assert any("bad" in failure.path for b in in_processes for failure in b.failures)
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "workers"),
+    [("cpu", 2, 0), ("cpu", 4, 0), ("cpu", 8, 2), ("cpu", 64, 4), ("cuda", 2, 0), ("cuda", 6, 3), ("cuda", 16, 8), ("cuda", 64, 8)],
+)
+def test_default_decode_workers_use_the_cores_the_network_leaves(device, cores, workers):
+    assert stream.default_decode_workers(torch.device(device), cores) == workers
+
+
+def test_the_python_api_decodes_in_a_thread_unless_asked(predictor):
+    assert Predictor(predictor.model, predictor.card, device="cpu").decode_workers == 0
+
+
+def test_decode_workers_cannot_be_negative(predictor):
+    with pytest.raises(OptionError, match="--decode-workers must be 0 or more; got -1"):
+        Predictor(predictor.model, predictor.card, device="cpu", decode_workers=-1)

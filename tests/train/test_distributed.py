@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,7 +170,39 @@ def test_torchrun_trains_like_a_single_process(torchrun_run, single_process_card
     card = json.loads((root / "out" / "model" / "model.json").read_text())
     log_rows = (root / "out" / "model" / "train_log.csv").read_text().splitlines()[1:]
 
-    assert card["training"]["processes"] == 2 and card["training"]["global_batch_size"] == GLOBAL_BATCH
+    assert card["training"]["processes"] == 2 and card["training"]["process_group"] == "gloo" and card["training"]["global_batch_size"] == GLOBAL_BATCH
     assert len(log_rows) == card["training"]["epochs_run"]
     assert single_process_card.training["best_val_auc"] >= 0.9, "the single-process run did not learn; the comparison would mean nothing"
     assert card["training"]["best_val_auc"] >= single_process_card.training["best_val_auc"] - AUC_TOLERANCE
+
+
+@pytest.mark.slow
+def test_torchrun_training_stopped_by_ctrl_c_resumes_to_the_end(learnable_dataset, random_weights, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after an epoch, then ``--resume`` under torchrun."""
+    out = tmp_path / "model"
+    flags = [*RECIPE_FLAGS[RECIPE_FLAGS.index("--epochs") + 2 :], *RECIPE_FLAGS[: RECIPE_FLAGS.index("--epochs")], "--epochs", "4"]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python", str(Path(sys.executable).parent / "covidct"),
+        "train", str(learnable_dataset.csv), "--out", str(out), "--weights", str(random_weights), "--batch-size", str(GLOBAL_BATCH // 2), *flags,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    state = out / "resume" / "state.json"
+    interrupted = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (state.is_file() and json.loads(state.read_text())["progress"]["next_epoch"] >= 1) and interrupted.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(interrupted.pid, signal.SIGINT)
+    _, stderr = interrupted.communicate(timeout=120)
+
+    assert interrupted.returncode != 0 and not (out / "model.json").exists(), "the run finished before it was interrupted; the test proves nothing"
+    epochs_done = json.loads(state.read_text())["progress"]["next_epoch"]
+    assert 1 <= epochs_done < 4, stderr[-2000:]
+
+    resumed = subprocess.run([*command, "--resume"], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    card = json.loads((out / "model.json").read_text())
+    log_epochs = [int(row.split(",")[0]) for row in (out / "train_log.csv").read_text().splitlines()[1:]]
+    assert log_epochs == [0, 1, 2, 3] and card["training"]["epochs_run"] == 4
+    assert card["training"]["processes"] == 2 and card["training"]["process_group"] == "gloo"
+    assert sorted(p.name for p in out.iterdir()) == MODEL_FILES

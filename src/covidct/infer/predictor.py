@@ -104,16 +104,21 @@ class Predictor:
     Grad-CAM always uses the torch ``model``. ``window`` maps DICOM/NIfTI HU to the network input
     (default: the card's ``preprocessing.hu_window``, the one the model was trained with). An input
     whose header claims more than ``max_pixels`` pixels per image (or slice) is a failure, before decoding.
+    ``decode_workers`` processes decode files (default 0: one thread beside the network). They are
+    spawned, so a script that asks for them needs the ``if __name__ == "__main__":`` guard; the CLI
+    picks a number for the machine (``infer.stream.default_decode_workers``).
     """
 
     def __init__(
         self, model: torch.nn.Module, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None,
-        window: HuWindow | None = None, max_pixels: int = MAX_PIXELS,
+        window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
         if max_pixels < 1:
             raise OptionError(f"--max-pixels must be at least 1; got {max_pixels}")
+        if decode_workers < 0:
+            raise OptionError(f"--decode-workers must be 0 or more; got {decode_workers}")
         self.card = card
         self.detector = detector
         self.device = resolve_device(device)
@@ -123,6 +128,7 @@ class Predictor:
         self.engine = engine if engine is not None else TorchEngine(self.model, device=self.device, use_bf16=self.use_bf16)
         self.window = window or HuWindow.parse(card.preprocessing.hu_window)
         self.max_pixels = max_pixels
+        self.decode_workers = decode_workers
 
     @property
     def threshold(self) -> float:
@@ -227,7 +233,8 @@ class Predictor:
     def _iter_runs(self, inputs: Iterable[str | Path], *, batch_size: int, progress: Callable[[int, int], None] | None, explain: bool) -> Iterator[ExplanationRun]:
         inputs = list(inputs)
         total, reported = (count_images(inputs) if progress else 0), 0
-        for batch in iter_slice_batches(inputs, preprocessing=self.card.preprocessing, batch_size=batch_size, max_pixels=self.max_pixels):
+        batches = iter_slice_batches(inputs, preprocessing=self.card.preprocessing, batch_size=batch_size, max_pixels=self.max_pixels, decode_workers=self.decode_workers)
+        for batch in batches:
             explanations = self._explained([str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain)
             studies, failures = self._studies(batch.volumes, explain=explain)
             if progress and batch.n_images_seen > reported:
@@ -283,14 +290,15 @@ class Predictor:
 
 def load_model(
     model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32, engine: Engine | str = Engine.TORCH, window: HuWindow | None = None,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
 ) -> Predictor:
     """Load a model directory written by ``covidct train`` (on the CPU if there is no GPU).
 
     ``engine`` onnx or onnx-int8 runs ``model.onnx`` or ``model.int8.onnx`` (written by ``covidct
     export``) with onnxruntime on the CPU; the torch weights are still loaded (hash check, Grad-CAM).
     ``window`` overrides the card's HU window for DICOM/NIfTI input (the CLI warns when it differs);
-    ``max_pixels`` is the decompression-bomb cap on an image's (or slice's) width x height.
+    ``max_pixels`` is the decompression-bomb cap on an image's (or slice's) width x height;
+    ``decode_workers`` processes decode files (see ``Predictor``).
 
     Raises:
         ModelDirError: missing or mismatched model files; a missing export names the command that writes it.
@@ -302,4 +310,4 @@ def load_model(
     engine = Engine(engine)
     model, card = load_model_dir(Path(model_dir))
     runner = None if engine is Engine.TORCH else open_onnx_engine(Path(model_dir), card, engine, device=device)
-    return Predictor(model, card, detector=load_detector(Path(model_dir), card), device=device, batch_size=batch_size, engine=runner, window=window, max_pixels=max_pixels)
+    return Predictor(model, card, detector=load_detector(Path(model_dir), card), device=device, batch_size=batch_size, engine=runner, window=window, max_pixels=max_pixels, decode_workers=decode_workers)

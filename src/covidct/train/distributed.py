@@ -59,6 +59,11 @@ class World:
     def is_distributed(self) -> bool:
         return self.size > 1
 
+    @property
+    def backend(self) -> str | None:
+        """The process group's backend (nccl on GPUs, gloo on CPUs), or None outside torchrun."""
+        return dist.get_backend() if dist.is_initialized() else None
+
     def require_rows(self, rows: int, split: str) -> None:
         """Check that every rank gets at least one slice of ``split``.
 

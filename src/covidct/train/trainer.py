@@ -108,9 +108,9 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     # One validation pass serves calibration (logits) and the OOD threshold (features).
     val_features, val_logits = features_and_logits(model.eval(), val.slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
     card = build_card(manifest, config, val=(val_logits, val.labels, val.groups), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
-    card = dataclasses.replace(card, training={**card.training, "processes": world.size, "global_batch_size": config.batch_size * world.size})
+    card = dataclasses.replace(card, training={**card.training, "processes": world.size, "process_group": world.backend, "global_batch_size": config.batch_size * world.size})
     callbacks.on_stage("fitting the out-of-distribution guard on the training slices")
-    ood = fit_ood_guard(model, train=(train.slices, train.labels), val_features=val_features, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
+    ood = fit_ood_guard(model, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
     card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
     # What evaluation compares a test set with to flag a likely site shift (covidct.evaluate.site_shift).
     card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.detector.scores(val_features))})
