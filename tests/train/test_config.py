@@ -14,7 +14,7 @@ def test_defaults():
     config = TrainConfig()
 
     assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.ALL, Device.AUTO)
-    assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, True)
+    assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, False)
 
 
 @pytest.mark.parametrize(

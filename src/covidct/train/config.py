@@ -44,7 +44,9 @@ class TrainConfig:
     seed: int = 0
     device: Device = Device.AUTO
     target_sensitivity: float | None = None
-    tta_hflip: bool = True
+    # Off by default: on validation the mirror-image average moved ROC-AUC by +0.0009 (UCSD) and 0.0000
+    # (SARS-CoV-2 block 8) for twice the inference time (BENCHMARKS.md, "Inference speed").
+    tta_hflip: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
 
