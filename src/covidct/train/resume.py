@@ -1,6 +1,8 @@
 """Resumable training state on disk: tensors in safetensors, the rest in JSON; no pickles.
 
-Written atomically at the end of every epoch, so Ctrl-C or a crash loses at most the epoch in flight.
+Written at the end of every epoch, so Ctrl-C or a crash loses at most the epoch in flight. The tensors go
+to files named by epoch and ``state.json``, replaced last and atomically, names the ones that belong to it:
+a crash between the writes leaves the previous epoch's state whole, never new weights with old progress.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def save_resume_state(
 ) -> None:
     """Write the modules (by name), optimizer, scheduler, RNG states and progress under ``out_dir/resume``.
 
-    ``best`` is the network whose weights are kept as ``best.safetensors`` when ``is_best``.
+    ``best`` is the network whose weights are kept (``best-EPOCH.safetensors``) when ``is_best``.
     """
     folder = Path(out_dir) / RESUME_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,11 +57,17 @@ def save_resume_state(
         "rng_numpy": _numpy_rng_to_json(),
         "rng_python": _python_rng_to_json(),
     }
-    _atomic_save(tensors, folder / "last.safetensors")
+    epoch = progress.next_epoch - 1
+    meta["last_file"] = f"last-{epoch}.safetensors"
+    meta["best_file"] = f"best-{epoch}.safetensors" if is_best else _saved_state(folder).get("best_file", "best.safetensors")
+    _atomic_save(tensors, folder / meta["last_file"])
     if is_best:
-        _atomic_save({k: _plain(v) for k, v in best.state_dict().items()}, folder / "best.safetensors")
+        _atomic_save({k: _plain(v) for k, v in best.state_dict().items()}, folder / meta["best_file"])
     (folder / "state.tmp").write_text(json.dumps(meta, allow_nan=True), encoding="utf-8")
     os.replace(folder / "state.tmp", folder / "state.json")
+    for stale in folder.glob("*.safetensors"):
+        if stale.name not in (meta["last_file"], meta["best_file"]):
+            stale.unlink()
 
 
 def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler, config: dict) -> Progress:
@@ -75,7 +83,7 @@ def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], opt
     changed = sorted(k for k in config if k not in ("epochs", "device", "max_minutes") and meta["config"].get(k) != config[k])
     if changed:
         raise ModelDirError(f"--resume with different options than the interrupted run: {changed}; use the same options", path=out_dir)
-    tensors = load_file(folder / "last.safetensors")
+    tensors = load_file(folder / meta.get("last_file", "last.safetensors"))
     for name, module in modules.items():
         module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")})
     optimizer.load_state_dict({"state": _optimizer_state(tensors), "param_groups": meta["param_groups"]})
@@ -88,7 +96,14 @@ def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], opt
 
 def load_best_weights(out_dir: Path) -> dict[str, torch.Tensor]:
     """The model weights of the best validation epoch."""
-    return load_file(Path(out_dir) / RESUME_DIR / "best.safetensors")
+    folder = Path(out_dir) / RESUME_DIR
+    return load_file(folder / _saved_state(folder).get("best_file", "best.safetensors"))
+
+
+def _saved_state(folder: Path) -> dict:
+    """The last committed ``state.json``, or {} before the first epoch; a folder from before the epoch-named files lacks the names."""
+    path = folder / "state.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
