@@ -3,17 +3,26 @@
 Research use only: not a medical device, not for diagnosis.
 """
 
+from importlib import import_module
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING
 
-from covidct.infer.predictor import (
-    Explanation,
-    ExplanationRun,
-    Prediction,
-    PredictionRun,
-    Predictor,
-    load_model,
-)
-from covidct.model.card import ModelCard
+if TYPE_CHECKING:
+    from covidct.infer.predictor import Explanation, ExplanationRun, Prediction, PredictionRun, Predictor, load_model
+    from covidct.model.card import ModelCard
 
 __version__ = _version("covidct")
 __all__ = ["Explanation", "ExplanationRun", "ModelCard", "Prediction", "PredictionRun", "Predictor", "__version__", "load_model"]
+
+_HOME = {name: "covidct.infer.predictor" for name in ("Explanation", "ExplanationRun", "Prediction", "PredictionRun", "Predictor", "load_model")} | {"ModelCard": "covidct.model.card"}
+
+
+def __getattr__(name: str) -> object:
+    """Import the public API when it is first used (PEP 562).
+
+    Importing any ``covidct`` module runs this file first; eager imports here would make a decoding
+    worker process (which needs ``covidct.data`` only) load the predictor, ONNX Runtime and Grad-CAM too.
+    """
+    if name in _HOME:
+        return getattr(import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'covidct' has no attribute {name!r}")
