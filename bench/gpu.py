@@ -10,8 +10,10 @@ takes it), so it runs on a machine that reaches no network. Every step calls the
    times (1,200 files, the same groups), ``--epochs 3``: seconds per epoch and training slices/s.
 3. Model throughput on the GPU at batch 32 and 256 over 1,024 decoded slices: a plain torchvision script
    (eager fp32 NCHW) vs covidct's torch engine (bf16 autocast, channels_last) with and without mirror TTA;
-   host-to-device copies included on both sides.
-4. ``covidct predict --device cuda`` over 2,000 PNG files (the demo slices copied): files to CSV, end to end.
+   host-to-device copies included on both sides; at batch 32 also the engine in fp32 and with
+   ``cudnn.benchmark``, to find where its batch-32 gap comes from.
+4. ``covidct predict --device cuda`` over 2,000 PNG files (the demo slices copied): files to CSV, end to end,
+   with the default decode workers and with the single decoding thread.
 5. ``torchrun --nproc-per-node 1`` (nccl) running ``covidct train --device cuda``: exit status, one model
    directory, the process group's backend recorded in the card.
 """
@@ -133,6 +135,15 @@ def _model_throughput(model_dir: Path) -> dict:
         for tta in (False, True):
             name = f"covidct_torch_bf16_cl{'_tta' if tta else ''}_b{batch_size}"
             rows[name] = _slices_per_second(lambda s, b=batch_size, t=tta: engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=b, tta_hflip=t), slices)
+    # Where the batch-32 gap comes from (bf16 at 32 ran 0.68x the fp32 script on an H200): fp32 with the
+    # engine's layout, and bf16 with cuDNN choosing its kernels by timing them.
+    fp32_engine = TorchEngine(baseline, device=device, use_bf16=False)
+    rows["covidct_torch_fp32_cl_b32"] = _slices_per_second(lambda s: fp32_engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False), slices)
+    torch.backends.cudnn.benchmark = True
+    try:
+        rows["covidct_torch_bf16_cl_b32_cudnn_benchmark"] = _slices_per_second(lambda s: engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False), slices)
+    finally:
+        torch.backends.cudnn.benchmark = False
     for batch_size in BATCHES:
         base = rows[f"baseline_fp32_nchw_b{batch_size}"]
         rows[f"ratio_1pass_vs_baseline_b{batch_size}"] = round(rows[f"covidct_torch_bf16_cl_b{batch_size}"] / base, 2)
@@ -158,12 +169,13 @@ def _predict_end_to_end(workdir: Path) -> dict:
     for index in range(PREDICT_FILES):
         shutil.copyfile(sources[index % len(sources)], folder / f"slice_{index:05d}.png")
     rows = {}
-    for batch_size in BATCHES:
-        out = workdir / f"predictions-b{batch_size}.csv"
-        seconds, _ = _covidct("predict", str(workdir / "demo" / "model"), str(folder), "--device", "cuda", "--batch-size", str(batch_size), "--out", str(out))
+    # The default decode workers (half the cores with a GPU), and the single decoding thread for comparison.
+    for name, options in (("b32", ["--batch-size", "32"]), ("b256", ["--batch-size", "256"]), ("b256_decode_thread", ["--batch-size", "256", "--decode-workers", "0"])):
+        out = workdir / f"predictions-{name}.csv"
+        seconds, _ = _covidct("predict", str(workdir / "demo" / "model"), str(folder), "--device", "cuda", *options, "--out", str(out))
         with out.open(newline="") as handle:
             n_rows = sum(1 for _ in csv.DictReader(handle))
-        rows[f"b{batch_size}"] = {"files": PREDICT_FILES, "rows": n_rows, "wall_s": round(seconds, 1), "files_per_s": round(PREDICT_FILES / seconds, 1)}
+        rows[name] = {"files": PREDICT_FILES, "rows": n_rows, "wall_s": round(seconds, 1), "files_per_s": round(PREDICT_FILES / seconds, 1)}
     return {"cpu_cores": os.cpu_count(), **rows, "note": "process start, model load, PNG decoding and preprocessing on the CPU included"}
 
 
