@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
+from volumes import chest_phantom, write_dicom_series, write_nifti
 
 from covidct.cli.app import app
 
@@ -73,8 +74,8 @@ def test_preview_lists_a_file_that_fails_and_goes_on(tiny_dataset, tmp_path):
 @pytest.mark.parametrize(
     ("make_data", "options", "message"),
     [
-        pytest.param(lambda root: root, [], "no image file found", id="empty-folder"),
-        pytest.param(lambda root: root / "missing", [], "missing: not found; expected a folder of CT slice images, one image file or a CSV manifest", id="missing"),
+        pytest.param(lambda root: root, [], "no image file or volume found", id="empty-folder"),
+        pytest.param(lambda root: root / "missing", [], "missing: not found; expected a folder of CT slice images or volumes, one file or a CSV manifest", id="missing"),
         pytest.param(lambda root: root, ["--n", "0"], "Invalid value for '--n': Input should be greater than or equal to 1", id="n-zero"),
     ],
 )
@@ -82,3 +83,19 @@ def test_preview_errors_say_what_is_wrong(tmp_path, make_data, options, message)
     result = invoke("preprocess-preview", make_data(tmp_path), "--out", tmp_path / "out", *options)
     assert result.exit_code != 0
     assert re.search(message, re.sub(r"\s+", " ", result.output))
+
+
+def test_preview_shows_a_dicom_series_and_a_nifti_volume_by_their_middle_lung_slice(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    write_dicom_series(data / "series", chest_phantom(9, 64, lung_slices=range(2, 7)))
+    write_nifti(data / "scan.nii.gz", chest_phantom(5, 64, lung_slices=range(5)))
+    write_nifti(data / "head.nii.gz", chest_phantom(4, 64, lung_slices=()))
+    (data / "slice.png").write_bytes(tiny_dataset.paths["COVID"][0].read_bytes())
+
+    result = invoke("preprocess-preview", data, "--out", tmp_path / "out", "--image-size", 32)
+
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    index = re.sub(r"\s+", " ", (tmp_path / "out" / "index.html").read_text())
+    assert "series (lung slice 5 of 9)" in index and "scan.nii.gz (lung slice 3 of 5)" in index and "slice.png" in index
+    assert "head.nii.gz" in index and "none of its 4 slices shows lung" in index

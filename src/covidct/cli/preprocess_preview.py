@@ -25,9 +25,9 @@ from covidct.preprocess.transforms import Preprocessing
 
 @reports_errors
 def preprocess_preview(
-    data: Annotated[Path, typer.Argument(help="A folder of CT slice images (searched recursively), one image file, or a CSV manifest (path, label, ...).")],
+    data: Annotated[Path, typer.Argument(help="A folder of CT slice images or DICOM/NIfTI volumes (searched recursively), one file, or a CSV manifest (path, label, ...).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the before|after PNGs and index.html.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="How many slices to sample.")] = 16,
+    n: Annotated[int, typer.Option("--n", min=1, help="How many inputs to sample (a volume is shown by its middle lung slice).")] = 16,
     image_size: Annotated[int, typer.Option("--image-size", min=32, max=1024)] = 224,
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
