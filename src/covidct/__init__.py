@@ -8,7 +8,14 @@ from importlib.metadata import version as _version
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from covidct.infer.predictor import Explanation, ExplanationRun, Prediction, PredictionRun, Predictor, load_model
+    from covidct.infer.predictor import (
+        Explanation,
+        ExplanationRun,
+        Prediction,
+        PredictionRun,
+        Predictor,
+        load_model,
+    )
     from covidct.model.card import ModelCard
 
 __version__ = _version("covidct")

@@ -43,7 +43,7 @@ def decode_slices(
     which on a 2-core machine would otherwise compete with the network for the CPU.
 
     A path naming a CT volume (a DICOM file, a folder of DICOM series, a NIfTI file) gives one slice per
-    lung slice in it (``select_lung_slices``), windowed from HU with ``preprocessing.hu_window``; all of
+    lung slice in it (``lung_slice_indices``), windowed from HU with ``preprocessing.hu_window``; all of
     them carry that path's index, so each becomes a sample with its manifest row's label and group.
     ``max_pixels`` caps an image's (or a volume slice's) width x height, checked from the header before decoding.
     With a ``pool`` (see ``decode_pool``) the files are decoded in its worker processes, in order.
@@ -71,7 +71,7 @@ def decode_path(path: Path, *, preprocessing: Preprocessing, max_pixels: int = M
         grays = _lung_slices(path, HuWindow.parse(preprocessing.hu_window), max_pixels) if is_volume_path(path) else [read_grayscale(path, max_pixels=max_pixels)]
         return [prepare_slice(gray, preprocessing) for gray in grays], None
     except InputError as error:
-        return [], InputFailure(error.path or str(path), error.reason)
+        return [], InputFailure.from_error(error, str(path))
 
 
 def decode_pool(workers: int) -> ProcessPoolExecutor:

@@ -62,7 +62,7 @@ def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n:
         try:
             gray, caption = _preview_slice(item, HuWindow.parse(preprocessing.hu_window))
         except InputError as error:
-            failures.append(InputFailure(error.path or _source(item), error.reason))
+            failures.append(InputFailure.from_error(error, _source(item)))
         else:
             pair = out_dir / f"{len(pairs):03d}_{Path(_source(item)).stem}.png"
             Image.fromarray(_side_by_side(prepare_slice(gray, plain), prepare_slice(gray, preprocessing))).save(pair)

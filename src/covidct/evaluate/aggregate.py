@@ -7,11 +7,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from covidct.errors import InputError, OptionError
 from covidct.evaluate.metrics import check_binary_inputs
+
+if TYPE_CHECKING:
+    from covidct.model.card import Decision
 
 
 class Aggregate(StrEnum):
@@ -138,6 +142,11 @@ def aggregate_slices(slice_prob: np.ndarray, rule: Aggregate, *, topk_fraction: 
     # The epsilon keeps 0.1 * 30 (3.0000000000000004 in floating point) at 3 slices, not 4.
     k = max(1, math.ceil(topk_fraction * slice_prob.size - 1e-9))
     return float(np.sort(slice_prob)[-k:].mean())
+
+
+def card_study_rule(decision: Decision) -> tuple[Aggregate, float]:
+    """The study aggregation rule a model card's decision names, and its top-k fraction (the default when the card has none)."""
+    return parse_aggregate(decision.study_aggregate), decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
 
 
 def describe_rule(rule: Aggregate, topk_fraction: float = DEFAULT_TOPK_FRACTION) -> str:

@@ -15,7 +15,12 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits
 from covidct.errors import CovidctWarning, InputError
-from covidct.evaluate.aggregate import DEFAULT_TOPK_FRACTION, Aggregate, describe_rule
+from covidct.evaluate.aggregate import (
+    DEFAULT_TOPK_FRACTION,
+    Aggregate,
+    card_study_rule,
+    describe_rule,
+)
 from covidct.evaluate.evaluation import EvaluationResult, evaluation_metrics
 from covidct.evaluate.gallery import build_gallery, gallery_section
 from covidct.evaluate.report import write_report
@@ -104,12 +109,10 @@ def evaluate_model(
 
 def _patient_rule(card: ModelCard, aggregate: Aggregate | None) -> tuple[Aggregate, float, str]:
     """The patient aggregation rule, its top-k fraction, and a report note saying where the rule came from."""
-    decision = card.decision
-    card_rule = Aggregate(decision.study_aggregate)
-    card_fraction = decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
+    card_rule, card_fraction = card_study_rule(card.decision)
     described = describe_rule(card_rule, card_fraction)
     if aggregate is None:
-        return card_rule, card_fraction, f"Patient aggregation rule: {described}, the model card's study rule ({decision.study_rule_source})."
+        return card_rule, card_fraction, f"Patient aggregation rule: {described}, the model card's study rule ({card.decision.study_rule_source})."
     override = Aggregate(aggregate)
     return override, DEFAULT_TOPK_FRACTION, f"Patient aggregation rule: {describe_rule(override)}, set by --aggregate instead of the model card's study rule ({described})."
 

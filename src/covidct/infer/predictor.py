@@ -249,7 +249,7 @@ class Predictor:
             try:
                 studies.append(self.predict_volume(volume, explain=explain))
             except InputError as error:
-                failures.append(InputFailure(error.path or volume.source, error.reason))
+                failures.append(InputFailure.from_error(error, volume.source))
         return studies, failures
 
     def _explained(self, names: list[str], images: torch.Tensor, *, explain: bool, keep_slices: bool) -> list[Explanation]:

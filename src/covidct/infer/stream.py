@@ -121,7 +121,7 @@ def _decoded_batches(inputs: Iterable[str | Path], preprocessing: Preprocessing,
             try:
                 volume = read_volume(item, max_pixels=max_pixels)
             except InputError as error:
-                failures.append(InputFailure(error.path or item.source, error.reason))
+                failures.append(InputFailure.from_error(error, item.source))
             else:
                 yield _decoded(paths, failures, skipped, preprocessing, max_pixels, n_seen, pool, [volume])
                 paths, failures, skipped = [], [], []

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from covidct.evaluate.aggregate import (
-    DEFAULT_TOPK_FRACTION,
     aggregate_slices,
+    card_study_rule,
     describe_rule,
-    parse_aggregate,
 )
 from covidct.infer.ood import NOT_CT_LABEL
 from covidct.io.volume import Volume
@@ -127,8 +126,7 @@ def study_prediction(volume: Volume, indices: Sequence[int], slices: Sequence[Pr
     used = [s.prob_covid for s in scored if s.in_distribution]
     n_flagged = len(scored) - len(used)
     scores = [s.ood_score for s in scored if s.ood_score is not None]
-    rule = parse_aggregate(card.decision.study_aggregate)
-    topk_fraction = card.decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
+    rule, topk_fraction = card_study_rule(card.decision)
     common = {
         "source": volume.source, "study_key": volume.study_key, "series_key": volume.series_key, "threshold": card.decision.threshold,
         "n_slices_total": volume.n_slices, "aggregate": describe_rule(rule, topk_fraction), "slices": scored,

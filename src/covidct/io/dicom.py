@@ -60,7 +60,7 @@ def group_dicom_series(paths: Sequence[DicomSource]) -> tuple[list[list[DicomSou
         try:
             uid = _series_uid(_read(path, stop_before_pixels=True), _name(path)) or f"no series uid: {_name(path)}"
         except InputError as error:
-            failures.append(InputFailure(error.path or _name(path), error.reason))
+            failures.append(InputFailure.from_error(error, _name(path)))
             continue
         series.setdefault(uid, []).append(path)
     return list(series.values()), failures

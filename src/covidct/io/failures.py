@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from covidct.errors import InputError
+
 
 @dataclass(frozen=True)
 class InputFailure:
@@ -15,6 +17,11 @@ class InputFailure:
 
     path: str
     reason: str
+
+    @classmethod
+    def from_error(cls, error: InputError, source: str) -> InputFailure:
+        """The failure ``error`` describes, named by the error's own path or else by ``source`` (the input that raised it)."""
+        return cls(error.path or source, error.reason)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def read_upload(files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIX
             else:
                 upload.images.append((name, read_grayscale((name, data), max_pixels=max_pixels)))
         except InputError as error:
-            upload.failures.append(InputFailure(error.path or name, error.reason))
+            upload.failures.append(InputFailure.from_error(error, name))
     groups, failures = group_dicom_series(dicom)
     upload.failures.extend(failures)
     for group in groups:
@@ -101,5 +101,5 @@ def read_upload(files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIX
         try:
             upload.volumes.append(read_dicom_series(group, source=source, max_pixels=max_pixels))
         except InputError as error:
-            upload.failures.append(InputFailure(error.path or source, error.reason))
+            upload.failures.append(InputFailure.from_error(error, source))
     return upload

@@ -30,9 +30,8 @@ def predict_logits(
     trained with flips, so both views are in-distribution and averaging lowers the variance).
     """
     outputs = []
-    # One autocast region for all batches: autocast caches the bf16 copies of the weights until the region
-    # ends, so they are cast once per call instead of once per batch (on a GPU that cast cost more than
-    # the forward pass of a batch of 32).
+    # One autocast region for all batches: autocast keeps its bf16 copies of the weights until the region
+    # ends, so they are cast once per call instead of once per batch.
     with autocast(device, use_bf16):
         for start in range(0, len(slices), batch_size):
             batch = slices[start : start + batch_size].to(device=device, dtype=torch.float32).unsqueeze(1)

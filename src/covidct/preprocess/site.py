@@ -43,11 +43,13 @@ class Body:
             with the lungs inside.
         box: (top, bottom, left, right) of the body, end-exclusive; the whole image when ``found`` is False.
         found: False when no body-like region was found and the steps use the whole image.
+        bright_threshold: Otsu's upper threshold of the slice (bright structures above it); 1.0 when not ``found``.
     """
 
     hull: np.ndarray
     box: tuple[int, int, int, int]
     found: bool
+    bright_threshold: float = 1.0
 
 
 def find_body(gray: np.ndarray) -> Body:
@@ -67,7 +69,7 @@ def find_body(gray: np.ndarray) -> Body:
     kept = np.flatnonzero(areas >= _KEEP_FRACTION_OF_LARGEST * areas.max()) + 1
     mask = np.isin(labels, kept)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return Body(_orthogonal_hull(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1), True)
+    return Body(_orthogonal_hull(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1), True, thresholds[1])
 
 
 def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | None:
@@ -100,7 +102,8 @@ def remove_annotations(gray: np.ndarray, body: Body) -> np.ndarray:
     """Return ``gray`` with bright marks outside the body's hull set to the background intensity.
 
     Burned-in letters, arrows, rulers, the table and figure borders sit outside the body; bright
-    structures inside the hull (vessels, opacities: the findings) are never touched.
+    structures inside the hull (vessels, opacities: the findings) are never touched. ``body`` is
+    ``find_body(gray)``: its upper Otsu threshold says what counts as bright.
     """
     if not body.found:
         return gray
@@ -108,8 +111,7 @@ def remove_annotations(gray: np.ndarray, body: Body) -> np.ndarray:
     if not outside.any():
         return gray
     background = np.float32(np.percentile(gray[outside], 10))
-    thresholds = otsu_thresholds(gray)
-    marks = outside & (gray > (thresholds[1] if thresholds else 1.0))
+    marks = outside & (gray > body.bright_threshold)
     cleaned = gray.copy()
     cleaned[ndimage.binary_dilation(marks, iterations=1) & outside] = background
     return cleaned

@@ -8,7 +8,6 @@ the same rule, guard and threshold as a DICOM series.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 from collections.abc import Sequence
 
@@ -56,20 +55,12 @@ def images_study(names: Sequence[str], explanations: Sequence[Explanation], card
     """Several uploaded 2-D slices as one study: ``infer.study``'s guard and aggregation over their predictions.
 
     The slices are already prepared, so the volume handed to ``study_prediction`` carries only what it
-    reads: a source, hashed keys and the slice count. An explained slice's heatmap becomes the study's overlay.
+    reads: a source, hashed keys and the slice count.
     """
     source = f"{names[0]} (+{len(names) - 1} slices)"
     key = privacy_key("\n".join(names))
     stub = Volume(source=source, study_key=key, series_key=key, hu=np.zeros((len(names), 0, 0), np.float32), slice_names=tuple(names))
-    study = study_prediction(stub, range(len(names)), [e.prediction for e in explanations], card)
-    explained = next((e for e in explanations if e.heatmap is not None), None)
-    return study if explained is None else dataclasses.replace(study, cam_slice=explained.slice, cam_heatmap=explained.heatmap)
-
-
-def most_suspicious(explanations: Sequence[Explanation]) -> int:
-    """The index of the in-distribution slice with the highest COVID probability (of any slice when none is)."""
-    indices = [i for i, e in enumerate(explanations) if e.prediction.in_distribution] or list(range(len(explanations)))
-    return max(indices, key=lambda i: explanations[i].prediction.prob_covid or 0.0)
+    return study_prediction(stub, range(len(names)), [e.prediction for e in explanations], card)
 
 
 def _failures(errors: Sequence[InputError]) -> list[UploadFailure]:

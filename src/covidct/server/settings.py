@@ -23,8 +23,9 @@ class ServerSettings(BaseSettings):
         cors_origins: browser origins allowed to call the API from other pages; empty keeps CORS off.
         max_upload_bytes: the whole request body (413 over it), checked before and while it is read.
         max_files: files in one request (413 over it).
-        max_pixels: width x height of one image, read from its header before decoding (413 over it),
-            so a small compressed file cannot expand into gigabytes (a decompression bomb).
+        max_pixels: width x height of one image or volume slice, read from its header before decoding,
+            so a small compressed file cannot expand into gigabytes (a decompression bomb): 413 for a
+            2-D image over it, 422 with the reader's reason for a DICOM or NIfTI slice.
         workers: inference threads; each runs one batch at a time.
         queue_size: requests waiting for a worker; one more gets 503 (retry later) instead of piling up.
         max_batch: slices of concurrent requests run together in one forward pass (micro-batching).

@@ -11,6 +11,7 @@ rows (consecutive rows of one patient are usually consecutive slices of one scan
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,10 +35,11 @@ PASS_RATE_STEP = 0.005
 
 @dataclass(frozen=True)
 class OodFit:
-    """A fitted detector and the facts the model card records about its fit."""
+    """A fitted detector, the facts the model card records about its fit, and the validation scores it was thresholded on."""
 
     detector: OodDetector
     facts: dict
+    val_scores: np.ndarray
 
 
 def fit_ood_guard(
@@ -65,7 +67,7 @@ def fit_ood_guard(
     train_features, _ = features_and_logits(model, train[0], preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=tta_hflip)
     detector = fit_detector(train_features, train[1])
     fitted = threshold_on_validation(detector, detector.scores(val_features), val_groups, pass_rate=pass_rate)
-    return OodFit(fitted.detector, {**fitted.facts, "n_train": len(train_features)})
+    return dataclasses.replace(fitted, facts={**fitted.facts, "n_train": len(train_features)})
 
 
 def threshold_on_validation(detector: OodDetector, val_scores: np.ndarray, val_groups: Sequence[str | None], *, pass_rate: float = DEFAULT_PASS_RATE) -> OodFit:
@@ -82,7 +84,7 @@ def threshold_on_validation(detector: OodDetector, val_scores: np.ndarray, val_g
         "n_val_groups": len(np.unique(groups)),
         "n_val": len(val_scores),
     }
-    return OodFit(detector, facts)
+    return OodFit(detector, facts, np.asarray(val_scores))
 
 
 def calibration_groups(groups: Sequence[str | None]) -> np.ndarray:

@@ -77,9 +77,9 @@ def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], opt
         ModelDirError: nothing to resume, or the saved run used different options.
     """
     folder = Path(out_dir) / RESUME_DIR
-    if not (folder / "state.json").is_file():
+    meta = _saved_state(folder)
+    if not meta:
         raise ModelDirError("nothing to resume (no resume/state.json); start without --resume", path=out_dir)
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     changed = sorted(k for k in config if k not in ("epochs", "device", "max_minutes") and meta["config"].get(k) != config[k])
     if changed:
         raise ModelDirError(f"--resume with different options than the interrupted run: {changed}; use the same options", path=out_dir)

@@ -113,7 +113,7 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     ood = fit_ood_guard(model, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
     card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
     # What evaluation compares a test set with to flag a likely site shift (covidct.evaluate.site_shift).
-    card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.detector.scores(val_features))})
+    card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.val_scores)})
     card = save_model_dir(out_dir, model, card)
     _write_log(out_dir / "train_log.csv", progress.history)
     shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from fastapi import APIRouter, Query, Request
@@ -11,7 +12,6 @@ from covidct.errors import InputError
 from covidct.io.readers import Upload
 from covidct.server.answers import (
     images_study,
-    most_suspicious,
     slice_answer,
     study_answer,
 )
@@ -65,8 +65,9 @@ async def _answer_images(pool: InferencePool, upload: Upload, errors: list[Input
     card = pool.predictor.card
     if len(names) == 1:
         return slice_answer((await pool.predict(names, slices, explain=cam))[0], errors, card)
-    explanations = await pool.predict(names, slices)
+    study = images_study(names, await pool.predict(names, slices), card)
     if cam:  # Grad-CAM costs a backward pass per slice: a study's overlay is of its most suspicious slice only
-        shown = most_suspicious(explanations)
-        explanations[shown] = (await pool.predict([names[shown]], [slices[shown]], explain=True))[0]
-    return study_answer(images_study(names, explanations, card), errors)
+        shown = study.suspicious_slices[0].index if study.suspicious_slices else 0
+        explained = (await pool.predict([names[shown]], [slices[shown]], explain=True))[0]
+        study = dataclasses.replace(study, cam_slice=explained.slice, cam_heatmap=explained.heatmap)
+    return study_answer(study, errors)
