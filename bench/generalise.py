@@ -1,7 +1,7 @@
 """Cross-site generalisation benchmark with a preprocessing ablation (not a test).
 
     .venv/bin/python bench/generalise.py [--configs none,crop,crop+annotations,all] [--max-minutes 20]
-        [--workdir DIR] [--limit N] [--shared ../shared/data] [--out bench/results/generalise.json]
+        [--workdir DIR] [--limit N] [--shared ../shared/data] [--out bench/results/generalise.json] [--keep-measured]
 
 For each ablation row (which site steps of ``covidct.preprocess.site`` are on) it trains three models
 with the default ``covidct train`` recipe: on SARS-CoV-2 (blocks 0-7 train, 8 val), on UCSD (official
@@ -14,6 +14,9 @@ model's own validation split, and ECE, with bootstrap CIs, plus the site-shift f
 Nothing is tuned here: every setting comes from validation data (the recipe's defaults, the
 threshold and temperature from each model's validation split); the test splits are only scored.
 ``--limit`` caps the images per split and class, for a smoke test of the script, not for numbers.
+The results file is rewritten after every model; ``--keep-measured`` keeps the rows already in it
+(measured with the same recipe and limit) and trains only the missing ones: an interrupted run goes on,
+and rows can be added to a table (e.g. ``--train-sets both`` for one config).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ CONFIGS = {
     "intensity": ("standardise_intensity",),
     "all": STEPS,
 }
+TRAIN_SETS = ("sars", "ucsd", "both")
 REPORTED = ("auc", "sensitivity", "specificity", "ece")
 
 
@@ -57,9 +61,10 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=20.0, help="training time budget per model")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per split and class (smoke tests only)")
     parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples per metric")
+    parser.add_argument("--keep-measured", action="store_true", help="keep the rows already in --out (same recipe and limit) and train only the missing ones")
     args = parser.parse_args()
     configs = _choose(args.configs, CONFIGS, "--configs")
-    train_sets = _choose(args.train_sets, {"sars": None, "ucsd": None, "both": None}, "--train-sets")
+    train_sets = _choose(args.train_sets, dict.fromkeys(TRAIN_SETS), "--train-sets")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-generalise-"))
     rows = {"sars": _limited(sars_rows(args.shared), args.limit), "ucsd": _limited(ucsd_rows(args.shared), args.limit)}
     rows["both"] = rows["sars"] + rows["ucsd"]
@@ -70,14 +75,23 @@ def main() -> None:
         "recipe": TrainConfig(max_minutes=args.max_minutes).to_dict(),
         "imagenet_weights": pretrained.provenance,
         "limit": args.limit,
-        "configs": {name: list(CONFIGS[name]) for name in configs},
+        "configs": {},
         "runs": {},
     }
+    if args.keep_measured:
+        results = _measured(args.out, results)
+    results["configs"] |= {name: list(CONFIGS[name]) for name in configs}
     for config_name in configs:
         config = TrainConfig(max_minutes=args.max_minutes, **{step: step in CONFIGS[config_name] for step in STEPS})
         for train_name in train_sets:
-            results["runs"][f"{config_name}: {train_name}"] = _train_and_test(config, config_name, train_name, manifests, pretrained, workdir, args.n_resamples)
+            key = f"{config_name}: {train_name}"
+            if key in results["runs"]:
+                print(f"{key}: kept from {args.out}", flush=True)
+                continue
+            results["runs"][key] = _train_and_test(config, config_name, train_name, manifests, pretrained, workdir, args.n_resamples)
             _write(args.out, results)  # after every model, so an interrupted run keeps what it measured
+    order = [f"{config}: {train}" for config in CONFIGS for train in TRAIN_SETS]
+    results["runs"] = dict(sorted(results["runs"].items(), key=lambda item: order.index(item[0])))
     results["table"] = markdown_table(results["runs"])
     _write(args.out, results)
     print(results["table"])
@@ -106,6 +120,17 @@ def _train_and_test(config: TrainConfig, config_name: str, train_name: str, mani
         auc = slice_level["auc"]
         print(f"{config_name}: {train_name} -> {test_name} test: ROC-AUC {auc['value']:.3f} {auc['ci95']}", flush=True)
     return record
+
+
+def _measured(path: Path, fresh: dict) -> dict:
+    """The results already in ``path`` when they were measured with ``fresh``'s recipe, limit and weights; else ``fresh``."""
+    if not path.exists():
+        return fresh
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    same = all(earlier.get(key) == fresh[key] for key in ("recipe", "limit", "imagenet_weights"))
+    if not same:
+        raise SystemExit(f"{path} was measured with another recipe, limit or weights; drop --keep-measured or choose another --out")
+    return {**earlier, "machine": fresh["machine"]}
 
 
 def markdown_table(runs: dict) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from covidct.errors import InputError, OptionError
 from covidct.evaluate import bootstrap
-from covidct.evaluate.bootstrap import bootstrap_ci
+from covidct.evaluate.bootstrap import MIN_GROUPS, bootstrap_ci, resampling_groups
 from covidct.evaluate.metrics import METRIC_NAMES, binary_metrics
 
 
@@ -52,7 +52,7 @@ def test_patient_resampling_keeps_a_patients_slices_together():
     y = np.repeat([1, 0, 0], 4)
     prob = np.repeat([0.9, 0.8, 0.1], 4)
     groups = np.repeat(["P1", "N1", "N2"], 4)
-    by_patient = bootstrap_ci(y, prob, 0.5, groups=groups, n_resamples=1000, seed=3)
+    by_patient = bootstrap_ci(y, prob, 0.5, groups=groups, n_resamples=1000, seed=3, min_groups=1)
     by_slice = bootstrap_ci(y, prob, 0.5, n_resamples=1000, seed=3)
     assert by_patient.estimates["accuracy"]["ci95"] == [0.0, 1.0]
     assert by_patient.n == 12 and by_patient.n_units == 3 and by_patient.is_grouped
@@ -66,12 +66,49 @@ def test_one_patient_per_class_reports_dropped_resamples():
     y = np.repeat([1, 0], 10)
     prob = np.repeat([0.8, 0.3], 10)
     groups = ["pos"] * 10 + ["neg"] * 10
-    result = bootstrap_ci(y, prob, 0.5, groups=groups, n_resamples=400, seed=0)
+    result = bootstrap_ci(y, prob, 0.5, groups=groups, n_resamples=400, seed=0, min_groups=1)
     assert 150 < result.n_dropped["auc"] < 250
     assert result.n_dropped["sensitivity"] + result.n_dropped["specificity"] == result.n_dropped["auc"]
     assert result.n_dropped["accuracy"] == 0 and result.n_dropped["brier"] == 0
     assert result.estimates["auc"]["ci95"] == [1.0, 1.0]
     assert bootstrap_ci(y, prob, 0.5, n_resamples=400, seed=0).n_dropped["auc"] == 0
+
+
+def test_too_few_patients_are_resampled_as_runs_of_consecutive_slices():
+    # SARS-CoV-2's test block: one group id per class, 120 slices each, scored with some overlap. Two
+    # groups give every defined AUC resample the same value (both groups drawn): a point, not an interval.
+    rng = np.random.default_rng(0)
+    y = np.repeat([1, 0], 120)
+    prob = np.clip(np.concatenate([rng.normal(0.6, 0.2, 120), rng.normal(0.4, 0.2, 120)]), 0, 1)
+    groups = ["covid-block9"] * 120 + ["normal-block9"] * 120
+
+    two_groups = bootstrap_ci(y, prob, 0.5, groups=groups, n_resamples=400, seed=0, min_groups=1)
+    runs = bootstrap_ci(y, prob, 0.5, groups=groups, n_resamples=400, seed=0)
+
+    low, high = two_groups.estimates["auc"]["ci95"]
+    assert low == high
+    low, high = runs.estimates["auc"]["ci95"]
+    assert low < runs.estimates["auc"]["value"] < high
+    assert runs.is_grouped and runs.runs_from_groups == 2 and runs.n_units == MIN_GROUPS
+
+
+def test_enough_patients_are_resampled_as_they_are():
+    y = np.repeat([1, 0], 60)
+    groups = [f"p{i // 6}" for i in range(120)]  # 20 patients of 6 slices
+
+    result = bootstrap_ci(y, np.linspace(0, 1, 120), 0.5, groups=groups, n_resamples=50)
+
+    assert result.n_units == 20 and result.runs_from_groups == 0
+
+
+def test_runs_never_mix_two_patients():
+    names = ["b"] * 7 + ["a"] * 5
+
+    groups = resampling_groups(names, 6)
+
+    assert len(np.unique(groups)) == 6 and groups.max() == 5
+    assert set(groups[:7]).isdisjoint(groups[7:])
+    assert np.all(np.diff(groups[:7]) >= 0) and np.all(np.diff(groups[7:]) >= 0)
 
 
 def test_metric_undefined_everywhere_gives_nan_interval_and_all_dropped():
@@ -97,7 +134,7 @@ def test_resamples_split_over_many_chunks_keep_their_statistics(monkeypatch, sep
     monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 1)
     y = np.repeat([1, 0], 10)
     prob = np.repeat([0.8, 0.3], 10)
-    result = bootstrap_ci(y, prob, 0.5, groups=["pos"] * 10 + ["neg"] * 10, n_resamples=400, seed=0)
+    result = bootstrap_ci(y, prob, 0.5, groups=["pos"] * 10 + ["neg"] * 10, n_resamples=400, seed=0, min_groups=1)
     assert result.n_resamples == 400
     assert 150 < result.n_dropped["auc"] < 250
     y, prob = separated

@@ -83,6 +83,17 @@ def test_without_patient_ids_patient_level_is_null(slices):
     assert not result.slice_level.is_grouped and result.slice_level.n_units == 120
 
 
+def test_a_report_says_when_runs_of_slices_stood_in_for_too_few_patients(slices, tmp_path):
+    y, prob, _ = slices
+    blocks = np.where(y == 1, "covid-block9", "normal-block9")  # SARS-CoV-2: one group id per class
+    result = evaluation_metrics(y, prob, 0.5, groups=blocks, n_resamples=50)
+
+    write_report(tmp_path, result, y_true=y, prob=prob, threshold=0.5, model_card={}, title="t", class_names=("a", "b"))
+
+    assert result.slice_level.runs_from_groups == 2 and result.slice_level.n_units == 10
+    assert "resamples of the 10 runs of consecutive slices (only 2 patient ids, too few to resample" in (tmp_path / "report.html").read_text()
+
+
 def test_undefined_metrics_are_written_as_null(tmp_path):
     y, prob = np.zeros(8, int), np.linspace(0.05, 0.95, 8)
     result = evaluation_metrics(y, prob, 0.5, n_resamples=20)

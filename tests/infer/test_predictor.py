@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 
 import pytest
@@ -81,13 +82,17 @@ def test_below_threshold_the_label_is_the_likeliest_other_class(tmp_path, slices
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_the_card_drives_temperature_and_preprocessing(predictor, slices):
+def test_the_card_drives_calibration_and_preprocessing(predictor, slices):
     hot = dataclasses.replace(predictor.card, decision=dataclasses.replace(predictor.card.decision, temperature=1000.0))
+    leaning = dataclasses.replace(hot, decision=dataclasses.replace(hot.decision, class_bias=(0.0, math.log(3.0))))
 
     run = Predictor(predictor.model, hot, device="cpu").predict(slices)
+    leaning_run = Predictor(predictor.model, leaning, device="cpu").predict(slices)
 
     assert predictor.card.preprocessing.image_size == 32
     assert all(p.prob_covid == pytest.approx(0.5, abs=0.01) for p in run.predictions)
+    # logits / 1000 are ~0, so the probabilities are softmax(class_bias): 1 / (1 + 3) for COVID (class 0)
+    assert all(p.prob_covid == pytest.approx(0.25, abs=0.01) for p in leaning_run.predictions)
 
 
 def test_bad_inputs_become_failures_and_the_rest_is_predicted(predictor, slices, tmp_path):

@@ -74,7 +74,7 @@ STUDY_CASES = [
 def test_study_prediction_aggregates_by_the_card_rule(decision, probs, expected, label, n_used, message):
     volume = phantom_volume(n_slices=6, lung=range(1, 5))
 
-    study = study_prediction(volume, [1, 2, 3, 4], _slices(probs), _card(**decision))
+    study = study_prediction(volume.origin, [1, 2, 3, 4], _slices(probs), _card(**decision))
 
     assert study.prob_covid == (None if expected is None else pytest.approx(expected))
     assert (study.label, study.n_slices_used, study.n_slices_total, study.in_distribution) == (label, n_used, 6, expected is not None)
@@ -84,7 +84,7 @@ def test_study_prediction_aggregates_by_the_card_rule(decision, probs, expected,
 
 
 def test_study_ood_score_is_the_median_over_lung_slices():
-    study = study_prediction(phantom_volume(n_slices=3, lung=range(3)), [0, 1, 2], _slices([0.2, None, 0.4]), _card())
+    study = study_prediction(phantom_volume(n_slices=3, lung=range(3)).origin, [0, 1, 2], _slices([0.2, None, 0.4]), _card())
 
     assert study.ood_score == pytest.approx(1.0)
 

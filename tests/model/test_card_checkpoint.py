@@ -34,7 +34,7 @@ CARD_KEYS = [
     "validation_metrics",
     "weights",
 ]
-DECISION_KEYS = ["study_aggregate", "study_rule_source", "study_topk_fraction", "temperature", "threshold", "threshold_rule", "tta_hflip"]
+DECISION_KEYS = ["class_bias", "study_aggregate", "study_rule_source", "study_topk_fraction", "temperature", "threshold", "threshold_rule", "tta_hflip"]
 PREPROCESSING_KEYS = ["channels", "crop_field", "hu_window", "image_size", "mean", "remove_annotations", "resize", "standardise_intensity", "std"]
 ARCHITECTURE_KEYS = ["head", "input", "name", "stride_variant"]
 
@@ -95,10 +95,12 @@ def test_a_card_from_before_study_rules_gets_the_default_rule(tmp_path):
 
     assert (decision.study_aggregate, decision.study_topk_fraction) == ("topk", 0.25)
     assert decision.study_rule_source == "default: the model card predates study-level rules"
+    assert decision.class_bias == () and decision.temperature == 1.0  # calibrated as it was trained: no bias
 
 
 def test_card_round_trips_through_model_json(tmp_path):
     card = make_card(stride_variant=StrideVariant.V1)
+    card = dataclasses.replace(card, decision=dataclasses.replace(card.decision, class_bias=(0.0, -0.7)))
 
     write_card(tmp_path, card)
     read = read_card(tmp_path)
@@ -167,6 +169,7 @@ BROKEN_DIRS = [
     ("bad-stride-variant", _edit_card(stride_variant="v2"), "not a valid covidct model card"),
     ("bad-study-rule", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "median"}), r"study_aggregate must be mean, max or topk; got 'median'"),
     ("topk-without-fraction", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "topk", "study_topk_fraction": None}), r"study_topk_fraction must be in \(0, 1\] for topk; got None"),
+    ("bias-per-class-mismatch", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [0.0, 0.1, 0.2]}), r"class_bias needs one value per class \(2\); got \[0.0, 0.1, 0.2\]"),
     ("weights-not-safetensors", lambda d: _replace_weights(d, b"not safetensors"), r"cannot read model.safetensors \("),
 ]
 

@@ -1,4 +1,4 @@
-"""Temperature scaling and threshold rules, on synthetic validation data with known answers."""
+"""Bias-corrected temperature scaling and threshold rules, on synthetic validation data with known answers."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from covidct.train.calibration import choose_threshold, fit_temperature
+from covidct.model.card import calibrated_probabilities
+from covidct.train.calibration import choose_threshold, fit_calibration
 
 
-def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits whose labels are drawn from softmax(logits / true_temperature): the NLL optimum is that T."""
+def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 0, true_bias: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose labels are drawn from softmax(logits / true_temperature + (0, true_bias)): the NLL optimum is that T and bias."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, 2, generator=generator) * 4
-    labels = torch.multinomial(torch.softmax(logits / true_temperature, 1), 1, generator=generator).squeeze(1)
+    labels = torch.multinomial(calibrated_probabilities(logits, true_temperature, (0.0, true_bias)), 1, generator=generator).squeeze(1)
     return logits, labels
 
 
@@ -22,16 +23,29 @@ def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 
 def test_temperature_recovers_a_known_temperature(true_temperature):
     logits, labels = logits_with_temperature(true_temperature)
 
-    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.15)
+    temperature, bias = fit_calibration(logits, labels)
+
+    assert temperature == pytest.approx(true_temperature, rel=0.15)
+    assert bias == pytest.approx((0.0, 0.0), abs=0.15)
+
+
+def test_calibration_recovers_a_shift_toward_one_class():
+    """Every logit leans 1.5 toward class 1 (a validation split whose prior differs from training's): the bias finds it."""
+    logits, labels = logits_with_temperature(2.0, true_bias=1.5)
+
+    temperature, bias = fit_calibration(logits, labels)
+
+    assert temperature == pytest.approx(2.0, rel=0.15)
+    assert bias[0] == 0.0 and bias[1] == pytest.approx(1.5, abs=0.2)
 
 
 def test_temperature_keeps_the_ranking():
     logits, labels = logits_with_temperature(2.0)
     logits = logits.double()  # float32 softmax saturates at 1.0 and would create ties
-    temperature = fit_temperature(logits, labels)
+    temperature, bias = fit_calibration(logits, labels)
 
     before = torch.softmax(logits, 1)[:, 1]
-    after = torch.softmax(logits / temperature, 1)[:, 1]
+    after = calibrated_probabilities(logits, temperature, bias)[:, 1]
 
     assert temperature != pytest.approx(1.0, abs=0.1)
     assert roc_auc_score(labels, after) == pytest.approx(roc_auc_score(labels, before), abs=1e-12)
@@ -41,7 +55,7 @@ def test_temperature_is_a_positive_float_within_its_bounds():
     logits = torch.tensor([[0.0, 50.0], [50.0, 0.0]] * 10)
     labels = torch.tensor([0, 1] * 10)  # confidently wrong every time: the best T is as large as allowed
 
-    temperature = fit_temperature(logits, labels)
+    temperature, _ = fit_calibration(logits, labels)
 
     assert isinstance(temperature, float)
     assert temperature == pytest.approx(20.0)

@@ -73,7 +73,7 @@ def train(
     split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
 ) -> None:
-    """Fine-tune an ImageNet ResNet-50 on DATA; threshold and temperature are chosen on validation data."""
+    """Fine-tune an ImageNet ResNet-50 on DATA; threshold and calibration are chosen on validation data."""
     config = TrainConfig(
         mode=mode, train_layers=train_layers, frozen_views=frozen_views, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
         patience=patience, ema_epochs=ema_epochs or None, max_minutes=max_minutes, image_size=image_size,
@@ -106,7 +106,7 @@ def print_training_summary(result: TrainResult) -> None:
     console.print(
         f"Model written to [bold]{result.model_dir}[/] (best epoch {card.training['best_epoch'] + 1}, "
         f"validation ROC-AUC {metrics['auc']:.3f}, threshold {card.decision.threshold:.3f} by {card.decision.threshold_rule}, "
-        f"temperature {card.decision.temperature:.2f})"
+        f"temperature {card.decision.temperature:.2f}, class bias {', '.join(f'{b:+.2f}' for b in card.decision.class_bias)})"
     )
 
 

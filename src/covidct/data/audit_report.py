@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 from string import Template
 
-import numpy as np
-from PIL import Image
-
 from covidct.data.audit import SHORTCUT_AUC, AuditResult, DuplicateCluster
 from covidct.errors import InputError, OptionError
 from covidct.html_page import html_page
 from covidct.io.images import read_grayscale
+from covidct.png import gray_image, png_bytes
 
 THUMBNAIL_PX = 96
 THUMBNAIL_CLUSTERS = 6
@@ -120,11 +117,9 @@ def _thumbnail_html(path: Path, caption: str) -> str:
         gray = read_grayscale(path)
     except InputError as error:
         return f"<span class='warn'>cannot show: {html.escape(error.reason)}</span>"
-    image = Image.fromarray((np.clip(gray, 0, 1) * 255).round().astype(np.uint8))
+    image = gray_image(gray)
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = base64.b64encode(png_bytes(image)).decode("ascii")
     return f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
 
 

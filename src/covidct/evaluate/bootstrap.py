@@ -18,6 +18,9 @@ from covidct.evaluate.metrics import (
     weighted_binary_metrics,
 )
 
+# With fewer groups than this a group bootstrap degenerates (two patients, one per class, give every AUC
+# resample the same value), so each group is cut into runs of consecutive rows (``resampling_groups``).
+MIN_GROUPS = 10
 # Resamples are processed in chunks of at most this many (resample, sample) cells, so memory stays near
 # 100 MB whatever the test-set size (about ten float64 arrays of this size are alive at once).
 _CHUNK_CELLS = 1_000_000
@@ -37,6 +40,8 @@ class BootstrapResult:
         n_units: units resampled: groups (patients) when ``is_grouped``, otherwise samples.
         is_grouped: whether whole groups were resampled, keeping each group's samples together.
         confidence: coverage of the interval, e.g. 0.95.
+        runs_from_groups: when > 0, there were only this many groups, fewer than ``MIN_GROUPS``, so each was
+            cut into runs of consecutive samples and ``n_units`` counts the runs.
     """
 
     n: int
@@ -46,6 +51,7 @@ class BootstrapResult:
     n_units: int
     is_grouped: bool
     confidence: float
+    runs_from_groups: int = 0
 
     def to_json_dict(self) -> dict[str, object]:
         """Return ``{"n": n, metric: {"value": v, "ci95": [lo, hi]}, ...}`` with NaN written as None.
@@ -68,6 +74,7 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    min_groups: int = MIN_GROUPS,
 ) -> BootstrapResult:
     """Return point estimates of every metric with percentile bootstrap confidence intervals.
 
@@ -84,6 +91,8 @@ def bootstrap_ci(
         n_resamples: number of bootstrap resamples, at least 1.
         seed: seed of the resampling; the same inputs and seed give the same intervals.
         confidence: interval coverage in (0, 1).
+        min_groups: with fewer named groups than this, each is cut into runs of consecutive samples
+            (``resampling_groups``); 1 resamples the named groups however few.
 
     Raises:
         InputError: invalid labels, probabilities or group ids (see ``check_binary_inputs``).
@@ -95,10 +104,14 @@ def bootstrap_ci(
         raise OptionError(f"n_resamples must be a positive integer; got {n_resamples!r}.")
     if not 0.0 < confidence < 1.0:
         raise OptionError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}.")
+    runs_from_groups = 0
     if groups is None:
         unit_of_sample = np.arange(y.size)
     else:
-        _, unit_of_sample = np.unique(check_patient_ids(groups, y.size), return_inverse=True)
+        names = check_patient_ids(groups, y.size)
+        unit_of_sample = resampling_groups(names, min_groups)
+        n_named = len(np.unique(names))
+        runs_from_groups = n_named if n_named < min_groups else 0
     n_units = int(unit_of_sample.max()) + 1
 
     resampled = _resampled_metrics(y, p, threshold, unit_of_sample, n_units, int(n_resamples), seed)
@@ -116,7 +129,30 @@ def bootstrap_ci(
         n_units=n_units,
         is_grouped=groups is not None,
         confidence=float(confidence),
+        runs_from_groups=runs_from_groups,
     )
+
+
+def resampling_groups(names: Sequence[str], min_groups: int = MIN_GROUPS) -> np.ndarray:
+    """(N,) int group of each sample: the named groups when there are at least ``min_groups`` of them.
+
+    Otherwise each named group's rows are cut into runs of consecutive rows, as many as make ``min_groups``
+    groups in all: consecutive rows of one patient are usually consecutive slices of one scan, so a run
+    stands in for a scan (SARS-CoV-2 has no patient ids, only blocks of scans). Runs of one patient are
+    still correlated, so intervals from them are narrower than patient intervals would be.
+    """
+    _, ids = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+    n_groups = int(ids.max()) + 1 if len(ids) else 0
+    if n_groups >= min_groups:
+        return ids
+    runs_per_group = -(-min_groups // max(n_groups, 1))
+    out = np.empty(len(ids), dtype=np.int64)
+    for group in range(n_groups):
+        rows = np.flatnonzero(ids == group)
+        for run, chunk in enumerate(np.array_split(rows, min(runs_per_group, len(rows)))):
+            out[chunk] = group * runs_per_group + run
+    _, compact = np.unique(out, return_inverse=True)
+    return compact
 
 
 def _resampled_metrics(y, p, threshold, unit_of_sample, n_units, n_resamples, seed) -> dict[str, np.ndarray]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 
 from covidct.infer.gradcam import gradcam_heatmaps, render_overlay
 from covidct.model.card import ModelCard
+from covidct.png import png_bytes
 
 TRUE_POSITIVES = "true positives"
 FALSE_POSITIVES = "false positives"
@@ -82,9 +82,7 @@ def build_gallery(
     images = []
     for (kind, index), gray, heatmap in zip(chosen, picked, heatmaps, strict=True):
         overlay = render_overlay(gray.float().numpy(), heatmap, f"P({card.positive_class}) = {prob[index]:.3f}")
-        buffer = io.BytesIO()
-        overlay.save(buffer, format="PNG")
-        images.append(GalleryImage(kind, Path(paths[index]).name, buffer.getvalue()))
+        images.append(GalleryImage(kind, Path(paths[index]).name, png_bytes(overlay)))
     return images
 
 

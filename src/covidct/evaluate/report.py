@@ -87,7 +87,7 @@ def write_report(
         setup=_setup_section(result, class_names),
         slice_table=_level_section(
             "Slice level", result.slice_level, sample_word="slices",
-            unit_word="patients" if result.slice_level.is_grouped else "slices",
+            unit_word=_slice_unit_word(result.slice_level),
         ),
         site_shift=_site_shift_section(site_shift),
         patient_table=_patient_section(result),
@@ -139,6 +139,16 @@ def _patient_section(result: EvaluationResult) -> str:
             "slices of one patient may have been in both training and test data.</p>"
         )
     return _level_section("Patient level", result.patient_level, sample_word="patients", unit_word="patients")
+
+
+def _slice_unit_word(level: BootstrapResult) -> str:
+    """What the slice-level bootstrap resampled, in words for the table caption."""
+    if level.runs_from_groups:
+        return (
+            f"runs of consecutive slices (only {level.runs_from_groups} patient ids, too few to resample: each one's slices "
+            "were cut into runs that stand in for scans, so the intervals are approximate)"
+        )
+    return "patients" if level.is_grouped else "slices"
 
 
 def _level_section(heading: str, level: BootstrapResult, *, sample_word: str, unit_word: str) -> str:

@@ -120,7 +120,7 @@ def _patient_rule(card: ModelCard, aggregate: Aggregate | None) -> tuple[Aggrega
 def _score(net: torch.nn.Module, card: ModelCard, detector: OodDetector | None, slices: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
     """(N,) float64 positive-class probabilities as the card prescribes, and the guard's (N,) scores (or None)."""
     features, logits = features_and_logits(net, slices, preprocessing=card.preprocessing, device=device, use_bf16=supports_bf16(device), tta_hflip=card.decision.tta_hflip)
-    probabilities = torch.softmax(logits / card.decision.temperature, dim=1)
+    probabilities = card.decision.probabilities(logits)
     scores = None if detector is None else detector.scores(features)
     return probabilities[:, card.positive_index].numpy().astype(np.float64), scores
 

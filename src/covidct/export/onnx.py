@@ -4,7 +4,7 @@ Exporter: ``torch.onnx.export(..., dynamo=True)``, the torch.export-based export
 since torch 2.9 (it needs ``onnxscript``). The TorchScript exporter (``dynamo=False``) still works in
 torch 2.14 but warns that it is deprecated and will be removed. The graph takes the normalised
 (N, 3, S, S) float32 input with a dynamic batch axis and returns the penultimate ``features``
-(N, 2048), which the out-of-distribution guard needs, and the ``logits`` (N, C); flips, temperature
+(N, 2048), which the out-of-distribution guard needs, and the ``logits`` (N, C); flips, calibration
 and threshold stay in covidct (``infer.engines``), so every engine shares them.
 
 int8 is static quantization with onnxruntime: the graph is first prepared with ``quant_pre_process``
@@ -189,8 +189,7 @@ def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, e
     options = {"preprocessing": card.preprocessing, "batch_size": CHECK_SLICES, "tta_hflip": card.decision.tta_hflip}
     ref_features, ref_logits = TorchEngine(model, device=torch.device("cpu"), use_bf16=False).features_and_logits(slices, **options)
     features, logits = OnnxEngine(path, kind=engine).features_and_logits(slices, **options)
-    temperature = card.decision.temperature
-    prob, ref_prob = (torch.softmax(x / temperature, dim=1)[:, card.positive_index] for x in (logits, ref_logits))
+    prob, ref_prob = (card.decision.probabilities(x)[:, card.positive_index] for x in (logits, ref_logits))
     agreement = {
         "reference": "torch fp32 (no autocast), same flips", "n_slices": len(slices), "inputs": inputs,
         "max_abs_logit_diff": float((logits - ref_logits).abs().max()),
@@ -219,7 +218,7 @@ def _settings(out: Path, engine: Engine, model_dir: Path, card: ModelCard, calib
             "opset": OPSET,
             "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "values": "grayscale in [0, 1] replicated to 3 channels, normalised with the card's mean and std"},
             "outputs": {"features": ["N", FEATURE_DIM], "logits": ["N", len(card.classes)]},
-            "not_in_graph": "test-time flips, temperature and threshold: covidct applies them from model.json",
+            "not_in_graph": "test-time flips, calibration (temperature, class bias) and threshold: covidct applies them from model.json",
         },
         "exporter": {"function": "torch.onnx.export", "dynamo": True, "torch": version("torch"), "onnxscript": version("onnxscript"), "onnx": version("onnx")},
         "quantization": None if calibrated is None else {**QUANTIZATION, "onnxruntime": version("onnxruntime"), "calibration": calibrated.facts},

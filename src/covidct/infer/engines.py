@@ -3,7 +3,7 @@
 Every engine is one small callable, normalised (N, 3, S, S) float32 images to (N, 2048 + C) float32:
 the penultimate features (the out-of-distribution guard's input) followed by the C class logits. The
 engine is handed to ``model.forward.predict_logits`` as its ``net``, so test-time flips, batching and
-the card's temperature are applied by the same code whichever engine runs.
+the card's calibration are applied by the same code whichever engine runs.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ class ExplanationRun:
 
 
 class Predictor:
-    """A loaded model: weights, card-driven preprocessing, temperature, threshold and out-of-distribution guard.
+    """A loaded model: weights, card-driven preprocessing, calibration, threshold and out-of-distribution guard.
 
     Without a ``detector`` (a model trained before the guard) every input counts as in distribution.
     ``engine`` computes features and logits (default: ``model`` on ``device``, see ``infer.engines``);
@@ -204,7 +204,7 @@ class Predictor:
             batch = indices[start : start + self.batch_size]
             images = model_slices(volume.hu[batch], self.window, self.card.preprocessing)
             predictions += [e.prediction for e in self._explained([volume.slice_names[i] for i in batch], images, explain=False, keep_slices=False)]
-        study = study_prediction(volume, indices, predictions, self.card)
+        study = study_prediction(volume.origin, indices, predictions, self.card)
         if not (explain and study.suspicious_slices):
             return study
         top = model_slices(volume.hu[[study.suspicious_slices[0].index]], self.window, self.card.preprocessing)
@@ -270,7 +270,7 @@ class Predictor:
         decision = self.card.decision
         features, logits = self.engine.features_and_logits(slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size, tta_hflip=decision.tta_hflip)
         scores = None if self.detector is None else self.detector.scores(features)
-        return scores, torch.softmax(logits / decision.temperature, dim=1)
+        return scores, decision.probabilities(logits)
 
     def _heatmaps(self, slices: torch.Tensor) -> np.ndarray:
         return gradcam_heatmaps(self.model, slices, preprocessing=self.card.preprocessing, target_index=self.card.positive_index, device=self.device)

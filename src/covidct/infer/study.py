@@ -31,7 +31,7 @@ from covidct.evaluate.aggregate import (
     describe_rule,
 )
 from covidct.infer.ood import NOT_CT_LABEL
-from covidct.io.volume import Volume
+from covidct.io.volume import StudyOrigin
 from covidct.model.card import ModelCard
 from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.transforms import Preprocessing
@@ -111,11 +111,11 @@ def model_slices(hu: np.ndarray, window: HuWindow, preprocessing: Preprocessing)
     return prepare_slices(window_hu(hu, window), preprocessing)
 
 
-def study_prediction(volume: Volume, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard) -> StudyPrediction:
-    """Aggregate the predictions of a volume's lung slices into the study's answer (steps 3 and 4 above).
+def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard) -> StudyPrediction:
+    """Aggregate the predictions of a study's lung slices into the study's answer (steps 3 and 4 above).
 
     Args:
-        volume: the study the slices came from.
+        origin: the study the slices came from (``Volume.origin``).
         indices: (K,) position of each scored slice in the volume, K >= 1.
         slices: K predictions, one per index, in the same order.
         card: the model card: threshold, classes and study aggregation rule.
@@ -128,8 +128,8 @@ def study_prediction(volume: Volume, indices: Sequence[int], slices: Sequence[Pr
     scores = [s.ood_score for s in scored if s.ood_score is not None]
     rule, topk_fraction = card_study_rule(card.decision)
     common = {
-        "source": volume.source, "study_key": volume.study_key, "series_key": volume.series_key, "threshold": card.decision.threshold,
-        "n_slices_total": volume.n_slices, "aggregate": describe_rule(rule, topk_fraction), "slices": scored,
+        "source": origin.source, "study_key": origin.study_key, "series_key": origin.series_key, "threshold": card.decision.threshold,
+        "n_slices_total": origin.n_slices, "aggregate": describe_rule(rule, topk_fraction), "slices": scored,
         "ood_score": float(np.median(scores)) if scores else None,
     }
     flagged = f"{n_flagged} of {len(scored)} lung slices do not look like the chest CT slices the model was trained on"

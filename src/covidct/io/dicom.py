@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from covidct.errors import InputError
 from covidct.io.failures import InputFailure
-from covidct.io.images import MAX_PIXELS
+from covidct.io.images import IMAGE_SUFFIXES, MAX_PIXELS
 from covidct.io.volume import Volume, check_volume_size, privacy_key
 
 DicomSource = Path | tuple[str, bytes]
@@ -33,10 +33,14 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def is_dicom(source: DicomSource) -> bool:
-    """True for a ``.dcm`` name, or for content carrying the ``DICM`` marker after its preamble (extension-less files)."""
+    """True for a ``.dcm`` name, or for content carrying the ``DICM`` marker after its preamble (extension-less files).
+
+    A 2-D image suffix (``.png``, ``.jpg``, ...) is never DICOM: its content is not even read.
+    """
     name = source[0] if isinstance(source, tuple) else source.name
-    if Path(name).suffix.lower() == DICOM_SUFFIX:
-        return True
+    suffix = Path(name).suffix.lower()
+    if suffix in (DICOM_SUFFIX, *IMAGE_SUFFIXES):
+        return suffix == DICOM_SUFFIX
     if isinstance(source, tuple):
         head = source[1][: _MARKER_OFFSET + 4]
     else:

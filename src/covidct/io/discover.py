@@ -85,7 +85,7 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path | VolumeInput | I
             yield InputFailure(str(item), "no such file or folder")
         elif is_nifti(item.name):
             yield VolumeInput(VolumeKind.NIFTI, str(item), (item,))
-        elif item.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(item):
+        elif is_dicom(item):
             named_dicom.append(item)
         else:
             yield item

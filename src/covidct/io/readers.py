@@ -16,7 +16,7 @@ from covidct.errors import InputError
 from covidct.io.dicom import group_dicom_series, is_dicom, read_dicom_series
 from covidct.io.discover import VolumeInput, VolumeKind
 from covidct.io.failures import InputFailure
-from covidct.io.images import IMAGE_SUFFIXES, MAX_PIXELS, read_grayscale
+from covidct.io.images import MAX_PIXELS, read_grayscale
 from covidct.io.nifti import is_nifti, read_nifti
 from covidct.io.volume import Volume
 
@@ -34,7 +34,7 @@ def read_volume(item: VolumeInput, *, max_pixels: int = MAX_PIXELS) -> Volume:
 
 def is_volume_path(path: Path) -> bool:
     """True when ``path`` names a CT volume (a folder of DICOM files, a DICOM file, a NIfTI file), not a 2-D image."""
-    return path.is_dir() or is_nifti(path.name) or (path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(path))
+    return path.is_dir() or is_nifti(path.name) or is_dicom(path)
 
 
 def read_path_volumes(path: Path, *, max_pixels: int = MAX_PIXELS) -> list[Volume]:
@@ -88,7 +88,7 @@ def read_upload(files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIX
         try:
             if is_nifti(name):
                 upload.volumes.append(read_nifti((name, data), max_pixels=max_pixels))
-            elif Path(name).suffix.lower() not in IMAGE_SUFFIXES and is_dicom((name, data)):
+            elif is_dicom((name, data)):
                 dicom.append((name, data))
             else:
                 upload.images.append((name, read_grayscale((name, data), max_pixels=max_pixels)))

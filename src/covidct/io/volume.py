@@ -54,6 +54,24 @@ class Volume:
     def n_slices(self) -> int:
         return int(self.hu.shape[0])
 
+    @property
+    def origin(self) -> StudyOrigin:
+        return StudyOrigin(self.source, self.study_key, self.series_key, self.n_slices)
+
+
+@dataclass(frozen=True)
+class StudyOrigin:
+    """What a study's result says about where it came from: the name the user gave, hashed keys, the slice count.
+
+    A ``Volume`` has one (``Volume.origin``); so has a set of uploaded 2-D slices answered as one study,
+    which has no volume.
+    """
+
+    source: str
+    study_key: str
+    series_key: str
+    n_slices: int
+
 
 def privacy_key(identifier: str) -> str:
     """16 hex digits of SHA-256(identifier): a stable reference to a study that reveals nothing about it."""

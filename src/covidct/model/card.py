@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from covidct.errors import ModelDirError
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.network import StrideVariant
@@ -23,7 +25,10 @@ DEFAULT_STUDY_TOPK_FRACTION = 0.25
 
 @dataclass(frozen=True)
 class Decision:
-    """How logits become a label: temperature scaling, test-time flips, and the operating threshold.
+    """How logits become a label: calibration, test-time flips, and the operating threshold.
+
+    Calibrated probabilities are ``softmax(logits / temperature + class_bias)`` (``probabilities``); a card
+    written before the bias existed has none (``class_bias`` empty, read as zeros).
 
     A study (DICOM series, NIfTI volume) gets one probability from its slices' by ``study_aggregate``
     (mean, max or topk, the mean of the top ``study_topk_fraction`` of its slices); ``study_rule_source``
@@ -33,10 +38,23 @@ class Decision:
     threshold: float
     threshold_rule: str
     temperature: float = 1.0
+    class_bias: tuple[float, ...] = ()
     tta_hflip: bool = False
     study_aggregate: str = DEFAULT_STUDY_AGGREGATE
     study_topk_fraction: float | None = DEFAULT_STUDY_TOPK_FRACTION
     study_rule_source: str = "default: the model card predates study-level rules"
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C) calibrated class probabilities from (N, C) logits, as every path (predict, evaluate, export check) computes them."""
+        return calibrated_probabilities(logits, self.temperature, self.class_bias)
+
+
+def calibrated_probabilities(logits: torch.Tensor, temperature: float, class_bias: tuple[float, ...] = ()) -> torch.Tensor:
+    """``softmax(logits / temperature + class_bias)`` over dim 1; an empty ``class_bias`` is no bias."""
+    scaled = logits / temperature
+    if class_bias:
+        scaled = scaled + torch.tensor(class_bias, dtype=scaled.dtype, device=scaled.device)
+    return torch.softmax(scaled, dim=1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,8 @@ class ModelCard:
             raise ValueError(f"threshold must be in [0, 1]; got {self.decision.threshold}")
         if not self.decision.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.decision.temperature}")
+        if self.decision.class_bias and len(self.decision.class_bias) != len(self.classes):
+            raise ValueError(f"class_bias needs one value per class ({len(self.classes)}); got {list(self.decision.class_bias)}")
         if self.decision.study_aggregate not in ("mean", "max", "topk"):
             raise ValueError(f"study_aggregate must be mean, max or topk; got {self.decision.study_aggregate!r}")
         if self.decision.study_aggregate == "topk" and not 0.0 < (self.decision.study_topk_fraction or 0.0) <= 1.0:
@@ -99,7 +119,7 @@ class ModelCard:
         values["classes"] = tuple(values["classes"])
         values["stride_variant"] = StrideVariant(values["stride_variant"])
         values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
-        values["decision"] = Decision(**values["decision"])
+        values["decision"] = Decision(**{**values["decision"], "class_bias": tuple(values["decision"].get("class_bias", ()))})
         return cls(**values)
 
 

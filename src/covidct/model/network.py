@@ -9,7 +9,8 @@ from torch import nn
 from torchvision.models import resnet50
 
 FEATURE_DIM = 2048
-BLOCK_NAMES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+BLOCK_NAMES = ("conv1", "bn1", *STAGES)
 
 
 class StrideVariant(StrEnum):
@@ -88,6 +89,21 @@ def train_mode(model: nn.Module) -> None:
 
 def extract_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Return the (N, 2048) globally pooled penultimate features of ``images`` (N, 3, H, W)."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
-    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return pooled(model, run_stages(model, stem(model, images), STAGES))
+
+
+def stem(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The 7x7/2 convolution, BatchNorm, ReLU and max-pool before the residual stages."""
+    return model.maxpool(model.relu(model.bn1(model.conv1(images))))
+
+
+def run_stages(model: nn.Module, x: torch.Tensor, stages: tuple[str, ...]) -> torch.Tensor:
+    """Run ``x`` through the named residual stages (a consecutive part of ``STAGES``), in order."""
+    for name in stages:
+        x = getattr(model, name)(x)
+    return x
+
+
+def pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of the last stage's (N, 2048, h, w) maps: the (N, 2048) penultimate features."""
     return torch.flatten(model.avgpool(x), 1)

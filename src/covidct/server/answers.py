@@ -8,7 +8,6 @@ the same rule, guard and threshold as a DICOM series.
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,8 +17,9 @@ from covidct.errors import InputError
 from covidct.infer.gradcam import overlay_caption, render_overlay
 from covidct.infer.predictor import Explanation
 from covidct.infer.study import StudyPrediction, study_prediction
-from covidct.io.volume import Volume, privacy_key
+from covidct.io.volume import StudyOrigin, privacy_key
 from covidct.model.card import ModelCard
+from covidct.png import gray_image, png_bytes
 from covidct.server.schemas import PredictResponse, SliceResult, UploadFailure
 
 
@@ -52,15 +52,10 @@ def study_answer(study: StudyPrediction, errors: Sequence[InputError]) -> Predic
 
 
 def images_study(names: Sequence[str], explanations: Sequence[Explanation], card: ModelCard) -> StudyPrediction:
-    """Several uploaded 2-D slices as one study: ``infer.study``'s guard and aggregation over their predictions.
-
-    The slices are already prepared, so the volume handed to ``study_prediction`` carries only what it
-    reads: a source, hashed keys and the slice count.
-    """
-    source = f"{names[0]} (+{len(names) - 1} slices)"
+    """Several uploaded 2-D slices as one study: ``infer.study``'s guard and aggregation over their predictions."""
     key = privacy_key("\n".join(names))
-    stub = Volume(source=source, study_key=key, series_key=key, hu=np.zeros((len(names), 0, 0), np.float32), slice_names=tuple(names))
-    return study_prediction(stub, range(len(names)), [e.prediction for e in explanations], card)
+    origin = StudyOrigin(source=f"{names[0]} (+{len(names) - 1} slices)", study_key=key, series_key=key, n_slices=len(names))
+    return study_prediction(origin, range(len(names)), [e.prediction for e in explanations], card)
 
 
 def _failures(errors: Sequence[InputError]) -> list[UploadFailure]:
@@ -70,10 +65,8 @@ def _failures(errors: Sequence[InputError]) -> list[UploadFailure]:
 def _add_overlay(answer: PredictResponse, name: str, slice_gray: np.ndarray, heatmap: np.ndarray, caption: str) -> None:
     answer.cam_slice = name
     answer.overlay_png = _png_base64(render_overlay(slice_gray, heatmap, caption))
-    answer.slice_png = _png_base64(Image.fromarray((np.clip(slice_gray, 0, 1) * 255).round().astype(np.uint8), mode="L"))
+    answer.slice_png = _png_base64(gray_image(slice_gray))
 
 
 def _png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(image)).decode("ascii")

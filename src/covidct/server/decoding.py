@@ -58,7 +58,7 @@ def decode_upload(files: Sequence[tuple[str, bytes]], *, max_pixels: int) -> Dec
 
 def _check_acceptable(name: str, data: bytes, *, max_pixels: int) -> None:
     """Raise unless a reader takes the file (by name or signature) and, for an image, its header is within ``max_pixels``."""
-    if is_nifti(name) or (PurePath(name).suffix.lower() not in IMAGE_SUFFIXES and is_dicom((name, data))):
+    if is_nifti(name) or is_dicom((name, data)):
         return
     if not (data.startswith(_IMAGE_SIGNATURES) or PurePath(name).suffix.lower() in IMAGE_SUFFIXES):
         found = "an empty file" if not data else f"content starting {data[:8]!r}"

@@ -1,4 +1,4 @@
-"""Post-hoc calibration on validation data: temperature scaling and the operating threshold."""
+"""Post-hoc calibration on validation data: bias-corrected temperature scaling and the operating threshold."""
 
 from __future__ import annotations
 
@@ -7,24 +7,31 @@ import torch
 from sklearn.metrics import roc_curve
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Return the temperature T > 0 that minimises the validation NLL of ``softmax(logits / T)``.
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, tuple[float, ...]]:
+    """Return (T, b): the temperature T > 0 and class biases b (b[0] = 0) minimising the validation NLL of ``softmax(logits / T + b)``.
 
-    Guo et al. 2017: a single scalar fixes the over-confidence of fine-tuned networks without changing
-    their ranking (AUC) or, at a matching threshold, their decisions.
+    Bias-corrected temperature scaling (Alexandari et al., ICML 2020; with two classes, Platt scaling of the
+    logit margin). The temperature fixes the over-confidence of fine-tuned networks (Guo et al. 2017); the
+    bias fixes a shift of all logits toward one class, which temperature alone cannot: measured on the
+    validation splits (5-fold, 20 repeats), it lowered the SARS model's held-out ECE from 0.14 to 0.07 and
+    left the UCSD model's unchanged (BENCHMARKS.md). Neither changes the ranking (AUC); the threshold is
+    chosen afterwards on the calibrated probabilities, so decisions do not move either.
     """
-    log_t = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    free_bias = torch.zeros(logits.shape[1] - 1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t, free_bias], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
     logits, labels = logits.double(), labels.long()
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        bias = torch.cat([torch.zeros(1, dtype=torch.float64), free_bias])
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp() + bias, labels)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
+    return temperature, (0.0, *(float(value) for value in free_bias.detach()))
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, *, target_sensitivity: float | None = None) -> tuple[float, str]:

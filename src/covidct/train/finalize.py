@@ -13,10 +13,10 @@ import torch
 from covidct.data.manifest import SPLITS, Manifest
 from covidct.evaluate.metrics import binary_metrics
 from covidct.io.failures import InputFailure
-from covidct.model.card import Decision, ModelCard
+from covidct.model.card import Decision, ModelCard, calibrated_probabilities
 from covidct.model.pretrained import Pretrained
 from covidct.preprocess.transforms import Preprocessing
-from covidct.train.calibration import choose_threshold, fit_temperature
+from covidct.train.calibration import choose_threshold, fit_calibration
 from covidct.train.config import TrainConfig
 from covidct.train.resume import Progress
 from covidct.train.study_rule import choose_study_rule
@@ -36,20 +36,20 @@ class RunFacts:
 
 
 def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor, list[str | None]], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
-    """Fit temperature, threshold and the study aggregation rule on the validation split (never test); assemble the card.
+    """Fit calibration (temperature and class bias), threshold and the study aggregation rule on the validation split (never test); assemble the card.
 
     Args:
         val: the validation split's (N, C) logits, computed as inference will (mirror averaged when
             ``config.tta_hflip``), its (N,) class indices and its (N,) patient ids (None where unknown).
     """
     logits = val[0]
-    temperature = fit_temperature(logits, val[1])
-    prob = torch.softmax(logits / temperature, 1)[:, manifest.positive_index].numpy()
+    temperature, class_bias = fit_calibration(logits, val[1])
+    prob = calibrated_probabilities(logits, temperature, class_bias)[:, manifest.positive_index].numpy()
     is_positive = (val[1] == manifest.positive_index).numpy().astype(int)
     threshold, rule = choose_threshold(is_positive, prob, target_sensitivity=config.target_sensitivity)
     study = choose_study_rule(is_positive, prob, val[2])
     decision = Decision(
-        threshold=threshold, threshold_rule=rule, temperature=temperature, tta_hflip=config.tta_hflip,
+        threshold=threshold, threshold_rule=rule, temperature=temperature, class_bias=class_bias, tta_hflip=config.tta_hflip,
         study_aggregate=study.rule.aggregate.value, study_topk_fraction=study.rule.topk_fraction, study_rule_source=study.source,
     )
     return ModelCard(

@@ -28,29 +28,26 @@ from torch.utils.data import Dataset
 from covidct.errors import OptionError
 from covidct.model.device import autocast
 from covidct.model.forward import predict_logits
-from covidct.model.network import TrainLayers
+from covidct.model.network import STAGES, TrainLayers, pooled, run_stages, stem
 from covidct.preprocess.transforms import Preprocessing, train_augmentation
 from covidct.train.distributed import World
 
-STAGES = ("layer1", "layer2", "layer3", "layer4")
 FIRST_TRAINED_STAGE = {TrainLayers.LAYER4: "layer4", TrainLayers.LAYER3: "layer3"}
 MEMORY_SHARE = 0.5
 
 
 def run_trunk(model: nn.Module, images: torch.Tensor, train_layers: TrainLayers) -> torch.Tensor:
     """Return the (N, C, h, w) output of the frozen layers (stem and the stages before ``train_layers``) for (N, 3, S, S) images."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
-    for name in STAGES[: STAGES.index(FIRST_TRAINED_STAGE[train_layers])]:
-        x = getattr(model, name)(x)
-    return x
+    return run_stages(model, stem(model, images), STAGES[: _first_trained(train_layers)])
 
 
 def run_tail(model: nn.Module, trunk_output: torch.Tensor, train_layers: TrainLayers) -> torch.Tensor:
     """Return the (N, classes) logits of the trained stages and head for what ``run_trunk`` returned."""
-    x = trunk_output
-    for name in STAGES[STAGES.index(FIRST_TRAINED_STAGE[train_layers]) :]:
-        x = getattr(model, name)(x)
-    return model.fc(torch.flatten(model.avgpool(x), 1))
+    return model.fc(pooled(model, run_stages(model, trunk_output, STAGES[_first_trained(train_layers) :])))
+
+
+def _first_trained(train_layers: TrainLayers) -> int:
+    return STAGES.index(FIRST_TRAINED_STAGE[train_layers])
 
 
 class TrainableTail(nn.Module):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidct.evaluate.bootstrap import MIN_GROUPS, resampling_groups
 from covidct.infer.ood import (
     DEFAULT_PASS_RATE,
     OodDetector,
@@ -28,7 +29,6 @@ from covidct.infer.ood import (
 )
 from covidct.preprocess.transforms import Preprocessing
 
-MIN_GROUPS = 10
 MAX_PASS_RATE = 0.995  # never the validation maximum: one odd slice would set it
 PASS_RATE_STEP = 0.005
 
@@ -90,22 +90,10 @@ def threshold_on_validation(detector: OodDetector, val_scores: np.ndarray, val_g
 def calibration_groups(groups: Sequence[str | None]) -> np.ndarray:
     """(N,) int group of each validation slice for the leave-one-group-out estimate.
 
-    The manifest's patients when there are at least ``MIN_GROUPS`` (a slice without a patient id is a
-    group of its own); otherwise each patient's rows are cut into runs of consecutive rows, as many as
-    make ``MIN_GROUPS`` groups in all.
+    The manifest's patients, a slice without a patient id being a group of its own; with fewer than
+    ``MIN_GROUPS`` patients, runs of consecutive rows (``evaluate.bootstrap.resampling_groups``).
     """
-    names = [f"row-{index}" if group is None or str(group) == "" else str(group) for index, group in enumerate(groups)]
-    _, ids = np.unique(names, return_inverse=True)
-    n_groups = int(ids.max()) + 1 if len(ids) else 0
-    if n_groups >= MIN_GROUPS:
-        return ids
-    runs_per_group = -(-MIN_GROUPS // max(n_groups, 1))
-    out = np.empty(len(ids), dtype=np.int64)
-    for group in range(n_groups):
-        rows = np.flatnonzero(ids == group)
-        for run, chunk in enumerate(np.array_split(rows, min(runs_per_group, len(rows)))):
-            out[chunk] = group * runs_per_group + run
-    return out
+    return resampling_groups([f"row-{index}" if group is None or str(group) == "" else str(group) for index, group in enumerate(groups)], MIN_GROUPS)
 
 
 def group_calibrated_pass_rate(scores: np.ndarray, groups: np.ndarray, *, target: float) -> tuple[float, float]:
