@@ -13,6 +13,7 @@ from covidct.evaluate.metrics import (
     METRIC_NAMES,
     binary_metrics,
     confusion,
+    ece_sampling_floor,
     expected_calibration_error,
     reliability_bins,
     weighted_binary_metrics,
@@ -92,6 +93,18 @@ def test_ece_is_zero_for_perfectly_calibrated_bins():
 def test_ece_of_an_overconfident_model():
     # All slices at 0.9 but only half positive: one bin, gap |0.5 - 0.9| = 0.4.
     assert expected_calibration_error([1, 0] * 5, [0.9] * 10) == pytest.approx(0.4)
+
+
+def test_ece_sampling_floor_is_what_calibrated_labels_show_and_shrinks_with_more_slices():
+    rng = np.random.default_rng(1)
+    small, large = rng.uniform(0, 1, 200), rng.uniform(0, 1, 20_000)
+    calibrated = [expected_calibration_error((rng.random(200) < small).astype(int), small) for _ in range(300)]
+
+    floor = ece_sampling_floor(small)
+
+    assert floor == pytest.approx(np.mean(calibrated), abs=0.006)
+    assert 0.04 < floor < 0.09  # 200 slices, 10 bins: a calibrated model cannot show ECE <= 0.04 on average
+    assert ece_sampling_floor(large, n_draws=20) < 0.015
 
 
 def test_ece_weights_bins_by_their_size():

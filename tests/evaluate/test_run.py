@@ -40,6 +40,7 @@ def test_a_model_without_the_guard_is_evaluated_and_the_report_says_so(old_model
     assert (run.n_slices, run.n_flagged) == (12, None)
     assert NO_GUARD_NOTE in run.notes
     assert NO_GUARD_NOTE in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert any(note.startswith("Slice-level ECE ") and "a perfectly calibrated model with these probabilities would show" in note for note in run.notes)
     with (tmp_path / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(row["in_distribution"], row["ood_score"]) for row in rows} == {("", "")}

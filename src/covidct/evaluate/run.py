@@ -23,6 +23,7 @@ from covidct.evaluate.aggregate import (
 )
 from covidct.evaluate.evaluation import EvaluationResult, evaluation_metrics
 from covidct.evaluate.gallery import build_gallery, gallery_section
+from covidct.evaluate.metrics import ece_sampling_floor
 from covidct.evaluate.report import write_report
 from covidct.evaluate.site_shift import SiteShift, detect_site_shift, slice_statistics
 from covidct.infer.ood import OodDetector, features_and_logits, load_detector
@@ -92,6 +93,7 @@ def evaluate_model(
     notes += [rule_note] if groups is not None else []
     notes += [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"] if decoded.failures else []
     notes.append(_ood_note(detector, ood_scores))
+    notes.append(_ece_note(result.slice_level.estimates["ece"]["value"], prob))
     site_shift = _site_shift(card, decoded.images, ood_scores)
     gallery = build_gallery(net, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob, device=torch_device)
     out_dir = Path(out_dir)
@@ -123,6 +125,15 @@ def _score(net: torch.nn.Module, card: ModelCard, detector: OodDetector | None, 
     probabilities = card.decision.probabilities(logits)
     scores = None if detector is None else detector.scores(features)
     return probabilities[:, card.positive_index].numpy().astype(np.float64), scores
+
+
+def _ece_note(ece: float, prob: np.ndarray) -> str:
+    """Slice-level ECE next to what a perfectly calibrated model would show here (binned ECE is biased upward on small sets)."""
+    return (
+        f"Slice-level ECE {ece:.3f}; a perfectly calibrated model with these probabilities would show "
+        f"{ece_sampling_floor(prob):.3f} on average on {len(prob)} slices (labels drawn from the probabilities): "
+        "an ECE near that floor is as calibrated as this test set can show."
+    )
 
 
 def _write_predictions(path: Path, samples: list, classes: tuple[str, ...], prob: np.ndarray, passed: np.ndarray | None, scores: np.ndarray | None) -> None:
