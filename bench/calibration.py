@@ -24,17 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from machine import machine_facts
-from shared_datasets import sars_rows, ucsd_rows
+from shared_datasets import SOURCE_ROWS, decode_validation, parse_model_spec
 from sklearn.model_selection import StratifiedKFold
 
-from covidct.data.dataset import decode_slices
 from covidct.evaluate.metrics import expected_calibration_error
 from covidct.infer.predictor import load_model
 from covidct.model.card import calibrated_probabilities
 from covidct.train.calibration import fit_calibration
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE_ROWS = {"ucsd": ucsd_rows, "sars": sars_rows}
 FOLDS = 5
 
 
@@ -46,9 +44,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "calibration.json")
     args = parser.parse_args()
     results = {"machine": machine_facts(), "folds": FOLDS, "repeats": args.repeats, "models": {}}
-    for source, model_dir in (spec.split("=", 1) for spec in args.model):
-        logits, labels, positive_index = validation_logits(Path(model_dir), SOURCE_ROWS[source](args.shared))
-        results["models"][source] = {"model": model_dir, "n_validation": len(labels), **compare_methods(logits, labels, positive_index, args.repeats)}
+    for source, model_dir in map(parse_model_spec, args.model):
+        logits, labels, positive_index = validation_logits(model_dir, SOURCE_ROWS[source](args.shared))
+        results["models"][source] = {"model": str(model_dir), "n_validation": len(labels), **compare_methods(logits, labels, positive_index, args.repeats)}
         print(source, json.dumps(results["models"][source]["held_out"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -59,10 +57,7 @@ def validation_logits(model_dir: Path, rows: list[dict]) -> tuple[torch.Tensor, 
     """The model's raw (N, C) logits on its source's validation split, the (N,) class indices, and the positive class's index."""
     predictor = load_model(model_dir)
     card = predictor.card
-    rows = [row for row in rows if row["split"] == "val"]
-    decoded = decode_slices([Path(row["path"]) for row in rows], card.preprocessing)
-    if decoded.failures:
-        raise SystemExit(f"{len(decoded.failures)} validation files failed to decode, e.g. {decoded.failures[0].path}: {decoded.failures[0].reason}")
+    rows, decoded = decode_validation(rows, card.preprocessing)
     _, logits = predictor.engine.features_and_logits(decoded.images, preprocessing=card.preprocessing, batch_size=32, tta_hflip=card.decision.tta_hflip)
     labels = torch.tensor([card.classes.index(rows[index]["label"]) for index in decoded.indices])
     return logits.double(), labels, card.positive_index

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from machine import machine_facts
 from scipy import ndimage
-from shared_datasets import sars_rows, ucsd_rows
+from shared_datasets import SOURCE_ROWS, decode_validation, parse_model_spec
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -40,9 +40,10 @@ from covidct.model.network import build_resnet50, extract_features, load_backbon
 from covidct.model.pretrained import resolve_pretrained
 from covidct.preprocess import site
 from covidct.preprocess.transforms import Preprocessing, normalize
+from covidct.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = {"sars": sars_rows, "ucsd": ucsd_rows}
+PROBE_ORDER = ("sars", "ucsd")  # the frozen probe draws its training samples in this order
 TRAIN_SLICES = 300
 CPU = torch.device("cpu")
 
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cross_site_probes.json")
     args = parser.parse_args()
-    rows = {source: make_rows(args.shared) for source, make_rows in SOURCES.items()}
+    rows = {source: SOURCE_ROWS[source](args.shared) for source in PROBE_ORDER}
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     results["machine"] = machine_facts()
     if args.probe == "frozen":
@@ -62,7 +63,7 @@ def main() -> None:
     else:
         if not args.model:
             raise SystemExit("adabn needs --model SOURCE=DIR (at least one)")
-        results["adabn"] = {source: adabn_probe(Path(model_dir), rows) for source, model_dir in (spec.split("=", 1) for spec in args.model)}
+        results["adabn"] = {source: adabn_probe(model_dir, rows) for source, model_dir in map(parse_model_spec, args.model)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results[args.probe], indent=1))
@@ -79,7 +80,7 @@ def frozen_probe(rows: dict[str, list[dict]]) -> dict:
     model = build_resnet50(num_classes=2, stride_variant=pretrained.stride_variant)
     load_backbone_state(model, pretrained.state)
     model.eval()
-    preprocessing = Preprocessing(crop_field=True, remove_annotations=True)
+    preprocessing = TrainConfig().preprocessing  # covidct train's default site steps
     features, labels = {}, {}
     for name, set_rows in sets.items():
         decoded = decode_slices([Path(row["path"]) for row in set_rows], preprocessing)
@@ -144,17 +145,15 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
     """Validation split -> {"as trained": AUC, "adabn": AUC} for one model."""
     model, card = load_model_dir(model_dir)
-    model.eval()
     preprocessing = card.preprocessing
     table = {}
     for source, source_rows in rows.items():
-        val_rows = [row for row in source_rows if row["split"] == "val"]
-        decoded = decode_slices([Path(row["path"]) for row in val_rows], preprocessing)
+        val_rows, decoded = decode_validation(source_rows, preprocessing)
         is_positive = np.array([val_rows[index]["label"] == card.positive_class for index in decoded.indices], dtype=int)
 
-        def auc(net: torch.nn.Module, slices: torch.Tensor = decoded.images, y: np.ndarray = is_positive) -> float:
-            logits = predict_logits(net, slices, preprocessing=preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
-            return round(float(roc_auc_score(y, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3)
+        def auc(net: torch.nn.Module) -> float:
+            logits = predict_logits(net, decoded.images, preprocessing=preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
+            return round(float(roc_auc_score(is_positive, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3)
 
         table[f"{source.upper()} val"] = {"as trained": auc(model), "adabn": auc(batch_norm_adapted(model, decoded.images, preprocessing))}
         print(model_dir, source, table[f"{source.upper()} val"], flush=True)

@@ -123,7 +123,7 @@ def _train_and_test(config: TrainConfig, config_name: str, train_name: str, mani
 
 
 def _measured(path: Path, fresh: dict) -> dict:
-    """The results already in ``path`` when they were measured with ``fresh``'s recipe, limit and weights; else ``fresh``."""
+    """The results already in ``path`` (``fresh`` when there is none); exits when they were measured with another recipe, limit or weights."""
     if not path.exists():
         return fresh
     earlier = json.loads(path.read_text(encoding="utf-8"))

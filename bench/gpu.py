@@ -9,7 +9,8 @@ takes it), so it runs on a machine that reaches no network. Every step calls the
 2. Training throughput: ``covidct train --device cuda`` on the demo's 120 training slices each copied 10
    times (1,200 files, the same groups), ``--epochs 3``: seconds per epoch and training slices/s.
 3. Model throughput on the GPU at batch 32 and 256 over 1,024 decoded slices: a plain torchvision script
-   (eager fp32 NCHW) vs covidct's torch engine (bf16 autocast, channels_last) with and without mirror TTA;
+   (eager fp32 NCHW) vs covidct's torch engine as ``load_model`` builds it (BatchNorm folded, bf16 autocast,
+   channels_last) with and without mirror TTA;
    host-to-device copies included on both sides; at batch 32 also the engine in fp32 and with
    ``cudnn.benchmark``, to find where its batch-32 gap comes from.
 4. ``covidct predict --device cuda`` over 2,000 PNG files (the demo slices copied): files to CSV, end to end,
@@ -33,13 +34,12 @@ from pathlib import Path
 
 import torch
 from machine import machine_facts
-from safetensors.torch import load_file
 
 from covidct.data.dataset import decode_slices
 from covidct.infer.engines import TorchEngine
+from covidct.infer.predictor import load_model
 from covidct.model.card import read_card
-from covidct.model.checkpoint import WEIGHTS_FILE
-from covidct.model.network import build_resnet50
+from covidct.model.checkpoint import load_model_dir
 from covidct.preprocess.transforms import normalize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,20 +115,19 @@ def _train_throughput(weights: str, workdir: Path) -> dict:
 
 
 def _model_throughput(model_dir: Path) -> dict:
-    card = read_card(model_dir)
+    baseline, card = load_model_dir(model_dir)  # a model of its own: load_model folds the predictor's BatchNorms in place
     paths = sorted((DEMO / "images").rglob("*.png"))
     decoded = decode_slices(paths, card.preprocessing).images
     slices = decoded.repeat((N_SLICES + len(decoded) - 1) // len(decoded), 1, 1)[:N_SLICES]
     device = torch.device("cuda")
-    baseline = build_resnet50(num_classes=len(card.classes), stride_variant=card.stride_variant)
-    baseline.load_state_dict(load_file(model_dir / WEIGHTS_FILE))
     baseline = baseline.eval().to(device)
 
     def plain_script(batch: torch.Tensor) -> None:
         with torch.no_grad():
             baseline(normalize(batch.float().unsqueeze(1).to(device), card.preprocessing)).softmax(dim=1).cpu()
 
-    engine = TorchEngine(baseline, device=device, use_bf16=True)
+    predictor = load_model(model_dir, device="cuda")  # covidct's path: BatchNorm folded, channels_last, bf16 autocast
+    engine = predictor.engine
     rows = {}
     for batch_size in BATCHES:
         rows[f"baseline_fp32_nchw_b{batch_size}"] = _slices_per_second(lambda s, b=batch_size: [plain_script(s[i : i + b]) for i in range(0, len(s), b)], slices)
@@ -137,7 +136,7 @@ def _model_throughput(model_dir: Path) -> dict:
             rows[name] = _slices_per_second(lambda s, b=batch_size, t=tta: engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=b, tta_hflip=t), slices)
     # Where the batch-32 gap comes from (bf16 at 32 ran 0.68x the fp32 script on an H200): fp32 with the
     # engine's layout, and bf16 with cuDNN choosing its kernels by timing them.
-    fp32_engine = TorchEngine(baseline, device=device, use_bf16=False)
+    fp32_engine = TorchEngine(predictor.model, device=device, use_bf16=False)
     rows["covidct_torch_fp32_cl_b32"] = _slices_per_second(lambda s: fp32_engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False), slices)
     torch.backends.cudnn.benchmark = True
     try:

@@ -31,11 +31,17 @@ from pathlib import Path
 import numpy as np
 from machine import machine_facts
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from shared_datasets import sars_rows, ucsd_rows, write_manifest
+from shared_datasets import (
+    SOURCE_ROWS,
+    decode_validation,
+    parse_model_spec,
+    sars_rows,
+    ucsd_rows,
+    write_manifest,
+)
 from skimage import data as skdata
 from skimage.transform import rotate
 
-from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
 from covidct.infer.ood import NOT_CT_LABEL, save_detector
 from covidct.infer.predictor import Predictor, load_model
@@ -54,9 +60,6 @@ Images = Iterator[tuple[str, np.ndarray]]
 
 
 TEST_SETS = {"ucsd": "ucsd_test", "sars": "sars_block9"}
-SOURCE_ROWS = {"ucsd": ucsd_rows, "sars": sars_rows}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], metavar="SOURCE=DIR", help="a model trained on SOURCE (ucsd or sars); repeatable (default: train one on UCSD, 4 epochs)")
@@ -100,10 +103,8 @@ def main() -> None:
 
 
 def _parse_model(text: str) -> tuple[str, tuple[Path, dict]]:
-    source, _, folder = text.partition("=")
-    if source not in TEST_SETS or not folder:
-        raise SystemExit(f"--model must be SOURCE=DIR with SOURCE one of {sorted(TEST_SETS)}; got {text!r}")
-    return source, (Path(folder), {"given": folder})
+    source, folder = parse_model_spec(text)
+    return source, (folder, {"given": str(folder)})
 
 
 def _rethresholded(source: str, model_dir: Path, facts: dict, shared: Path, workdir: Path) -> tuple[Path, dict]:
@@ -115,10 +116,7 @@ def _rethresholded(source: str, model_dir: Path, facts: dict, shared: Path, work
     copy = workdir / f"rethresholded-{source}"
     shutil.copytree(model_dir, copy, dirs_exist_ok=True)
     predictor = load_model(copy)
-    val_rows = [row for row in SOURCE_ROWS[source](shared) if row["split"] == "val"]
-    decoded = decode_slices([Path(row["path"]) for row in val_rows], predictor.card.preprocessing)
-    if decoded.failures or len(decoded.indices) != len(val_rows):
-        raise SystemExit(f"validation slices of {source} did not all decode: {decoded.failures[:3]}")
+    val_rows, decoded = decode_validation(SOURCE_ROWS[source](shared), predictor.card.preprocessing)
     fitted = threshold_on_validation(predictor.detector, predictor.ood_scores(decoded.images), [row["patient_id"] for row in val_rows])
     card = replace(predictor.card, ood=save_detector(copy, fitted.detector, n_train=predictor.card.ood["n_train"], **fitted.facts))
     write_card(copy, card)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from covidct.data.dataset import DecodedSlices, decode_slices
+from covidct.preprocess.transforms import Preprocessing
+
 UCSD_CROSS_LABEL_DUPLICATES = {
     "CT_COVID/kjr-21-e24-p5-29.png",
     "CT_COVID/kjr-21-e24-p5-31.png",
@@ -39,6 +42,26 @@ def sars_rows(shared: Path) -> list[dict]:
         group = f"sars-{record['label_name']}-block{block}"
         rows.append({"path": str(root / record["rel_path"]), "label": record["label_name"], "patient_id": group, "split": SARS_SPLIT_OF_BLOCK[block], "source": "sars"})
     return rows
+
+
+SOURCE_ROWS = {"ucsd": ucsd_rows, "sars": sars_rows}
+
+
+def parse_model_spec(text: str) -> tuple[str, Path]:
+    """``--model SOURCE=DIR`` as (source, model directory); a clear exit for anything else."""
+    source, _, folder = text.partition("=")
+    if source not in SOURCE_ROWS or not folder:
+        raise SystemExit(f"--model must be SOURCE=DIR with SOURCE one of {sorted(SOURCE_ROWS)}; got {text!r}")
+    return source, Path(folder)
+
+
+def decode_validation(rows: list[dict], preprocessing: Preprocessing) -> tuple[list[dict], DecodedSlices]:
+    """The validation rows of one source and their decoded slices; exits when any file fails to decode."""
+    rows = [row for row in rows if row["split"] == "val"]
+    decoded = decode_slices([Path(row["path"]) for row in rows], preprocessing)
+    if decoded.failures:
+        raise SystemExit(f"{len(decoded.failures)} validation files failed to decode, e.g. {decoded.failures[0].path}: {decoded.failures[0].reason}")
+    return rows, decoded
 
 
 def write_manifest(rows: list[dict], path: Path) -> Path:

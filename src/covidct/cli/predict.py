@@ -55,7 +55,7 @@ def predict(
     device: DeviceOpt = Device.AUTO,
     engine: Annotated[Engine, typer.Option("--engine", help="torch, or onnxruntime on the export that 'covidct export' wrote: onnx (model.onnx) or onnx-int8 (model.int8.onnx).")] = Engine.TORCH,
     decode_workers: Annotated[
-        int | None, typer.Option("--decode-workers", help="Processes that decode files (0: one thread beside the network). Default: half the cores (up to 8) with a GPU; on the CPU, none below 8 cores, else a quarter (up to 4).")
+        int | None, typer.Option("--decode-workers", help="Processes that decode files (0: one thread beside the network). Default: half the cores (up to 8) when torch runs on a GPU; on the CPU (and for the onnx engines), none below 8 cores, else a quarter (up to 4).")
     ] = None,
 ) -> None:
     """Predict COVID-19 probability for each image and each study; exits 1 if any input failed (all others are still predicted).
@@ -72,7 +72,7 @@ def predict(
         raise OptionError(f"--out must end in .csv or .json; got '{out.name}'")
     predictor = load_model(
         model_dir, device=device, batch_size=batch_size, engine=engine, window=None if window is None else HuWindow.parse(window), max_pixels=max_pixels,
-        decode_workers=default_decode_workers(resolve_device(device)) if decode_workers is None else decode_workers,
+        decode_workers=default_decode_workers(resolve_device(device if engine is Engine.TORCH else Device.CPU)) if decode_workers is None else decode_workers,
     )
     warn_if_window_differs(predictor)
     plots = plots if plots is not None or out is None else out.with_name(f"{out.stem}_plots")

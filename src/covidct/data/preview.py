@@ -57,10 +57,11 @@ def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n:
     plain = replace(preprocessing, crop_field=False, remove_annotations=False, standardise_intensity=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    window = HuWindow.parse(preprocessing.hu_window)
     captions, pairs, failures = [], [], list(found.failures)
     for done, item in enumerate(chosen, start=1):
         try:
-            gray, caption = _preview_slice(item, HuWindow.parse(preprocessing.hu_window))
+            gray, caption = _preview_slice(item, window)
         except InputError as error:
             failures.append(InputFailure.from_error(error, _source(item)))
         else:
@@ -77,6 +78,8 @@ def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n:
 
 def _preview_slice(item: Path | VolumeInput, window: HuWindow) -> tuple[np.ndarray, str]:
     """(H, W) float32 slice in [0, 1] and its caption: an image file itself, or a volume's middle lung slice.
+
+    A manifest path naming a folder with several DICOM series is previewed by its first series.
 
     Raises:
         InputError: the input cannot be read, or a volume shows no lung.

@@ -95,8 +95,12 @@ def with_threshold(detector: OodDetector, val_scores: np.ndarray, *, pass_rate: 
     scores = np.asarray(val_scores, dtype=np.float64)
     if scores.size == 0:
         raise InputError("the OOD threshold needs at least one validation slice")
-    threshold = float(np.quantile(scores, pass_rate, method="higher"))
-    return OodDetector(detector.means, detector.precision, threshold)
+    return OodDetector(detector.means, detector.precision, threshold_passing(scores, pass_rate))
+
+
+def threshold_passing(scores: np.ndarray, pass_rate: float) -> float:
+    """The score threshold that passes at least ``pass_rate`` of ``scores`` (the "higher" quantile)."""
+    return float(np.quantile(scores, pass_rate, method="higher"))
 
 
 def features_and_logits(

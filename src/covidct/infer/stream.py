@@ -1,8 +1,9 @@
 """Decoded slices in batches, streamed from files and folders while the network works on the previous batch.
 
 A background thread walks the inputs and decodes the next batches into a small bounded queue, so
-PNG decoding (PIL, which releases the GIL) and DICOM/NIfTI reading overlap the forward pass, and
-memory holds a few batches whatever the number of files (a batch holds at most one volume).
+decoding overlaps the forward pass and memory holds a few batches whatever the number of files (a
+batch holds at most one volume). PNG decoding and the site steps hold the GIL for much of their time,
+so with ``decode_workers`` the files are decoded in spawned worker processes (``data.dataset.decode_pool``).
 """
 
 from __future__ import annotations

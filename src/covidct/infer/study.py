@@ -116,7 +116,7 @@ def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequen
 
     Args:
         origin: the study the slices came from (``Volume.origin``).
-        indices: (K,) position of each scored slice in the volume, K >= 1.
+        indices: (K,) position of each scored slice in the study, K >= 1.
         slices: K predictions, one per index, in the same order.
         card: the model card: threshold, classes and study aggregation rule.
     """

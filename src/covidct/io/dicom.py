@@ -39,8 +39,10 @@ def is_dicom(source: DicomSource) -> bool:
     """
     name = source[0] if isinstance(source, tuple) else source.name
     suffix = Path(name).suffix.lower()
-    if suffix in (DICOM_SUFFIX, *IMAGE_SUFFIXES):
-        return suffix == DICOM_SUFFIX
+    if suffix == DICOM_SUFFIX:
+        return True
+    if suffix in IMAGE_SUFFIXES:
+        return False
     if isinstance(source, tuple):
         head = source[1][: _MARKER_OFFSET + 4]
     else:

@@ -56,6 +56,7 @@ class Volume:
 
     @property
     def origin(self) -> StudyOrigin:
+        """What a study result built from this volume names it by."""
         return StudyOrigin(self.source, self.study_key, self.series_key, self.n_slices)
 
 

@@ -135,7 +135,7 @@ class World:
 
     @property
     def _wire_device(self) -> torch.device:
-        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        return self.device if self.backend == "nccl" else torch.device("cpu")
 
 
 def is_main_process() -> bool:

@@ -25,6 +25,7 @@ from covidct.infer.ood import (
     OodDetector,
     features_and_logits,
     fit_detector,
+    threshold_passing,
     with_threshold,
 )
 from covidct.preprocess.transforms import Preprocessing
@@ -107,11 +108,11 @@ def group_calibrated_pass_rate(scores: np.ndarray, groups: np.ndarray, *, target
     if len(np.unique(groups)) < 2:
         return target, 1.0 - target
     rate = 1.0
-    for quantile in np.arange(target, MAX_PASS_RATE + PASS_RATE_STEP / 2, PASS_RATE_STEP):
+    for quantile in np.arange(target, max(target, MAX_PASS_RATE) + PASS_RATE_STEP / 2, PASS_RATE_STEP):
         rate = left_out_group_flag_rate(scores, groups, float(quantile))
         if rate <= 1.0 - target + 1e-12:
             return round(float(quantile), 4), rate
-    return MAX_PASS_RATE, rate
+    return max(target, MAX_PASS_RATE), rate
 
 
 def left_out_group_flag_rate(scores: np.ndarray, groups: np.ndarray, quantile: float) -> float:
@@ -119,6 +120,5 @@ def left_out_group_flag_rate(scores: np.ndarray, groups: np.ndarray, quantile: f
     flagged = 0
     for group in np.unique(groups):
         held_out = groups == group
-        threshold = np.quantile(scores[~held_out], quantile, method="higher")
-        flagged += int(np.sum(scores[held_out] > threshold))
+        flagged += int(np.sum(scores[held_out] > threshold_passing(scores[~held_out], quantile)))
     return flagged / len(scores)
