@@ -60,7 +60,7 @@ def validation_logits(model_dir: Path, rows: list[dict]) -> tuple[torch.Tensor, 
     rows, decoded = decode_validation(rows, card.preprocessing)
     _, logits = predictor.engine.features_and_logits(decoded.images, preprocessing=card.preprocessing, batch_size=32, tta_hflip=card.decision.tta_hflip)
     labels = torch.tensor([card.classes.index(rows[index]["label"]) for index in decoded.indices])
-    return logits.double(), labels, card.positive_index
+    return torch.from_numpy(logits).double(), labels, card.positive_index
 
 
 def compare_methods(logits: torch.Tensor, labels: torch.Tensor, positive_index: int, repeats: int) -> dict:
@@ -71,7 +71,7 @@ def compare_methods(logits: torch.Tensor, labels: torch.Tensor, positive_index: 
         for fit_rows, held_rows in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
             for name, method in METHODS.items():
                 temperature, bias = method(logits[fit_rows], labels[fit_rows])
-                prob = calibrated_probabilities(logits[held_rows], temperature, bias)
+                prob = torch.from_numpy(calibrated_probabilities(logits[held_rows], temperature, bias))
                 scores[name]["ece"].append(expected_calibration_error(is_positive[held_rows], prob[:, positive_index].numpy()))
                 scores[name]["nll"].append(float(torch.nn.functional.nll_loss(prob.clamp_min(1e-12).log(), labels[held_rows])))
     fitted = {name: dict(zip(("temperature", "class_bias"), method(logits, labels), strict=True)) for name, method in METHODS.items()}

@@ -85,7 +85,7 @@ def frozen_probe(rows: dict[str, list[dict]]) -> dict:
     for name, set_rows in sets.items():
         decoded = decode_slices([Path(row["path"]) for row in set_rows], preprocessing)
         labels[name] = np.array([set_rows[index]["label"] == "COVID" for index in decoded.indices], dtype=int)
-        slices = decoded.images.float().numpy()
+        slices = decoded.images.astype(np.float32)
         for variant, step in VARIANTS.items():
             changed = torch.from_numpy(np.stack([step(gray) for gray in slices]))
             features[variant, name] = predict_logits(lambda x: extract_features(model, x), changed, preprocessing=preprocessing, device=CPU, use_bf16=True).numpy()
@@ -152,10 +152,10 @@ def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
         is_positive = np.array([val_rows[index]["label"] == card.positive_class for index in decoded.indices], dtype=int)
 
         def auc(net: torch.nn.Module) -> float:
-            logits = predict_logits(net, decoded.images, preprocessing=preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
+            logits = predict_logits(net, torch.from_numpy(decoded.images), preprocessing=preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
             return round(float(roc_auc_score(is_positive, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3)
 
-        table[f"{source.upper()} val"] = {"as trained": auc(model), "adabn": auc(batch_norm_adapted(model, decoded.images, preprocessing))}
+        table[f"{source.upper()} val"] = {"as trained": auc(model), "adabn": auc(batch_norm_adapted(model, torch.from_numpy(decoded.images), preprocessing))}
         print(model_dir, source, table[f"{source.upper()} val"], flush=True)
     return table
 

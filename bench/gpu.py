@@ -36,8 +36,8 @@ import torch
 from machine import machine_facts
 
 from covidct.data.dataset import decode_slices
-from covidct.infer.engines import TorchEngine
 from covidct.infer.predictor import load_model
+from covidct.infer.torch_engine import TorchEngine
 from covidct.model.card import read_card
 from covidct.model.checkpoint import load_model_dir
 from covidct.preprocess.transforms import normalize
@@ -117,7 +117,7 @@ def _train_throughput(weights: str, workdir: Path) -> dict:
 def _model_throughput(model_dir: Path) -> dict:
     baseline, card = load_model_dir(model_dir)  # a model of its own: load_model folds the predictor's BatchNorms in place
     paths = sorted((DEMO / "images").rglob("*.png"))
-    decoded = decode_slices(paths, card.preprocessing).images
+    decoded = torch.from_numpy(decode_slices(paths, card.preprocessing).images)
     slices = decoded.repeat((N_SLICES + len(decoded) - 1) // len(decoded), 1, 1)[:N_SLICES]
     device = torch.device("cuda")
     baseline = baseline.eval().to(device)

@@ -43,9 +43,9 @@ from skimage import data as skdata
 from skimage.transform import rotate
 
 from covidct.data.manifest import read_manifest
-from covidct.infer.ood import NOT_CT_LABEL, save_detector
 from covidct.infer.predictor import Predictor, load_model
 from covidct.model.card import write_card
+from covidct.model.ood import NOT_CT_LABEL, save_detector
 from covidct.model.pretrained import resolve_pretrained
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import TrainConfig

@@ -42,7 +42,8 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
 from covidct.export.calibration import DEFAULT_CALIBRATION_SLICES
 from covidct.export.onnx import export_onnx
-from covidct.infer.engines import Engine, TorchEngine
+from covidct.infer.engines import Engine
+from covidct.infer.torch_engine import TorchEngine
 from covidct.model.card import read_card
 from covidct.model.checkpoint import WEIGHTS_FILE
 from covidct.model.network import build_resnet50
@@ -153,7 +154,7 @@ def _run_worker(args: argparse.Namespace) -> None:
     seconds, prob_covid = [], None
     for _ in range(passes):
         started = time.perf_counter()
-        prob_covid = torch.cat([predict(decoded.images[i : i + BATCH]) for i in range(0, len(paths), BATCH)])
+        prob_covid = np.concatenate([predict(decoded.images[i : i + BATCH]) for i in range(0, len(paths), BATCH)])
         seconds.append(time.perf_counter() - started)
     latencies = []
     for i in range(latency_calls):
@@ -163,7 +164,7 @@ def _run_worker(args: argparse.Namespace) -> None:
     end_to_end = _end_to_end_seconds(predictor, paths, predict, card.preprocessing)
     is_test = np.array([r["is_ucsd_test"] for r in rows])
     labels = np.array([r["is_covid"] for r in rows])[is_test]
-    auc = float(roc_auc_score(labels, prob_covid.numpy()[is_test])) if len(set(labels)) == 2 else None
+    auc = float(roc_auc_score(labels, prob_covid[is_test])) if len(set(labels)) == 2 else None
     figures = {
         "description": description,
         "throughput_slices_per_s": len(paths) / statistics.median(seconds),
@@ -177,7 +178,7 @@ def _run_worker(args: argparse.Namespace) -> None:
     args.result.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 
 
-def _engine(name: str, model_dir: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, Predictor | None]:
+def _engine(name: str, model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str, Predictor | None]:
     """A function from (N, S, S) slices to (N,) prob_covid, its description, and the covidct predictor behind it (None for the baseline)."""
     if name == "baseline":
         return (*_baseline(model_dir), None)
@@ -191,13 +192,13 @@ def _engine(name: str, model_dir: Path) -> tuple[Callable[[torch.Tensor], torch.
         predictor = Predictor(predictor.model, predictor.card, detector=predictor.detector, device="cpu", batch_size=BATCH, engine=fp32)
     engine = predictor.engine
     description = (
-        f"covidct {name}: {type(engine).__name__}, bf16 autocast {engine.use_bf16}, threads {getattr(engine, 'threads', torch.get_num_threads())}, "
+        f"covidct {name}: {type(engine).__name__}, bf16 autocast {getattr(engine, 'use_bf16', False)}, threads {getattr(engine, 'threads', torch.get_num_threads())}, "
         f"TTA flip {predictor.card.decision.tta_hflip}, OOD guard {predictor.detector is not None}"
     )
     return (lambda slices: predictor.probabilities(slices)[:, predictor.card.positive_index]), description, predictor
 
 
-def _per_slice(predictor: Predictor | None, slices: torch.Tensor, prob_covid: torch.Tensor) -> dict:
+def _per_slice(predictor: Predictor | None, slices: np.ndarray, prob_covid: np.ndarray) -> dict:
     """Each slice's prob_covid and, with a guard, whether it flags the slice (an untimed extra pass): for agreement between engines."""
     flagged = None
     if predictor is not None and predictor.detector is not None:
@@ -206,21 +207,21 @@ def _per_slice(predictor: Predictor | None, slices: torch.Tensor, prob_covid: to
     return {"prob_covid": prob_covid.tolist(), "ood_flagged": flagged}
 
 
-def _baseline(model_dir: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+def _baseline(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     card = read_card(model_dir)
     model = build_resnet50(num_classes=len(card.classes), stride_variant=card.stride_variant)
     model.load_state_dict(load_file(model_dir / WEIGHTS_FILE))
     model.eval()
 
-    def predict(slices: torch.Tensor) -> torch.Tensor:
+    def predict(slices: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            logits = model(normalize(slices.float().unsqueeze(1), card.preprocessing))
-        return torch.softmax(logits, dim=1)[:, card.positive_index]
+            logits = model(normalize(torch.from_numpy(slices).float().unsqueeze(1), card.preprocessing))
+        return torch.softmax(logits, dim=1)[:, card.positive_index].numpy()
 
     return predict, f"torchvision resnet50, eager fp32 NCHW, torch.no_grad, batch {BATCH}, no TTA, softmax without the card's temperature, threads {torch.get_num_threads()}"
 
 
-def _end_to_end_seconds(predictor: Predictor | None, paths: list[Path], predict: Callable[[torch.Tensor], torch.Tensor], preprocessing: Preprocessing) -> float:
+def _end_to_end_seconds(predictor: Predictor | None, paths: list[Path], predict: Callable[[np.ndarray], np.ndarray], preprocessing: Preprocessing) -> float:
     """Files to probabilities: covidct streams (decoding overlaps compute); the baseline decodes, then computes, batch after batch."""
     started = time.perf_counter()
     if predictor is None:

@@ -88,3 +88,16 @@ def test_predict_with_an_engine_that_was_not_exported_names_the_export_command(o
     assert result.exit_code == 2, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"error: {model_dir}: no {'model.int8.onnx' if 'int8' in engine else 'model.onnx'} for --engine {engine}; create it with 'covidct export {model_dir} {command}'"
+
+
+def test_evaluate_measures_the_engine_that_predict_deploys(onnx_model_dir, tiny_dataset, tmp_path):
+    """``covidct evaluate --engine onnx-int8`` scores each slice exactly as ``covidct predict --engine onnx-int8`` does."""
+    evaluated = invoke("evaluate", onnx_model_dir, tiny_dataset.csv, "--out", tmp_path / "eval", "--n-resamples", 20, "--device", "cpu", "--engine", "onnx-int8")
+    scored = read_csv(tmp_path / "eval" / "predictions.csv")
+    predicted = invoke("predict", onnx_model_dir, *[row["path"] for row in scored], "--out", tmp_path / "p.csv", "--engine", "onnx-int8")
+
+    assert evaluated.exit_code == 0 and predicted.exit_code == 0, evaluated.output + predicted.output
+    by_path = {row["path"]: float(row["prob_covid"]) for row in read_csv(tmp_path / "p.csv") if row["prob_covid"]}  # flagged: no probability
+    assert len(by_path) >= len(scored) // 2
+    assert {row["path"]: float(row["prob_covid"]) for row in scored if row["path"] in by_path} == pytest.approx(by_path, abs=1e-5)
+    assert "Scored by the onnx-int8 engine" in (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")

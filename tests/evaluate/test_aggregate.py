@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 
 from covidct.errors import InputError, OptionError
-from covidct.evaluate.aggregate import (
-    Aggregate,
-    aggregate_by_group,
-    aggregate_slices,
-    describe_rule,
-)
+from covidct.evaluate.aggregate import aggregate_by_group
+from covidct.model.decision import Aggregate, aggregate_slices, describe_rule
 
 # Patient B comes first so the output order (first appearance, not alphabetical) is checked too.
 GROUPS = ["B", "A", "B", "A", "A", "A", "C"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from covidct.errors import OptionError
-from covidct.evaluate.aggregate import Aggregate
 from covidct.evaluate.evaluation import evaluation_metrics
 from covidct.evaluate.figures import plot_pr, plot_roc
 from covidct.evaluate.metrics import METRIC_NAMES
 from covidct.evaluate.report import write_report
 from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.model.decision import Aggregate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LEVEL_KEYS = {"n", "auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"}

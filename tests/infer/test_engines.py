@@ -15,10 +15,10 @@ from covidct.errors import ModelDirError, OptionError
 from covidct.infer.engines import (
     Engine,
     OnnxEngine,
-    TorchEngine,
     available_cpus,
     settings_path,
 )
+from covidct.infer.torch_engine import TorchEngine
 
 
 @pytest.fixture(scope="module")

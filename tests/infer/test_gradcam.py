@@ -8,7 +8,8 @@ import torch
 
 from covidct import load_model
 from covidct.data.dataset import decode_slices
-from covidct.infer.gradcam import gradcam_heatmaps, overlay_names, render_overlay
+from covidct.infer.gradcam import gradcam_heatmaps
+from covidct.infer.overlay import overlay_names, render_overlay
 from covidct.infer.predictor import ExplanationRun
 
 

@@ -13,18 +13,18 @@ from test_predictor import save_random_model
 from covidct import load_model
 from covidct.data.dataset import decode_slices
 from covidct.errors import InputError, MissingOodDetectorWarning, ModelDirError
-from covidct.infer.ood import (
+from covidct.model.card import read_card
+from covidct.model.checkpoint import file_sha256
+from covidct.model.network import FEATURE_DIM
+from covidct.model.ood import (
     OOD_FILE,
     OodDetector,
-    fit_detector,
     load_detector,
     not_ct_message,
     save_detector,
     with_threshold,
 )
-from covidct.model.card import read_card
-from covidct.model.checkpoint import file_sha256
-from covidct.model.network import FEATURE_DIM
+from covidct.train.ood_fit import fit_detector
 
 OOD_SECTION_KEYS = sorted(["feature_dim", "features", "file", "method", "n_train", "n_val", "n_val_groups", "sha256", "target_pass_rate", "threshold", "threshold_rule", "val_quantile", "val_pass_rate", "estimated_new_group_flag_rate"])
 NO_GUARD_WARNING = r"model.json has no out-of-distribution detector \(trained with an older covidct\), so no input is flagged as not a chest CT slice; retrain"

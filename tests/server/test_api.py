@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from server_forms import png_bytes, upload
 
-from covidct.infer.ood import not_ct_message
 from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.model.ood import not_ct_message
 from covidct.server.inference import ServerBusyError
 
 

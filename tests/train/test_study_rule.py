@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidct.evaluate.aggregate import Aggregate
+from covidct.model.decision import Aggregate
 from covidct.train.study_rule import (
     DEFAULT_RULE,
     MIN_PATIENTS_PER_CLASS,

@@ -18,6 +18,7 @@ from covidct.cli.console import (
 from covidct.cli.options import (
     DataArg,
     DeviceOpt,
+    EngineOpt,
     GroupCol,
     LabelCol,
     ModelDirArg,
@@ -26,9 +27,10 @@ from covidct.cli.options import (
     SplitCol,
     load_dataset,
 )
-from covidct.evaluate.aggregate import Aggregate
 from covidct.evaluate.metrics import METRIC_NAMES
 from covidct.evaluate.run import EvaluationRun, evaluate_model
+from covidct.infer.engines import Engine
+from covidct.model.decision import Aggregate
 from covidct.model.device import Device
 
 
@@ -41,16 +43,21 @@ def evaluate(
     aggregate: Annotated[Aggregate | None, typer.Option(help="Patient probability from its slices: mean, max or topk (mean of the top 25%) (default: the model card's study rule).")] = None,
     n_resamples: Annotated[int, typer.Option("--n-resamples", help="Bootstrap resamples for the 95% CIs.")] = 1000,
     device: DeviceOpt = Device.AUTO,
+    engine: EngineOpt = Engine.TORCH,
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
     group_col: GroupCol = None,
     split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
 ) -> None:
-    """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used for any choice in training)."""
+    """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used for any choice in training).
+
+    --engine onnx or onnx-int8 scores with the export, as 'covidct predict --engine' does, so the
+    metrics are those of the model you deploy.
+    """
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     with progress_callback(f"scoring the {split} split") as progress:
-        run = evaluate_model(model_dir, manifest, out, split=split, aggregate=aggregate, device=device, n_resamples=n_resamples, progress=progress)
+        run = evaluate_model(model_dir, manifest, out, split=split, aggregate=aggregate, device=device, engine=engine, n_resamples=n_resamples, progress=progress)
     print_evaluation(run)
 
 

@@ -17,10 +17,10 @@ from covidct.cli.console import (
     progress_callback,
     reports_errors,
 )
-from covidct.cli.options import DeviceOpt, ModelDirArg
+from covidct.cli.options import DeviceOpt, EngineOpt, ModelDirArg
 from covidct.errors import CovidctWarning, OptionError
 from covidct.infer.engines import Engine
-from covidct.infer.gradcam import overlay_caption, overlay_names, render_overlay
+from covidct.infer.overlay import overlay_caption, overlay_names, render_overlay
 from covidct.infer.predictor import (
     Explanation,
     Prediction,
@@ -53,7 +53,7 @@ def predict(
     window: Annotated[str | None, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI, e.g. -600,1500 (default: the model's, from model.json).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     device: DeviceOpt = Device.AUTO,
-    engine: Annotated[Engine, typer.Option("--engine", help="torch, or onnxruntime on the export that 'covidct export' wrote: onnx (model.onnx) or onnx-int8 (model.int8.onnx).")] = Engine.TORCH,
+    engine: EngineOpt = Engine.TORCH,
     decode_workers: Annotated[
         int | None, typer.Option("--decode-workers", help="Processes that decode files (0: one thread beside the network). Default: half the cores (up to 8) when torch runs on a GPU; on the CPU (and for the onnx engines), none below 8 cores, else a quarter (up to 4).")
     ] = None,

@@ -1,4 +1,4 @@
-"""Decoded slices held in memory, and the torch Dataset that feeds them to training."""
+"""Decoded slices held in memory: files -> prepared (N, S, S) slices, in numpy (training wraps them in ``data.slice_dataset``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from covidct.errors import InputError
 from covidct.io.failures import InputFailure
@@ -29,7 +27,7 @@ Progress = Callable[[int, int], None]
 class DecodedSlices:
     """Slices that decoded, as (N, S, S) float16 in [0, 1], with their source indices, and those that did not."""
 
-    images: torch.Tensor
+    images: np.ndarray
     indices: np.ndarray
     failures: list[InputFailure]
 
@@ -89,22 +87,3 @@ def _lung_slices(path: Path, window: HuWindow, max_pixels: int) -> list[np.ndarr
         InputError: a volume cannot be read, or one of them has no slice that shows lung.
     """
     return [gray for volume in read_path_volumes(path, max_pixels=max_pixels) for gray in window_hu(volume.hu[lung_slice_indices(volume)], window)]
-
-
-class SliceDataset(Dataset):
-    """(1, S, S) float32 slices, class indices and loss weights, with an optional per-sample augmentation."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        self.images = images
-        self.labels = labels
-        self.weights = weights
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = self.images[index].unsqueeze(0).float()
-        if self.augment is not None:
-            image = self.augment(image).clamp(0.0, 1.0)
-        return image, self.labels[index], self.weights[index]

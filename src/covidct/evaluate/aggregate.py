@@ -1,36 +1,20 @@
-"""Slice probabilities -> one probability per patient or study: patient-level metrics and study predictions."""
+"""Slice probabilities -> one probability per patient, for patient-level metrics (the rule itself: ``model.decision``)."""
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from covidct.errors import InputError, OptionError
 from covidct.evaluate.metrics import check_binary_inputs
-
-if TYPE_CHECKING:
-    from covidct.model.card import Decision
-
-
-class Aggregate(StrEnum):
-    """How a patient's slice probabilities become the patient's probability.
-
-    MEAN suits diffuse disease seen on most slices; MAX and TOPK suit focal findings that a mean over
-    many normal slices would dilute (MAX is the most sensitive and the most noise-prone).
-    """
-
-    MEAN = "mean"
-    MAX = "max"
-    TOPK = "topk"
-
-
-DEFAULT_TOPK_FRACTION = 0.25
+from covidct.model.decision import (
+    DEFAULT_TOPK_FRACTION,
+    Aggregate,
+    aggregate_slices,
+    parse_aggregate,
+)
 
 
 @dataclass(frozen=True)
@@ -48,21 +32,6 @@ class GroupedScores:
     prob: np.ndarray
     labels: np.ndarray
     n_slices: np.ndarray
-
-
-def parse_aggregate(rule: Aggregate | str) -> Aggregate:
-    """Return ``rule`` as an ``Aggregate``.
-
-    Raises:
-        OptionError: ``rule`` is not one of mean, max, topk (with a "did you mean" when close).
-    """
-    try:
-        return Aggregate(rule)
-    except ValueError:
-        choices = [a.value for a in Aggregate]
-        close = difflib.get_close_matches(str(rule), choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise OptionError(f"--aggregate must be mean, max or topk; got {str(rule)!r}{hint}.") from None
 
 
 def aggregate_by_group(
@@ -131,24 +100,3 @@ def check_patient_ids(groups: Sequence[str], n: int) -> np.ndarray:
             "a patient id or evaluate without patient ids."
         )
     return np.asarray([str(g) for g in groups])
-
-
-def aggregate_slices(slice_prob: np.ndarray, rule: Aggregate, *, topk_fraction: float = DEFAULT_TOPK_FRACTION) -> float:
-    """One patient's or study's probability from its (n,) slice probabilities, n >= 1 (see ``aggregate_by_group``)."""
-    if rule is Aggregate.MEAN:
-        return float(slice_prob.mean())
-    if rule is Aggregate.MAX:
-        return float(slice_prob.max())
-    # The epsilon keeps 0.1 * 30 (3.0000000000000004 in floating point) at 3 slices, not 4.
-    k = max(1, math.ceil(topk_fraction * slice_prob.size - 1e-9))
-    return float(np.sort(slice_prob)[-k:].mean())
-
-
-def card_study_rule(decision: Decision) -> tuple[Aggregate, float]:
-    """The study aggregation rule a model card's decision names, and its top-k fraction (the default when the card has none)."""
-    return parse_aggregate(decision.study_aggregate), decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
-
-
-def describe_rule(rule: Aggregate, topk_fraction: float = DEFAULT_TOPK_FRACTION) -> str:
-    """A short readable name for a rule: "mean", "max" or "top 25% mean" (for reports, tables and plots)."""
-    return f"top {topk_fraction:.0%} mean" if rule is Aggregate.TOPK else rule.value

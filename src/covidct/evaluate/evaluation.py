@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covidct.evaluate.aggregate import Aggregate, aggregate_by_group, parse_aggregate
+from covidct.evaluate.aggregate import aggregate_by_group
 from covidct.evaluate.bootstrap import BootstrapResult, bootstrap_ci
 from covidct.evaluate.metrics import check_threshold
+from covidct.model.decision import Aggregate, parse_aggregate
 
 
 @dataclass(frozen=True)

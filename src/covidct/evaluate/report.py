@@ -17,13 +17,13 @@ from string import Template
 import numpy as np
 
 from covidct.errors import OptionError
-from covidct.evaluate.aggregate import Aggregate
 from covidct.evaluate.bootstrap import BootstrapResult
 from covidct.evaluate.evaluation import EvaluationResult
 from covidct.evaluate.figures import plot_confusion, plot_pr, plot_reliability, plot_roc
 from covidct.evaluate.metrics import METRIC_NAMES
 from covidct.evaluate.site_shift import STATISTIC_DESCRIPTIONS, SiteShift
 from covidct.html_page import html_page
+from covidct.model.decision import Aggregate
 
 _METRIC_LABELS = {
     "auc": "ROC-AUC",

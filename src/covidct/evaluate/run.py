@@ -9,29 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits
 from covidct.errors import CovidctWarning, InputError
-from covidct.evaluate.aggregate import (
-    DEFAULT_TOPK_FRACTION,
-    Aggregate,
-    card_study_rule,
-    describe_rule,
-)
 from covidct.evaluate.evaluation import EvaluationResult, evaluation_metrics
 from covidct.evaluate.gallery import build_gallery, gallery_section
 from covidct.evaluate.metrics import ece_sampling_floor
 from covidct.evaluate.report import write_report
 from covidct.evaluate.site_shift import SiteShift, detect_site_shift, slice_statistics
-from covidct.infer.ood import OodDetector, features_and_logits, load_detector
+from covidct.infer.engines import Engine
+from covidct.infer.predictor import load_model
 from covidct.io.failures import InputFailure
 from covidct.model.card import ModelCard
-from covidct.model.checkpoint import load_model_dir
-from covidct.model.device import Device, resolve_device, supports_bf16
-from covidct.model.forward import prepare_for_inference
+from covidct.model.decision import (
+    DEFAULT_TOPK_FRACTION,
+    Aggregate,
+    card_study_rule,
+    describe_rule,
+    negative_name,
+)
+from covidct.model.device import Device
+from covidct.model.ood import OodDetector
 
 ALL_SPLITS = "all"
 
@@ -62,44 +62,49 @@ def evaluate_model(
     split: str = "test",
     aggregate: Aggregate | None = None,
     device: Device = Device.AUTO,
+    engine: Engine = Engine.TORCH,
     n_resamples: int = 1000,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationRun:
     """Score ``manifest``'s ``split`` (or every row with ``split="all"``) and write the report to ``out_dir``.
 
-    Patient-level metrics aggregate each patient's slices by the model card's study rule, the one
-    predict applies to a study, unless ``aggregate`` overrides it (TOPK then averages the top 25%).
+    The slices are scored by ``engine`` exactly as ``load_model(model_dir, engine=engine)`` predicts
+    them, so the metrics are those of the model a user deploys (the int8 export's included). Patient-level
+    metrics aggregate each patient's slices by the model card's study rule, the one predict applies to
+    a study, unless ``aggregate`` overrides it (TOPK then averages the top 25%).
 
     Raises:
-        ModelDirError: the model directory is unusable.
+        ModelDirError: the model directory is unusable, or has no export for ``engine``.
+        OptionError: an ONNX ``engine`` with ``device`` cuda.
         InputError: the classes differ from the model's, or nothing in the split could be decoded.
     """
-    model, card = load_model_dir(model_dir)
+    predictor = load_model(model_dir, device=device, engine=engine)
+    card, detector = predictor.card, predictor.detector
     if tuple(manifest.classes) != tuple(card.classes):
         raise InputError(f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}", path=manifest.origin)
     part, notes = _select_split(manifest, split, card.training, card.data.get("manifest_sha256"))
-    detector = load_detector(Path(model_dir), card)
-    torch_device = resolve_device(device)
     decoded = decode_slices([s.path for s in part.samples], card.preprocessing, progress=progress)
     if len(decoded.indices) == 0:
         raise InputError(f"no image of the {split} split could be decoded ({len(decoded.failures)} failures)", path=manifest.origin)
-    net = prepare_for_inference(model, torch_device)
-    prob, ood_scores = _score(net, card, detector, decoded.images, torch_device)
+    probabilities, ood_scores = predictor.score(decoded.images)
+    prob = probabilities[:, card.positive_index].astype(np.float64)
     samples = [part.samples[i] for i in decoded.indices]
     y_true = np.array([s.label == card.positive_index for s in samples], dtype=int)
     groups = [s.group for s in samples] if part.has_patient_ids else None
     rule, topk_fraction, rule_note = _patient_rule(card, aggregate)
     result = evaluation_metrics(y_true, prob, card.decision.threshold, groups=groups, aggregate=rule, topk_fraction=topk_fraction, n_resamples=n_resamples)
+    notes.append(f"Scored by the {Engine(engine)} engine ('covidct evaluate --engine {Engine(engine)}'), as 'covidct predict --engine {Engine(engine)}' predicts.")
     notes += [rule_note] if groups is not None else []
     notes += [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"] if decoded.failures else []
     notes.append(_ood_note(detector, ood_scores))
     notes.append(_ece_note(result.slice_level.estimates["ece"]["value"], prob))
     site_shift = _site_shift(card, decoded.images, ood_scores)
-    gallery = build_gallery(net, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob, device=torch_device)
+    # Grad-CAM runs the torch network whatever the engine (loaded from the directory for an ONNX engine).
+    gallery = build_gallery(predictor.model, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob, device=predictor.device)
     out_dir = Path(out_dir)
     report = write_report(
         out_dir, result, y_true=y_true, prob=prob, threshold=card.decision.threshold, model_card=card.to_dict(),
-        title=f"covidct evaluation: {manifest.origin.name}, split {split}", class_names=(_negative_name(card.classes, card.positive_class), card.positive_class),
+        title=f"covidct evaluation: {manifest.origin.name}, split {split}", class_names=(negative_name(card), card.positive_class),
         extra_notes=notes, gallery_html=gallery_section(gallery), site_shift=site_shift,
     )
     passed = None if ood_scores is None else detector.is_in_distribution(ood_scores)
@@ -119,14 +124,6 @@ def _patient_rule(card: ModelCard, aggregate: Aggregate | None) -> tuple[Aggrega
     return override, DEFAULT_TOPK_FRACTION, f"Patient aggregation rule: {describe_rule(override)}, set by --aggregate instead of the model card's study rule ({described})."
 
 
-def _score(net: torch.nn.Module, card: ModelCard, detector: OodDetector | None, slices: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N,) float64 positive-class probabilities as the card prescribes, and the guard's (N,) scores (or None)."""
-    features, logits = features_and_logits(net, slices, preprocessing=card.preprocessing, device=device, use_bf16=supports_bf16(device), tta_hflip=card.decision.tta_hflip)
-    probabilities = card.decision.probabilities(logits)
-    scores = None if detector is None else detector.scores(features)
-    return probabilities[:, card.positive_index].numpy().astype(np.float64), scores
-
-
 def _ece_note(ece: float, prob: np.ndarray) -> str:
     """Slice-level ECE next to what a perfectly calibrated model would show here (binned ECE is biased upward on small sets)."""
     return (
@@ -144,7 +141,7 @@ def _write_predictions(path: Path, samples: list, classes: tuple[str, ...], prob
     _write_rows(path, ["path", "patient_id", "label", "prob_covid", "in_distribution", "ood_score"], rows)
 
 
-def _site_shift(card: ModelCard, slices: torch.Tensor, ood_scores: np.ndarray | None) -> SiteShift | None:
+def _site_shift(card: ModelCard, slices: np.ndarray, ood_scores: np.ndarray | None) -> SiteShift | None:
     """Compare the test slices (and their OOD scores) with the training statistics the card records, if any."""
     reference = card.data.get("site_statistics")
     if reference is None:
@@ -181,11 +178,6 @@ def _select_split(manifest: Manifest, split: str, training: dict, trained_sha256
     if not part.samples:
         raise InputError(f"no rows in split '{split}'; use --split train, val, test or all", path=manifest.origin)
     return part, notes
-
-
-def _negative_name(classes: tuple[str, ...], positive: str) -> str:
-    others = [name for name in classes if name != positive]
-    return others[0] if len(others) == 1 else f"not {positive}"
 
 
 def _write_rows(path: Path, header: list[str], rows: list[tuple]) -> None:

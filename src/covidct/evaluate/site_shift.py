@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 # Between the largest in-domain (0.22) and the smallest cross-site (0.51) distance on the shared datasets'
 # validation splits (BENCHMARKS.md, "Site-shift flag threshold").
@@ -39,18 +38,19 @@ STATISTIC_DESCRIPTIONS = {
 }
 
 
-def slice_statistics(slices: torch.Tensor) -> dict[str, np.ndarray]:
-    """(N,) float64 per-slice statistics of (N, S, S) slices in [0, 1] (float16 or float32), in chunks to bound memory."""
+def slice_statistics(slices: np.ndarray) -> dict[str, np.ndarray]:
+    """(N,) float64 per-slice statistics of (N, S, S) slices in [0, 1] (float16 or float32; numpy or a CPU tensor), in chunks to bound memory."""
     parts: dict[str, list[np.ndarray]] = {"mean_intensity": [], "intensity_std": [], "dark_fraction": []}
     for start in range(0, len(slices), _CHUNK):
-        chunk = slices[start : start + _CHUNK].float().flatten(1)
-        parts["mean_intensity"].append(chunk.mean(1).numpy())
-        parts["intensity_std"].append(chunk.std(1).numpy())
-        parts["dark_fraction"].append((chunk < DARK_LEVEL).float().mean(1).numpy())
+        chunk = np.asarray(slices[start : start + _CHUNK], dtype=np.float32)
+        chunk = chunk.reshape(len(chunk), -1)
+        parts["mean_intensity"].append(chunk.mean(1))
+        parts["intensity_std"].append(chunk.std(1, ddof=1))  # the sample standard deviation, as the reference was recorded
+        parts["dark_fraction"].append((chunk < DARK_LEVEL).mean(1, dtype=np.float32))
     return {name: np.concatenate(values).astype(np.float64) if values else np.empty(0) for name, values in parts.items()}
 
 
-def reference_statistics(train_slices: torch.Tensor, val_ood_scores: np.ndarray | None) -> dict:
+def reference_statistics(train_slices: np.ndarray, val_ood_scores: np.ndarray | None) -> dict:
     """The model card's record of the training data: quantiles of each statistic (and of validation OOD scores)."""
     values = slice_statistics(train_slices)
     if val_ood_scores is not None:

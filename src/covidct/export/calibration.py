@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from onnxruntime.quantization import CalibrationDataReader
 
 from covidct.data.dataset import decode_slices
@@ -42,7 +41,7 @@ class CalibrationSet:
         facts: data path, manifest hash, split, counts and sampling seed.
     """
 
-    slices: torch.Tensor
+    slices: np.ndarray
     facts: dict
 
 
@@ -102,7 +101,7 @@ def calibration_set(manifest: Manifest, card: ModelCard, *, n_slices: int = DEFA
 class SliceReader(CalibrationDataReader):
     """Feeds normalised (B, 3, S, S) float32 batches of calibration slices to onnxruntime's calibrator."""
 
-    def __init__(self, slices: torch.Tensor, preprocessing: Preprocessing, *, batch_size: int = READER_BATCH) -> None:
+    def __init__(self, slices: np.ndarray, preprocessing: Preprocessing, *, batch_size: int = READER_BATCH) -> None:
         self.slices = slices
         self.preprocessing = preprocessing
         self.batch_size = batch_size
@@ -111,9 +110,9 @@ class SliceReader(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.start >= len(self.slices):
             return None
-        batch = self.slices[self.start : self.start + self.batch_size].float().unsqueeze(1)
+        batch = np.asarray(self.slices[self.start : self.start + self.batch_size], dtype=np.float32)[:, None]
         self.start += self.batch_size
-        return {INPUT_NAME: normalize(batch, self.preprocessing).contiguous().numpy()}
+        return {INPUT_NAME: normalize(batch, self.preprocessing)}
 
     def rewind(self) -> None:
         self.start = 0

@@ -58,14 +58,15 @@ from covidct.infer.engines import (
     OUTPUT_NAMES,
     Engine,
     OnnxEngine,
-    TorchEngine,
     settings_path,
 )
-from covidct.infer.ood import load_detector
+from covidct.infer.torch_engine import TorchEngine
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.card import ModelCard
-from covidct.model.checkpoint import file_sha256, load_model_dir
+from covidct.model.checkpoint import load_model_dir
+from covidct.model.integrity import file_sha256
 from covidct.model.network import FEATURE_DIM, extract_features
+from covidct.model.ood import load_detector
 
 OPSET = 18
 CHECK_SLICES = 16
@@ -185,16 +186,16 @@ def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, e
         slices, inputs = calibrated.slices[:CHECK_SLICES], "calibration (training) slices"
     else:
         size = card.preprocessing.image_size
-        slices, inputs = torch.rand(CHECK_SLICES, size, size, generator=torch.Generator().manual_seed(0)), "uniform random slices, seed 0"
+        slices, inputs = torch.rand(CHECK_SLICES, size, size, generator=torch.Generator().manual_seed(0)).numpy(), "uniform random slices, seed 0"
     options = {"preprocessing": card.preprocessing, "batch_size": CHECK_SLICES, "tta_hflip": card.decision.tta_hflip}
     ref_features, ref_logits = TorchEngine(model, device=torch.device("cpu"), use_bf16=False).features_and_logits(slices, **options)
     features, logits = OnnxEngine(path, kind=engine).features_and_logits(slices, **options)
     prob, ref_prob = (card.decision.probabilities(x)[:, card.positive_index] for x in (logits, ref_logits))
     agreement = {
         "reference": "torch fp32 (no autocast), same flips", "n_slices": len(slices), "inputs": inputs,
-        "max_abs_logit_diff": float((logits - ref_logits).abs().max()),
-        "max_abs_feature_diff": float((features - ref_features).abs().max()),
-        "max_abs_prob_covid_diff": float((prob - ref_prob).abs().max()),
+        "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+        "max_abs_feature_diff": float(np.abs(features - ref_features).max()),
+        "max_abs_prob_covid_diff": float(np.abs(prob - ref_prob).max()),
     }
     if card.ood is not None:
         # The guard's Mahalanobis distance over 2048 features magnifies small feature errors (int8 most of all).

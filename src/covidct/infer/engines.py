@@ -1,9 +1,10 @@
-"""What runs the network at prediction time: torch (the default) or an ONNX Runtime export of it.
+"""What runs the network whenever covidct scores slices: torch (``infer.torch_engine``) or an ONNX Runtime export.
 
-Every engine is one small callable, normalised (N, 3, S, S) float32 images to (N, 2048 + C) float32:
-the penultimate features (the out-of-distribution guard's input) followed by the C class logits. The
-engine is handed to ``model.forward.predict_logits`` as its ``net``, so test-time flips, batching and
-the card's calibration are applied by the same code whichever engine runs.
+Every engine turns (N, S, S) grayscale slices in [0, 1] into numpy (N, 2048) penultimate features (the
+out-of-distribution guard's input) and (N, C) class logits, batched and mirror-averaged as the card
+says. Prediction, evaluation, training-time validation and the guard's fit all score through one, so
+``covidct evaluate --engine onnx-int8`` measures the model a user deploys. This module and the ONNX
+engines use numpy and onnxruntime only: ``--engine onnx`` runs without torch.
 """
 
 from __future__ import annotations
@@ -16,17 +17,13 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-import torch
-from torch import nn
 
 from covidct.errors import ModelDirError, OptionError
+from covidct.model.architecture import FEATURE_DIM
 from covidct.model.card import ModelCard
-from covidct.model.checkpoint import file_sha256
 from covidct.model.device import Device
-from covidct.model.forward import predict_logits
-from covidct.model.network import FEATURE_DIM, extract_features
-from covidct.preprocess.transforms import Preprocessing
+from covidct.model.integrity import file_sha256
+from covidct.preprocess.transforms import Preprocessing, normalize
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("features", "logits")
@@ -57,51 +54,23 @@ class Engine(StrEnum):
 
 
 class InferenceEngine(ABC):
-    """Normalised (N, 3, S, S) float32 images -> (N, 2048 + C) penultimate features then logits.
+    """(N, S, S) grayscale slices in [0, 1] -> numpy (N, 2048) penultimate features and (N, C) logits.
 
     Attributes:
         kind: which engine this is.
-        device: where ``predict_logits`` puts the inputs.
-        use_bf16: whether ``predict_logits`` runs the engine under bf16 autocast.
         num_classes: C.
     """
 
     kind: Engine
-    device: torch.device
-    use_bf16: bool
     num_classes: int
 
     @abstractmethod
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def features_and_logits(
-        self, slices: torch.Tensor, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return float32 (N, 2048) features and (N, C) logits of (N, S, S) grayscale slices in [0, 1].
+    def features_and_logits(self, slices: np.ndarray, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Return float32 (N, 2048) features and (N, C) logits of (N, S, S) slices in [0, 1] (numpy, or a CPU tensor).
 
         With ``tta_hflip`` both are averaged with the mirror image's (the head is linear, so the
         averaged features map to exactly the averaged logits).
         """
-        if len(slices) == 0:
-            return torch.empty(0, FEATURE_DIM), torch.empty(0, self.num_classes)
-        outputs = predict_logits(self, slices, preprocessing=preprocessing, device=self.device, use_bf16=self.use_bf16, batch_size=batch_size, tta_hflip=tta_hflip)
-        return outputs[:, :FEATURE_DIM], outputs[:, FEATURE_DIM:]
-
-
-class TorchEngine(InferenceEngine):
-    """The torch network itself: inference mode, channels_last and bf16 autocast where supported (see ``predict_logits``)."""
-
-    kind = Engine.TORCH
-
-    def __init__(self, model: nn.Module, *, device: torch.device, use_bf16: bool) -> None:
-        self.model = model
-        self.device = device
-        self.use_bf16 = use_bf16
-        self.num_classes = model.fc.out_features
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        features = extract_features(self.model, images)
-        return torch.cat([features, self.model.fc(features)], dim=1)
 
 
 class OnnxEngine(InferenceEngine):
@@ -116,13 +85,12 @@ class OnnxEngine(InferenceEngine):
         ModelDirError: the file is not a loadable ONNX model with those inputs and outputs.
     """
 
-    device = torch.device("cpu")
-    use_bf16 = False
-
     def __init__(self, path: Path, *, kind: Engine = Engine.ONNX, threads: int | None = None) -> None:
         self.kind = Engine(kind)
         self.path = Path(path)
         self.threads = threads or available_cpus()
+        import onnxruntime as ort  # here, not at the top: naming an Engine (the CLI's options) should not load it
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -138,10 +106,22 @@ class OnnxEngine(InferenceEngine):
             raise ModelDirError(f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; found {inputs} and {sorted(outputs)}; re-export it with 'covidct export'", path=self.path)
         self.num_classes = int(outputs["logits"][1])
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        features, logits = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
-        return torch.from_numpy(np.concatenate([features, logits], axis=1))
+    def features_and_logits(self, slices: np.ndarray, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool) -> tuple[np.ndarray, np.ndarray]:
+        outputs = [np.empty((0, FEATURE_DIM + self.num_classes), np.float32)]
+        for start in range(0, len(slices), batch_size):
+            gray = np.asarray(slices[start : start + batch_size], dtype=np.float32)[:, None]
+            images = normalize(gray, preprocessing)
+            batch = self(images)
+            if tta_hflip:
+                batch = (batch + self(np.ascontiguousarray(images[..., ::-1]))) / 2
+            outputs.append(batch)
+        joined = np.concatenate(outputs)
+        return joined[:, :FEATURE_DIM], joined[:, FEATURE_DIM:]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(N, 2048 + C) float32 features then logits of normalised (N, 3, S, S) float32 ``images``."""
+        features, logits = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        return np.concatenate([features, logits], axis=1)
 
 
 def open_onnx_engine(model_dir: Path, card: ModelCard, engine: Engine | str, *, device: Device | str = Device.AUTO, threads: int | None = None) -> OnnxEngine:

@@ -1,31 +1,38 @@
-"""Run a trained model directory on image files and CT volumes: the Python API behind ``covidct predict``."""
+"""Run a trained model directory on image files and CT volumes: the Python API behind ``covidct predict``.
+
+torch is imported only where it runs: the torch engine and Grad-CAM. With an ONNX engine and no
+explanation, loading and predicting use numpy, Pillow and onnxruntime alone.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from covidct.errors import InputError, OptionError
-from covidct.infer.engines import Engine, InferenceEngine, TorchEngine, open_onnx_engine
-from covidct.infer.gradcam import gradcam_heatmaps
-from covidct.infer.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
+from covidct.infer.engines import Engine, InferenceEngine, open_onnx_engine
 from covidct.infer.stream import iter_slice_batches
 from covidct.infer.study import StudyPrediction, model_slices, study_prediction
 from covidct.io.discover import count_images
 from covidct.io.failures import InputFailure
 from covidct.io.images import MAX_PIXELS
 from covidct.io.volume import Volume
-from covidct.model.card import ModelCard
-from covidct.model.checkpoint import load_model_dir
-from covidct.model.device import Device, resolve_device, supports_bf16
-from covidct.model.forward import prepare_for_inference
+from covidct.model.card import ModelCard, read_card
+from covidct.model.decision import label_at_threshold
+from covidct.model.device import Device
+from covidct.model.integrity import checked_weights_path
+from covidct.model.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
 from covidct.preprocess.lung_slices import lung_slice_indices
 from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.window import HuWindow
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,8 @@ class Predictor:
 
     Without a ``detector`` (a model trained before the guard) every input counts as in distribution.
     ``engine`` computes features and logits (default: ``model`` on ``device``, see ``infer.engines``);
-    Grad-CAM always uses the torch ``model``. ``window`` maps DICOM/NIfTI HU to the network input
+    Grad-CAM always uses the torch ``model``, which may be None beside an ONNX ``engine``: it is then
+    read from ``model_dir`` when Grad-CAM first needs it. ``window`` maps DICOM/NIfTI HU to the network input
     (default: the card's ``preprocessing.hu_window``, the one the model was trained with). An input
     whose header claims more than ``max_pixels`` pixels per image (or slice) is a failure, before decoding.
     ``decode_workers`` processes decode files (default 0: one thread beside the network). They are
@@ -110,8 +118,8 @@ class Predictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None,
-        window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
+        self, model: torch.nn.Module | None, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32,
+        engine: InferenceEngine | None = None, window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0, model_dir: Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
@@ -119,13 +127,15 @@ class Predictor:
             raise OptionError(f"--max-pixels must be at least 1; got {max_pixels}")
         if decode_workers < 0:
             raise OptionError(f"--decode-workers must be 0 or more; got {decode_workers}")
+        if model is None and (engine is None or model_dir is None):
+            raise ValueError("a Predictor without a torch model needs an engine, and the model_dir that Grad-CAM loads the model from")
         self.card = card
         self.detector = detector
-        self.device = resolve_device(device)
-        self.use_bf16 = supports_bf16(self.device)
+        self.device_option = Device(device)
         self.batch_size = batch_size
-        self.model = prepare_for_inference(model, self.device)
-        self.engine = engine if engine is not None else TorchEngine(self.model, device=self.device, use_bf16=self.use_bf16)
+        self.model_dir = model_dir
+        self._model = None if model is None else self._prepared(model)  # the torch engine and Grad-CAM share it
+        self.engine = engine if engine is not None else self._torch_engine()
         self.window = window or HuWindow.parse(card.preprocessing.hu_window)
         self.max_pixels = max_pixels
         self.decode_workers = decode_workers
@@ -133,6 +143,33 @@ class Predictor:
     @property
     def threshold(self) -> float:
         return self.card.decision.threshold
+
+    @cached_property
+    def device(self) -> torch.device:
+        """Where the torch model runs (the torch engine, Grad-CAM); the ONNX engines run on the CPU whatever it is."""
+        from covidct.model.device import resolve_device
+
+        return resolve_device(self.device_option)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch network, folded for inference on ``device``; read from ``model_dir`` on first use when none was given."""
+        if self._model is None:
+            from covidct.model.checkpoint import load_model_dir
+
+            self._model = self._prepared(load_model_dir(self.model_dir)[0])
+        return self._model
+
+    def _prepared(self, model: torch.nn.Module) -> torch.nn.Module:
+        from covidct.model.forward import prepare_for_inference
+
+        return prepare_for_inference(model, self.device)
+
+    def _torch_engine(self) -> InferenceEngine:
+        from covidct.infer.torch_engine import TorchEngine
+        from covidct.model.device import supports_bf16
+
+        return TorchEngine(self.model, device=self.device, use_bf16=supports_bf16(self.device))
 
     def predict(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None) -> PredictionRun:
         """Predict every image and study in ``inputs`` (files, or folders walked recursively).
@@ -208,15 +245,26 @@ class Predictor:
         if not (explain and study.suspicious_slices):
             return study
         top = model_slices(volume.hu[[study.suspicious_slices[0].index]], self.window, self.card.preprocessing)
-        return replace(study, cam_slice=top[0].float().numpy(), cam_heatmap=self._heatmaps(top)[0])
+        return replace(study, cam_slice=top[0].astype(np.float32), cam_heatmap=self._heatmaps(top)[0])
 
-    def probabilities(self, slices: torch.Tensor) -> torch.Tensor:
+    def score(self, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated (N, C) class probabilities and (N,) guard distances (None without a guard), from one engine pass.
+
+        Args:
+            slices: (N, S, S) grayscale in [0, 1] at the card's size, as ``data.dataset.decode_slices`` gives them.
+        """
+        decision = self.card.decision
+        features, logits = self.engine.features_and_logits(slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size, tta_hflip=decision.tta_hflip)
+        scores = None if self.detector is None else self.detector.scores(features)
+        return decision.probabilities(logits), scores
+
+    def probabilities(self, slices: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities (N, C) for (N, S, S) grayscale slices in [0, 1]."""
-        return self._forward(slices)[1]
+        return self.score(slices)[0]
 
-    def ood_scores(self, slices: torch.Tensor) -> np.ndarray | None:
+    def ood_scores(self, slices: np.ndarray) -> np.ndarray | None:
         """(N,) guard distances for (N, S, S) grayscale slices in [0, 1], or None without a guard."""
-        return self._forward(slices)[0]
+        return self.score(slices)[1]
 
     def _run(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None, explain: bool) -> ExplanationRun:
         explanations: list[Explanation] = []
@@ -252,40 +300,31 @@ class Predictor:
                 failures.append(InputFailure.from_error(error, volume.source))
         return studies, failures
 
-    def _explained(self, names: list[str], images: torch.Tensor, *, explain: bool, keep_slices: bool) -> list[Explanation]:
+    def _explained(self, names: list[str], images: np.ndarray, *, explain: bool, keep_slices: bool) -> list[Explanation]:
         """One forward pass (and Grad-CAM when ``explain``) over (N, S, S) slices, one ``Explanation`` per name."""
         if not names:
             return []
-        scores, probabilities = self._forward(images)
+        probabilities, scores = self.score(images)
         heatmaps = self._heatmaps(images) if explain else [None] * len(names)
         explanations = []
         for row, name in enumerate(names):
             prediction = self._prediction(name, probabilities[row], None if scores is None else float(scores[row]))
-            slice_gray = images[row].float().numpy() if keep_slices else None
+            slice_gray = images[row].astype(np.float32) if keep_slices else None
             explanations.append(Explanation(prediction, slice_gray, heatmaps[row]))
         return explanations
 
-    def _forward(self, slices: torch.Tensor) -> tuple[np.ndarray | None, torch.Tensor]:
-        """Guard scores (or None) and calibrated probabilities, from one pass over the slices."""
-        decision = self.card.decision
-        features, logits = self.engine.features_and_logits(slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size, tta_hflip=decision.tta_hflip)
-        scores = None if self.detector is None else self.detector.scores(features)
-        return scores, decision.probabilities(logits)
+    def _heatmaps(self, slices: np.ndarray) -> np.ndarray:
+        # Imported here: Grad-CAM needs torch (and pytorch-grad-cam), which the ONNX engines otherwise never load.
+        from covidct.infer.gradcam import gradcam_heatmaps
 
-    def _heatmaps(self, slices: torch.Tensor) -> np.ndarray:
         return gradcam_heatmaps(self.model, slices, preprocessing=self.card.preprocessing, target_index=self.card.positive_index, device=self.device)
 
-    def _prediction(self, path: str, probabilities: torch.Tensor, ood_score: float | None) -> Prediction:
+    def _prediction(self, path: str, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
         card = self.card
         if ood_score is not None and ood_score > self.detector.threshold:
             return Prediction(path, None, NOT_CT_LABEL, {}, False, ood_score, not_ct_message(ood_score, self.detector.threshold))
-        prob_covid = float(probabilities[card.positive_index])
-        if prob_covid >= self.threshold:
-            label = card.positive_class
-        else:
-            others = [(float(p), name) for name, p in zip(card.classes, probabilities, strict=True) if name != card.positive_class]
-            label = max(others)[1]
-        return Prediction(path, prob_covid, label, {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}, True, ood_score)
+        by_class = {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}
+        return Prediction(path, by_class[card.positive_class], label_at_threshold(by_class[card.positive_class], card, by_class), by_class, True, ood_score)
 
 
 def load_model(
@@ -295,7 +334,8 @@ def load_model(
     """Load a model directory written by ``covidct train`` (on the CPU if there is no GPU).
 
     ``engine`` onnx or onnx-int8 runs ``model.onnx`` or ``model.int8.onnx`` (written by ``covidct
-    export``) with onnxruntime on the CPU; the torch weights are still loaded (hash check, Grad-CAM).
+    export``) with onnxruntime on the CPU, without torch: the weights' hash is checked from their
+    bytes, and the torch network is loaded only if Grad-CAM is asked for.
     ``window`` overrides the card's HU window for DICOM/NIfTI input (the CLI warns when it differs);
     ``max_pixels`` is the decompression-bomb cap on an image's (or slice's) width x height;
     ``decode_workers`` processes decode files (see ``Predictor``).
@@ -307,7 +347,17 @@ def load_model(
     Warns:
         MissingOodDetectorWarning: the directory has no out-of-distribution guard (an older model).
     """
-    engine = Engine(engine)
-    model, card = load_model_dir(Path(model_dir))
-    runner = None if engine is Engine.TORCH else open_onnx_engine(Path(model_dir), card, engine, device=device)
-    return Predictor(model, card, detector=load_detector(Path(model_dir), card), device=device, batch_size=batch_size, engine=runner, window=window, max_pixels=max_pixels, decode_workers=decode_workers)
+    engine, model_dir = Engine(engine), Path(model_dir)
+    if engine is Engine.TORCH:
+        from covidct.model.checkpoint import (
+            load_model_dir,  # torch and torchvision: the torch engine's path only
+        )
+
+        model, card = load_model_dir(model_dir)
+        runner = None
+    else:
+        card = read_card(model_dir)
+        checked_weights_path(model_dir, card)
+        model, runner = None, open_onnx_engine(model_dir, card, engine, device=device)
+    options = {"batch_size": batch_size, "window": window, "max_pixels": max_pixels, "decode_workers": decode_workers}
+    return Predictor(model, card, detector=load_detector(model_dir, card), device=device, engine=runner, model_dir=model_dir, **options)

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from covidct.data.dataset import decode_pool, decode_slices
 from covidct.errors import InputError
@@ -27,6 +28,9 @@ from covidct.io.images import MAX_PIXELS
 from covidct.io.readers import read_volume
 from covidct.io.volume import Volume
 from covidct.preprocess.transforms import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PREFETCH = 2
 _DONE = object()
@@ -48,7 +52,7 @@ class SliceBatch:
     """
 
     paths: list[Path]
-    images: torch.Tensor
+    images: np.ndarray
     failures: list[InputFailure]
     skipped: list[InputFailure]
     n_images_seen: int

@@ -13,7 +13,7 @@ How a volume (DICOM series, multi-frame DICOM, NIfTI) becomes one answer:
    the training data: it gets the label ``not-ct`` and no probability, as a single flagged image does.
 4. Aggregate. The remaining slice probabilities become the study probability by the rule on the
    model card (``Decision.study_aggregate``, chosen on validation data by ``train.study_rule``),
-   and the card's threshold gives the label.
+   and the card's threshold gives the label (below it, the other class the used slices find likeliest).
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from covidct.evaluate.aggregate import (
+from covidct.io.volume import StudyOrigin
+from covidct.model.card import ModelCard
+from covidct.model.decision import (
     aggregate_slices,
     card_study_rule,
     describe_rule,
+    label_at_threshold,
+    negative_classes,
 )
-from covidct.infer.ood import NOT_CT_LABEL
-from covidct.io.volume import StudyOrigin
-from covidct.model.card import ModelCard
+from covidct.model.ood import NOT_CT_LABEL
 from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.transforms import Preprocessing
 from covidct.preprocess.window import HuWindow, window_hu
@@ -106,7 +107,7 @@ class StudyPrediction:
         return sorted(scored, key=lambda s: (-s.prob_covid, s.index))[:N_MARKED_SLICES]
 
 
-def model_slices(hu: np.ndarray, window: HuWindow, preprocessing: Preprocessing) -> torch.Tensor:
+def model_slices(hu: np.ndarray, window: HuWindow, preprocessing: Preprocessing) -> np.ndarray:
     """(N, S, S) float16 network-ready slices in [0, 1] from (N, H, W) HU slices, windowed then prepared as in training."""
     return prepare_slices(window_hu(hu, window), preprocessing)
 
@@ -123,7 +124,7 @@ def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequen
     scored = tuple(
         SlicePrediction(p.path, int(index), p.prob_covid, p.label, p.in_distribution, p.ood_score) for index, p in zip(indices, slices, strict=True)
     )
-    used = [s.prob_covid for s in scored if s.in_distribution]
+    used = [p for p in slices if p.in_distribution]
     n_flagged = len(scored) - len(used)
     scores = [s.ood_score for s in scored if s.ood_score is not None]
     rule, topk_fraction = card_study_rule(card.decision)
@@ -136,14 +137,9 @@ def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequen
     if n_flagged > MAX_FLAGGED_FRACTION * len(scored):
         message = f"{flagged} (out-of-distribution guard), so the study gets no COVID probability"
         return StudyPrediction(prob_covid=None, label=NOT_CT_LABEL, n_slices_used=0, in_distribution=False, message=message, **common)
-    prob_covid = aggregate_slices(np.asarray(used, dtype=np.float64), rule, topk_fraction=topk_fraction)
+    prob_covid = aggregate_slices(np.asarray([p.prob_covid for p in used], dtype=np.float64), rule, topk_fraction=topk_fraction)
+    negatives = negative_classes(card)
+    others = {name: float(np.mean([p.probabilities[name] for p in used])) for name in negatives} if len(negatives) > 1 else None
     message = f"{flagged} and were left out of the study probability" if n_flagged else ""
-    return StudyPrediction(prob_covid=prob_covid, label=_study_label(prob_covid, card), n_slices_used=len(used), message=message, **common)
-
-
-def _study_label(prob_covid: float, card: ModelCard) -> str:
-    """The positive class at or above the threshold; else the other class (or "not-<positive>" with several)."""
-    if prob_covid >= card.decision.threshold:
-        return card.positive_class
-    others = [name for name in card.classes if name != card.positive_class]
-    return others[0] if len(others) == 1 else f"not-{card.positive_class}"
+    label = label_at_threshold(prob_covid, card, others)
+    return StudyPrediction(prob_covid=prob_covid, label=label, n_slices_used=len(used), message=message, **common)

@@ -6,11 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from covidct.errors import ModelDirError
 from covidct.intended_use import RESEARCH_USE_STATEMENT
-from covidct.model.network import StrideVariant
+from covidct.model.architecture import StrideVariant
 from covidct.preprocess.transforms import Preprocessing
 
 CARD_FILE = "model.json"
@@ -44,17 +44,21 @@ class Decision:
     study_topk_fraction: float | None = DEFAULT_STUDY_TOPK_FRACTION
     study_rule_source: str = "default: the model card predates study-level rules"
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(N, C) calibrated class probabilities from (N, C) logits, as every path (predict, evaluate, export check) computes them."""
         return calibrated_probabilities(logits, self.temperature, self.class_bias)
 
 
-def calibrated_probabilities(logits: torch.Tensor, temperature: float, class_bias: tuple[float, ...] = ()) -> torch.Tensor:
-    """``softmax(logits / temperature + class_bias)`` over dim 1; an empty ``class_bias`` is no bias."""
-    scaled = logits / temperature
+def calibrated_probabilities(logits: np.ndarray, temperature: float, class_bias: tuple[float, ...] = ()) -> np.ndarray:
+    """``softmax(logits / temperature + class_bias)`` over axis 1, in the logits' float dtype; an empty ``class_bias`` is no bias.
+
+    ``logits``: (N, C) numpy array (or a CPU tensor, read through ``np.asarray``).
+    """
+    scaled = np.asarray(logits) / temperature
     if class_bias:
-        scaled = scaled + torch.tensor(class_bias, dtype=scaled.dtype, device=scaled.device)
-    return torch.softmax(scaled, dim=1)
+        scaled = scaled + np.asarray(class_bias, dtype=scaled.dtype)
+    exponentials = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class ModelCard:
     """Typed view of model.json. ``to_dict`` gives exactly the documented keys (a test pins them).
 
     ``ood`` describes the out-of-distribution detector stored beside the weights (see
-    ``covidct.infer.ood``); it is None for models trained before the guard existed.
+    ``covidct.model.ood``); it is None for models trained before the guard existed.
     """
 
     classes: tuple[str, ...]

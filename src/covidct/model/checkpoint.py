@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -12,18 +11,8 @@ from torch import nn
 
 from covidct.errors import ModelDirError
 from covidct.model.card import ModelCard, read_card, write_card
+from covidct.model.integrity import WEIGHTS_FILE, checked_weights_path, file_sha256
 from covidct.model.network import build_resnet50
-
-WEIGHTS_FILE = "model.safetensors"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_model_dir(model_dir: Path, model: nn.Module, card: ModelCard) -> ModelCard:
@@ -47,15 +36,7 @@ def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     """
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    weights_path = model_dir / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ModelDirError(f"no {WEIGHTS_FILE} beside model.json", path=model_dir)
-    if card.checkpoint_sha256 and file_sha256(weights_path) != card.checkpoint_sha256:
-        raise ModelDirError(
-            f"{WEIGHTS_FILE} does not match the hash in model.json ({card.checkpoint_sha256[:12]}...); "
-            "the directory was modified or mixes two models",
-            path=model_dir,
-        )
+    weights_path = checked_weights_path(model_dir, card)
     try:
         state = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as error:

@@ -1,13 +1,19 @@
-"""Where the network runs and in which precision: CUDA when present, else the CPU with bf16 if it has it."""
+"""Where the network runs and in which precision: CUDA when present, else the CPU with bf16 if it has it.
+
+torch is imported by the functions that use it, not by this module: the ONNX engines name a ``Device``
+but never need torch (issue 16, a light inference path).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from enum import StrEnum
-
-import torch
+from typing import TYPE_CHECKING
 
 from covidct.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Device(StrEnum):
@@ -22,6 +28,8 @@ def resolve_device(device: Device | str) -> torch.device:
     Raises:
         OptionError: ``cuda`` was asked for on a machine without a usable GPU.
     """
+    import torch
+
     device = Device(device)
     if device is Device.CUDA and not torch.cuda.is_available():
         raise OptionError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
@@ -32,6 +40,8 @@ def resolve_device(device: Device | str) -> torch.device:
 
 def supports_bf16(device: torch.device) -> bool:
     """True where bf16 autocast is fast: CUDA GPUs with bf16, or CPUs with AVX512-BF16/AMX (oneDNN)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -41,4 +51,6 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     """bf16 autocast on ``device`` when ``enabled``, else a no-op context."""
     if not enabled:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -8,21 +8,10 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 
-FEATURE_DIM = 2048
+from covidct.model.architecture import FEATURE_DIM, StrideVariant
+
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 BLOCK_NAMES = ("conv1", "bn1", *STAGES)
-
-
-class StrideVariant(StrEnum):
-    """Where the downsampling stride sits in the first block of layers 2-4.
-
-    Keras' ResNet50 (the original He et al. model, "v1") strides the first 1x1 conv; torchvision
-    ("v1.5") strides the 3x3 conv. Shapes match, so the variant must follow the weights' origin for
-    the ImageNet classifier to be reproduced exactly.
-    """
-
-    V1 = "v1"
-    V1_5 = "v1.5"
 
 
 class TrainLayers(StrEnum):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from covidct.model.checkpoint import file_sha256
-from covidct.model.network import StrideVariant
+from covidct.model.architecture import StrideVariant
+from covidct.model.integrity import file_sha256
 from covidct.model.weights import (
     WeightSource,
     fetch_imagenet_weights,

@@ -40,14 +40,14 @@ from safetensors.torch import save_file
 from torchvision.models import resnet50
 
 from covidct.errors import CovidctWarning, WeightsError
-from covidct.model.checkpoint import file_sha256
+from covidct.model.architecture import StrideVariant
+from covidct.model.integrity import file_sha256
 from covidct.model.keras_convert import (
     TORCHVISION_MEAN_RGB,
     TORCHVISION_STD_RGB,
     convert_keras_resnet50,
     manifest_shard_paths,
 )
-from covidct.model.network import StrideVariant
 
 CACHE_DIR_ENV = "COVIDCT_CACHE_DIR"
 READ_TIMEOUT_S = 60

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import torch
 
 from covidct.preprocess import site
 from covidct.preprocess.transforms import Preprocessing, resize_gray
@@ -36,17 +35,17 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return resize_gray(gray, preprocessing.image_size)
 
 
-def prepare_slices(grays: Iterable[np.ndarray], preprocessing: Preprocessing) -> torch.Tensor:
+def prepare_slices(grays: Iterable[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
     """(N, S, S) float16 network-ready slices from (H, W) float32 slices in [0, 1]: ``prepare_slice`` on each, stacked."""
     return stack_prepared([prepare_slice(gray, preprocessing) for gray in grays], preprocessing.image_size)
 
 
-def stack_prepared(prepared: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
-    """Stack (S, S) prepared slices into one (N, S, S) float16 tensor (N may be 0): what every path feeds the network.
+def stack_prepared(prepared: Sequence[np.ndarray], image_size: int) -> np.ndarray:
+    """Stack (S, S) prepared slices into one (N, S, S) float16 array (N may be 0): what every path feeds the network.
 
-    float16 in numpy, not torch: predict decodes in a background thread, where a torch op would start a second
-    OpenMP team competing with the forward pass for the cores (the values are the same, both round to nearest even).
+    numpy, not torch: predict decodes in a background thread, where a torch op would start a second OpenMP
+    team competing with the forward pass for the cores, and the ONNX engines run without torch.
     """
     if not prepared:
-        return torch.empty(0, image_size, image_size, dtype=torch.float16)
-    return torch.from_numpy(np.stack(prepared).astype(np.float16))
+        return np.empty((0, image_size, image_size), dtype=np.float16)
+    return np.stack(prepared).astype(np.float16)

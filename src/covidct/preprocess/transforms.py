@@ -1,22 +1,21 @@
 """Image -> model input, the same way for every class, in training, evaluation and inference.
 
 The model card stores a ``Preprocessing`` value; inference rebuilds the pipeline from it, so nothing
-downstream hard-codes the size or the normalisation.
+downstream hard-codes the size or the normalisation. numpy and Pillow only: the ONNX engines prepare
+their inputs without torch (training's augmentation is in ``preprocess.augment``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from torch.nn import functional
-from torchvision.transforms import v2
 
 from covidct.preprocess.window import LUNG_WINDOW
+
+Array = TypeVar("Array")  # a numpy array, or a torch tensor on any device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,58 +56,15 @@ def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).clip(0.0, 1.0)
 
 
-def normalize(gray: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """Map (N, 1, S, S) grayscale in [0, 1] to the (N, 3, S, S) normalised network input."""
-    mean = torch.tensor(preprocessing.mean, dtype=gray.dtype, device=gray.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std, dtype=gray.dtype, device=gray.device).view(1, 3, 1, 1)
-    return (gray.expand(-1, 3, -1, -1) - mean) / std
+def normalize(gray: Array, preprocessing: Preprocessing) -> Array:
+    """Map (N, 1, S, S) grayscale in [0, 1] to the (N, 3, S, S) normalised network input, in ``gray``'s dtype.
 
-
-def train_augmentation(image_size: int) -> v2.Compose:
-    """Augmentation for one (1, S, S) float slice in [0, 1]: what varies between sites but is not disease.
-
-    Random resized crop (zoom and framing), horizontal flip (left/right lungs are both affected by
-    COVID-19), a small rotation (patient positioning), brightness/contrast (window, scanner), and, each
-    on a share of the slices, gamma (non-linear windows, figure export), a lower resolution (small or
-    upscaled figures), blur (reconstruction kernel, JPEG) and noise (dose). All of it is a few elementwise or
-    small-kernel operations per slice, cheap next to the network on a CPU.
+    One function for numpy arrays (the ONNX engines) and torch tensors on any device (training, the
+    torch engine, Grad-CAM): broadcasting the one channel against the three means replicates it.
     """
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomRotation(10),
-            v2.ColorJitter(brightness=0.25, contrast=0.25),
-            v2.RandomApply([RandomGamma(max_factor=1.5)], p=0.5),
-            v2.RandomApply([RandomDownUp(min_scale=0.35)], p=0.3),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.3, 1.2))], p=0.3),
-            v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.3),
-        ]
-    )
-
-
-class RandomGamma(nn.Module):
-    """``image ** gamma`` with log-uniform gamma in [1 / max_factor, max_factor]: a non-linear window change."""
-
-    def __init__(self, max_factor: float) -> None:
-        super().__init__()
-        self.log_max = math.log(max_factor)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        gamma = math.exp((2 * float(torch.rand(())) - 1) * self.log_max)
-        return image.clamp(0.0, 1.0) ** gamma
-
-
-class RandomDownUp(nn.Module):
-    """Shrink a (C, S, S) image by a factor in [min_scale, 1) and enlarge it back: the detail a low-resolution source lacks."""
-
-    def __init__(self, min_scale: float) -> None:
-        super().__init__()
-        self.min_scale = min_scale
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        size = image.shape[-2:]
-        scale = self.min_scale + (1 - self.min_scale) * float(torch.rand(()))
-        small = [max(8, round(side * scale)) for side in size]
-        shrunk = functional.interpolate(image[None], size=small, mode="bilinear", antialias=True, align_corners=False)
-        return functional.interpolate(shrunk, size=size, mode="bilinear", align_corners=False)[0]
+    mean, std = (np.asarray(values, dtype=np.float32).reshape(1, 3, 1, 1) for values in (preprocessing.mean, preprocessing.std))
+    if isinstance(gray, np.ndarray):
+        mean, std = mean.astype(gray.dtype), std.astype(gray.dtype)
+    else:  # a torch tensor: the constants follow its dtype and device
+        mean, std = gray.new_tensor(mean), gray.new_tensor(std)
+    return (gray - mean) / std

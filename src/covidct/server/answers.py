@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from covidct.errors import InputError
-from covidct.infer.gradcam import overlay_caption, render_overlay
+from covidct.infer.overlay import overlay_caption, render_overlay
 from covidct.infer.predictor import Explanation
 from covidct.infer.study import StudyPrediction, study_prediction
 from covidct.io.volume import StudyOrigin, privacy_key

@@ -16,11 +16,12 @@ from torch.nn import functional
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
-from covidct.data.dataset import SliceDataset
+from covidct.data.slice_dataset import SliceDataset
+from covidct.infer.torch_engine import TorchEngine
 from covidct.model.device import autocast
-from covidct.model.forward import predict_logits
-from covidct.model.network import extract_features, train_mode
-from covidct.preprocess.transforms import Preprocessing, normalize, train_augmentation
+from covidct.model.network import train_mode
+from covidct.preprocess.augment import train_augmentation
+from covidct.preprocess.transforms import Preprocessing, normalize
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
 from covidct.train.distributed import World
@@ -155,7 +156,7 @@ def make_runner(
         module = model
         dataset = SliceDataset(train[0], train[1], weights, augment=train_augmentation(preprocessing.image_size))
         to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
-        val_logits = lambda net: predict_logits(net, val_shard, preprocessing=preprocessing, device=device, use_bf16=use_bf16, batch_size=config.batch_size)
+        val_logits = lambda net: _engine_outputs(net, val_shard, preprocessing, device, use_bf16, batch_size=config.batch_size)[1]
     is_finetune = config.mode is Mode.FINETUNE
     drop_last = len(dataset) > config.batch_size and is_finetune
     sampler = world.sampler(dataset, seed=config.seed)
@@ -186,7 +187,14 @@ def _identity(tensor: torch.Tensor) -> torch.Tensor:
 
 def _features(model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device, use_bf16: bool) -> torch.Tensor:
     model.eval()
-    return predict_logits(lambda x: extract_features(model, x), slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16)
+    return _engine_outputs(model, slices, preprocessing, device, use_bf16)[0]
+
+
+def _engine_outputs(model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device, use_bf16: bool, *, batch_size: int = 32) -> Tensors:
+    """(N, 2048) features and (N, C) logits of ``model`` as the torch engine computes them for prediction (no flips)."""
+    engine = TorchEngine(model, device=device, use_bf16=use_bf16)
+    features, logits = engine.features_and_logits(slices, preprocessing=preprocessing, batch_size=batch_size, tta_hflip=False)
+    return torch.from_numpy(features), torch.from_numpy(logits)
 
 
 @torch.inference_mode()

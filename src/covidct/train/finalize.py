@@ -44,7 +44,7 @@ def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tens
     """
     logits = val[0]
     temperature, class_bias = fit_calibration(logits, val[1])
-    prob = calibrated_probabilities(logits, temperature, class_bias)[:, manifest.positive_index].numpy()
+    prob = calibrated_probabilities(logits.numpy(), temperature, class_bias)[:, manifest.positive_index]
     is_positive = (val[1] == manifest.positive_index).numpy().astype(int)
     threshold, rule = choose_threshold(is_positive, prob, target_sensitivity=config.target_sensitivity)
     study = choose_study_rule(is_positive, prob, val[2])

@@ -29,7 +29,8 @@ from covidct.errors import OptionError
 from covidct.model.device import autocast
 from covidct.model.forward import predict_logits
 from covidct.model.network import STAGES, TrainLayers, pooled, run_stages, stem
-from covidct.preprocess.transforms import Preprocessing, train_augmentation
+from covidct.preprocess.augment import train_augmentation
+from covidct.preprocess.transforms import Preprocessing
 from covidct.train.distributed import World
 
 FIRST_TRAINED_STAGE = {TrainLayers.LAYER4: "layer4", TrainLayers.LAYER3: "layer3"}

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+from sklearn.covariance import LedoitWolf
 
+from covidct.errors import InputError
 from covidct.evaluate.bootstrap import MIN_GROUPS, resampling_groups
-from covidct.infer.ood import (
+from covidct.infer.engines import InferenceEngine
+from covidct.model.ood import (
     DEFAULT_PASS_RATE,
     OodDetector,
-    features_and_logits,
-    fit_detector,
     threshold_passing,
     with_threshold,
 )
@@ -44,31 +44,49 @@ class OodFit:
 
 
 def fit_ood_guard(
-    model: nn.Module,
+    engine: InferenceEngine,
     *,
     train: tuple[torch.Tensor, torch.Tensor],
-    val_features: torch.Tensor,
+    val_features: np.ndarray,
     val_groups: Sequence[str | None],
     preprocessing: Preprocessing,
-    device: torch.device,
-    use_bf16: bool,
     tta_hflip: bool,
+    batch_size: int = 32,
     pass_rate: float = DEFAULT_PASS_RATE,
 ) -> OodFit:
     """Fit the detector on the features of ``train`` (slices, labels); threshold it so ``pass_rate`` of a new patient's slices pass.
 
-    The cost is one inference pass over the training slices (bf16 where the device has it; with
-    ``tta_hflip`` each slice and its mirror, as inference computes features). ``val_features`` are
+    The cost is one pass of ``engine`` (the trained network, as inference runs it) over the training
+    slices (with ``tta_hflip`` each slice and its mirror, as inference computes features). ``val_features`` are
     the ones calibration computed. The threshold comes from validation slices, which the detector's
     means and covariance never saw (training features sit much closer to them), so the pass rate
     carries over to new CT slices of the same kind; ``val_groups`` (one patient id or None per validation
     slice) set how much above ``pass_rate`` the validation quantile must be (module docstring).
     """
-    model.eval()
-    train_features, _ = features_and_logits(model, train[0], preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=tta_hflip)
+    train_features, _ = engine.features_and_logits(train[0], preprocessing=preprocessing, batch_size=batch_size, tta_hflip=tta_hflip)
     detector = fit_detector(train_features, train[1])
     fitted = threshold_on_validation(detector, detector.scores(val_features), val_groups, pass_rate=pass_rate)
     return dataclasses.replace(fitted, facts={**fitted.facts, "n_train": len(train_features)})
+
+
+def fit_detector(features: np.ndarray, labels: np.ndarray | torch.Tensor) -> OodDetector:
+    """Fit class means and a shared shrinkage precision on (N, D) training ``features`` with (N,) class ``labels``.
+
+    Ledoit-Wolf shrinkage keeps the 2048 x 2048 covariance invertible and well conditioned with a few
+    hundred slices. The threshold is left at infinity until ``with_threshold`` sets it on validation data.
+
+    Raises:
+        InputError: fewer than two feature vectors, or ``labels`` not one per feature vector.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if x.ndim != 2 or len(x) < 2 or y.shape != (len(x),):
+        raise InputError(f"the OOD detector needs (N, D) features with N >= 2 and one label each; got features {x.shape} and labels {y.shape}")
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return OodDetector(means, precision)
 
 
 def threshold_on_validation(detector: OodDetector, val_scores: np.ndarray, val_groups: Sequence[str | None], *, pass_rate: float = DEFAULT_PASS_RATE) -> OodFit:

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from covidct.evaluate.aggregate import (
-    DEFAULT_TOPK_FRACTION,
-    Aggregate,
-    aggregate_by_group,
-    describe_rule,
-)
+from covidct.evaluate.aggregate import aggregate_by_group
 from covidct.model.card import DEFAULT_STUDY_AGGREGATE, DEFAULT_STUDY_TOPK_FRACTION
+from covidct.model.decision import DEFAULT_TOPK_FRACTION, Aggregate, describe_rule
 
 MIN_PATIENTS_PER_CLASS = 5
 # AUCs closer than this are a tie (they differ by floating-point noise, not by ranking).

@@ -20,12 +20,13 @@ from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits, split_method
 from covidct.errors import InputError, TrainingInterrupted
 from covidct.evaluate.site_shift import reference_statistics
-from covidct.infer.ood import features_and_logits, save_detector
+from covidct.infer.torch_engine import TorchEngine
 from covidct.io.failures import InputFailure
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import save_model_dir
 from covidct.model.device import supports_bf16
 from covidct.model.network import build_resnet50, load_backbone_state, set_trainable
+from covidct.model.ood import save_detector
 from covidct.model.pretrained import Pretrained
 from covidct.preprocess.transforms import Preprocessing
 from covidct.train.callbacks import TrainCallbacks
@@ -105,12 +106,13 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     failures = train.failures + val.failures
     facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started, [f.message for f in audit.warnings])
     callbacks.on_stage("calibrating on the validation split")
-    # One validation pass serves calibration (logits) and the OOD threshold (features).
-    val_features, val_logits = features_and_logits(model.eval(), val.slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
-    card = build_card(manifest, config, val=(val_logits, val.labels, val.groups), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    # The trained network scored as prediction scores it; one validation pass serves calibration (logits) and the OOD threshold (features).
+    engine = TorchEngine(model.eval(), device=device, use_bf16=use_bf16)
+    val_features, val_logits = engine.features_and_logits(val.slices, preprocessing=preprocessing, batch_size=32, tta_hflip=config.tta_hflip)
+    card = build_card(manifest, config, val=(torch.from_numpy(val_logits), val.labels, val.groups), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
     card = dataclasses.replace(card, training={**card.training, "processes": world.size, "process_group": world.backend, "global_batch_size": config.batch_size * world.size})
     callbacks.on_stage("fitting the out-of-distribution guard on the training slices")
-    ood = fit_ood_guard(model, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups, preprocessing=preprocessing, device=device, use_bf16=use_bf16, tta_hflip=config.tta_hflip)
+    ood = fit_ood_guard(engine, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups, preprocessing=preprocessing, tta_hflip=config.tta_hflip)
     card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
     # What evaluation compares a test set with to flag a likely site shift (covidct.evaluate.site_shift).
     card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.val_scores)})
@@ -134,7 +136,7 @@ def _decode_split(manifest: Manifest, split: str, preprocessing: Preprocessing, 
     if missing:
         raise InputError(f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)", path=manifest.origin)
     samples = [part.samples[i] for i in decoded.indices]
-    return SplitData(decoded.images, labels, decoded.failures, [s.source for s in samples], [s.group for s in samples])
+    return SplitData(torch.from_numpy(decoded.images), labels, decoded.failures, [s.source for s in samples], [s.group for s in samples])
 
 
 def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained) -> nn.Module:

@@ -6,29 +6,24 @@ distance to the nearest class mean under one shared, shrunk covariance: Lee et a
 Unified Framework for Detecting Out-of-Distribution Samples", NeurIPS 2018) and flags inputs beyond
 a threshold set on validation CT slices. The detector is stored beside the weights as
 ``ood.safetensors`` (class means, precision matrix, threshold: no pickle) and described in the
-model card's ``ood`` section.
+model card's ``ood`` section. Fitting it is part of training (``train.ood_fit``); this module holds
+the fitted detector, its threshold rule and its file, in numpy.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
-from sklearn.covariance import LedoitWolf
-from torch import nn
 
 from covidct.errors import InputError, MissingOodDetectorWarning, ModelDirError
+from covidct.model.architecture import FEATURE_DIM
 from covidct.model.card import ModelCard
-from covidct.model.checkpoint import file_sha256
-from covidct.model.forward import predict_logits
-from covidct.model.network import FEATURE_DIM, extract_features
-from covidct.preprocess.transforms import Preprocessing
+from covidct.model.integrity import file_sha256
 
 OOD_FILE = "ood.safetensors"
 METHOD = "mahalanobis"
@@ -50,7 +45,7 @@ class OodDetector:
     precision: np.ndarray
     threshold: float = float("inf")
 
-    def scores(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+    def scores(self, features: np.ndarray) -> np.ndarray:
         """Return the (N,) float64 Mahalanobis distance of (N, D) ``features`` to the nearest class mean."""
         x = np.asarray(features, dtype=np.float64)
         distances = []
@@ -62,26 +57,6 @@ class OodDetector:
     def is_in_distribution(self, scores: np.ndarray) -> np.ndarray:
         """(N,) bool: True where the score is at or below the threshold."""
         return np.asarray(scores) <= self.threshold
-
-
-def fit_detector(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> OodDetector:
-    """Fit class means and a shared shrinkage precision on (N, D) training ``features`` with (N,) class ``labels``.
-
-    Ledoit-Wolf shrinkage keeps the 2048 x 2048 covariance invertible and well conditioned with a few
-    hundred slices. The threshold is left at infinity until ``with_threshold`` sets it on validation data.
-
-    Raises:
-        InputError: fewer than two feature vectors, or ``labels`` not one per feature vector.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    if x.ndim != 2 or len(x) < 2 or y.shape != (len(x),):
-        raise InputError(f"the OOD detector needs (N, D) features with N >= 2 and one label each; got features {x.shape} and labels {y.shape}")
-    classes = np.unique(y)
-    means = np.stack([x[y == c].mean(axis=0) for c in classes])
-    centred = x - means[np.searchsorted(classes, y)]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    return OodDetector(means, precision)
 
 
 def with_threshold(detector: OodDetector, val_scores: np.ndarray, *, pass_rate: float = DEFAULT_PASS_RATE) -> OodDetector:
@@ -101,28 +76,6 @@ def with_threshold(detector: OodDetector, val_scores: np.ndarray, *, pass_rate: 
 def threshold_passing(scores: np.ndarray, pass_rate: float) -> float:
     """The score threshold that passes at least ``pass_rate`` of ``scores`` (the "higher" quantile)."""
     return float(np.quantile(scores, pass_rate, method="higher"))
-
-
-def features_and_logits(
-    model: nn.Module, slices: torch.Tensor, *, preprocessing: Preprocessing, device: torch.device, use_bf16: bool, batch_size: int = 32, tta_hflip: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return float32 (N, 2048) penultimate features and (N, C) logits of (N, S, S) slices in [0, 1], in one pass.
-
-    The head is linear, so with ``tta_hflip`` the averaged features map to exactly the averaged logits
-    the card prescribes; the guard is fitted and applied on these same (flip-averaged) features.
-    """
-    outputs = predict_logits(_features_then_logits(model), slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16, batch_size=batch_size, tta_hflip=tta_hflip)
-    if len(slices) == 0:
-        return torch.empty(0, FEATURE_DIM), torch.empty(0, model.fc.out_features)
-    return outputs[:, :FEATURE_DIM], outputs[:, FEATURE_DIM:]
-
-
-def _features_then_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def net(images: torch.Tensor) -> torch.Tensor:
-        features = extract_features(model, images)
-        return torch.cat([features, model.fc(features)], dim=1)
-
-    return net
 
 
 def not_ct_message(score: float, threshold: float) -> str:

@@ -1,0 +1,38 @@
+"""The hashes that tie a model directory's files together, checked from their bytes (no torch needed)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from covidct.errors import ModelDirError
+from covidct.model.card import ModelCard
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checked_weights_path(model_dir: Path, card: ModelCard) -> Path:
+    """``model_dir/model.safetensors``, after checking its bytes against the card's ``checkpoint_sha256``.
+
+    Raises:
+        ModelDirError: the file is missing, or its hash differs from the card's.
+    """
+    weights_path = Path(model_dir) / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ModelDirError(f"no {WEIGHTS_FILE} beside model.json", path=model_dir)
+    if card.checkpoint_sha256 and file_sha256(weights_path) != card.checkpoint_sha256:
+        raise ModelDirError(
+            f"{WEIGHTS_FILE} does not match the hash in model.json ({card.checkpoint_sha256[:12]}...); "
+            "the directory was modified or mixes two models",
+            path=model_dir,
+        )
+    return weights_path
