@@ -1,4 +1,4 @@
-"""Imports between covidct's subpackages flow one way: io -> data/preprocess -> model -> train/evaluate/infer -> cli/server."""
+"""Subpackages import one way: io -> data/preprocess -> model -> train/evaluate/infer -> cli/server."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "covidct"
 # (errors, intended_use, html_page, png) are shared by every stage.
 STAGES = {
     "io": 0,
-    "data": 1, "preprocess": 1,
+    "data": 1,
+    "preprocess": 1,
     "model": 2,
-    "train": 3, "evaluate": 3, "infer": 3, "export": 3,
-    "cli": 4, "server": 4,
+    "train": 3,
+    "evaluate": 3,
+    "infer": 3,
+    "export": 3,
+    "cli": 4,
+    "server": 4,
 }
 SHARED = {"errors", "intended_use", "html_page", "png"}
 
@@ -24,13 +29,19 @@ def imported_units(path: Path) -> set[str]:
     """The covidct subpackages or top-level modules that ``path`` imports, at any depth of its code."""
     units = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        names = (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+            else []
+        )
         units |= {name.split(".")[1] for name in names if name.startswith("covidct.")}
     return units
 
 
 def subpackage_graph() -> dict[str, set[str]]:
-    """Subpackage -> the other covidct units its modules import (the package's ``__init__`` re-exports are left out)."""
+    """Subpackage -> the other covidct units its modules import (the package's own re-exports left out)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).parts
@@ -55,7 +66,9 @@ def test_the_subpackages_import_each_other_without_a_cycle():
     visiting, done = [], set()
 
     def visit(package: str) -> None:
-        assert package not in visiting, f"import cycle: {' -> '.join([*visiting[visiting.index(package):], package])}"
+        assert package not in visiting, (
+            f"import cycle: {' -> '.join([*visiting[visiting.index(package) :], package])}"
+        )
         if package in done:
             return
         visiting.append(package)

@@ -62,7 +62,7 @@ def test_each_lung_slice_of_a_volume_is_a_sample_of_its_row(tmp_path):
         (str(paths[2]), "none of its 1 slices shows lung (too few pixels in the lung HU range inside the body)")
     ]
     expected = [prepare_slice(window_hu(hu[k], window), Preprocessing(image_size=64)) for k in LUNG_SLICES]
-    np.testing.assert_allclose(decoded.images[3:].astype(np.float32), np.stack(expected), atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(decoded.images[3:].astype(np.float32), np.stack(expected), atol=2e-3)  # fp16
 
 
 def test_a_class_folder_of_volumes_gives_one_row_per_nifti_file_and_per_dicom_folder(tmp_path):

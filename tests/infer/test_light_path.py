@@ -1,4 +1,4 @@
-"""The ONNX engines' path imports no torch: load_model(dir, engine="onnx-int8").predict(...) in a fresh process."""
+"""The ONNX engines need no torch: load_model(dir, engine="onnx-int8").predict(...) in a fresh process."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     predictor = load_model(sys.argv[1], engine="onnx-int8", device="cpu")
     run = predictor.predict(sys.argv[2:])
     heavy = sorted(name for name in ("torch", "torchvision", "pytorch_grad_cam") if name in sys.modules)
-    print(json.dumps({"heavy": heavy, "predictions": [[p.path, p.label, p.prob_covid, p.ood_score] for p in run.predictions]}))
+    rows = [[p.path, p.label, p.prob_covid, p.ood_score] for p in run.predictions]
+    print(json.dumps({"heavy": heavy, "predictions": rows}))
     """
 )
 
@@ -32,13 +33,22 @@ def paths(tiny_dataset):
 
 def test_onnx_int8_predicts_without_importing_torch(onnx_model_dir, paths):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(onnx_model_dir), *paths], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(onnx_model_dir), *paths],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
 
     answer = json.loads(done.stdout.splitlines()[-1])
 
     assert answer["heavy"] == []
     expected = load_model(onnx_model_dir, engine="onnx-int8", device="cpu").predict(paths).predictions
-    assert answer["predictions"] == [[p.path, p.label, pytest.approx(p.prob_covid, abs=1e-6), pytest.approx(p.ood_score, rel=1e-6)] for p in expected]
+    assert answer["predictions"] == [
+        [p.path, p.label, pytest.approx(p.prob_covid, abs=1e-6), pytest.approx(p.ood_score, rel=1e-6)]
+        for p in expected
+    ]
 
 
 def test_grad_cam_beside_an_onnx_engine_loads_the_torch_weights(onnx_model_dir, paths):
@@ -47,4 +57,6 @@ def test_grad_cam_beside_an_onnx_engine_loads_the_torch_weights(onnx_model_dir, 
     run = predictor.explain(paths[:1])
 
     assert run.explanations[0].heatmap.shape == (64, 64)
-    assert run.predictions[0].prob_covid == pytest.approx(predictor.predict(paths[:1]).predictions[0].prob_covid, abs=1e-6)
+    assert run.predictions[0].prob_covid == pytest.approx(
+        predictor.predict(paths[:1]).predictions[0].prob_covid, abs=1e-6
+    )

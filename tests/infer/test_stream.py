@@ -29,7 +29,8 @@ class ConstantEngine(InferenceEngine):
     num_classes = 2
 
     def features_and_logits(self, slices, *, preprocessing, batch_size, tta_hflip):
-        return np.zeros((len(slices), FEATURE_DIM), np.float32), np.zeros((len(slices), self.num_classes), np.float32)
+        n = len(slices)
+        return np.zeros((n, FEATURE_DIM), np.float32), np.zeros((n, self.num_classes), np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 
     """Logits whose labels are drawn from softmax(logits / true_temperature + (0, true_bias)): the NLL optimum is that T and bias."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, 2, generator=generator) * 4
-    labels = torch.multinomial(torch.from_numpy(calibrated_probabilities(logits, true_temperature, (0.0, true_bias))), 1, generator=generator).squeeze(1)
+    probabilities = torch.from_numpy(calibrated_probabilities(logits, true_temperature, (0.0, true_bias)))
+    labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
     return logits, labels
 
 

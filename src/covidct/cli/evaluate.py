@@ -50,14 +50,17 @@ def evaluate(
     split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
 ) -> None:
-    """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used for any choice in training).
+    """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used in training).
 
     --engine onnx or onnx-int8 scores with the export, as 'covidct predict --engine' does, so the
     metrics are those of the model you deploy.
     """
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     with progress_callback(f"scoring the {split} split") as progress:
-        run = evaluate_model(model_dir, manifest, out, split=split, aggregate=aggregate, device=device, engine=engine, n_resamples=n_resamples, progress=progress)
+        run = evaluate_model(
+            model_dir, manifest, out, split=split, aggregate=aggregate, device=device, engine=engine,
+            n_resamples=n_resamples, progress=progress,
+        )
     print_evaluation(run)
 
 

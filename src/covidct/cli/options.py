@@ -18,7 +18,14 @@ GroupCol = Annotated[str | None, typer.Option("--group-col", help="CSV column wi
 SplitCol = Annotated[str | None, typer.Option("--split-col", help="CSV column with train/val/test; without one covidct splits by patient. [default: split, if present]")]
 PositiveClass = Annotated[str, typer.Option("--positive-class", help="The class whose probability is reported as prob_covid.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present, else the CPU.")]
-EngineOpt = Annotated[Engine, typer.Option("--engine", help="torch, or onnxruntime on the export that 'covidct export' wrote: onnx (model.onnx) or onnx-int8 (model.int8.onnx).")]
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="torch, or onnxruntime on the export that 'covidct export' wrote: "
+        "onnx (model.onnx) or onnx-int8 (model.int8.onnx).",
+    ),
+]
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 'covidct train'.")]
 CropFieldOpt = Annotated[bool, typer.Option("--crop-field/--no-crop-field", help="Crop each slice to the body (largest bright components plus a margin) before resizing.")]
 RemoveAnnotationsOpt = Annotated[bool, typer.Option("--remove-annotations/--no-remove-annotations", help="Blank bright marks outside the body (letters, arrows, the table).")]

@@ -1,4 +1,4 @@
-"""Decoded slices held in memory: files -> prepared (N, S, S) slices, in numpy (training wraps them in ``data.slice_dataset``)."""
+"""Decoded slices held in memory: files -> prepared (N, S, S) numpy slices (``data.slice_dataset`` trains)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,13 @@ from torch.utils.data import Dataset
 class SliceDataset(Dataset):
     """(1, S, S) float32 slices, class indices and loss weights, with an optional per-sample augmentation."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.images = images
         self.labels = labels
         self.weights = weights

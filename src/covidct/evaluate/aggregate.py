@@ -1,4 +1,4 @@
-"""Slice probabilities -> one probability per patient, for patient-level metrics (the rule itself: ``model.decision``)."""
+"""Slice probabilities -> one probability per patient (the rules: ``model.decision``)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def pick_gallery_cases(y_true: np.ndarray, prob: np.ndarray, threshold: float, *
 
 
 def build_gallery(
-    model: nn.Module, card: ModelCard, slices: np.ndarray, *, paths: Sequence[str], y_true: np.ndarray, prob: np.ndarray, device: torch.device, per_kind: int = PER_KIND
+    model: nn.Module, card: ModelCard, slices: np.ndarray, *, paths: Sequence[str], y_true: np.ndarray,
+    prob: np.ndarray, device: torch.device, per_kind: int = PER_KIND,
 ) -> list[GalleryImage]:
     """Grad-CAM overlays of the cases ``pick_gallery_cases`` chooses, in ``GALLERY_KINDS`` order.
 
@@ -82,7 +83,8 @@ def build_gallery(
     heatmaps = gradcam_heatmaps(model, picked, preprocessing=card.preprocessing, target_index=card.positive_index, device=device)
     images = []
     for (kind, index), gray, heatmap in zip(chosen, picked, heatmaps, strict=True):
-        overlay = render_overlay(np.asarray(gray, dtype=np.float32), heatmap, f"P({card.positive_class}) = {prob[index]:.3f}")
+        caption = f"P({card.positive_class}) = {prob[index]:.3f}"
+        overlay = render_overlay(np.asarray(gray, dtype=np.float32), heatmap, caption)
         images.append(GalleryImage(kind, Path(paths[index]).name, png_bytes(overlay)))
     return images
 

@@ -93,18 +93,23 @@ def evaluate_model(
     groups = [s.group for s in samples] if part.has_patient_ids else None
     rule, topk_fraction, rule_note = _patient_rule(card, aggregate)
     result = evaluation_metrics(y_true, prob, card.decision.threshold, groups=groups, aggregate=rule, topk_fraction=topk_fraction, n_resamples=n_resamples)
-    notes.append(f"Scored by the {Engine(engine)} engine ('covidct evaluate --engine {Engine(engine)}'), as 'covidct predict --engine {Engine(engine)}' predicts.")
+    engine = Engine(engine)
+    notes.append(f"Scored by the {engine} engine, as 'covidct predict --engine {engine}' scores them.")
     notes += [rule_note] if groups is not None else []
     notes += [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"] if decoded.failures else []
     notes.append(_ood_note(detector, ood_scores))
     notes.append(_ece_note(result.slice_level.estimates["ece"]["value"], prob))
     site_shift = _site_shift(card, decoded.images, ood_scores)
     # Grad-CAM runs the torch network whatever the engine (loaded from the directory for an ONNX engine).
-    gallery = build_gallery(predictor.model, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob, device=predictor.device)
+    gallery = build_gallery(
+        predictor.model, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob,
+        device=predictor.device,
+    )
     out_dir = Path(out_dir)
     report = write_report(
         out_dir, result, y_true=y_true, prob=prob, threshold=card.decision.threshold, model_card=card.to_dict(),
-        title=f"covidct evaluation: {manifest.origin.name}, split {split}", class_names=(negative_name(card), card.positive_class),
+        title=f"covidct evaluation: {manifest.origin.name}, split {split}",
+        class_names=(negative_name(card), card.positive_class),
         extra_notes=notes, gallery_html=gallery_section(gallery), site_shift=site_shift,
     )
     passed = None if ood_scores is None else detector.is_in_distribution(ood_scores)

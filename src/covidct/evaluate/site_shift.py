@@ -39,13 +39,16 @@ STATISTIC_DESCRIPTIONS = {
 
 
 def slice_statistics(slices: np.ndarray) -> dict[str, np.ndarray]:
-    """(N,) float64 per-slice statistics of (N, S, S) slices in [0, 1] (float16 or float32; numpy or a CPU tensor), in chunks to bound memory."""
+    """(N,) float64 per-slice statistics of (N, S, S) slices in [0, 1], in chunks to bound memory.
+
+    ``slices``: float16 or float32, numpy or a CPU tensor.
+    """
     parts: dict[str, list[np.ndarray]] = {"mean_intensity": [], "intensity_std": [], "dark_fraction": []}
     for start in range(0, len(slices), _CHUNK):
         chunk = np.asarray(slices[start : start + _CHUNK], dtype=np.float32)
         chunk = chunk.reshape(len(chunk), -1)
         parts["mean_intensity"].append(chunk.mean(1))
-        parts["intensity_std"].append(chunk.std(1, ddof=1))  # the sample standard deviation, as the reference was recorded
+        parts["intensity_std"].append(chunk.std(1, ddof=1))  # the sample std, as recorded in cards
         parts["dark_fraction"].append((chunk < DARK_LEVEL).mean(1, dtype=np.float32))
     return {name: np.concatenate(values).astype(np.float64) if values else np.empty(0) for name, values in parts.items()}
 

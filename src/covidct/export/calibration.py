@@ -101,7 +101,9 @@ def calibration_set(manifest: Manifest, card: ModelCard, *, n_slices: int = DEFA
 class SliceReader(CalibrationDataReader):
     """Feeds normalised (B, 3, S, S) float32 batches of calibration slices to onnxruntime's calibrator."""
 
-    def __init__(self, slices: np.ndarray, preprocessing: Preprocessing, *, batch_size: int = READER_BATCH) -> None:
+    def __init__(
+        self, slices: np.ndarray, preprocessing: Preprocessing, *, batch_size: int = READER_BATCH
+    ) -> None:
         self.slices = slices
         self.preprocessing = preprocessing
         self.batch_size = batch_size

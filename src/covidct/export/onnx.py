@@ -186,7 +186,8 @@ def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, e
         slices, inputs = calibrated.slices[:CHECK_SLICES], "calibration (training) slices"
     else:
         size = card.preprocessing.image_size
-        slices, inputs = torch.rand(CHECK_SLICES, size, size, generator=torch.Generator().manual_seed(0)).numpy(), "uniform random slices, seed 0"
+        slices = torch.rand(CHECK_SLICES, size, size, generator=torch.Generator().manual_seed(0)).numpy()
+        inputs = "uniform random slices, seed 0"
     options = {"preprocessing": card.preprocessing, "batch_size": CHECK_SLICES, "tta_hflip": card.decision.tta_hflip}
     ref_features, ref_logits = TorchEngine(model, device=torch.device("cpu"), use_bf16=False).features_and_logits(slices, **options)
     features, logits = OnnxEngine(path, kind=engine).features_and_logits(slices, **options)

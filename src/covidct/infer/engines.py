@@ -1,4 +1,4 @@
-"""What runs the network whenever covidct scores slices: torch (``infer.torch_engine``) or an ONNX Runtime export.
+"""What runs the network whenever covidct scores slices: torch (``infer.torch_engine``) or an ONNX export.
 
 Every engine turns (N, S, S) grayscale slices in [0, 1] into numpy (N, 2048) penultimate features (the
 out-of-distribution guard's input) and (N, C) class logits, batched and mirror-averaged as the card
@@ -65,8 +65,10 @@ class InferenceEngine(ABC):
     num_classes: int
 
     @abstractmethod
-    def features_and_logits(self, slices: np.ndarray, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Return float32 (N, 2048) features and (N, C) logits of (N, S, S) slices in [0, 1] (numpy, or a CPU tensor).
+    def features_and_logits(
+        self, slices: np.ndarray, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return float32 (N, 2048) features and (N, C) logits of (N, S, S) slices in [0, 1].
 
         With ``tta_hflip`` both are averaged with the mirror image's (the head is linear, so the
         averaged features map to exactly the averaged logits).
@@ -89,7 +91,7 @@ class OnnxEngine(InferenceEngine):
         self.kind = Engine(kind)
         self.path = Path(path)
         self.threads = threads or available_cpus()
-        import onnxruntime as ort  # here, not at the top: naming an Engine (the CLI's options) should not load it
+        import onnxruntime as ort  # here: naming an Engine (the CLI's options) should not load it
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -106,7 +108,9 @@ class OnnxEngine(InferenceEngine):
             raise ModelDirError(f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; found {inputs} and {sorted(outputs)}; re-export it with 'covidct export'", path=self.path)
         self.num_classes = int(outputs["logits"][1])
 
-    def features_and_logits(self, slices: np.ndarray, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool) -> tuple[np.ndarray, np.ndarray]:
+    def features_and_logits(
+        self, slices: np.ndarray, *, preprocessing: Preprocessing, batch_size: int, tta_hflip: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         outputs = [np.empty((0, FEATURE_DIM + self.num_classes), np.float32)]
         for start in range(0, len(slices), batch_size):
             gray = np.asarray(slices[start : start + batch_size], dtype=np.float32)[:, None]

@@ -17,7 +17,8 @@ from covidct.preprocess.transforms import Preprocessing, normalize
 
 
 def gradcam_heatmaps(
-    model: nn.Module, slices: np.ndarray | torch.Tensor, *, preprocessing: Preprocessing, target_index: int, device: torch.device, batch_size: int = 8
+    model: nn.Module, slices: np.ndarray | torch.Tensor, *, preprocessing: Preprocessing, target_index: int,
+    device: torch.device, batch_size: int = 8,
 ) -> np.ndarray:
     """Return (N, S, S) float32 heatmaps in [0, 1] for (N, S, S) grayscale slices in [0, 1].
 
@@ -35,7 +36,8 @@ def gradcam_heatmaps(
     try:
         with torch.inference_mode(False), torch.enable_grad():
             for start in range(0, len(slices), batch_size):
-                gray = torch.as_tensor(slices[start : start + batch_size]).to(device=device, dtype=torch.float32).unsqueeze(1).clone()
+                batch = torch.as_tensor(slices[start : start + batch_size])
+                gray = batch.to(device=device, dtype=torch.float32).unsqueeze(1).clone()
                 # An input that requires grad keeps the graph through frozen (requires_grad=False) stages.
                 inputs = normalize(gray, preprocessing).requires_grad_(True)
                 targets = [ClassifierOutputTarget(target_index)] * len(inputs)

@@ -1,4 +1,4 @@
-"""PNG overlays of a Grad-CAM heatmap on the slice the model saw, with a caption (no torch: the server draws them too)."""
+"""PNG overlays of a Grad-CAM heatmap on the slice the model saw, with a caption (numpy and Pillow only)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def overlay_caption(label: str, prob_covid: float | None, ood_score: float | Non
 
 
 def render_overlay(slice_gray: np.ndarray, heatmap: np.ndarray, caption: str) -> Image.Image:
-    """Return an RGB image: the (S, S) slice in gray, the (S, S) heatmap over it in the jet colormap, ``caption`` below.
+    """Return an RGB image: the (S, S) slice in gray, its (S, S) heatmap over it (jet), ``caption`` below.
 
     Small slices are enlarged (nearest neighbour) to at least 256 px so the caption stays readable.
     """
@@ -35,12 +35,14 @@ def render_overlay(slice_gray: np.ndarray, heatmap: np.ndarray, caption: str) ->
     image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     canvas = Image.new("RGB", (image.width, image.height + _CAPTION_PX + 6), "black")
     canvas.paste(image, (0, 0))
-    ImageDraw.Draw(canvas).text((4, image.height + 3), caption, fill="white", font=ImageFont.load_default(size=_CAPTION_PX - 4))
+    ImageDraw.Draw(canvas).text(
+        (4, image.height + 3), caption, fill="white", font=ImageFont.load_default(size=_CAPTION_PX - 4)
+    )
     return canvas
 
 
 def overlay_names(paths: Sequence[str]) -> list[str]:
-    """``<stem>_cam.png`` for each input path, made unique with ``_2``, ``_3``... (one stem in two folders)."""
+    """``<stem>_cam.png`` for each input path, made unique with ``_2``, ``_3``... (one stem, two folders)."""
     names: list[str] = []
     used: set[str] = set()
     for path in paths:

@@ -118,8 +118,10 @@ class Predictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module | None, card: ModelCard, *, detector: OodDetector | None = None, device: Device | str = Device.AUTO, batch_size: int = 32,
-        engine: InferenceEngine | None = None, window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0, model_dir: Path | None = None,
+        self, model: torch.nn.Module | None, card: ModelCard, *, detector: OodDetector | None = None,
+        device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None,
+        window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
+        model_dir: Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
@@ -128,13 +130,13 @@ class Predictor:
         if decode_workers < 0:
             raise OptionError(f"--decode-workers must be 0 or more; got {decode_workers}")
         if model is None and (engine is None or model_dir is None):
-            raise ValueError("a Predictor without a torch model needs an engine, and the model_dir that Grad-CAM loads the model from")
+            raise ValueError("a Predictor without a torch model needs an engine and a model_dir")
         self.card = card
         self.detector = detector
         self.device_option = Device(device)
         self.batch_size = batch_size
         self.model_dir = model_dir
-        self._model = None if model is None else self._prepared(model)  # the torch engine and Grad-CAM share it
+        self._model = None if model is None else self._prepared(model)  # torch engine and Grad-CAM
         self.engine = engine if engine is not None else self._torch_engine()
         self.window = window or HuWindow.parse(card.preprocessing.hu_window)
         self.max_pixels = max_pixels
@@ -146,14 +148,14 @@ class Predictor:
 
     @cached_property
     def device(self) -> torch.device:
-        """Where the torch model runs (the torch engine, Grad-CAM); the ONNX engines run on the CPU whatever it is."""
+        """Where the torch model runs (torch engine, Grad-CAM); the ONNX engines always run on the CPU."""
         from covidct.model.device import resolve_device
 
         return resolve_device(self.device_option)
 
     @property
     def model(self) -> torch.nn.Module:
-        """The torch network, folded for inference on ``device``; read from ``model_dir`` on first use when none was given."""
+        """The torch network folded for inference on ``device``; read from ``model_dir`` when first needed."""
         if self._model is None:
             from covidct.model.checkpoint import load_model_dir
 
@@ -248,13 +250,16 @@ class Predictor:
         return replace(study, cam_slice=top[0].astype(np.float32), cam_heatmap=self._heatmaps(top)[0])
 
     def score(self, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated (N, C) class probabilities and (N,) guard distances (None without a guard), from one engine pass.
+        """Calibrated (N, C) class probabilities and (N,) guard distances (None without a guard), in one pass.
 
         Args:
-            slices: (N, S, S) grayscale in [0, 1] at the card's size, as ``data.dataset.decode_slices`` gives them.
+            slices: (N, S, S) grayscale in [0, 1] at the card's size (``data.dataset.decode_slices``).
         """
         decision = self.card.decision
-        features, logits = self.engine.features_and_logits(slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size, tta_hflip=decision.tta_hflip)
+        features, logits = self.engine.features_and_logits(
+            slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size,
+            tta_hflip=decision.tta_hflip,
+        )
         scores = None if self.detector is None else self.detector.scores(features)
         return decision.probabilities(logits), scores
 
@@ -300,7 +305,9 @@ class Predictor:
                 failures.append(InputFailure.from_error(error, volume.source))
         return studies, failures
 
-    def _explained(self, names: list[str], images: np.ndarray, *, explain: bool, keep_slices: bool) -> list[Explanation]:
+    def _explained(
+        self, names: list[str], images: np.ndarray, *, explain: bool, keep_slices: bool
+    ) -> list[Explanation]:
         """One forward pass (and Grad-CAM when ``explain``) over (N, S, S) slices, one ``Explanation`` per name."""
         if not names:
             return []
@@ -314,7 +321,7 @@ class Predictor:
         return explanations
 
     def _heatmaps(self, slices: np.ndarray) -> np.ndarray:
-        # Imported here: Grad-CAM needs torch (and pytorch-grad-cam), which the ONNX engines otherwise never load.
+        # Imported here: Grad-CAM needs torch and pytorch-grad-cam, which ONNX engines otherwise never load.
         from covidct.infer.gradcam import gradcam_heatmaps
 
         return gradcam_heatmaps(self.model, slices, preprocessing=self.card.preprocessing, target_index=self.card.positive_index, device=self.device)
@@ -324,7 +331,9 @@ class Predictor:
         if ood_score is not None and ood_score > self.detector.threshold:
             return Prediction(path, None, NOT_CT_LABEL, {}, False, ood_score, not_ct_message(ood_score, self.detector.threshold))
         by_class = {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}
-        return Prediction(path, by_class[card.positive_class], label_at_threshold(by_class[card.positive_class], card, by_class), by_class, True, ood_score)
+        prob_covid = by_class[card.positive_class]
+        label = label_at_threshold(prob_covid, card, by_class)
+        return Prediction(path, prob_covid, label, by_class, True, ood_score)
 
 
 def load_model(
@@ -359,5 +368,8 @@ def load_model(
         card = read_card(model_dir)
         checked_weights_path(model_dir, card)
         model, runner = None, open_onnx_engine(model_dir, card, engine, device=device)
-    options = {"batch_size": batch_size, "window": window, "max_pixels": max_pixels, "decode_workers": decode_workers}
-    return Predictor(model, card, detector=load_detector(model_dir, card), device=device, engine=runner, model_dir=model_dir, **options)
+    return Predictor(
+        model, card, detector=load_detector(model_dir, card), device=device, engine=runner,
+        model_dir=model_dir,
+        batch_size=batch_size, window=window, max_pixels=max_pixels, decode_workers=decode_workers,
+    )

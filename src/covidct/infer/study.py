@@ -137,9 +137,18 @@ def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequen
     if n_flagged > MAX_FLAGGED_FRACTION * len(scored):
         message = f"{flagged} (out-of-distribution guard), so the study gets no COVID probability"
         return StudyPrediction(prob_covid=None, label=NOT_CT_LABEL, n_slices_used=0, in_distribution=False, message=message, **common)
-    prob_covid = aggregate_slices(np.asarray([p.prob_covid for p in used], dtype=np.float64), rule, topk_fraction=topk_fraction)
-    negatives = negative_classes(card)
-    others = {name: float(np.mean([p.probabilities[name] for p in used])) for name in negatives} if len(negatives) > 1 else None
+    used_prob = np.asarray([p.prob_covid for p in used], dtype=np.float64)
+    prob_covid = aggregate_slices(used_prob, rule, topk_fraction=topk_fraction)
     message = f"{flagged} and were left out of the study probability" if n_flagged else ""
-    label = label_at_threshold(prob_covid, card, others)
-    return StudyPrediction(prob_covid=prob_covid, label=label, n_slices_used=len(used), message=message, **common)
+    label = label_at_threshold(prob_covid, card, _mean_other_probabilities(used, card))
+    return StudyPrediction(
+        prob_covid=prob_covid, label=label, n_slices_used=len(used), message=message, **common
+    )
+
+
+def _mean_other_probabilities(used: Sequence[Prediction], card: ModelCard) -> dict[str, float] | None:
+    """Each other class's mean probability over the used slices; None with one other class (not needed)."""
+    negatives = negative_classes(card)
+    if len(negatives) == 1:
+        return None
+    return {name: float(np.mean([p.probabilities[name] for p in used])) for name in negatives}

@@ -1,4 +1,4 @@
-"""What a model card says about the network, as plain values: readable without torch (the ONNX engines' path)."""
+"""What a model card says about the network, as plain values: readable without torch (the ONNX engines)."""
 
 from __future__ import annotations
 

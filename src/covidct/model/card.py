@@ -49,8 +49,10 @@ class Decision:
         return calibrated_probabilities(logits, self.temperature, self.class_bias)
 
 
-def calibrated_probabilities(logits: np.ndarray, temperature: float, class_bias: tuple[float, ...] = ()) -> np.ndarray:
-    """``softmax(logits / temperature + class_bias)`` over axis 1, in the logits' float dtype; an empty ``class_bias`` is no bias.
+def calibrated_probabilities(
+    logits: np.ndarray, temperature: float, class_bias: tuple[float, ...] = ()
+) -> np.ndarray:
+    """``softmax(logits / temperature + class_bias)`` over axis 1, in the logits' dtype (no bias when empty).
 
     ``logits``: (N, C) numpy array (or a CPU tensor, read through ``np.asarray``).
     """

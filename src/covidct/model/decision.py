@@ -32,7 +32,9 @@ class Aggregate(StrEnum):
 DEFAULT_TOPK_FRACTION = 0.25
 
 
-def label_at_threshold(prob_positive: float, card: ModelCard, other_probabilities: Mapping[str, float] | None = None) -> str:
+def label_at_threshold(
+    prob_positive: float, card: ModelCard, other_probabilities: Mapping[str, float] | None = None
+) -> str:
     """The positive class when ``prob_positive`` reaches the card's threshold; else the other class.
 
     With several other classes, the likeliest in ``other_probabilities`` (class name -> probability,
@@ -50,7 +52,7 @@ def negative_classes(card: ModelCard) -> tuple[str, ...]:
 
 
 def negative_name(card: ModelCard) -> str:
-    """What a binary (positive vs rest) report calls the negative side: the other class's name, or all of them."""
+    """What a binary (positive vs rest) report calls the negative side: the other class, or all of them."""
     return " / ".join(negative_classes(card))
 
 
@@ -69,7 +71,9 @@ def parse_aggregate(rule: Aggregate | str) -> Aggregate:
         raise OptionError(f"--aggregate must be mean, max or topk; got {str(rule)!r}{hint}.") from None
 
 
-def aggregate_slices(slice_prob: np.ndarray, rule: Aggregate, *, topk_fraction: float = DEFAULT_TOPK_FRACTION) -> float:
+def aggregate_slices(
+    slice_prob: np.ndarray, rule: Aggregate, *, topk_fraction: float = DEFAULT_TOPK_FRACTION
+) -> float:
     """One patient's or study's probability from its (n,) slice probabilities, n >= 1.
 
     The mean of the slices (MEAN), their maximum (MAX), or the mean of the ``ceil(topk_fraction * n)``
@@ -85,7 +89,7 @@ def aggregate_slices(slice_prob: np.ndarray, rule: Aggregate, *, topk_fraction: 
 
 
 def card_study_rule(decision: Decision) -> tuple[Aggregate, float]:
-    """The study aggregation rule a model card's decision names, and its top-k fraction (the default when the card has none)."""
+    """The study aggregation rule a card's decision names and its top-k fraction (default if it has none)."""
     return parse_aggregate(decision.study_aggregate), decision.study_topk_fraction or DEFAULT_TOPK_FRACTION
 
 

@@ -59,7 +59,9 @@ class OodDetector:
         return np.asarray(scores) <= self.threshold
 
 
-def with_threshold(detector: OodDetector, val_scores: np.ndarray, *, pass_rate: float = DEFAULT_PASS_RATE) -> OodDetector:
+def with_threshold(
+    detector: OodDetector, val_scores: np.ndarray, *, pass_rate: float = DEFAULT_PASS_RATE
+) -> OodDetector:
     """Return ``detector`` with the threshold that lets ``pass_rate`` of ``val_scores`` (validation CT slices) pass.
 
     The "higher" quantile makes the realised pass rate on these scores at least ``pass_rate``.
@@ -93,7 +95,11 @@ def save_detector(model_dir: Path, detector: OodDetector, **facts: object) -> di
     """
     path = Path(model_dir) / OOD_FILE
     # float32 on disk halves the 2048 x 2048 precision matrix (16 MiB); distances are computed in float64.
-    tensors = {"means": detector.means.astype(np.float32), "precision": detector.precision.astype(np.float32), "threshold": np.array([detector.threshold])}
+    tensors = {
+        "means": detector.means.astype(np.float32),
+        "precision": detector.precision.astype(np.float32),
+        "threshold": np.array([detector.threshold]),
+    }
     save_file(tensors, path, metadata={"format": "covidct-ood", "method": METHOD})
     return {
         "method": METHOD,
@@ -122,14 +128,29 @@ def load_detector(model_dir: Path, card: ModelCard) -> OodDetector | None:
         return None
     path = Path(model_dir) / OOD_FILE
     if not path.is_file():
-        raise ModelDirError(f"no {OOD_FILE} beside model.json, whose 'ood' section names it; copy the whole model directory", path=model_dir)
+        raise ModelDirError(
+            f"no {OOD_FILE} beside model.json, whose 'ood' section names it; copy the whole model directory",
+            path=model_dir,
+        )
     if file_sha256(path) != card.ood.get("sha256"):
-        raise ModelDirError(f"{OOD_FILE} does not match the hash in model.json; the directory was modified or mixes two models", path=model_dir)
+        raise ModelDirError(
+            f"{OOD_FILE} does not match the hash in model.json; "
+            "the directory was modified or mixes two models",
+            path=model_dir,
+        )
     try:
         tensors = load_file(path)
-        detector = OodDetector(tensors["means"].astype(np.float64), tensors["precision"].astype(np.float64), float(tensors["threshold"][0]))
+        detector = OodDetector(
+            tensors["means"].astype(np.float64),
+            tensors["precision"].astype(np.float64),
+            float(tensors["threshold"][0]),
+        )
     except (SafetensorError, OSError, KeyError, IndexError) as error:
         raise ModelDirError(f"cannot read {OOD_FILE} ({error})", path=model_dir) from None
     if detector.means.shape[1:] != (FEATURE_DIM,) or detector.precision.shape != (FEATURE_DIM, FEATURE_DIM):
-        raise ModelDirError(f"{OOD_FILE} holds means {detector.means.shape} and precision {detector.precision.shape}; expected ({FEATURE_DIM},) features", path=model_dir)
+        raise ModelDirError(
+            f"{OOD_FILE} holds means {detector.means.shape} and precision {detector.precision.shape}; "
+            f"expected ({FEATURE_DIM},) features",
+            path=model_dir,
+        )
     return detector

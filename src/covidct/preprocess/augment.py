@@ -34,7 +34,7 @@ def train_augmentation(image_size: int) -> v2.Compose:
 
 
 class RandomGamma(nn.Module):
-    """``image ** gamma`` with log-uniform gamma in [1 / max_factor, max_factor]: a non-linear window change."""
+    """``image ** gamma``, log-uniform gamma in [1 / max_factor, max_factor]: a non-linear window change."""
 
     def __init__(self, max_factor: float) -> None:
         super().__init__()
@@ -46,7 +46,7 @@ class RandomGamma(nn.Module):
 
 
 class RandomDownUp(nn.Module):
-    """Shrink a (C, S, S) image by a factor in [min_scale, 1) and enlarge it back: the detail a low-resolution source lacks."""
+    """Shrink a (C, S, S) image by a factor in [min_scale, 1) and back: what a low-resolution source lacks."""
 
     def __init__(self, min_scale: float) -> None:
         super().__init__()
@@ -56,5 +56,7 @@ class RandomDownUp(nn.Module):
         size = image.shape[-2:]
         scale = self.min_scale + (1 - self.min_scale) * float(torch.rand(()))
         small = [max(8, round(side * scale)) for side in size]
-        shrunk = functional.interpolate(image[None], size=small, mode="bilinear", antialias=True, align_corners=False)
+        shrunk = functional.interpolate(
+            image[None], size=small, mode="bilinear", antialias=True, align_corners=False
+        )
         return functional.interpolate(shrunk, size=size, mode="bilinear", align_corners=False)[0]

@@ -41,7 +41,7 @@ def prepare_slices(grays: Iterable[np.ndarray], preprocessing: Preprocessing) ->
 
 
 def stack_prepared(prepared: Sequence[np.ndarray], image_size: int) -> np.ndarray:
-    """Stack (S, S) prepared slices into one (N, S, S) float16 array (N may be 0): what every path feeds the network.
+    """Stack (S, S) prepared slices into one (N, S, S) float16 array (N may be 0), the network's input.
 
     numpy, not torch: predict decodes in a background thread, where a torch op would start a second OpenMP
     team competing with the forward pass for the cores, and the ONNX engines run without torch.

@@ -62,7 +62,8 @@ def normalize(gray: Array, preprocessing: Preprocessing) -> Array:
     One function for numpy arrays (the ONNX engines) and torch tensors on any device (training, the
     torch engine, Grad-CAM): broadcasting the one channel against the three means replicates it.
     """
-    mean, std = (np.asarray(values, dtype=np.float32).reshape(1, 3, 1, 1) for values in (preprocessing.mean, preprocessing.std))
+    mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(preprocessing.std, dtype=np.float32).reshape(1, 3, 1, 1)
     if isinstance(gray, np.ndarray):
         mean, std = mean.astype(gray.dtype), std.astype(gray.dtype)
     else:  # a torch tensor: the constants follow its dtype and device

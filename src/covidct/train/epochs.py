@@ -156,7 +156,9 @@ def make_runner(
         module = model
         dataset = SliceDataset(train[0], train[1], weights, augment=train_augmentation(preprocessing.image_size))
         to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
-        val_logits = lambda net: _engine_outputs(net, val_shard, preprocessing, device, use_bf16, batch_size=config.batch_size)[1]
+        val_logits = lambda net: (
+            _engine_outputs(net, val_shard, preprocessing, device, use_bf16, config.batch_size)[1]
+        )
     is_finetune = config.mode is Mode.FINETUNE
     drop_last = len(dataset) > config.batch_size and is_finetune
     sampler = world.sampler(dataset, seed=config.seed)
@@ -190,10 +192,14 @@ def _features(model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessi
     return _engine_outputs(model, slices, preprocessing, device, use_bf16)[0]
 
 
-def _engine_outputs(model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device, use_bf16: bool, *, batch_size: int = 32) -> Tensors:
-    """(N, 2048) features and (N, C) logits of ``model`` as the torch engine computes them for prediction (no flips)."""
+def _engine_outputs(
+    model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device,
+    use_bf16: bool, batch_size: int = 32,
+) -> Tensors:
+    """(N, 2048) features and (N, C) logits of ``model`` as the torch engine predicts them (no flips)."""
     engine = TorchEngine(model, device=device, use_bf16=use_bf16)
-    features, logits = engine.features_and_logits(slices, preprocessing=preprocessing, batch_size=batch_size, tta_hflip=False)
+    options = {"preprocessing": preprocessing, "batch_size": batch_size, "tta_hflip": False}
+    features, logits = engine.features_and_logits(slices, **options)
     return torch.from_numpy(features), torch.from_numpy(logits)
 
 

@@ -57,20 +57,21 @@ def fit_ood_guard(
     """Fit the detector on the features of ``train`` (slices, labels); threshold it so ``pass_rate`` of a new patient's slices pass.
 
     The cost is one pass of ``engine`` (the trained network, as inference runs it) over the training
-    slices (with ``tta_hflip`` each slice and its mirror, as inference computes features). ``val_features`` are
+    slices (with ``tta_hflip`` each slice and its mirror, as inference does). ``val_features`` are
     the ones calibration computed. The threshold comes from validation slices, which the detector's
     means and covariance never saw (training features sit much closer to them), so the pass rate
     carries over to new CT slices of the same kind; ``val_groups`` (one patient id or None per validation
     slice) set how much above ``pass_rate`` the validation quantile must be (module docstring).
     """
-    train_features, _ = engine.features_and_logits(train[0], preprocessing=preprocessing, batch_size=batch_size, tta_hflip=tta_hflip)
+    options = {"preprocessing": preprocessing, "batch_size": batch_size, "tta_hflip": tta_hflip}
+    train_features, _ = engine.features_and_logits(train[0], **options)
     detector = fit_detector(train_features, train[1])
     fitted = threshold_on_validation(detector, detector.scores(val_features), val_groups, pass_rate=pass_rate)
     return dataclasses.replace(fitted, facts={**fitted.facts, "n_train": len(train_features)})
 
 
 def fit_detector(features: np.ndarray, labels: np.ndarray | torch.Tensor) -> OodDetector:
-    """Fit class means and a shared shrinkage precision on (N, D) training ``features`` with (N,) class ``labels``.
+    """Fit class means and a shared shrinkage precision to (N, D) training ``features``, (N,) ``labels``.
 
     Ledoit-Wolf shrinkage keeps the 2048 x 2048 covariance invertible and well conditioned with a few
     hundred slices. The threshold is left at infinity until ``with_threshold`` sets it on validation data.
@@ -81,7 +82,10 @@ def fit_detector(features: np.ndarray, labels: np.ndarray | torch.Tensor) -> Ood
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) < 2 or y.shape != (len(x),):
-        raise InputError(f"the OOD detector needs (N, D) features with N >= 2 and one label each; got features {x.shape} and labels {y.shape}")
+        raise InputError(
+            "the OOD detector needs (N, D) features with N >= 2 and one label each; "
+            f"got features {x.shape} and labels {y.shape}"
+        )
     classes = np.unique(y)
     means = np.stack([x[y == c].mean(axis=0) for c in classes])
     centred = x - means[np.searchsorted(classes, y)]

@@ -106,13 +106,22 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     failures = train.failures + val.failures
     facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started, [f.message for f in audit.warnings])
     callbacks.on_stage("calibrating on the validation split")
-    # The trained network scored as prediction scores it; one validation pass serves calibration (logits) and the OOD threshold (features).
+    # The trained network scored as prediction scores it; one validation pass serves calibration (logits)
+    # and the OOD threshold (features).
     engine = TorchEngine(model.eval(), device=device, use_bf16=use_bf16)
-    val_features, val_logits = engine.features_and_logits(val.slices, preprocessing=preprocessing, batch_size=32, tta_hflip=config.tta_hflip)
-    card = build_card(manifest, config, val=(torch.from_numpy(val_logits), val.labels, val.groups), preprocessing=preprocessing, pretrained=pretrained, facts=facts)
+    scoring = {"preprocessing": preprocessing, "batch_size": 32, "tta_hflip": config.tta_hflip}
+    val_features, val_logits = engine.features_and_logits(val.slices, **scoring)
+    val_scored = (torch.from_numpy(val_logits), val.labels, val.groups)
+    card = build_card(
+        manifest, config,
+        val=val_scored, preprocessing=preprocessing, pretrained=pretrained, facts=facts
+    )
     card = dataclasses.replace(card, training={**card.training, "processes": world.size, "process_group": world.backend, "global_batch_size": config.batch_size * world.size})
     callbacks.on_stage("fitting the out-of-distribution guard on the training slices")
-    ood = fit_ood_guard(engine, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups, preprocessing=preprocessing, tta_hflip=config.tta_hflip)
+    ood = fit_ood_guard(
+        engine, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups,
+        preprocessing=preprocessing, tta_hflip=config.tta_hflip,
+    )
     card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
     # What evaluation compares a test set with to flag a likely site shift (covidct.evaluate.site_shift).
     card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.val_scores)})
@@ -136,7 +145,9 @@ def _decode_split(manifest: Manifest, split: str, preprocessing: Preprocessing, 
     if missing:
         raise InputError(f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)", path=manifest.origin)
     samples = [part.samples[i] for i in decoded.indices]
-    return SplitData(torch.from_numpy(decoded.images), labels, decoded.failures, [s.source for s in samples], [s.group for s in samples])
+    slices = torch.from_numpy(decoded.images)
+    sources, groups = [s.source for s in samples], [s.group for s in samples]
+    return SplitData(slices, labels, decoded.failures, sources, groups)
 
 
 def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained) -> nn.Module:
