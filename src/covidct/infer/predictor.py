@@ -133,7 +133,7 @@ class Predictor:
             raise ValueError("a Predictor without a torch model needs an engine and a model_dir")
         self.card = card
         self.detector = detector
-        self.device_option = Device(device)
+        self._device_option = Device(device)
         self.batch_size = batch_size
         self.model_dir = model_dir
         self._model = None if model is None else self._prepared(model)  # torch engine and Grad-CAM
@@ -151,7 +151,7 @@ class Predictor:
         """Where the torch model runs (torch engine, Grad-CAM); the ONNX engines always run on the CPU."""
         from covidct.model.device import resolve_device
 
-        return resolve_device(self.device_option)
+        return resolve_device(self._device_option)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -358,9 +358,8 @@ def load_model(
     """
     engine, model_dir = Engine(engine), Path(model_dir)
     if engine is Engine.TORCH:
-        from covidct.model.checkpoint import (
-            load_model_dir,  # torch and torchvision: the torch engine's path only
-        )
+        # torch and torchvision: imported on the torch engine's path only.
+        from covidct.model.checkpoint import load_model_dir
 
         model, card = load_model_dir(model_dir)
         runner = None
@@ -369,7 +368,6 @@ def load_model(
         checked_weights_path(model_dir, card)
         model, runner = None, open_onnx_engine(model_dir, card, engine, device=device)
     return Predictor(
-        model, card, detector=load_detector(model_dir, card), device=device, engine=runner,
-        model_dir=model_dir,
-        batch_size=batch_size, window=window, max_pixels=max_pixels, decode_workers=decode_workers,
+        model, card, detector=load_detector(model_dir, card), device=device, engine=runner, batch_size=batch_size,
+        window=window, max_pixels=max_pixels, decode_workers=decode_workers, model_dir=model_dir,
     )
