@@ -17,8 +17,8 @@ demo: install
 	$(BIN)/covidct demo --out covidct-demo
 
 test: install
-	# the browser test drives Debian's Chromium (never a Playwright browser download)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest
 
 clean:

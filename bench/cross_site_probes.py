@@ -142,6 +142,12 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def _auc(net: torch.nn.Module, images: torch.Tensor, is_positive: np.ndarray, card) -> float:
+    """Validation ROC-AUC of ``net`` on the prepared ``images``, rounded to 3 decimals."""
+    logits = predict_logits(net, images, preprocessing=card.preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
+    return round(float(roc_auc_score(is_positive, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3)
+
+
 def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
     """Validation split -> {"as trained": AUC, "adabn": AUC} for one model."""
     model, card = load_model_dir(model_dir)
@@ -150,12 +156,9 @@ def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
     for source, source_rows in rows.items():
         val_rows, decoded = decode_validation(source_rows, preprocessing)
         is_positive = np.array([val_rows[index]["label"] == card.positive_class for index in decoded.indices], dtype=int)
-
-        def auc(net: torch.nn.Module) -> float:
-            logits = predict_logits(net, torch.from_numpy(decoded.images), preprocessing=preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
-            return round(float(roc_auc_score(is_positive, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3)
-
-        table[f"{source.upper()} val"] = {"as trained": auc(model), "adabn": auc(batch_norm_adapted(model, torch.from_numpy(decoded.images), preprocessing))}
+        images = torch.from_numpy(decoded.images)
+        adapted = batch_norm_adapted(model, images, preprocessing)
+        table[f"{source.upper()} val"] = {"as trained": _auc(model, images, is_positive, card), "adabn": _auc(adapted, images, is_positive, card)}
         print(model_dir, source, table[f"{source.upper()} val"], flush=True)
     return table
 

@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+import shutil
 
 import pytest
 
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 
-CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (containers), no GPU, and nothing that would call out to the internet.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def chromium_or_skip() -> str:
+    """The path of Debian's Chromium on PATH; without one, skip with the command that installs it (.ci/run does)."""
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("no chromium on PATH, so the browser test is skipped; install it with: sudo apt-get install chromium")
+    return path
+
+
+def test_without_chromium_the_browser_test_is_skipped_with_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    with pytest.raises(pytest.skip.Exception, match=r"^no chromium on PATH, .*; install it with: sudo apt-get install chromium$"):
+        chromium_or_skip()
+
+
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed (make test installs it: apt-get install chromium)")
+    executable = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 

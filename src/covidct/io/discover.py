@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from covidct.io.dicom import group_dicom_series, is_dicom
@@ -18,7 +18,7 @@ from covidct.io.images import IMAGE_SUFFIXES
 from covidct.io.nifti import is_nifti
 
 
-class VolumeKind(str, Enum):
+class VolumeKind(StrEnum):
     """The file format of a CT volume."""
 
     DICOM = "dicom"
