@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 from covidct.data.manifest import read_manifest
 from covidct.model.network import build_resnet50, load_backbone_state
 from covidct.model.pretrained import resolve_pretrained
+from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import TrainConfig
 from covidct.train.trainer import fit
@@ -47,7 +48,6 @@ SPEEDUP_TARGET = 3.0
 BATCH = 32
 BASELINE_LR = 1e-4
 BASELINE_MAX_EPOCHS = 100
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def main() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -19,6 +22,20 @@ class CovidctError(Exception):
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
 
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the choice closest to ``value``, or "" when none is close.
+
+    Case, and ``_`` against ``-``, do not count, so ``Covid`` finds ``COVID`` and ``onnx_int8`` finds ``onnx-int8``.
+    """
+    by_key = {_match_key(choice): choice for choice in choices}
+    close = difflib.get_close_matches(_match_key(str(value)), list(by_key), n=1)
+    return f" (did you mean '{by_key[close[0]]}'?)" if close else ""
+
+
+def _match_key(text: str) -> str:
+    return text.lower().replace("_", "-")
+
+
 class InputError(CovidctError):
     """An input image or data file cannot be used."""
 
@@ -32,7 +49,22 @@ class UnsupportedUploadError(InputError):
 
 
 class OptionError(CovidctError):
-    """A command-line option or function argument is invalid."""
+    """A function argument (or the command-line option it comes from) is invalid.
+
+    The library names the Python parameters (``batch_size must be at least 1``) and lists them in
+    ``parameters``; the CLI prints the same message with their flags (``--batch-size``), see ``as_flags``.
+    """
+
+    def __init__(self, reason: str, *, path: str | Path | None = None, parameters: tuple[str, ...] = ()) -> None:
+        self.parameters = parameters
+        super().__init__(reason, path=path)
+
+    def as_flags(self) -> str:
+        """The message with each named parameter written as its command-line flag (``batch_size`` -> ``--batch-size``)."""
+        reason = self.reason
+        for name in self.parameters:
+            reason = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "--" + name.replace("_", "-"), reason)
+        return f"{self.path}: {reason}" if self.path else reason
 
 
 class ModelDirError(CovidctError):

@@ -16,13 +16,12 @@ from covidct.errors import WeightsError
 from covidct.model.keras_convert import (
     CAFFE_MEAN_BGR,
     KERAS_EXACT_MEAN_RGB,
-    TORCHVISION_MEAN_RGB,
-    TORCHVISION_STD_RGB,
     conv_bn_to_torch,
     convert_keras_resnet50,
     keras_conv_bn_pairs,
 )
 from covidct.model.network import StrideVariant, build_resnet50
+from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 KERAS_EPS = 1e-3
 
@@ -92,7 +91,7 @@ def caffe_input(x_rgb01: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("mean_rgb", "is_border_exact"),
-    [(TORCHVISION_MEAN_RGB, False), (KERAS_EXACT_MEAN_RGB, True)],
+    [(IMAGENET_MEAN, False), (KERAS_EXACT_MEAN_RGB, True)],
     ids=["torchvision-mean", "keras-exact-mean"],
 )
 def test_stem_folds_caffe_input(mean_rgb: tuple[float, float, float], is_border_exact: bool) -> None:
@@ -103,8 +102,8 @@ def test_stem_folds_caffe_input(mean_rgb: tuple[float, float, float], is_border_
     x_rgb01 = rng.uniform(0, 1, (2, 3, 20, 20))
 
     expected = keras_batchnorm(keras_conv2d(caffe_input(x_rgb01), kernel_hwio, bias, stride=2, pad=3), bn)
-    converted = conv_bn_to_torch(kernel_hwio, bias, bn, eps_keras=KERAS_EPS, input_stats=(mean_rgb, TORCHVISION_STD_RGB))
-    mean, std = np.asarray(mean_rgb)[None, :, None, None], np.asarray(TORCHVISION_STD_RGB)[None, :, None, None]
+    converted = conv_bn_to_torch(kernel_hwio, bias, bn, eps_keras=KERAS_EPS, input_stats=(mean_rgb, IMAGENET_STD))
+    mean, std = np.asarray(mean_rgb)[None, :, None, None], np.asarray(IMAGENET_STD)[None, :, None, None]
     found = run_nhwc(torch_conv_bn(converted, stride=2, pad=3), (x_rgb01 - mean) / std)
 
     # Outputs 2..8 of 10 read no padding: there the fold is exact for any mean.

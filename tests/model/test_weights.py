@@ -37,6 +37,7 @@ from covidct.model.weights import (
     resolve_cache_dir,
     verify_download,
 )
+from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SIDECAR_KEYS = {
     "source", "description", "url", "licence", "upstream", "stride_variant",
@@ -307,7 +308,7 @@ def test_real_weights_classify_imagenet_photos(source: WeightSource, image: str,
     model.load_state_dict(load_imagenet_state_dict(fetched), strict=True)
     preprocess = v2.Compose([
         v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
     ])
     pixels = torch.from_numpy(getattr(skimage_data, image)()).permute(2, 0, 1)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from covidct.errors import CovidctWarning, InputError, OptionError
+from covidct.errors import CovidctWarning, InputError, OptionError, did_you_mean
 from covidct.io.discover import VolumeInput, VolumeKind, discover_images
 
 SPLITS = ("train", "val", "test")
@@ -123,10 +122,7 @@ def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_cl
 def _positive_index(classes: tuple[str, ...], positive_class: str) -> int:
     if positive_class in classes:
         return classes.index(positive_class)
-    by_lower = {name.lower(): name for name in classes}
-    close = difflib.get_close_matches(positive_class.lower(), list(by_lower), n=1)
-    hint = f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
-    raise OptionError(f"--positive-class '{positive_class}' is not one of the classes {list(classes)}{hint}")
+    raise OptionError(f"--positive-class '{positive_class}' is not one of the classes {list(classes)}{did_you_mean(positive_class, classes)}")
 
 
 def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None, None]]:

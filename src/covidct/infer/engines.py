@@ -9,7 +9,6 @@ engines use numpy and onnxruntime only: ``--engine onnx`` runs without torch.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.errors import ModelDirError, OptionError
+from covidct.errors import ModelDirError, OptionError, did_you_mean
 from covidct.model.architecture import FEATURE_DIM
 from covidct.model.card import ModelCard
 from covidct.model.device import Device
@@ -39,9 +38,7 @@ class Engine(StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> Engine:
         names = [engine.value for engine in cls]
-        close = difflib.get_close_matches(str(value).lower().replace("_", "-"), names, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise OptionError(f"--engine must be {', '.join(names[:-1])} or {names[-1]}; got '{value}'{hint}")
+        raise OptionError(f"--engine must be {', '.join(names[:-1])} or {names[-1]}; got '{value}'{did_you_mean(value, names)}")
 
     @property
     def onnx_file(self) -> str:

@@ -6,14 +6,13 @@ apply one rule, with the card's class names.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from enum import StrEnum
 
 import numpy as np
 
-from covidct.errors import OptionError
+from covidct.errors import OptionError, did_you_mean
 from covidct.model.card import Decision, ModelCard
 
 
@@ -65,9 +64,7 @@ def parse_aggregate(rule: Aggregate | str) -> Aggregate:
     try:
         return Aggregate(rule)
     except ValueError:
-        choices = [a.value for a in Aggregate]
-        close = difflib.get_close_matches(str(rule), choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(rule, [a.value for a in Aggregate])
         raise OptionError(f"--aggregate must be mean, max or topk; got {str(rule)!r}{hint}.") from None
 
 

@@ -9,7 +9,7 @@ download and the cache live in ``weights.py``. Every step is exact in real arith
 - Keras BatchNorm uses epsilon 1e-3, torchvision 1e-5: ``running_var += 1e-3 - 1e-5``.
 - Keras expects "caffe" input (BGR, 0..255, minus the ImageNet BGR mean); conv1 and bn1 absorb that
   affine map, so the converted model takes torchvision's standard input (RGB in [0, 1], normalised
-  with ``TORCHVISION_MEAN_RGB`` / ``TORCHVISION_STD_RGB``).
+  with ``IMAGENET_MEAN`` / ``IMAGENET_STD``).
 - Keras ResNet50 is "v1": the stride sits on the first 1x1 conv of layers 2-4; build the network with
   ``StrideVariant.V1`` to reproduce the classifier.
 - Keras zero-pads before its max pool where torch pads with -inf; after a ReLU both give the same max.
@@ -33,10 +33,9 @@ import torch
 from torchvision.models import resnet50
 
 from covidct.errors import WeightsError
+from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
-TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 # With this input mean a torch zero is a caffe zero, so even conv1's border matches Keras exactly.
 KERAS_EXACT_MEAN_RGB = tuple(value / 255.0 for value in CAFFE_MEAN_BGR[::-1])
 TORCH_BN_EPS = 1e-5
@@ -127,7 +126,7 @@ def check_keras_topology(model_json: Mapping[str, Any]) -> dict[str, float]:
 
 
 def fold_caffe_input(
-    kernel_oihw_bgr: np.ndarray, *, mean_rgb: InputStats = TORCHVISION_MEAN_RGB, std_rgb: InputStats = TORCHVISION_STD_RGB
+    kernel_oihw_bgr: np.ndarray, *, mean_rgb: InputStats = IMAGENET_MEAN, std_rgb: InputStats = IMAGENET_STD
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rewrite a first-layer kernel that reads caffe input into one that reads normalised RGB input.
 
@@ -194,8 +193,8 @@ def convert_keras_resnet50(
     model_json: Mapping[str, Any],
     weight_bytes: bytes,
     *,
-    mean_rgb: InputStats = TORCHVISION_MEAN_RGB,
-    std_rgb: InputStats = TORCHVISION_STD_RGB,
+    mean_rgb: InputStats = IMAGENET_MEAN,
+    std_rgb: InputStats = IMAGENET_STD,
 ) -> dict[str, torch.Tensor]:
     """Return a torchvision ResNet-50 state dict (1000-way ``fc`` included) from the Keras model.
 

@@ -43,11 +43,10 @@ from covidct.errors import CovidctWarning, WeightsError
 from covidct.model.architecture import StrideVariant
 from covidct.model.integrity import file_sha256
 from covidct.model.keras_convert import (
-    TORCHVISION_MEAN_RGB,
-    TORCHVISION_STD_RGB,
     convert_keras_resnet50,
     manifest_shard_paths,
 )
+from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CACHE_DIR_ENV = "COVIDCT_CACHE_DIR"
 READ_TIMEOUT_S = 60
@@ -348,8 +347,8 @@ def _write_cache(directory: Path, source: WeightSource, state: dict[str, torch.T
             "sha512_integrity": download.sha512_integrity,
         },
         "stride_variant": str(upstream.stride_variant),
-        "input_mean_rgb": list(TORCHVISION_MEAN_RGB),
-        "input_std_rgb": list(TORCHVISION_STD_RGB),
+        "input_mean_rgb": list(IMAGENET_MEAN),
+        "input_std_rgb": list(IMAGENET_STD),
         "file": weights_path.name,
         "sha256": sha256,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
