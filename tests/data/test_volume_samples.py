@@ -55,7 +55,7 @@ def test_each_lung_slice_of_a_volume_is_a_sample_of_its_row(tmp_path):
     paths = [write_volume(tmp_path, "a", hu, "series", 0), write_volume(tmp_path, "b", hu, "nifti", 0), no_lung_file]
     window = HuWindow(-500, 1200)
 
-    decoded = decode_slices(paths, Preprocessing(image_size=64, hu_window=str(window)))
+    decoded = decode_slices(paths, Preprocessing(image_size=64, hu_window=window))
 
     assert decoded.indices.tolist() == [0, 0, 0, 1, 1, 1]
     assert [(f.path, f.reason.split(";")[0]) for f in decoded.failures] == [

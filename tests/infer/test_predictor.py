@@ -146,7 +146,7 @@ def test_progress_reports_every_image(predictor, slices):
 
 
 def test_batch_size_must_be_positive(predictor):
-    with pytest.raises(OptionError, match="--batch-size must be at least 1; got 0"):
+    with pytest.raises(OptionError, match="^batch_size must be at least 1; got 0$"):
         Predictor(predictor.model, predictor.card, batch_size=0)
 
 

@@ -110,7 +110,7 @@ def test_an_unexpected_error_in_the_decoding_thread_reaches_the_caller(predictor
 
 
 def test_iter_predict_batch_size_must_be_positive(predictor):
-    with pytest.raises(OptionError, match="--batch-size must be at least 1; got 0"):
+    with pytest.raises(OptionError, match="^batch_size must be at least 1; got 0$"):
         predictor.iter_predict([], batch_size=0)
 
 
@@ -169,5 +169,5 @@ def test_the_python_api_decodes_in_a_thread_unless_asked(predictor):
 
 
 def test_decode_workers_cannot_be_negative(predictor):
-    with pytest.raises(OptionError, match="--decode-workers must be 0 or more; got -1"):
+    with pytest.raises(OptionError, match="^decode_workers must be 0 or more; got -1$"):
         Predictor(predictor.model, predictor.card, device="cpu", decode_workers=-1)

@@ -13,7 +13,6 @@ from covidct.infer.study import (
     N_MARKED_SLICES,
     SlicePrediction,
     StudyPrediction,
-    model_slices,
     study_prediction,
 )
 from covidct.infer.study_plot import plot_study, study_file_names
@@ -21,7 +20,7 @@ from covidct.io.volume import Volume, privacy_key
 from covidct.model.card import Decision, ModelCard
 from covidct.model.network import StrideVariant
 from covidct.preprocess.transforms import Preprocessing
-from covidct.preprocess.window import LUNG_WINDOW, HuWindow
+from covidct.preprocess.window import HuWindow
 
 
 def phantom_volume(*, n_slices: int, lung, covid: bool = False, source: str = "phantom.nii.gz") -> Volume:
@@ -102,22 +101,6 @@ def test_a_volume_without_lung_fails_with_the_file_named(tiny_model_dir):
 
     with pytest.raises(InputError, match=r"head_ct\.nii\.gz: none of its 4 slices shows lung .* not a localizer, head or abdomen series"):
         load_model(tiny_model_dir, device="cpu").predict_volume(volume)
-
-
-@pytest.mark.parametrize(
-    ("hu", "window", "expected"),
-    [
-        pytest.param(-1350.0, LUNG_WINDOW, 0.0, id="lung-window-bottom"),
-        pytest.param(150.0, LUNG_WINDOW, 1.0, id="lung-window-top"),
-        pytest.param(-600.0, LUNG_WINDOW, 0.5, id="lung-window-level"),
-        pytest.param(40.0, HuWindow(40, 400), 0.5, id="mediastinal-window-level"),
-    ],
-)
-def test_model_slices_are_windowed_hu_at_the_card_size(hu, window, expected):
-    slices = model_slices(np.full((2, 40, 50), hu, np.float32), window, Preprocessing(image_size=32))
-
-    assert (slices.shape, str(slices.dtype)) == ((2, 32, 32), "float16")
-    np.testing.assert_allclose(slices.astype(np.float32), expected, atol=1e-3)
 
 
 def test_predict_volume_scores_only_lung_slices(tiny_model_dir):

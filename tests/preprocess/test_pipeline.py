@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from covidct.data.dataset import decode_slices
-from covidct.preprocess.pipeline import prepare_slice
+from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slice
 from covidct.preprocess.transforms import Preprocessing, resize_gray
+from covidct.preprocess.window import LUNG_WINDOW, HuWindow
 
 SITE_STEPS = ("crop_field", "remove_annotations", "standardise_intensity")
 SIZE = 32
@@ -77,3 +78,19 @@ def test_a_card_written_before_the_site_steps_loads_with_them_off_and_decodes_id
 def test_the_site_steps_round_trip_through_the_card_section():
     preprocessing = Preprocessing(image_size=SIZE, crop_field=True, standardise_intensity=True)
     assert Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing
+
+
+@pytest.mark.parametrize(
+    ("hu", "window", "expected"),
+    [
+        pytest.param(-1350.0, LUNG_WINDOW, 0.0, id="lung-window-bottom"),
+        pytest.param(150.0, LUNG_WINDOW, 1.0, id="lung-window-top"),
+        pytest.param(-600.0, LUNG_WINDOW, 0.5, id="lung-window-level"),
+        pytest.param(40.0, HuWindow(40, 400), 0.5, id="mediastinal-window-level"),
+    ],
+)
+def test_hu_slices_are_windowed_through_the_card_window_at_the_card_size(hu, window, expected):
+    slices = prepare_hu_slices(np.full((2, 40, 50), hu, np.float32), Preprocessing(image_size=32, hu_window=window))
+
+    assert (slices.shape, str(slices.dtype)) == ((2, 32, 32), "float16")
+    np.testing.assert_allclose(slices.astype(np.float32), expected, atol=1e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from volumes import gray_to_hu, write_dicom_series, write_nifti
@@ -28,11 +30,11 @@ def test_window_text_parses_and_prints_back(text, window):
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("-600", r"--window must be LEVEL,WIDTH in HU, for example -600,1500; got '-600'"),
-    ("lung", r"--window must be LEVEL,WIDTH in HU, for example -600,1500; got 'lung'"),
+    ("-600", r"^window must be LEVEL,WIDTH in HU, for example -600,1500; got '-600'$"),
+    ("lung", r"^window must be LEVEL,WIDTH in HU, for example -600,1500; got 'lung'$"),
     ("-600,1500,3", r"got '-600,1500,3'"),
-    ("-600,0", r"--window width must be positive; got 0"),
-    ("-600,-10", r"--window width must be positive; got -10"),
+    ("-600,0", r"^window width must be positive; got 0$"),
+    ("-600,-10", r"^window width must be positive; got -10$"),
 ])
 def test_a_bad_window_is_refused_with_the_option_named(text, message):
     with pytest.raises(OptionError, match=message):
@@ -43,8 +45,31 @@ def test_the_model_card_default_is_the_lung_window_and_old_cards_load_with_it():
     card = Preprocessing().to_dict()
     old_card = {key: value for key, value in card.items() if key != "hu_window"}
 
-    assert HuWindow.parse(card["hu_window"]) == LUNG_WINDOW
-    assert Preprocessing.from_dict(old_card).hu_window == "-600,1500"
+    assert card["hu_window"] == "-600,1500"
+    assert Preprocessing.from_dict(old_card).hu_window == LUNG_WINDOW
+
+
+@pytest.mark.parametrize("window", [LUNG_WINDOW, HuWindow(40, 400), HuWindow(-500, 1400.5)], ids=str)
+def test_the_window_is_a_value_in_the_card_object_and_text_in_its_json(window):
+    card = Preprocessing(image_size=64, hu_window=window).to_dict()
+
+    assert card["hu_window"] == str(window)
+    assert json.loads(json.dumps(card))["hu_window"] == str(window)
+    assert Preprocessing.from_dict(json.loads(json.dumps(card))) == Preprocessing(image_size=64, hu_window=window)
+
+
+def test_a_card_with_a_broken_window_is_not_a_valid_model_card():
+    card = {**Preprocessing().to_dict(), "hu_window": "lung"}
+
+    with pytest.raises(ValueError, match=r"^preprocessing.hu_window: window must be LEVEL,WIDTH in HU, .*; got 'lung'$"):
+        Preprocessing.from_dict(card)
+
+
+def test_the_option_error_shows_the_flag_on_the_command_line():
+    with pytest.raises(OptionError) as caught:
+        HuWindow.parse("lung")
+
+    assert caught.value.as_flags() == "--window must be LEVEL,WIDTH in HU, for example -600,1500; got 'lung'"
 
 
 def test_dicom_and_nifti_of_the_same_scan_window_to_the_same_slices(tmp_path):

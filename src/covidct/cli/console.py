@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, OptionError
 from covidct.io.failures import InputFailure
 
 console = Console()
@@ -33,7 +34,8 @@ def reports_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except CovidctError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            message = error.as_flags() if isinstance(error, OptionError) else str(error)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -106,10 +106,10 @@ def predict(
 
 def warn_if_window_differs(predictor: Predictor) -> None:
     """Warn when ``--window`` is not the window the model was trained with: its probabilities are then off-card."""
-    trained = HuWindow.parse(predictor.card.preprocessing.hu_window)
-    if predictor.window != trained:
+    trained, used = predictor.card.preprocessing.hu_window, predictor.preprocessing.hu_window
+    if used != trained:
         warnings.warn(
-            f"--window {predictor.window} differs from the window the model was trained with ({trained}); "
+            f"--window {used} differs from the window the model was trained with ({trained}); "
             "its probabilities and threshold were calibrated for that one",
             CovidctWarning,
             stacklevel=2,

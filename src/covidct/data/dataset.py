@@ -16,9 +16,8 @@ from covidct.io.failures import InputFailure
 from covidct.io.images import MAX_PIXELS, read_grayscale
 from covidct.io.readers import is_volume_path, read_path_volumes
 from covidct.preprocess.lung_slices import lung_slice_indices
-from covidct.preprocess.pipeline import prepare_slice, stack_prepared
+from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slice, stack_prepared
 from covidct.preprocess.transforms import Preprocessing
-from covidct.preprocess.window import HuWindow, window_hu
 
 Progress = Callable[[int, int], None]
 
@@ -66,8 +65,9 @@ def decode_path(path: Path, *, preprocessing: Preprocessing, max_pixels: int = M
     send both back (``InputError`` keeps fields that pickling would lose).
     """
     try:
-        grays = _lung_slices(path, HuWindow.parse(preprocessing.hu_window), max_pixels) if is_volume_path(path) else [read_grayscale(path, max_pixels=max_pixels)]
-        return [prepare_slice(gray, preprocessing) for gray in grays], None
+        if is_volume_path(path):
+            return _lung_slices(path, preprocessing, max_pixels), None
+        return [prepare_slice(read_grayscale(path, max_pixels=max_pixels), preprocessing)], None
     except InputError as error:
         return [], InputFailure.from_error(error, str(path))
 
@@ -80,10 +80,11 @@ def decode_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _lung_slices(path: Path, window: HuWindow, max_pixels: int) -> list[np.ndarray]:
-    """(H, W) float32 [0, 1] windowed lung slices of every volume at ``path``.
+def _lung_slices(path: Path, preprocessing: Preprocessing, max_pixels: int) -> list[np.ndarray]:
+    """(S, S) float16 prepared lung slices of every volume at ``path``, windowed with the card's window.
 
     Raises:
         InputError: a volume cannot be read, or one of them has no slice that shows lung.
     """
-    return [gray for volume in read_path_volumes(path, max_pixels=max_pixels) for gray in window_hu(volume.hu[lung_slice_indices(volume)], window)]
+    volumes = read_path_volumes(path, max_pixels=max_pixels)
+    return [prepared for volume in volumes for prepared in prepare_hu_slices(volume.hu[lung_slice_indices(volume)], preprocessing)]

@@ -57,11 +57,10 @@ def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n:
     plain = replace(preprocessing, crop_field=False, remove_annotations=False, standardise_intensity=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    window = HuWindow.parse(preprocessing.hu_window)
     captions, pairs, failures = [], [], list(found.failures)
     for done, item in enumerate(chosen, start=1):
         try:
-            gray, caption = _preview_slice(item, window)
+            gray, caption = _preview_slice(item, preprocessing.hu_window)
         except InputError as error:
             failures.append(InputFailure.from_error(error, _source(item)))
         else:

@@ -17,7 +17,7 @@ import numpy as np
 from covidct.errors import InputError, OptionError
 from covidct.infer.engines import Engine, InferenceEngine, open_onnx_engine
 from covidct.infer.stream import iter_slice_batches
-from covidct.infer.study import StudyPrediction, model_slices, study_prediction
+from covidct.infer.study import StudyPrediction, study_prediction
 from covidct.io.discover import count_images
 from covidct.io.failures import InputFailure
 from covidct.io.images import MAX_PIXELS
@@ -28,7 +28,7 @@ from covidct.model.device import Device
 from covidct.model.integrity import checked_weights_path
 from covidct.model.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
 from covidct.preprocess.lung_slices import lung_slice_indices
-from covidct.preprocess.pipeline import prepare_slices
+from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slices
 from covidct.preprocess.window import HuWindow
 
 if TYPE_CHECKING:
@@ -109,8 +109,8 @@ class Predictor:
     Without a ``detector`` (a model trained before the guard) every input counts as in distribution.
     ``engine`` computes features and logits (default: ``model`` on ``device``, see ``infer.engines``);
     Grad-CAM always uses the torch ``model``, which may be None beside an ONNX ``engine``: it is then
-    read from ``model_dir`` when Grad-CAM first needs it. ``window`` maps DICOM/NIfTI HU to the network input
-    (default: the card's ``preprocessing.hu_window``, the one the model was trained with). An input
+    read from ``model_dir`` when Grad-CAM first needs it. ``window`` replaces the card's HU window for
+    DICOM/NIfTI input in ``preprocessing`` (the card's own stays the one the model was trained with). An input
     whose header claims more than ``max_pixels`` pixels per image (or slice) is a failure, before decoding.
     ``decode_workers`` processes decode files (default 0: one thread beside the network). They are
     spawned, so a script that asks for them needs the ``if __name__ == "__main__":`` guard; the CLI
@@ -124,11 +124,11 @@ class Predictor:
         model_dir: Path | None = None,
     ) -> None:
         if batch_size < 1:
-            raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
+            raise OptionError(f"batch_size must be at least 1; got {batch_size}", parameters=("batch_size",))
         if max_pixels < 1:
-            raise OptionError(f"--max-pixels must be at least 1; got {max_pixels}")
+            raise OptionError(f"max_pixels must be at least 1; got {max_pixels}", parameters=("max_pixels",))
         if decode_workers < 0:
-            raise OptionError(f"--decode-workers must be 0 or more; got {decode_workers}")
+            raise OptionError(f"decode_workers must be 0 or more; got {decode_workers}", parameters=("decode_workers",))
         if model is None and (engine is None or model_dir is None):
             raise ValueError("a Predictor without a torch model needs an engine and a model_dir")
         self.card = card
@@ -138,7 +138,7 @@ class Predictor:
         self.model_dir = model_dir
         self._model = None if model is None else self._prepared(model)  # torch engine and Grad-CAM
         self.engine = engine if engine is not None else self._torch_engine()
-        self.window = window or HuWindow.parse(card.preprocessing.hu_window)
+        self.preprocessing = card.preprocessing if window is None else replace(card.preprocessing, hu_window=window)
         self.max_pixels = max_pixels
         self.decode_workers = decode_workers
 
@@ -200,7 +200,7 @@ class Predictor:
             OptionError: ``batch_size`` < 1.
         """
         if batch_size is not None and batch_size < 1:
-            raise OptionError(f"--batch-size must be at least 1; got {batch_size}")
+            raise OptionError(f"batch_size must be at least 1; got {batch_size}", parameters=("batch_size",))
         runs = self._iter_runs(inputs, batch_size=batch_size or self.batch_size, progress=progress, explain=False)
         return (PredictionRun(run.predictions, run.failures, run.skipped, run.studies) for run in runs)
 
@@ -225,7 +225,7 @@ class Predictor:
         if len(names) != len(slices):
             raise ValueError(f"{len(names)} names for {len(slices)} slices")
         # The file path's preparation (data.dataset.decode_slices), so an upload and its file get the same answer.
-        return self._explained(list(names), prepare_slices(slices, self.card.preprocessing), explain=explain, keep_slices=True)
+        return self._explained(list(names), prepare_slices(slices, self.preprocessing), explain=explain, keep_slices=True)
 
     def predict_volume(self, volume: Volume, *, explain: bool = False) -> StudyPrediction:
         """Predict one study: its lung slices in batches, aggregated by the card's study rule (see ``infer.study``).
@@ -241,12 +241,12 @@ class Predictor:
         predictions: list[Prediction] = []
         for start in range(0, len(indices), self.batch_size):
             batch = indices[start : start + self.batch_size]
-            images = model_slices(volume.hu[batch], self.window, self.card.preprocessing)
+            images = prepare_hu_slices(volume.hu[batch], self.preprocessing)
             predictions += [e.prediction for e in self._explained([volume.slice_names[i] for i in batch], images, explain=False, keep_slices=False)]
         study = study_prediction(volume.origin, indices, predictions, self.card)
         if not (explain and study.suspicious_slices):
             return study
-        top = model_slices(volume.hu[[study.suspicious_slices[0].index]], self.window, self.card.preprocessing)
+        top = prepare_hu_slices(volume.hu[[study.suspicious_slices[0].index]], self.preprocessing)
         return replace(study, cam_slice=top[0].astype(np.float32), cam_heatmap=self._heatmaps(top)[0])
 
     def score(self, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -257,7 +257,7 @@ class Predictor:
         """
         decision = self.card.decision
         features, logits = self.engine.features_and_logits(
-            slices, preprocessing=self.card.preprocessing, batch_size=self.batch_size,
+            slices, preprocessing=self.preprocessing, batch_size=self.batch_size,
             tta_hflip=decision.tta_hflip,
         )
         scores = None if self.detector is None else self.detector.scores(features)
@@ -286,7 +286,7 @@ class Predictor:
     def _iter_runs(self, inputs: Iterable[str | Path], *, batch_size: int, progress: Callable[[int, int], None] | None, explain: bool) -> Iterator[ExplanationRun]:
         inputs = list(inputs)
         total, reported = (count_images(inputs) if progress else 0), 0
-        batches = iter_slice_batches(inputs, preprocessing=self.card.preprocessing, batch_size=batch_size, max_pixels=self.max_pixels, decode_workers=self.decode_workers)
+        batches = iter_slice_batches(inputs, preprocessing=self.preprocessing, batch_size=batch_size, max_pixels=self.max_pixels, decode_workers=self.decode_workers)
         for batch in batches:
             explanations = self._explained([str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain)
             studies, failures = self._studies(batch.volumes, explain=explain)
@@ -324,7 +324,7 @@ class Predictor:
         # Imported here: Grad-CAM needs torch and pytorch-grad-cam, which ONNX engines otherwise never load.
         from covidct.infer.gradcam import gradcam_heatmaps
 
-        return gradcam_heatmaps(self.model, slices, preprocessing=self.card.preprocessing, target_index=self.card.positive_index, device=self.device)
+        return gradcam_heatmaps(self.model, slices, preprocessing=self.preprocessing, target_index=self.card.positive_index, device=self.device)
 
     def _prediction(self, path: str, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
         card = self.card

@@ -34,9 +34,6 @@ from covidct.model.decision import (
     negative_classes,
 )
 from covidct.model.ood import NOT_CT_LABEL
-from covidct.preprocess.pipeline import prepare_slices
-from covidct.preprocess.transforms import Preprocessing
-from covidct.preprocess.window import HuWindow, window_hu
 
 if TYPE_CHECKING:  # predictor imports this module
     from covidct.infer.predictor import Prediction
@@ -105,11 +102,6 @@ class StudyPrediction:
         """Up to ``N_MARKED_SLICES`` scored slices with the highest probability, highest first (ties: lower index)."""
         scored = [s for s in self.slices if s.prob_covid is not None]
         return sorted(scored, key=lambda s: (-s.prob_covid, s.index))[:N_MARKED_SLICES]
-
-
-def model_slices(hu: np.ndarray, window: HuWindow, preprocessing: Preprocessing) -> np.ndarray:
-    """(N, S, S) float16 network-ready slices in [0, 1] from (N, H, W) HU slices, windowed then prepared as in training."""
-    return prepare_slices(window_hu(hu, window), preprocessing)
 
 
 def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard) -> StudyPrediction:

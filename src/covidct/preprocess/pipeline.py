@@ -1,4 +1,4 @@
-"""One decoded slice -> the (S, S) slice the network sees: the single path training, evaluation and inference share.
+"""One decoded slice (or HU slice, windowed first) -> the (S, S) slice the network sees: the single path training, evaluation and inference share.
 
 Whatever a model card's ``Preprocessing`` switches on happens here and nowhere else, so a step can
 never run in training but not at inference (or the other way round).
@@ -12,6 +12,7 @@ import numpy as np
 
 from covidct.preprocess import site
 from covidct.preprocess.transforms import Preprocessing, resize_gray
+from covidct.preprocess.window import window_hu
 
 
 def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
@@ -38,6 +39,14 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
 def prepare_slices(grays: Iterable[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
     """(N, S, S) float16 network-ready slices from (H, W) float32 slices in [0, 1]: ``prepare_slice`` on each, stacked."""
     return stack_prepared([prepare_slice(gray, preprocessing) for gray in grays], preprocessing.image_size)
+
+
+def prepare_hu_slices(hu: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """(N, S, S) float16 network-ready slices from (N, H, W) HU, windowed by ``preprocessing.hu_window``.
+
+    How every DICOM/NIfTI slice reaches the network, in training and inference alike.
+    """
+    return prepare_slices(window_hu(hu, preprocessing.hu_window), preprocessing)
 
 
 def stack_prepared(prepared: Sequence[np.ndarray], image_size: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from covidct.preprocess.window import LUNG_WINDOW
+from covidct.errors import OptionError
+from covidct.preprocess.window import LUNG_WINDOW, HuWindow
 
 Array = TypeVar("Array")  # a numpy array, or a torch tensor on any device
 
@@ -38,16 +39,28 @@ class Preprocessing:
     crop_field: bool = False
     remove_annotations: bool = False
     standardise_intensity: bool = False
-    # DICOM/NIfTI slices are windowed from HU with this "level,width" (covidct.preprocess.window) before the
-    # steps above, in training and inference alike; 8-bit PNG/JPEG slices are already windowed and skip it.
-    hu_window: str = str(LUNG_WINDOW)
+    # DICOM/NIfTI slices are windowed from HU with this window (covidct.preprocess.window) before the steps
+    # above, in training and inference alike; 8-bit PNG/JPEG slices are already windowed and skip it.
+    hu_window: HuWindow = LUNG_WINDOW
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The model card's ``preprocessing`` object: plain JSON values, the window as its "level,width" text."""
+        return {**asdict(self), "hu_window": str(self.hu_window)}
 
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
-        return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+        """Read ``to_dict``'s object; a card from before the HU window loads with the lung window.
+
+        Raises:
+            ValueError: the card's ``hu_window`` is not "level,width" with a positive width.
+        """
+        values = {**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])}
+        if "hu_window" in values:
+            try:
+                values["hu_window"] = HuWindow.parse(values["hu_window"])
+            except OptionError as error:
+                raise ValueError(f"preprocessing.hu_window: {error.reason}") from None
+        return cls(**values)
 
 
 def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:

@@ -26,7 +26,7 @@ class HuWindow:
 
     def __post_init__(self) -> None:
         if not self.width > 0:
-            raise OptionError(f"--window width must be positive; got {self.width:g}")
+            raise OptionError(f"window width must be positive; got {self.width:g}", parameters=("window",))
 
     @classmethod
     def parse(cls, text: str) -> HuWindow:
@@ -41,7 +41,7 @@ class HuWindow:
         except ValueError:
             level = width = None
         if level is None:
-            raise OptionError(f"--window must be LEVEL,WIDTH in HU, for example -600,1500; got {text!r}")
+            raise OptionError(f"window must be LEVEL,WIDTH in HU, for example -600,1500; got {text!r}", parameters=("window",))
         return cls(level, width)
 
     def __str__(self) -> str:
