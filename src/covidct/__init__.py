@@ -16,12 +16,13 @@ if TYPE_CHECKING:
         Predictor,
         load_model,
     )
+    from covidct.infer.result_files import write_predictions
     from covidct.model.card import ModelCard
 
 __version__ = _version("covidct")
-__all__ = ["Explanation", "ExplanationRun", "ModelCard", "Prediction", "PredictionRun", "Predictor", "__version__", "load_model"]
+__all__ = ["Explanation", "ExplanationRun", "ModelCard", "Prediction", "PredictionRun", "Predictor", "__version__", "load_model", "write_predictions"]
 
-_HOME = {name: "covidct.infer.predictor" for name in ("Explanation", "ExplanationRun", "Prediction", "PredictionRun", "Predictor", "load_model")} | {"ModelCard": "covidct.model.card"}
+_HOME = {name: "covidct.infer.predictor" for name in ("Explanation", "ExplanationRun", "Prediction", "PredictionRun", "Predictor", "load_model")} | {"ModelCard": "covidct.model.card", "write_predictions": "covidct.infer.result_files"}
 
 
 def __getattr__(name: str) -> object:

@@ -23,7 +23,7 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 METRICS = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"]
 FIGURES = ["confusion.png", "pr.png", "reliability.png", "roc.png"]
 PREDICTION_COLUMNS = [
-    "path", "prob_covid", "label", "prob_COVID", "prob_non-COVID", "in_distribution", "ood_score", "message",
+    "path", "prob_covid", "label", "in_distribution", "ood_score", "message",
     "kind", "study_key", "series_key", "slice", "slice_index", "n_slices_total", "n_slices_used", "aggregate", "plot",
 ]
 WIDE = {"COLUMNS": "250"}  # rich wraps at the terminal width; wide enough that paths stay on one line
@@ -31,6 +31,10 @@ WIDE = {"COLUMNS": "250"}  # rich wraps at the terminal width; wide enough that 
 
 def invoke(*args) -> typer.testing.Result:
     return CliRunner().invoke(app, [str(arg) for arg in args], env=WIDE)
+
+
+def threshold(model_dir: Path) -> float:
+    return json.loads((model_dir / "model.json").read_text())["decision"]["threshold"]
 
 
 def all_command_paths() -> list[list[str]]:
@@ -158,9 +162,8 @@ def test_predict_writes_a_csv(trained, tiny_dataset, tmp_path):
     assert list(rows[0]) == PREDICTION_COLUMNS
     assert [row["path"] for row in rows] == [str(path) for path in inputs]
     for row in rows:
-        assert float(row["prob_covid"]) == float(row["prob_COVID"])
-        assert float(row["prob_COVID"]) + float(row["prob_non-COVID"]) == pytest.approx(1.0, abs=1e-5)
-        assert row["label"] in ("COVID", "non-COVID")
+        assert 0.0 <= float(row["prob_covid"]) <= 1.0
+        assert row["label"] == ("COVID" if float(row["prob_covid"]) >= threshold(trained) else "non-COVID")
 
 
 def test_predict_writes_json_with_the_notice(trained, tiny_dataset, tmp_path):
@@ -179,7 +182,7 @@ def test_predict_expands_folders_and_prints_a_table(trained, tiny_dataset):
 
     assert result.exit_code == 0, result.output
     assert all(path.name in result.stdout for path in tiny_dataset.paths["COVID"])
-    assert "prob_non-COVID" in result.stdout
+    assert "prob_covid" in result.stdout and "prob_COVID" not in result.stdout and "prob_non-COVID" not in result.stdout
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv"])
@@ -201,6 +204,38 @@ def test_predict_exits_1_on_a_failed_input_and_reports_it(trained, tiny_dataset,
         assert [row["path"] for row in read_csv(tmp_path / "x.csv")] == [str(good)]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_python_writes_the_file_the_cli_writes(trained, tiny_dataset, tmp_path, suffix):
+    from covidct import load_model, write_predictions
+
+    inputs = [*tiny_dataset.paths["COVID"][:2], tiny_dataset.paths["non-COVID"][0]]
+
+    result = invoke("predict", trained, *inputs, "--out", tmp_path / f"cli{suffix}", "--device", "cpu")
+    written = write_predictions(load_model(trained, device="cpu").predict(inputs), tmp_path / f"python{suffix}")
+
+    assert result.exit_code == 0, result.output
+    assert (written.n_predictions, written.failures) == (3, [])
+    assert (tmp_path / f"python{suffix}").read_text() == (tmp_path / f"cli{suffix}").read_text()
+
+
+def test_piped_predict_prints_plain_progress_lines_and_a_table_that_fits(trained, tiny_dataset, tmp_path, monkeypatch):
+    deep = tmp_path.joinpath(*(f"folder_{level}" for level in range(12))) / "slice_with_a_rather_long_name.png"
+    deep.parent.mkdir(parents=True)
+    shutil.copy(tiny_dataset.paths["COVID"][0], deep)
+    monkeypatch.chdir(tmp_path / "folder_0")
+
+    result = CliRunner().invoke(app, ["predict", str(trained), str(deep), str(tiny_dataset.paths["COVID"][1]), "--device", "cpu"], env={"COLUMNS": "80"})
+
+    assert result.exit_code == 0, result.output
+    assert "━" not in result.stderr
+    assert "predicting: 2/2 (100%)" in result.stderr.splitlines()[-1]
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    row = next(line for line in lines if "slice_with_a_rather_long_name.png" in line)
+    assert "…" in row and "folder_0" not in result.stdout  # relative to the working directory, shortened from the left
+    assert len(re.findall(r"\b[01]\.\d{4}\b", result.stdout)) == 2  # each image's probability, once
+
+
 @pytest.fixture
 def white_png(tmp_path) -> Path:
     path = tmp_path / "white.png"
@@ -218,7 +253,7 @@ def test_a_blank_image_is_labelled_not_ct_without_probabilities(trained, tiny_da
     rows = read_csv(tmp_path / "x.csv") if suffix == ".csv" else json.loads((tmp_path / "x.json").read_text())["predictions"]
     ct, white = rows
     empty = "" if suffix == ".csv" else None
-    assert (white["label"], white["prob_covid"], white["prob_COVID"], white["prob_non-COVID"]) == ("not-ct", empty, empty, empty)
+    assert (white["label"], white["prob_covid"]) == ("not-ct", empty)
     assert str(white["in_distribution"]) == "False"
     assert re.fullmatch(r"does not look like a chest CT slice the model was trained on \(OOD score [0-9.]+ > threshold [0-9.]+\)", white["message"])
     assert float(white["ood_score"]) > float(ct["ood_score"])

@@ -67,7 +67,7 @@ def test_each_study_gets_one_row_and_a_plot(model_dir, studies, tmp_path):
         assert (row["n_slices_total"], row["n_slices_used"], row["aggregate"], row["in_distribution"]) == ("9", "5", "top 25% mean", "True")
         assert 0.0 <= float(row["prob_covid"]) <= 1.0
         assert row["label"] in ("COVID", "non-COVID")
-        assert (row["prob_COVID"], row["slice"]) == ("", "")
+        assert (row["slice"], row["slice_index"]) == ("", "")
         with Image.open(row["plot"]) as plot:
             assert plot.format == "PNG"
     assert sorted(p.name for p in (tmp_path / "x_plots").iterdir()) == sorted(Path(row["plot"]).name for row in rows)

@@ -41,5 +41,5 @@ def demo(
     print_evaluation(evaluation)
     test_paths = [s.path for s in manifest.select("test").samples]
     examples = test_paths[:3] + test_paths[-3:]
-    print_predictions(load_model(out / "model").predict(examples), result.card.classes)
+    print_predictions(load_model(out / "model").predict(examples))
     console.print(f"Open the report: [bold]{evaluation.report_path.resolve()}[/]")

@@ -9,6 +9,7 @@ import typer
 
 from covidct.cli.audit import print_findings
 from covidct.cli.console import (
+    Lines,
     console,
     err_console,
     new_progress,
@@ -111,7 +112,7 @@ def print_training_summary(result: TrainResult) -> None:
 
 
 class RichTrainCallbacks(TrainCallbacks):
-    """Draws decoding, epoch and step bars on one rich Progress display."""
+    """Draws decoding, epoch and step bars on one progress display (plain lines in a log, see ``new_progress``)."""
 
     def __init__(self, bars) -> None:
         self.bars = bars
@@ -132,8 +133,8 @@ class RichTrainCallbacks(TrainCallbacks):
 
     def on_step(self, step: int, steps: int, loss: float) -> None:
         if self.epoch_task is None:
-            self.epoch_task = self.bars.add_task("epochs", total=None, status="")
-            self.step_task = self.bars.add_task("  steps", total=steps, status="")
+            self.epoch_task = self.bars.add_task("epochs", total=None, status="", lines=Lines.EACH)
+            self.step_task = self.bars.add_task("  steps", total=steps, status="", lines=Lines.TIMED)
         self.bars.update(self.step_task, completed=step, total=steps, status=f"loss {loss:.3f}")
 
     def on_epoch_end(self, record: dict, epochs: int) -> None:
