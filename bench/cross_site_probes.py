@@ -144,8 +144,17 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def _auc(net: torch.nn.Module, images: torch.Tensor, is_positive: np.ndarray, card) -> float:
     """Validation ROC-AUC of ``net`` on the prepared ``images``, rounded to 3 decimals."""
-    logits = predict_logits(net, images, preprocessing=card.preprocessing, device=CPU, use_bf16=True, tta_hflip=card.decision.tta_hflip)
-    return round(float(roc_auc_score(is_positive, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3)
+    logits = predict_logits(
+        net,
+        images,
+        preprocessing=card.preprocessing,
+        device=CPU,
+        use_bf16=True,
+        tta_hflip=card.decision.tta_hflip,
+    )
+    return round(
+        float(roc_auc_score(is_positive, torch.softmax(logits, 1)[:, card.positive_index].numpy())), 3
+    )
 
 
 def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:

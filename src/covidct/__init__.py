@@ -20,9 +20,22 @@ if TYPE_CHECKING:
     from covidct.model.card import ModelCard
 
 __version__ = _version("covidct")
-__all__ = ["Explanation", "ExplanationRun", "ModelCard", "Prediction", "PredictionRun", "Predictor", "__version__", "load_model", "write_predictions"]
+__all__ = [
+    "Explanation",
+    "ExplanationRun",
+    "ModelCard",
+    "Prediction",
+    "PredictionRun",
+    "Predictor",
+    "__version__",
+    "load_model",
+    "write_predictions",
+]
 
-_HOME = {name: "covidct.infer.predictor" for name in ("Explanation", "ExplanationRun", "Prediction", "PredictionRun", "Predictor", "load_model")} | {"ModelCard": "covidct.model.card", "write_predictions": "covidct.infer.result_files"}
+_HOME = {
+    name: "covidct.infer.predictor"
+    for name in ("Explanation", "ExplanationRun", "Prediction", "PredictionRun", "Predictor", "load_model")
+} | {"ModelCard": "covidct.model.card", "write_predictions": "covidct.infer.result_files"}
 
 
 def __getattr__(name: str) -> object:

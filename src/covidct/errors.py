@@ -25,7 +25,7 @@ class CovidctError(Exception):
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """`` (did you mean 'X'?)`` for the choice closest to ``value``, or "" when none is close.
 
-    Case, and ``_`` against ``-``, do not count, so ``Covid`` finds ``COVID`` and ``onnx_int8`` finds ``onnx-int8``.
+    Case, and ``_`` against ``-``, do not count: ``Covid`` finds ``COVID``, ``onnx_int8`` finds ``onnx-int8``.
     """
     by_key = {_match_key(choice): choice for choice in choices}
     close = difflib.get_close_matches(_match_key(str(value)), list(by_key), n=1)
@@ -55,12 +55,14 @@ class OptionError(CovidctError):
     ``parameters``; the CLI prints the same message with their flags (``--batch-size``), see ``as_flags``.
     """
 
-    def __init__(self, reason: str, *, path: str | Path | None = None, parameters: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, reason: str, *, path: str | Path | None = None, parameters: tuple[str, ...] = ()
+    ) -> None:
         self.parameters = parameters
         super().__init__(reason, path=path)
 
     def as_flags(self) -> str:
-        """The message with each named parameter written as its command-line flag (``batch_size`` -> ``--batch-size``)."""
+        """The message with each named parameter written as its flag (``batch_size`` -> ``--batch-size``)."""
         reason = self.reason
         for name in self.parameters:
             reason = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "--" + name.replace("_", "-"), reason)

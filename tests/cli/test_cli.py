@@ -182,7 +182,11 @@ def test_predict_expands_folders_and_prints_a_table(trained, tiny_dataset):
 
     assert result.exit_code == 0, result.output
     assert all(path.name in result.stdout for path in tiny_dataset.paths["COVID"])
-    assert "prob_covid" in result.stdout and "prob_COVID" not in result.stdout and "prob_non-COVID" not in result.stdout
+    assert (
+        "prob_covid" in result.stdout
+        and "prob_COVID" not in result.stdout
+        and "prob_non-COVID" not in result.stdout
+    )
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv"])
@@ -211,20 +215,30 @@ def test_python_writes_the_file_the_cli_writes(trained, tiny_dataset, tmp_path, 
     inputs = [*tiny_dataset.paths["COVID"][:2], tiny_dataset.paths["non-COVID"][0]]
 
     result = invoke("predict", trained, *inputs, "--out", tmp_path / f"cli{suffix}", "--device", "cpu")
-    written = write_predictions(load_model(trained, device="cpu").predict(inputs), tmp_path / f"python{suffix}")
+    written = write_predictions(
+        load_model(trained, device="cpu").predict(inputs), tmp_path / f"python{suffix}"
+    )
 
     assert result.exit_code == 0, result.output
     assert (written.n_predictions, written.failures) == (3, [])
     assert (tmp_path / f"python{suffix}").read_text() == (tmp_path / f"cli{suffix}").read_text()
 
 
-def test_piped_predict_prints_plain_progress_lines_and_a_table_that_fits(trained, tiny_dataset, tmp_path, monkeypatch):
-    deep = tmp_path.joinpath(*(f"folder_{level}" for level in range(12))) / "slice_with_a_rather_long_name.png"
+def test_piped_predict_prints_plain_progress_lines_and_a_table_that_fits(
+    trained, tiny_dataset, tmp_path, monkeypatch
+):
+    deep = (
+        tmp_path.joinpath(*(f"folder_{level}" for level in range(12))) / "slice_with_a_rather_long_name.png"
+    )
     deep.parent.mkdir(parents=True)
     shutil.copy(tiny_dataset.paths["COVID"][0], deep)
     monkeypatch.chdir(tmp_path / "folder_0")
 
-    result = CliRunner().invoke(app, ["predict", str(trained), str(deep), str(tiny_dataset.paths["COVID"][1]), "--device", "cpu"], env={"COLUMNS": "80"})
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(trained), str(deep), str(tiny_dataset.paths["COVID"][1]), "--device", "cpu"],
+        env={"COLUMNS": "80"},
+    )
 
     assert result.exit_code == 0, result.output
     assert "━" not in result.stderr
@@ -232,7 +246,9 @@ def test_piped_predict_prints_plain_progress_lines_and_a_table_that_fits(trained
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     row = next(line for line in lines if "slice_with_a_rather_long_name.png" in line)
-    assert "…" in row and "folder_0" not in result.stdout  # relative to the working directory, shortened from the left
+    assert (
+        "…" in row and "folder_0" not in result.stdout
+    )  # relative to the working directory, shortened from the left
     assert len(re.findall(r"\b[01]\.\d{4}\b", result.stdout)) == 2  # each image's probability, once
 
 

@@ -47,7 +47,9 @@ def test_each_epoch_prints_a_line_and_its_steps_only_after_a_long_wait():
             for step in range(1, 5):
                 clock.now += 1.0
                 progress.update(steps, completed=step, total=4, status=f"loss {0.5 / step:.3f}")
-            progress.update(epochs, completed=epoch + 1, total=2, status=f"epoch {epoch + 1}: val AUC 0.8{epoch}")
+            progress.update(
+                epochs, completed=epoch + 1, total=2, status=f"epoch {epoch + 1}: val AUC 0.8{epoch}"
+            )
         clock.now += 30.0
         progress.update(steps, completed=1, total=4, status="loss 0.100")
 
@@ -71,7 +73,9 @@ def test_an_unfinished_task_without_a_total_shows_its_count():
     ("path", "width", "shown"),
     [
         pytest.param("scans/a.png", 40, "scans/a.png", id="short-relative"),
-        pytest.param("/data/hospital/2024/ct/a.png", 16, "…/2024/ct/a.png", id="long-shortened-from-the-left"),
+        pytest.param(
+            "/data/hospital/2024/ct/a.png", 16, "…/2024/ct/a.png", id="long-shortened-from-the-left"
+        ),
         pytest.param("/data/a_very_long_file_name.png", 12, "…le_name.png", id="long-file-name"),
     ],
 )
@@ -89,7 +93,10 @@ def test_display_path_is_relative_to_the_working_directory(tmp_path, monkeypatch
 def test_a_fitted_table_keeps_each_path_on_one_line_within_the_width():
     out = io.StringIO()
     console = Console(file=out, width=60)
-    rows = [[f"/very/long/folder/name/number/{i}/of/the/hospital/archive/slice_{i}.png", "0.9731", "COVID"] for i in range(3)]
+    rows = [
+        [f"/very/long/folder/name/number/{i}/of/the/hospital/archive/slice_{i}.png", "0.9731", "COVID"]
+        for i in range(3)
+    ]
 
     console.print(fitted_table(["path", "prob_covid", "label"], rows, console=console))
 

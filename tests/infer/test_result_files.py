@@ -1,4 +1,4 @@
-"""Prediction files: rows reach the disk batch by batch, the JSON keeps its one-document shape, one column rule for every row kind."""
+"""Prediction files: rows reach the disk batch by batch, JSON stays one document, one rule for every kind."""
 
 from __future__ import annotations
 
@@ -80,16 +80,31 @@ def test_an_interrupted_json_is_left_unterminated(tmp_path):
 
 def _run_with_an_image_a_study_and_a_flagged_slice() -> PredictionRun:
     image = Prediction("a.png", 0.8, "COVID", {"COVID": 0.8, "non-COVID": 0.2}, True, 3.0)
-    slices = (SlicePrediction("s#2", 2, 0.7, "COVID", True, 2.0), SlicePrediction("s#3", 3, None, "not-ct", False, 99.0))
+    slices = (
+        SlicePrediction("s#2", 2, 0.7, "COVID", True, 2.0),
+        SlicePrediction("s#3", 3, None, "not-ct", False, 99.0),
+    )
     study = StudyPrediction(
-        source="scans/s", study_key="ab12", series_key="cd34", prob_covid=0.7, label="COVID", threshold=0.5, n_slices_total=5, n_slices_used=1,
-        aggregate="top 25% mean", slices=slices, ood_score=50.5, message="1 of 2 lung slices do not look like ...",
+        source="scans/s",
+        study_key="ab12",
+        series_key="cd34",
+        prob_covid=0.7,
+        label="COVID",
+        threshold=0.5,
+        n_slices_total=5,
+        n_slices_used=1,
+        aggregate="top 25% mean",
+        slices=slices,
+        ood_score=50.5,
+        message="1 of 2 lung slices do not look like ...",
     )
     return PredictionRun([image], [InputFailure("bad.png", "empty file")], [], [study])
 
 
 def test_every_row_kind_has_the_same_columns_and_one_probability(tmp_path):
-    written = write_predictions(_run_with_an_image_a_study_and_a_flagged_slice(), tmp_path / "x.json", per_slice=True)
+    written = write_predictions(
+        _run_with_an_image_a_study_and_a_flagged_slice(), tmp_path / "x.json", per_slice=True
+    )
 
     rows = json.loads((tmp_path / "x.json").read_text())["predictions"]
     assert (written.n_predictions, [f.path for f in written.failures]) == (2, ["bad.png"])
@@ -105,7 +120,12 @@ def test_csv_rows_of_every_kind_leave_the_columns_they_do_not_have_empty(tmp_pat
 
     image, study, *_ = read_csv(tmp_path / "x.csv")
     assert (image["kind"], image["study_key"], image["n_slices_used"]) == ("image", "", "")
-    assert (study["kind"], study["prob_covid"], study["n_slices_used"], study["slice"]) == ("study", "0.7", "1", "")
+    assert (study["kind"], study["prob_covid"], study["n_slices_used"], study["slice"]) == (
+        "study",
+        "0.7",
+        "1",
+        "",
+    )
 
 
 def test_a_prediction_file_must_be_csv_or_json(tmp_path):

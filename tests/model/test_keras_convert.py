@@ -102,7 +102,9 @@ def test_stem_folds_caffe_input(mean_rgb: tuple[float, float, float], is_border_
     x_rgb01 = rng.uniform(0, 1, (2, 3, 20, 20))
 
     expected = keras_batchnorm(keras_conv2d(caffe_input(x_rgb01), kernel_hwio, bias, stride=2, pad=3), bn)
-    converted = conv_bn_to_torch(kernel_hwio, bias, bn, eps_keras=KERAS_EPS, input_stats=(mean_rgb, IMAGENET_STD))
+    converted = conv_bn_to_torch(
+        kernel_hwio, bias, bn, eps_keras=KERAS_EPS, input_stats=(mean_rgb, IMAGENET_STD)
+    )
     mean, std = np.asarray(mean_rgb)[None, :, None, None], np.asarray(IMAGENET_STD)[None, :, None, None]
     found = run_nhwc(torch_conv_bn(converted, stride=2, pad=3), (x_rgb01 - mean) / std)
 

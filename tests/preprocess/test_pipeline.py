@@ -90,7 +90,9 @@ def test_the_site_steps_round_trip_through_the_card_section():
     ],
 )
 def test_hu_slices_are_windowed_through_the_card_window_at_the_card_size(hu, window, expected):
-    slices = prepare_hu_slices(np.full((2, 40, 50), hu, np.float32), Preprocessing(image_size=32, hu_window=window))
+    slices = prepare_hu_slices(
+        np.full((2, 40, 50), hu, np.float32), Preprocessing(image_size=32, hu_window=window)
+    )
 
     assert (slices.shape, str(slices.dtype)) == ((2, 32, 32), "float16")
     np.testing.assert_allclose(slices.astype(np.float32), expected, atol=1e-3)

@@ -55,13 +55,17 @@ def test_the_window_is_a_value_in_the_card_object_and_text_in_its_json(window):
 
     assert card["hu_window"] == str(window)
     assert json.loads(json.dumps(card))["hu_window"] == str(window)
-    assert Preprocessing.from_dict(json.loads(json.dumps(card))) == Preprocessing(image_size=64, hu_window=window)
+    assert Preprocessing.from_dict(json.loads(json.dumps(card))) == Preprocessing(
+        image_size=64, hu_window=window
+    )
 
 
 def test_a_card_with_a_broken_window_is_not_a_valid_model_card():
     card = {**Preprocessing().to_dict(), "hu_window": "lung"}
 
-    with pytest.raises(ValueError, match=r"^preprocessing.hu_window: window must be LEVEL,WIDTH in HU, .*; got 'lung'$"):
+    with pytest.raises(
+        ValueError, match=r"^preprocessing.hu_window: window must be LEVEL,WIDTH in HU, .*; got 'lung'$"
+    ):
         Preprocessing.from_dict(card)
 
 

@@ -14,17 +14,23 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def chromium_or_skip() -> str:
-    """The path of Debian's Chromium on PATH; without one, skip with the command that installs it (.ci/run does)."""
+    """The path of Debian's Chromium on PATH; without one, skip with the command that installs it."""
     path = shutil.which("chromium")
     if path is None:
-        pytest.skip("no chromium on PATH, so the browser test is skipped; install it with: sudo apt-get install chromium")
+        pytest.skip(
+            "no chromium on PATH, so the browser test is skipped; "
+            "install it with: sudo apt-get install chromium"
+        )
     return path
 
 
 def test_without_chromium_the_browser_test_is_skipped_with_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
 
-    with pytest.raises(pytest.skip.Exception, match=r"^no chromium on PATH, .*; install it with: sudo apt-get install chromium$"):
+    with pytest.raises(
+        pytest.skip.Exception,
+        match=r"^no chromium on PATH, .*; install it with: sudo apt-get install chromium$",
+    ):
         chromium_or_skip()
 
 

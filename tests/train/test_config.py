@@ -44,20 +44,40 @@ def test_to_dict_is_plain_values():
 # (id, options, message)
 INVALID = [
     ("mode", {"mode": "transfer"}, "mode must be one of linear, finetune; got 'transfer'"),
-    ("train-layers", {"train_layers": "layer2"}, "train_layers must be one of head, layer4, layer3, all; got 'layer2'"),
+    (
+        "train-layers",
+        {"train_layers": "layer2"},
+        "train_layers must be one of head, layer4, layer3, all; got 'layer2'",
+    ),
     ("device", {"device": "tpu"}, "device must be one of auto, cpu, cuda; got 'tpu'"),
     ("epochs-zero", {"epochs": 0}, "epochs must be at least 1; got 0"),
     ("batch-size-one", {"batch_size": 1}, "batch_size must be at least 2; got 1"),
     ("lr-zero", {"lr": 0.0}, "lr must be positive; got 0.0"),
     ("lr-negative", {"lr": -1e-3}, "lr must be positive; got -0.001"),
-    ("backbone-lr-factor-zero", {"backbone_lr_factor": 0.0}, r"backbone_lr_factor must be in \(0, 1\]; got 0.0"),
-    ("backbone-lr-factor-above-one", {"backbone_lr_factor": 1.5}, r"backbone_lr_factor must be in \(0, 1\]; got 1.5"),
+    (
+        "backbone-lr-factor-zero",
+        {"backbone_lr_factor": 0.0},
+        r"backbone_lr_factor must be in \(0, 1\]; got 0.0",
+    ),
+    (
+        "backbone-lr-factor-above-one",
+        {"backbone_lr_factor": 1.5},
+        r"backbone_lr_factor must be in \(0, 1\]; got 1.5",
+    ),
     ("weight-decay-negative", {"weight_decay": -0.1}, "weight_decay must be >= 0; got -0.1"),
     ("patience-zero", {"patience": 0}, "patience must be at least 1; got 0"),
     ("image-size-small", {"image_size": 16}, "image_size must be between 32 and 1024; got 16"),
     ("image-size-large", {"image_size": 2048}, "image_size must be between 32 and 1024; got 2048"),
-    ("target-sensitivity-one", {"target_sensitivity": 1.0}, r"target_sensitivity must be in \(0, 1\); got 1.0"),
-    ("target-sensitivity-zero", {"target_sensitivity": 0.0}, r"target_sensitivity must be in \(0, 1\); got 0.0"),
+    (
+        "target-sensitivity-one",
+        {"target_sensitivity": 1.0},
+        r"target_sensitivity must be in \(0, 1\); got 1.0",
+    ),
+    (
+        "target-sensitivity-zero",
+        {"target_sensitivity": 0.0},
+        r"target_sensitivity must be in \(0, 1\); got 0.0",
+    ),
     ("val-fraction", {"val_fraction": 0.5}, r"split fractions must be in \(0, 0.5\); got \(0.5, 0.15\)"),
     ("test-fraction", {"test_fraction": 0.0}, r"split fractions must be in \(0, 0.5\); got \(0.15, 0.0\)"),
 ]

@@ -103,9 +103,22 @@ def test_a_cache_that_does_not_fit_in_memory_is_refused(model, slices):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        pytest.param({"frozen_views": -1}, r"^frozen_views must be 0 \(off\) or a number of views; got -1$", id="negative"),
-        pytest.param({"frozen_views": 4}, r"^frozen_views caches frozen layers below trained ones: use it with train_layers layer4 or layer3; got mode finetune train_layers all$", id="nothing-frozen"),
-        pytest.param({"frozen_views": 4, "mode": "linear", "train_layers": "layer4"}, r"use it with train_layers layer4 or layer3; got mode linear train_layers layer4$", id="linear-caches-anyway"),
+        pytest.param(
+            {"frozen_views": -1},
+            r"^frozen_views must be 0 \(off\) or a number of views; got -1$",
+            id="negative",
+        ),
+        pytest.param(
+            {"frozen_views": 4},
+            r"^frozen_views caches frozen layers below trained ones: "
+            r"use it with train_layers layer4 or layer3; got mode finetune train_layers all$",
+            id="nothing-frozen",
+        ),
+        pytest.param(
+            {"frozen_views": 4, "mode": "linear", "train_layers": "layer4"},
+            r"use it with train_layers layer4 or layer3; got mode linear train_layers layer4$",
+            id="linear-caches-anyway",
+        ),
     ],
 )
 def test_frozen_views_options_are_checked(options, message):

@@ -1,4 +1,4 @@
-"""Terminal output shared by the commands: one-line errors, progress (bars or plain lines), tables that fit."""
+"""Terminal output shared by the commands: one-line errors, progress (bars or lines), tables that fit."""
 
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ def reports_errors(command: Callable) -> Callable:
 def new_progress() -> Progress | PlainProgress:
     """Progress bars on a terminal; plain lines at a readable rate when stderr is a log or a pipe.
 
-    Both take ``add_task(description, total=, status=, lines=)`` and ``update(task, completed=, total=, status=)``;
-    ``lines`` says when a plain task prints (see ``PlainProgress``; a rich display ignores it).
+    Both take ``add_task(description, total=, status=, lines=)`` and
+    ``update(task, completed=, total=, status=)``; ``lines`` says when a plain task prints (see
+    ``PlainProgress``; a rich display ignores it).
     """
     if not err_console.is_terminal:
         return PlainProgress(err_console)
@@ -94,7 +95,9 @@ class PlainProgress:
     as its ``Lines`` say. A line reads ``decoding train: 96/120 (80%) 0:00:12`` and the task's status.
     """
 
-    def __init__(self, console: Console, *, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, console: Console, *, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.console = console
         self.interval_s = interval_s
         self.clock = clock
@@ -106,32 +109,51 @@ class PlainProgress:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
-    def add_task(self, description: str, *, total: int | None = None, status: str = "", lines: Lines = Lines.FINISH) -> int:
+    def add_task(
+        self, description: str, *, total: int | None = None, status: str = "", lines: Lines = Lines.FINISH
+    ) -> int:
         now = self.clock()
-        self.tasks.append(_PlainTask(description.strip(), total, status, Lines(lines), started=now, last_line=now))
+        self.tasks.append(
+            _PlainTask(description.strip(), total, status, Lines(lines), started=now, last_line=now)
+        )
         return len(self.tasks) - 1
 
-    def update(self, task_id: int, *, completed: int | None = None, total: int | None = None, status: str | None = None) -> None:
+    def update(
+        self,
+        task_id: int,
+        *,
+        completed: int | None = None,
+        total: int | None = None,
+        status: str | None = None,
+    ) -> None:
         task = self.tasks[task_id]
         task.completed = task.completed if completed is None else completed
         task.total = task.total if total is None else total
         task.status = task.status if status is None else status
         now, state = self.clock(), (task.completed, task.total)
         is_finished = task.total is not None and task.completed >= task.total
-        is_due = now - task.last_line >= self.interval_s or task.lines is Lines.EACH or (is_finished and task.lines is Lines.FINISH)
+        is_due = (
+            now - task.last_line >= self.interval_s
+            or task.lines is Lines.EACH
+            or (is_finished and task.lines is Lines.FINISH)
+        )
         if state != task.logged and is_due:
             self.console.print(self._line(task, now), highlight=False, markup=False, soft_wrap=True)
             task.last_line, task.logged = now, state
 
     def _line(self, task: _PlainTask, now: float) -> str:
-        count = f"{task.completed}" if not task.total else f"{task.completed}/{task.total} ({task.completed / task.total:.0%})"
+        count = (
+            f"{task.completed}"
+            if not task.total
+            else f"{task.completed}/{task.total} ({task.completed / task.total:.0%})"
+        )
         elapsed = str(datetime.timedelta(seconds=round(now - task.started)))
         return " ".join(part for part in (f"{task.description}: {count}", elapsed, task.status) if part)
 
 
 @contextmanager
 def progress_callback(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A (done, total) callback drawing one progress bar (or plain lines, see ``new_progress``) for the block."""
+    """A (done, total) callback drawing one progress bar (plain lines in a log) for the block."""
     with new_progress() as bar:
         task = bar.add_task(description, total=None, status="")
 
@@ -146,7 +168,9 @@ def print_failures(failures: Sequence[InputFailure], *, title: str = "Inputs tha
     if not failures:
         return
     rows = [[failure.path, failure.reason] for failure in failures]
-    table = fitted_table(["path", "reason"], rows, console=err_console, title=f"[bold red]{title} ({len(failures)})[/]")
+    table = fitted_table(
+        ["path", "reason"], rows, console=err_console, title=f"[bold red]{title} ({len(failures)})[/]"
+    )
     err_console.print(table)
 
 
@@ -156,29 +180,44 @@ _OTHER_COLUMN_MAX = 24
 
 
 def fitted_table(
-    columns: Sequence[str], rows: Sequence[Sequence[str]], *, path_columns: Sequence[str] = ("path",), console: Console = console,
-    title: str | None = None, caption: str | None = None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    path_columns: Sequence[str] = ("path",),
+    console: Console = console,
+    title: str | None = None,
+    caption: str | None = None,
 ) -> Table:
-    """A table as wide as ``console`` at most, each path on one line (see ``display_path``) and the other cells wrapped.
+    """A table as wide as ``console``, each path on one line (see ``display_path``), other cells wrapped.
 
     Cells are printed as they are (no rich markup), so a file name like "[bold].png" stays literal.
     """
     is_path = [column in path_columns for column in columns]
-    others = sum(min(_OTHER_COLUMN_MAX, max(len(cell) for cell in [column, *(row[i] for row in rows)])) for i, column in enumerate(columns) if not is_path[i])
+    others = sum(
+        min(_OTHER_COLUMN_MAX, max(len(cell) for cell in [column, *(row[i] for row in rows)]))
+        for i, column in enumerate(columns)
+        if not is_path[i]
+    )
     borders = 3 * len(columns) + 1  # a rule and a space either side of each cell
     path_width = max(16, (console.width - others - borders) // max(1, sum(is_path)))
     table = Table(title=title, caption=caption)
     for column, path_like in zip(columns, is_path, strict=True):
         table.add_column(column, no_wrap=path_like, overflow="fold")
     for row in rows:
-        table.add_row(*(Text(display_path(cell, path_width) if path_like else cell) for cell, path_like in zip(row, is_path, strict=True)))
+        table.add_row(
+            *(
+                Text(display_path(cell, path_width) if path_like else cell)
+                for cell, path_like in zip(row, is_path, strict=True)
+            )
+        )
     return table
 
 
 def display_path(path: str, width: int) -> str:
-    """``path`` relative to the working directory when it is under it; when longer than ``width``, "…" and its end.
+    """``path`` relative to the working directory when under it; longer than ``width``, "…" and its end.
 
-    The end starts at a folder boundary when one is in reach, so the file name and its nearest folders stay whole.
+    The end starts at a folder boundary when one is in reach, so the file name and its nearest folders
+    stay whole.
     """
     if Path(path).is_absolute() and Path(path).is_relative_to(Path.cwd()):
         path = str(Path(path).relative_to(Path.cwd()))

@@ -80,7 +80,9 @@ def predict(
         elif out is None:
             run = predictor.predict(inputs, progress=progress)
         else:  # streamed: each batch's rows are written as soon as it is done, so memory stays flat however many files
-            run = write_predictions(predictor.iter_predict(inputs, progress=progress), out, per_slice=per_slice, plots_dir=plots)
+            run = write_predictions(
+                predictor.iter_predict(inputs, progress=progress), out, per_slice=per_slice, plots_dir=plots
+            )
     if out is None:
         plotted = write_plots(run.studies, plots)
         print_predictions(run, per_slice=per_slice, plots=plotted)
@@ -128,23 +130,43 @@ def print_predictions(run: PredictionRun, *, per_slice: bool = False, plots: Seq
 
 
 def _image_table(predictions: Sequence[Prediction]):
-    rows = [[p.path, _probability(p.prob_covid, p.message), p.label, _score(p.ood_score)] for p in predictions]
+    rows = [
+        [p.path, _probability(p.prob_covid, p.message), p.label, _score(p.ood_score)] for p in predictions
+    ]
     return fitted_table(["path", "prob_covid", "label", "ood_score"], rows, caption=RESEARCH_USE_STATEMENT)
 
 
 def _study_table(studies: Sequence[StudyPrediction], plots: Sequence[Path | None]):
     rows = [
-        [s.source, s.study_key, _probability(s.prob_covid, s.message), s.label, f"{s.n_slices_used} / {s.n_slices_total}", s.aggregate, str(plot or "-")]
+        [
+            s.source,
+            s.study_key,
+            _probability(s.prob_covid, s.message),
+            s.label,
+            f"{s.n_slices_used} / {s.n_slices_total}",
+            s.aggregate,
+            str(plot or "-"),
+        ]
         for s, plot in zip(studies, plots, strict=True)
     ]
     columns = ["path", "study_key", "prob_covid", "label", "slices used / total", "aggregate", "plot"]
-    return fitted_table(columns, rows, path_columns=("path", "plot"), title="Studies", caption=RESEARCH_USE_STATEMENT)
+    return fitted_table(
+        columns, rows, path_columns=("path", "plot"), title="Studies", caption=RESEARCH_USE_STATEMENT
+    )
 
 
 def _slice_table(studies: Sequence[StudyPrediction]):
     rows = [
-        [study.study_key, item.name, str(item.index), _probability(item.prob_covid), item.label, _score(item.ood_score)]
-        for study in studies for item in study.slices
+        [
+            study.study_key,
+            item.name,
+            str(item.index),
+            _probability(item.prob_covid),
+            item.label,
+            _score(item.ood_score),
+        ]
+        for study in studies
+        for item in study.slices
     ]
     columns = ["study_key", "slice", "slice_index", "prob_covid", "label", "ood_score"]
     return fitted_table(columns, rows, path_columns=("slice",), title="Slices of the studies")

@@ -112,7 +112,7 @@ def print_training_summary(result: TrainResult) -> None:
 
 
 class RichTrainCallbacks(TrainCallbacks):
-    """Draws decoding, epoch and step bars on one progress display (plain lines in a log, see ``new_progress``)."""
+    """Draws decoding, epoch and step bars on one progress display (plain lines in a log)."""
 
     def __init__(self, bars) -> None:
         self.bars = bars

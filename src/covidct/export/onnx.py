@@ -119,7 +119,7 @@ def export_onnx(
     engine = Engine.ONNX_INT8 if int8 else Engine.ONNX
     out = Path(out) if out is not None else model_dir / engine.onnx_file
     if out.suffix.lower() != ".onnx":
-        raise OptionError(f"--out must end in .onnx; got '{out.name}'")
+        raise OptionError(f"out must end in .onnx; got '{out.name}'", parameters=("out",))
     calibrated = None
     if int8:
         manifest = calibration or read_manifest(default_calibration_data(card, model_dir), positive_class=card.positive_class)

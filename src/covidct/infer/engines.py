@@ -38,7 +38,8 @@ class Engine(StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> Engine:
         names = [engine.value for engine in cls]
-        raise OptionError(f"--engine must be {', '.join(names[:-1])} or {names[-1]}; got '{value}'{did_you_mean(value, names)}")
+        hint = did_you_mean(value, names)
+        raise OptionError(f"--engine must be {', '.join(names[:-1])} or {names[-1]}; got '{value}'{hint}")
 
     @property
     def onnx_file(self) -> str:

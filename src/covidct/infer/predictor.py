@@ -225,7 +225,9 @@ class Predictor:
         if len(names) != len(slices):
             raise ValueError(f"{len(names)} names for {len(slices)} slices")
         # The file path's preparation (data.dataset.decode_slices), so an upload and its file get the same answer.
-        return self._explained(list(names), prepare_slices(slices, self.preprocessing), explain=explain, keep_slices=True)
+        return self._explained(
+            list(names), prepare_slices(slices, self.preprocessing), explain=explain, keep_slices=True
+        )
 
     def predict_volume(self, volume: Volume, *, explain: bool = False) -> StudyPrediction:
         """Predict one study: its lung slices in batches, aggregated by the card's study rule (see ``infer.study``).
@@ -286,7 +288,13 @@ class Predictor:
     def _iter_runs(self, inputs: Iterable[str | Path], *, batch_size: int, progress: Callable[[int, int], None] | None, explain: bool) -> Iterator[ExplanationRun]:
         inputs = list(inputs)
         total, reported = (count_images(inputs) if progress else 0), 0
-        batches = iter_slice_batches(inputs, preprocessing=self.preprocessing, batch_size=batch_size, max_pixels=self.max_pixels, decode_workers=self.decode_workers)
+        batches = iter_slice_batches(
+            inputs,
+            preprocessing=self.preprocessing,
+            batch_size=batch_size,
+            max_pixels=self.max_pixels,
+            decode_workers=self.decode_workers,
+        )
         for batch in batches:
             explanations = self._explained([str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain)
             studies, failures = self._studies(batch.volumes, explain=explain)

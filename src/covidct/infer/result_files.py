@@ -32,9 +32,22 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.io.failures import InputFailure
 
 PREDICTION_COLUMNS = (
-    "path", "prob_covid", "label", "in_distribution", "ood_score", "message",
+    "path",
+    "prob_covid",
+    "label",
+    "in_distribution",
+    "ood_score",
+    "message",
     # filled by studies and their slices only
-    "kind", "study_key", "series_key", "slice", "slice_index", "n_slices_total", "n_slices_used", "aggregate", "plot",
+    "kind",
+    "study_key",
+    "series_key",
+    "slice",
+    "slice_index",
+    "n_slices_total",
+    "n_slices_used",
+    "aggregate",
+    "plot",
 )
 
 
@@ -114,9 +127,13 @@ def check_prediction_path(out: str | Path) -> Path:
 
 
 def write_predictions(
-    runs: PredictionRun | Iterable[PredictionRun], out: str | Path, *, per_slice: bool = False, plots_dir: str | Path | None = None
+    runs: PredictionRun | Iterable[PredictionRun],
+    out: str | Path,
+    *,
+    per_slice: bool = False,
+    plots_dir: str | Path | None = None,
 ) -> WrittenPredictions:
-    """Write the rows of ``runs`` to ``out`` (.csv or .json) as each run comes; the file ``covidct predict --out`` writes.
+    """Write the rows of ``runs`` to ``out`` (.csv or .json) as they come, as ``covidct predict --out`` does.
 
     ``runs`` is one ``Predictor.predict`` result or the batches of ``Predictor.iter_predict`` (then memory
     stays flat however many files). Each study's probability plot goes to ``plots_dir`` (none without
@@ -145,35 +162,64 @@ def write_predictions(
 
 
 def write_plots(studies: Sequence[StudyPrediction], plots_dir: Path | None) -> list[Path]:
-    """Each study's probability plot in ``plots_dir`` (names from path and hashed keys); none without a folder."""
+    """Each study's probability plot in ``plots_dir`` (named by path and hashed keys); none without one."""
     if plots_dir is None or not studies:
         return []
     plots_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_study(study, plots_dir / name) for study, name in zip(studies, study_file_names(studies, ".png"), strict=True)]
+    return [
+        plot_study(study, plots_dir / name)
+        for study, name in zip(studies, study_file_names(studies, ".png"), strict=True)
+    ]
 
 
 def image_row(p: Prediction) -> dict:
     """The row of a 2-D image."""
-    return _row(path=p.path, prob_covid=p.prob_covid, label=p.label, in_distribution=p.in_distribution, ood_score=p.ood_score, message=p.message, kind="image")
+    return _row(
+        path=p.path,
+        prob_covid=p.prob_covid,
+        label=p.label,
+        in_distribution=p.in_distribution,
+        ood_score=p.ood_score,
+        message=p.message,
+        kind="image",
+    )
 
 
 def study_row(study: StudyPrediction, plot: Path | None = None) -> dict:
     """The row of a study (DICOM series, NIfTI volume), with its probability plot if one was written."""
     return _row(
-        path=study.source, prob_covid=study.prob_covid, label=study.label, in_distribution=study.in_distribution, ood_score=study.ood_score,
-        message=study.message, kind="study", study_key=study.study_key, series_key=study.series_key, n_slices_total=study.n_slices_total,
-        n_slices_used=study.n_slices_used, aggregate=study.aggregate, plot=None if plot is None else str(plot),
+        path=study.source,
+        prob_covid=study.prob_covid,
+        label=study.label,
+        in_distribution=study.in_distribution,
+        ood_score=study.ood_score,
+        message=study.message,
+        kind="study",
+        study_key=study.study_key,
+        series_key=study.series_key,
+        n_slices_total=study.n_slices_total,
+        n_slices_used=study.n_slices_used,
+        aggregate=study.aggregate,
+        plot=None if plot is None else str(plot),
     )
 
 
 def slice_row(study: StudyPrediction, item: SlicePrediction) -> dict:
     """The row of one scored slice of ``study``."""
     return _row(
-        path=study.source, prob_covid=item.prob_covid, label=item.label, in_distribution=item.in_distribution, ood_score=item.ood_score,
-        kind="slice", study_key=study.study_key, series_key=study.series_key, slice=item.name, slice_index=item.index,
+        path=study.source,
+        prob_covid=item.prob_covid,
+        label=item.label,
+        in_distribution=item.in_distribution,
+        ood_score=item.ood_score,
+        kind="slice",
+        study_key=study.study_key,
+        series_key=study.series_key,
+        slice=item.name,
+        slice_index=item.index,
     )
 
 
 def _row(**values: object) -> dict:
-    """Every column of ``PREDICTION_COLUMNS`` in order: ``values``, and None for the columns a row kind does not have."""
+    """Every column of ``PREDICTION_COLUMNS`` in order: ``values``, None for those a row kind lacks."""
     return {**dict.fromkeys(PREDICTION_COLUMNS), **values}

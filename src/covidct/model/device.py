@@ -32,7 +32,10 @@ def resolve_device(device: Device | str) -> torch.device:
 
     device = Device(device)
     if device is Device.CUDA and not torch.cuda.is_available():
-        raise OptionError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+        raise OptionError(
+            "device cuda was asked for, but no CUDA GPU is available; use device cpu or auto",
+            parameters=("device",),
+        )
     if device is Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(str(device))

@@ -1,4 +1,6 @@
-"""One decoded slice (or HU slice, windowed first) -> the (S, S) slice the network sees: the single path training, evaluation and inference share.
+"""One decoded slice (or HU slice, windowed first) -> the (S, S) slice the network sees.
+
+The single path training, evaluation and inference share.
 
 Whatever a model card's ``Preprocessing`` switches on happens here and nowhere else, so a step can
 never run in training but not at inference (or the other way round).

@@ -44,7 +44,7 @@ class Preprocessing:
     hu_window: HuWindow = LUNG_WINDOW
 
     def to_dict(self) -> dict:
-        """The model card's ``preprocessing`` object: plain JSON values, the window as its "level,width" text."""
+        """The model card's ``preprocessing`` object: JSON values, the window as its "level,width" text."""
         return {**asdict(self), "hu_window": str(self.hu_window)}
 
     @classmethod

@@ -41,7 +41,10 @@ class HuWindow:
         except ValueError:
             level = width = None
         if level is None:
-            raise OptionError(f"window must be LEVEL,WIDTH in HU, for example -600,1500; got {text!r}", parameters=("window",))
+            raise OptionError(
+                f"window must be LEVEL,WIDTH in HU, for example -600,1500; got {text!r}",
+                parameters=("window",),
+            )
         return cls(level, width)
 
     def __str__(self) -> str:

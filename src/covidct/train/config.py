@@ -57,30 +57,59 @@ class TrainConfig:
                 object.__setattr__(self, name, kind(value))
             except ValueError:
                 choices = ", ".join(member.value for member in kind)
-                raise OptionError(f"{name} must be one of {choices}; got '{value}'", parameters=(name,)) from None
+                raise OptionError(
+                    f"{name} must be one of {choices}; got '{value}'", parameters=(name,)
+                ) from None
         if isinstance(self.hu_window, str):
-            object.__setattr__(self, "hu_window", HuWindow.parse(self.hu_window))  # raises OptionError naming window
+            object.__setattr__(
+                self, "hu_window", HuWindow.parse(self.hu_window)
+            )  # raises OptionError naming window
         _require(self.epochs is None or self.epochs >= 1, "epochs", "must be at least 1", self.epochs)
-        _require(self.frozen_views >= 0, "frozen_views", "must be 0 (off) or a number of views", self.frozen_views)
+        _require(
+            self.frozen_views >= 0, "frozen_views", "must be 0 (off) or a number of views", self.frozen_views
+        )
         if self.frozen_views:
             has_frozen_trunk = self.mode is Mode.FINETUNE and self.train_layers in (TrainLayers.LAYER4, TrainLayers.LAYER3)
             _require(
-                has_frozen_trunk, "frozen_views", "caches frozen layers below trained ones: use it with train_layers layer4 or layer3",
-                f"mode {self.mode} train_layers {self.train_layers}", also=("train_layers", "mode"),
+                has_frozen_trunk,
+                "frozen_views",
+                "caches frozen layers below trained ones: use it with train_layers layer4 or layer3",
+                f"mode {self.mode} train_layers {self.train_layers}",
+                also=("train_layers", "mode"),
             )
         _require(self.batch_size >= 2, "batch_size", "must be at least 2", self.batch_size)
         _require(self.lr > 0, "lr", "must be positive", self.lr)
-        _require(0 < self.backbone_lr_factor <= 1, "backbone_lr_factor", "must be in (0, 1]", self.backbone_lr_factor)
+        _require(
+            0 < self.backbone_lr_factor <= 1,
+            "backbone_lr_factor",
+            "must be in (0, 1]",
+            self.backbone_lr_factor,
+        )
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
-        _require(self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs", "must be positive", self.ema_epochs)
+        _require(
+            self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs", "must be positive", self.ema_epochs
+        )
         _require(self.patience >= 1, "patience", "must be at least 1", self.patience)
-        _require(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "must be positive", self.max_minutes)
+        _require(
+            self.max_minutes is None or self.max_minutes > 0,
+            "max_minutes",
+            "must be positive",
+            self.max_minutes,
+        )
         _require(32 <= self.image_size <= 1024, "image_size", "must be between 32 and 1024", self.image_size)
         if self.target_sensitivity is not None:
-            _require(0 < self.target_sensitivity < 1, "target_sensitivity", "must be in (0, 1)", self.target_sensitivity)
+            _require(
+                0 < self.target_sensitivity < 1,
+                "target_sensitivity",
+                "must be in (0, 1)",
+                self.target_sensitivity,
+            )
         fractions = (self.val_fraction, self.test_fraction)
         if not all(0 < fraction < 0.5 for fraction in fractions):
-            raise OptionError(f"split fractions must be in (0, 0.5); got {fractions}", parameters=("val_fraction", "test_fraction"))
+            raise OptionError(
+                f"split fractions must be in (0, 0.5); got {fractions}",
+                parameters=("val_fraction", "test_fraction"),
+            )
 
     @property
     def resolved_epochs(self) -> int:
@@ -98,12 +127,14 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict:
-        """Plain JSON values (enums and the window as their text), as the model card and the resume state keep them."""
+        """Plain JSON values (enums and the window as text), as the model card and resume state keep them."""
         values = {**asdict(self), "hu_window": str(self.hu_window)}
         return {key: (str(value) if isinstance(value, StrEnum) else value) for key, value in values.items()}
 
 
-def _require(condition: bool, parameter: str, requirement: str, value: object, *, also: tuple[str, ...] = ()) -> None:
-    """Raise "``parameter`` ``requirement``; got ``value``" unless ``condition`` (the CLI shows the flags, see ``OptionError``)."""
+def _require(
+    condition: bool, parameter: str, requirement: str, value: object, *, also: tuple[str, ...] = ()
+) -> None:
+    """Raise "``parameter`` ``requirement``; got ``value``" unless ``condition`` (the CLI shows flags)."""
     if not condition:
         raise OptionError(f"{parameter} {requirement}; got {value}", parameters=(parameter, *also))
