@@ -95,8 +95,8 @@ def test_the_table_lists_studies_and_slices(model_dir, studies):
 
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert "Studies" in text and "Slices of the studies" in text
-    assert str(studies["nifti"]) in text
+    assert "Studies (probability: top 25% mean of the lung slices used)" in text
+    assert f"Slices of {studies['nifti']}" in text  # one slice table per study, named by its path
     assert "5 / 9" in text
 
 

@@ -168,15 +168,10 @@ def print_failures(failures: Sequence[InputFailure], *, title: str = "Inputs tha
     if not failures:
         return
     rows = [[failure.path, failure.reason] for failure in failures]
-    table = fitted_table(
-        ["path", "reason"], rows, console=err_console, title=f"[bold red]{title} ({len(failures)})[/]"
+    title = f"[bold red]{title} ({len(failures)})[/]"
+    err_console.print(
+        fitted_table(["path", "reason"], rows, wrap_column="reason", console=err_console, title=title)
     )
-    err_console.print(table)
-
-
-# Widest a column other than the path is counted as when the path's share of the width is worked out;
-# longer cells (a message) wrap within their column.
-_OTHER_COLUMN_MAX = 24
 
 
 def fitted_table(
@@ -184,32 +179,34 @@ def fitted_table(
     rows: Sequence[Sequence[str]],
     *,
     path_columns: Sequence[str] = ("path",),
+    wrap_column: str | None = None,
     console: Console = console,
     title: str | None = None,
     caption: str | None = None,
 ) -> Table:
-    """A table as wide as ``console``, each path on one line (see ``display_path``), other cells wrapped.
+    """A table as wide as ``console``: each cell on one line, paths shortened to fit (see ``display_path``).
 
-    Cells are printed as they are (no rich markup), so a file name like "[bold].png" stays literal.
+    Only ``wrap_column`` (a reason, say) wraps; it gets what the others leave, and the paths at most half
+    of that. Cells are printed as they are (no rich markup), so a file named "[bold].png" stays literal.
     """
-    is_path = [column in path_columns for column in columns]
-    others = sum(
-        min(_OTHER_COLUMN_MAX, max(len(cell) for cell in [column, *(row[i] for row in rows)]))
-        for i, column in enumerate(columns)
-        if not is_path[i]
-    )
-    borders = 3 * len(columns) + 1  # a rule and a space either side of each cell
-    path_width = max(16, (console.width - others - borders) // max(1, sum(is_path)))
+    widths = [
+        max(len(cell) for cell in [column, *(row[i] for row in rows)]) for i, column in enumerate(columns)
+    ]
+    fixed = sum(w for c, w in zip(columns, widths, strict=True) if c not in path_columns and c != wrap_column)
+    left = console.width - fixed - (3 * len(columns) + 1)  # a rule and a space either side of each cell
+    n_paths = max(1, sum(column in path_columns for column in columns))
+    path_width = max(16, (left // 2 if wrap_column in columns else left) // n_paths)
     table = Table(title=title, caption=caption)
-    for column, path_like in zip(columns, is_path, strict=True):
-        table.add_column(column, no_wrap=path_like, overflow="fold")
-    for row in rows:
-        table.add_row(
-            *(
-                Text(display_path(cell, path_width) if path_like else cell)
-                for cell, path_like in zip(row, is_path, strict=True)
-            )
+    for column in columns:
+        table.add_column(
+            column, no_wrap=column != wrap_column, overflow="fold", min_width=min(len(column), 12)
         )
+    for row in rows:
+        cells = (
+            display_path(cell, path_width) if column in path_columns else cell
+            for column, cell in zip(columns, row, strict=True)
+        )
+        table.add_row(*(Text(cell) for cell in cells))
     return table
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from covidct.cli.console import (
     console,
+    display_path,
     err_console,
     fitted_table,
     print_failures,
@@ -23,7 +25,6 @@ from covidct.infer.engines import Engine
 from covidct.infer.overlay import overlay_caption, overlay_names, render_overlay
 from covidct.infer.predictor import (
     Explanation,
-    Prediction,
     PredictionRun,
     Predictor,
     load_model,
@@ -85,7 +86,7 @@ def predict(
             )
     if out is None:
         plotted = write_plots(run.studies, plots)
-        print_predictions(run, per_slice=per_slice, plots=plotted)
+        print_predictions(run, per_slice=per_slice)
     else:
         if cam is not None:
             run = write_predictions(run, out, per_slice=per_slice, plots_dir=plots)
@@ -115,65 +116,57 @@ def warn_if_window_differs(predictor: Predictor) -> None:
         )
 
 
-def print_predictions(run: PredictionRun, *, per_slice: bool = False, plots: Sequence[Path] = ()) -> None:
-    """Print a table of the images, one of the studies (if any), and with ``per_slice`` one of the studies' slices.
+def print_predictions(run: PredictionRun, *, per_slice: bool = False) -> None:
+    """Print a table of the images, one of the studies (if any), and with ``per_slice`` each study's slices.
 
-    ``plots`` holds each study's plot, in order (empty when none were written). Each figure appears
-    once: ``prob_covid`` (or, for an input the guard flagged, why there is none).
+    Each figure appears once, each cell on one line: ``prob_covid`` ("-" when the guard flagged the
+    input), and under each table the messages (why an input has no probability, what the guard left out).
     """
     if run.predictions or not run.studies:
-        console.print(_image_table(run.predictions))
+        rows = [[p.path, _probability(p.prob_covid), p.label, _score(p.ood_score)] for p in run.predictions]
+        _print_table(
+            ["path", "prob_covid", "label", "ood_score"], rows, [(p.path, p.message) for p in run.predictions]
+        )
     if run.studies:
-        console.print(_study_table(run.studies, [*plots] or [None] * len(run.studies)))
-    if per_slice and run.studies:
-        console.print(_slice_table(run.studies))
-
-
-def _image_table(predictions: Sequence[Prediction]):
-    rows = [
-        [p.path, _probability(p.prob_covid, p.message), p.label, _score(p.ood_score)] for p in predictions
-    ]
-    return fitted_table(["path", "prob_covid", "label", "ood_score"], rows, caption=RESEARCH_USE_STATEMENT)
-
-
-def _study_table(studies: Sequence[StudyPrediction], plots: Sequence[Path | None]):
-    rows = [
-        [
-            s.source,
-            s.study_key,
-            _probability(s.prob_covid, s.message),
-            s.label,
-            f"{s.n_slices_used} / {s.n_slices_total}",
-            s.aggregate,
-            str(plot or "-"),
+        rows = [
+            [s.source, _probability(s.prob_covid), s.label, f"{s.n_slices_used} / {s.n_slices_total}"]
+            for s in run.studies
         ]
-        for s, plot in zip(studies, plots, strict=True)
-    ]
-    columns = ["path", "study_key", "prob_covid", "label", "slices used / total", "aggregate", "plot"]
-    return fitted_table(
-        columns, rows, path_columns=("path", "plot"), title="Studies", caption=RESEARCH_USE_STATEMENT
-    )
-
-
-def _slice_table(studies: Sequence[StudyPrediction]):
-    rows = [
-        [
-            study.study_key,
-            item.name,
-            str(item.index),
-            _probability(item.prob_covid),
-            item.label,
-            _score(item.ood_score),
+        title = f"Studies (probability: {run.studies[0].aggregate} of the lung slices used)"
+        _print_table(
+            ["path", "prob_covid", "label", "slices used / total"],
+            rows,
+            [(s.source, s.message) for s in run.studies],
+            title=title,
+        )
+    for study in run.studies if per_slice else []:
+        rows = [
+            [item.name, str(item.index), _probability(item.prob_covid), item.label, _score(item.ood_score)]
+            for item in study.slices
         ]
-        for study in studies
-        for item in study.slices
-    ]
-    columns = ["study_key", "slice", "slice_index", "prob_covid", "label", "ood_score"]
-    return fitted_table(columns, rows, path_columns=("slice",), title="Slices of the studies")
+        columns = ["slice", "slice_index", "prob_covid", "label", "ood_score"]
+        _print_table(
+            columns, rows, [], path_columns=("slice",), title=f"Slices of {study.source}", caption=None
+        )
 
 
-def _probability(prob_covid: float | None, message: str = "") -> str:
-    return (message or "-") if prob_covid is None else f"{prob_covid:.4f}"
+def _print_table(
+    columns: list[str],
+    rows: list[list[str]],
+    messages: list[tuple[str, str]],
+    *,
+    caption: str | None = RESEARCH_USE_STATEMENT,
+    **options,
+) -> None:
+    """One fitted table (with the research-use statement), then "path: message" for each row with one."""
+    console.print(fitted_table(columns, rows, caption=caption, **options))
+    for path, message in messages:
+        if message:
+            console.print(Text(f"{display_path(path, len(path))}: {message}"))
+
+
+def _probability(prob_covid: float | None) -> str:
+    return "-" if prob_covid is None else f"{prob_covid:.4f}"
 
 
 def write_study_overlays(studies: Sequence[StudyPrediction], cam_dir: Path) -> list[Path]:
