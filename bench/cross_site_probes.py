@@ -167,7 +167,10 @@ def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
         is_positive = np.array([val_rows[index]["label"] == card.positive_class for index in decoded.indices], dtype=int)
         images = torch.from_numpy(decoded.images)
         adapted = batch_norm_adapted(model, images, preprocessing)
-        table[f"{source.upper()} val"] = {"as trained": _auc(model, images, is_positive, card), "adabn": _auc(adapted, images, is_positive, card)}
+        table[f"{source.upper()} val"] = {
+            "as trained": _auc(model, images, is_positive, card),
+            "adabn": _auc(adapted, images, is_positive, card),
+        }
         print(model_dir, source, table[f"{source.upper()} val"], flush=True)
     return table
 

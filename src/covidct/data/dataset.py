@@ -87,4 +87,8 @@ def _lung_slices(path: Path, preprocessing: Preprocessing, max_pixels: int) -> l
         InputError: a volume cannot be read, or one of them has no slice that shows lung.
     """
     volumes = read_path_volumes(path, max_pixels=max_pixels)
-    return [prepared for volume in volumes for prepared in prepare_hu_slices(volume.hu[lung_slice_indices(volume)], preprocessing)]
+    return [
+        prepared
+        for volume in volumes
+        for prepared in prepare_hu_slices(volume.hu[lung_slice_indices(volume)], preprocessing)
+    ]

@@ -128,7 +128,9 @@ class Predictor:
         if max_pixels < 1:
             raise OptionError(f"max_pixels must be at least 1; got {max_pixels}", parameters=("max_pixels",))
         if decode_workers < 0:
-            raise OptionError(f"decode_workers must be 0 or more; got {decode_workers}", parameters=("decode_workers",))
+            raise OptionError(
+                f"decode_workers must be 0 or more; got {decode_workers}", parameters=("decode_workers",)
+            )
         if model is None and (engine is None or model_dir is None):
             raise ValueError("a Predictor without a torch model needs an engine and a model_dir")
         self.card = card
@@ -138,7 +140,9 @@ class Predictor:
         self.model_dir = model_dir
         self._model = None if model is None else self._prepared(model)  # torch engine and Grad-CAM
         self.engine = engine if engine is not None else self._torch_engine()
-        self.preprocessing = card.preprocessing if window is None else replace(card.preprocessing, hu_window=window)
+        self.preprocessing = (
+            card.preprocessing if window is None else replace(card.preprocessing, hu_window=window)
+        )
         self.max_pixels = max_pixels
         self.decode_workers = decode_workers
 
@@ -332,7 +336,13 @@ class Predictor:
         # Imported here: Grad-CAM needs torch and pytorch-grad-cam, which ONNX engines otherwise never load.
         from covidct.infer.gradcam import gradcam_heatmaps
 
-        return gradcam_heatmaps(self.model, slices, preprocessing=self.preprocessing, target_index=self.card.positive_index, device=self.device)
+        return gradcam_heatmaps(
+            self.model,
+            slices,
+            preprocessing=self.preprocessing,
+            target_index=self.card.positive_index,
+            device=self.device,
+        )
 
     def _prediction(self, path: str, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
         card = self.card
