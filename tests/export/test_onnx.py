@@ -129,41 +129,13 @@ def _other_classes(tmp_path, tiny_dataset):
 
 # (id, export arguments from (tmp_path, tiny_dataset), card changes, error, message)
 ERRORS = [
-    (
-        "out-not-onnx",
-        lambda t, d: {"out": t / "model.txt"},
-        {},
-        OptionError,
-        "^out must end in .onnx; got 'model.txt'$",
-    ),
-    (
-        "int8-origin-gone",
-        lambda t, d: {"int8": True},
-        {"data": {"origin": "/nowhere/train.csv"}},
-        OptionError,
-        r"--int8 calibrates on training slices, but the training data recorded in .*model.json \(/nowhere/train.csv\) is not there; pass --calibration DATA",
-    ),
-    (
-        "int8-no-origin",
-        lambda t, d: {"int8": True},
-        {"data": {}},
-        OptionError,
-        r"model.json records no training data; pass --calibration DATA",
-    ),
-    (
-        "int8-zero-slices",
-        lambda t, d: {"int8": True, "calibration_slices": 0},
-        {},
-        OptionError,
-        "--calibration-slices must be at least 1; got 0",
-    ),
-    (
-        "int8-other-classes",
-        lambda t, d: {"int8": True, "calibration": _other_classes(t, d)},
-        {},
-        InputError,
-        r"classes \['A', 'COVID'\] differ from the model's \['COVID', 'non-COVID'\]",
-    ),
+    ("out-not-onnx", lambda t, d: {"out": t / "model.txt"}, {}, OptionError,
+     "^out must end in .onnx; got 'model.txt'$"),
+    ("int8-origin-gone", lambda t, d: {"int8": True}, {"data": {"origin": "/nowhere/train.csv"}}, OptionError,
+     r"--int8 calibrates on training slices, but the training data recorded in .*model.json \(/nowhere/train.csv\) is not there; pass --calibration DATA"),
+    ("int8-no-origin", lambda t, d: {"int8": True}, {"data": {}}, OptionError, r"model.json records no training data; pass --calibration DATA"),
+    ("int8-zero-slices", lambda t, d: {"int8": True, "calibration_slices": 0}, {}, OptionError, "--calibration-slices must be at least 1; got 0"),
+    ("int8-other-classes", lambda t, d: {"int8": True, "calibration": _other_classes(t, d)}, {}, InputError, r"classes \['A', 'COVID'\] differ from the model's \['COVID', 'non-COVID'\]"),
 ]
 
 
