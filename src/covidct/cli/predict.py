@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -20,22 +20,15 @@ from covidct.cli.console import (
 from covidct.cli.options import DeviceOpt, EngineOpt, ModelDirArg
 from covidct.errors import CovidctWarning, OptionError
 from covidct.infer.engines import Engine
-from covidct.infer.overlay import overlay_caption, overlay_names, render_overlay
-from covidct.infer.predictor import (
-    Explanation,
-    Prediction,
-    PredictionRun,
-    Predictor,
-    load_model,
-)
-from covidct.infer.result_files import PredictionFile, WrittenPredictions
-from covidct.infer.stream import default_decode_workers
-from covidct.infer.study import SlicePrediction, StudyPrediction
-from covidct.infer.study_plot import plot_study, study_file_names
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.io.images import MAX_PIXELS
 from covidct.model.device import Device, resolve_device
 from covidct.preprocess.window import HuWindow
+
+if TYPE_CHECKING:  # the runtime imports sit in the functions that use them, so --help loads no torch (issue 16)
+    from covidct.infer.predictor import Explanation, Prediction, PredictionRun, Predictor
+    from covidct.infer.result_files import WrittenPredictions
+    from covidct.infer.study import SlicePrediction, StudyPrediction
 
 # Columns only studies and their slices fill; 2-D image rows leave them empty (kind "image").
 _STUDY_COLUMNS = ("kind", "study_key", "series_key", "slice", "slice_index", "n_slices_total", "n_slices_used", "aggregate", "plot")
@@ -65,6 +58,9 @@ def predict(
     gets one probability by the model card's aggregation rule. Studies are named by file path and
     hashed keys, never by patient attributes.
     """
+    from covidct.infer.predictor import PredictionRun, load_model
+    from covidct.infer.stream import default_decode_workers
+
     for option, folder in (("--cam", cam), ("--plots", plots)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise OptionError(f"{option} must be a folder; '{folder}' is a file")
@@ -170,6 +166,8 @@ def write_predictions(runs: Iterable[PredictionRun], out: Path, classes: tuple[s
     aggregated ``prob_covid``). Each study's plot goes to ``plots_dir`` as the rows are written.
     Rows are not kept: the result holds their count, the failures, skipped files and plots.
     """
+    from covidct.infer.result_files import PredictionFile, WrittenPredictions
+
     failures, skipped, plots, n_predictions = [], [], [], 0
     with PredictionFile(out, prediction_columns(classes), notice=RESEARCH_USE_STATEMENT) as file:
         for run in runs:
@@ -220,12 +218,17 @@ def write_plots(studies: Sequence[StudyPrediction], plots_dir: Path | None) -> l
     """Each study's probability plot in ``plots_dir`` (names from path and hashed keys); none without a folder."""
     if plots_dir is None or not studies:
         return []
+    from covidct.infer.study_plot import plot_study, study_file_names  # matplotlib
+
     plots_dir.mkdir(parents=True, exist_ok=True)
     return [plot_study(study, plots_dir / name) for study, name in zip(studies, study_file_names(studies, ".png"), strict=True)]
 
 
 def write_study_overlays(studies: Sequence[StudyPrediction], cam_dir: Path) -> list[Path]:
     """The Grad-CAM overlay of each study's most suspicious slice, as ``cam_dir/<study file name>_cam.png``."""
+    from covidct.infer.overlay import render_overlay
+    from covidct.infer.study_plot import study_file_names
+
     explained = [study for study in studies if study.cam_heatmap is not None]
     cam_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -243,6 +246,8 @@ def _score(ood_score: float | None) -> str:
 
 def write_overlays(explanations: list[Explanation], cam_dir: Path) -> list[Path]:
     """Write each explanation's overlay as ``cam_dir/<stem>_cam.png`` (unique names); return the paths."""
+    from covidct.infer.overlay import overlay_caption, overlay_names, render_overlay
+
     cam_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for explanation, name in zip(explanations, overlay_names([e.path for e in explanations]), strict=True):
