@@ -35,3 +35,24 @@ def heavy_modules_after(*args: str) -> list[str]:
 def test_help_imports_nothing_heavy(command):
     assert heavy_modules_after(*command) == []
 
+
+
+_PREDICT_THEN_LIST_HEAVY = """
+import json, sys
+from typer.testing import CliRunner
+from covidct.cli.app import app
+result = CliRunner().invoke(app, ["predict", *sys.argv[1:]])
+assert result.exit_code == 0, result.output
+print(json.dumps(sorted(name for name in ("torch", "torchvision") if name in sys.modules)))
+"""
+
+
+def test_predict_with_an_onnx_engine_imports_no_torch(onnx_model_dir, tiny_dataset, tmp_path):
+    """``covidct predict --engine onnx-int8`` (no --cam) runs on onnxruntime and numpy alone."""
+    out = tmp_path / "predictions.csv"
+    images = [str(path) for path in tiny_dataset.paths["COVID"][:2]]
+    arguments = [str(onnx_model_dir), *images, "--engine", "onnx-int8", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-c", _PREDICT_THEN_LIST_HEAVY, *arguments], capture_output=True, text=True, check=True)
+
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert len(out.read_text(encoding="utf-8").splitlines()) >= 3  # the header (after the notice) and two rows

@@ -68,7 +68,7 @@ def predict(
         raise OptionError(f"--out must end in .csv or .json; got '{out.name}'")
     predictor = load_model(
         model_dir, device=device, batch_size=batch_size, engine=engine, window=None if window is None else HuWindow.parse(window), max_pixels=max_pixels,
-        decode_workers=default_decode_workers(resolve_device(device if engine is Engine.TORCH else Device.CPU)) if decode_workers is None else decode_workers,
+        decode_workers=default_decode_workers(resolve_device(device).type if engine is Engine.TORCH else "cpu") if decode_workers is None else decode_workers,
     )
     warn_if_window_differs(predictor)
     plots = plots if plots is not None or out is None else out.with_name(f"{out.stem}_plots")
