@@ -90,7 +90,8 @@ def main() -> None:
         engines[engine] = _measure_in_subprocess(engine, args, workdir)
     whole = None
     if args.rows != "in-process":
-        whole = measure_whole_processes(args.model, slices, workdir, series_rows=_series_slices(args.shared), quick=args.quick)
+        series = _series_slices(args.shared)
+        whole = measure_whole_processes(args.model, slices, workdir, series_rows=series, quick=args.quick)
     card = read_card(args.model)
     results = {
         "machine": machine_facts(("torch", "torchvision", "onnxruntime", "onnx", "covidct")),
@@ -109,8 +110,10 @@ def main() -> None:
               f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
               f"labels {agreement['label_agreement']:.3f}, OOD flags {agreement['ood_flag_agreement']}")
     for name, entry in ((whole or {}).get("rows") or {}).items():
-        extra = f", x{entry['speedup_vs_plain_script']} the plain script, AUC {entry['auc_ucsd_test']}" if "speedup_vs_plain_script" in entry else ""
-        print(f"{name:>60}: {entry['seconds']:7.2f} s (CPU {entry.get('cpu_seconds')} s), peak RSS {entry['peak_rss_mib']} MiB{extra}")
+        ratio = entry.get("speedup_vs_plain_script")
+        extra = f", x{ratio} the plain script, AUC {entry['auc_ucsd_test']}" if ratio else ""
+        cpu, rss = entry.get("cpu_seconds"), entry["peak_rss_mib"]
+        print(f"{name:>60}: {entry['seconds']:7.2f} s (CPU {cpu} s), peak RSS {rss} MiB{extra}")
     print(f"wrote {args.out}")
 
 
@@ -134,8 +137,9 @@ def _select_slices(shared: Path, n_slices: int) -> tuple[list[dict], dict]:
 
 
 def _series_slices(shared: Path) -> list[Path]:
-    """``SERIES_SLICES`` consecutive slices of SARS-CoV-2 COVID scans (blocks 8 and 9, in file order) for the DICOM row."""
-    rows = [r for r in sars_rows(shared) if r["label"] == "COVID" and r["patient_id"].endswith(("block8", "block9"))]
+    """``SERIES_SLICES`` consecutive SARS-CoV-2 COVID slices (blocks 8 and 9, in file order): the DICOM row."""
+    blocks = ("block8", "block9")
+    rows = [r for r in sars_rows(shared) if r["label"] == "COVID" and r["patient_id"].endswith(blocks)]
     return [Path(r["path"]) for r in rows[:SERIES_SLICES]]
 
 

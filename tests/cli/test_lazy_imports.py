@@ -12,7 +12,19 @@ import sys
 import pytest
 from test_cli import all_command_paths
 
-HEAVY = ("torch", "torchvision", "onnxruntime", "fastapi", "uvicorn", "matplotlib", "pydicom", "nibabel", "sklearn", "scipy", "cv2")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "fastapi",
+    "uvicorn",
+    "matplotlib",
+    "pydicom",
+    "nibabel",
+    "sklearn",
+    "scipy",
+    "cv2",
+)
 
 _HELP_THEN_LIST_HEAVY = """
 import json, sys
@@ -36,7 +48,6 @@ def test_help_imports_nothing_heavy(command):
     assert heavy_modules_after(*command) == []
 
 
-
 _PREDICT_THEN_LIST_HEAVY = """
 import json, sys
 from typer.testing import CliRunner
@@ -52,7 +63,14 @@ def test_predict_with_an_onnx_engine_imports_no_torch(onnx_model_dir, tiny_datas
     out = tmp_path / "predictions.csv"
     images = [str(path) for path in tiny_dataset.paths["COVID"][:2]]
     arguments = [str(onnx_model_dir), *images, "--engine", "onnx-int8", "--out", str(out)]
-    done = subprocess.run([sys.executable, "-c", _PREDICT_THEN_LIST_HEAVY, *arguments], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PREDICT_THEN_LIST_HEAVY, *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
-    assert len(out.read_text(encoding="utf-8").splitlines()) >= 3  # the header (after the notice) and two rows
+    assert (
+        len(out.read_text(encoding="utf-8").splitlines()) >= 3
+    )  # the header (after the notice) and two rows

@@ -25,7 +25,7 @@ from covidct.io.images import MAX_PIXELS
 from covidct.model.device import Device, resolve_device
 from covidct.preprocess.window import HuWindow
 
-if TYPE_CHECKING:  # the runtime imports sit in the functions that use them, so --help loads no torch (issue 16)
+if TYPE_CHECKING:  # runtime imports sit in the functions that use them: --help loads no torch (issue 16)
     from covidct.infer.predictor import Explanation, Prediction, PredictionRun, Predictor
     from covidct.infer.result_files import WrittenPredictions
     from covidct.infer.study import SlicePrediction, StudyPrediction

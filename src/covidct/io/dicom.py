@@ -188,7 +188,7 @@ def _series_uid(dataset: Dataset, name: str) -> str:
 
 def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
     """Parse one file; files without the preamble (older than PS3.10) are read too when they parse to an SOP instance."""
-    from pydicom.errors import InvalidDicomError  # pydicom is imported when a DICOM file is read, not by --help
+    from pydicom.errors import InvalidDicomError  # pydicom loads when a DICOM file is read, not for --help
 
     name = _name(file)
     try:

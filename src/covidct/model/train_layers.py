@@ -1,4 +1,4 @@
-"""The ``--train-layers`` choice, apart from the network so that the CLI can offer it without importing torch."""
+"""The ``--train-layers`` choice, apart from the network: the CLI offers it without importing torch."""
 
 from __future__ import annotations
 

@@ -85,8 +85,8 @@ def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | N
     threshold separates air (and, in a lung window, aerated lung) from the body in both windows. An
     image with only two grey levels gets the one threshold between them, twice.
     """
-    # np.histogram(gray, bins, range=(0, 1)) in one pass: gray * bins is exact (bins is a power of two), so its
-    # floor is the bin; 1.0 falls in the last bin, as there.
+    # np.histogram(gray, bins, range=(0, 1)) in one pass: gray * bins is exact (bins is a power of two),
+    # so its floor is the bin; 1.0 falls in the last bin, as there.
     histogram = np.bincount(np.minimum((gray * bins).astype(np.intp), bins - 1).ravel(), minlength=bins)
     edges = np.linspace(0.0, 1.0, bins + 1)
     occupied = np.flatnonzero(histogram)
@@ -149,16 +149,17 @@ def standardise_intensity(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
 
 
 def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """``ndimage.binary_erosion(mask, iterations=iterations)``: the 4-connected cross, pixels beyond the edge background."""
+    """``ndimage.binary_erosion(mask, iterations=...)``: the 4-connected cross, the edge eroded."""
     for _ in range(iterations):
         shrunk = np.zeros_like(mask)
-        shrunk[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1]
+        shrunk[1:-1, 1:-1] = inner & mask[1:-1, :-2] & mask[1:-1, 2:]
         mask = shrunk
     return mask
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, iterations=iterations)``: the 4-connected cross, nothing grows in from beyond the edge."""
+    """``ndimage.binary_dilation(mask, iterations=...)``: the 4-connected cross, nothing grows in from beyond the edge."""
     for _ in range(iterations):
         grown = mask.copy()
         grown[1:] |= mask[:-1]

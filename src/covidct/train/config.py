@@ -89,7 +89,7 @@ class TrainConfig:
     @property
     def preprocessing(self) -> Preprocessing:
         """The slice pipeline this run trains with; the card stores it and inference rebuilds it from there."""
-        from covidct.preprocess.transforms import Preprocessing  # torchvision: only when training, not for --help
+        from covidct.preprocess.transforms import Preprocessing  # loaded for training, not for --help
 
         return Preprocessing(
             image_size=self.image_size, crop_field=self.crop_field, remove_annotations=self.remove_annotations, standardise_intensity=self.standardise_intensity,
