@@ -14,6 +14,11 @@ out-of-distribution guard's features and scores); the baseline does not: the rat
 gain of the whole covidct path. Each covidct engine is measured a second time with TTA off (names ending
 in ``-1pass``: one forward pass per slice, as a model trained with ``--no-tta`` runs), compared
 for AUC with torch fp32 at the same setting. Missing ONNX exports are made first (``covidct export``'s defaults).
+
+Then the same run times whole processes, startup included, as a user meets them (``bench/whole_process.py``:
+``covidct --help``, predict on 1 file, on the same slices' files and on one ~150-slice DICOM series, the plain
+eager-fp32 script ``bench/plain_script.py`` on those files, ``covidct serve`` to a healthy ``/healthz``).
+``--rows in-process`` or ``--rows whole-process`` runs one kind only.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import torch
 from machine import machine_facts
 from safetensors.torch import load_file
 from shared_datasets import sars_rows, ucsd_rows
+from whole_process import SERIES_SLICES
+from whole_process import measure as measure_whole_processes
 from sklearn.metrics import roc_auc_score
 
 from covidct import Predictor, load_model
@@ -64,6 +71,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     parser.add_argument("--n-slices", type=int, default=512)
     parser.add_argument("--calibration", type=Path, default=None, help="data for the int8 export if model.int8.onnx is missing (default: the card's training data)")
+    parser.add_argument("--rows", choices=("all", "in-process", "whole-process"), default="all")
     parser.add_argument("--quick", action="store_true", help="one timed pass and 5 latency calls: a smoke run, not a measurement")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--slices", type=Path, help=argparse.SUPPRESS)
@@ -77,9 +85,13 @@ def main() -> None:
     (workdir / "slices.json").write_text(json.dumps(slices), encoding="utf-8")
     exports = _ensure_exports(args.model, args.calibration, quick=args.quick)
     engines = {}
-    for engine in ENGINES:
+    for engine in ENGINES if args.rows != "whole-process" else ():
         print(f"measuring {engine} ...", flush=True)
         engines[engine] = _measure_in_subprocess(engine, args, workdir)
+    whole = None
+    if args.rows != "in-process":
+        series = _series_slices(args.shared)
+        whole = measure_whole_processes(args.model, slices, workdir, series_rows=series, quick=args.quick)
     card = read_card(args.model)
     results = {
         "machine": machine_facts(("torch", "torchvision", "onnxruntime", "onnx", "covidct")),
@@ -87,15 +99,21 @@ def main() -> None:
         "slices": {"n": len(slices), "composition": composition, "auc_on": f"UCSD official test split ({sum(s['is_ucsd_test'] for s in slices)} slices)"},
         "settings": {"batch_size": BATCH, "quick": args.quick, "timed_passes": 1 if args.quick else 3, "latency_calls": 5 if args.quick else 50},
         "exports": exports,
-        "engines": _with_ratios(engines, card.decision.threshold),
+        "engines": _with_ratios(engines, card.decision.threshold) if engines else None,
+        "whole_process": whole,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    for name, entry in results["engines"].items():
+    for name, entry in (results["engines"] or {}).items():
         agreement = entry["agreement_with_torch_fp32"]
         print(f"{name:>17}: {entry['throughput_slices_per_s']:7.1f} slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
               f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
               f"labels {agreement['label_agreement']:.3f}, OOD flags {agreement['ood_flag_agreement']}")
+    for name, entry in ((whole or {}).get("rows") or {}).items():
+        ratio = entry.get("speedup_vs_plain_script")
+        extra = f", x{ratio} the plain script, AUC {entry['auc_ucsd_test']}" if ratio else ""
+        cpu, rss = entry.get("cpu_seconds"), entry["peak_rss_mib"]
+        print(f"{name:>60}: {entry['seconds']:7.2f} s (CPU {cpu} s), peak RSS {rss} MiB{extra}")
     print(f"wrote {args.out}")
 
 
@@ -116,6 +134,13 @@ def _select_slices(shared: Path, n_slices: int) -> tuple[list[dict], dict]:
         composition[name] = len(taken)
         chosen += [{"path": r["path"], "is_covid": r["label"] == "COVID", "is_ucsd_test": name == "ucsd_test"} for r in taken]
     return chosen, composition
+
+
+def _series_slices(shared: Path) -> list[Path]:
+    """``SERIES_SLICES`` consecutive SARS-CoV-2 COVID slices (blocks 8 and 9, in file order): the DICOM row."""
+    blocks = ("block8", "block9")
+    rows = [r for r in sars_rows(shared) if r["label"] == "COVID" and r["patient_id"].endswith(blocks)]
+    return [Path(r["path"]) for r in rows[:SERIES_SLICES]]
 
 
 def _ensure_exports(model_dir: Path, calibration: Path | None, *, quick: bool) -> dict:

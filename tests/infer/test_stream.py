@@ -161,7 +161,7 @@ def test_worker_processes_decode_the_same_slices_and_failures_as_the_thread(mixe
     [("cpu", 2, 0), ("cpu", 4, 0), ("cpu", 8, 2), ("cpu", 64, 4), ("cuda", 2, 0), ("cuda", 6, 3), ("cuda", 16, 8), ("cuda", 64, 8)],
 )
 def test_default_decode_workers_use_the_cores_the_network_leaves(device, cores, workers):
-    assert stream.default_decode_workers(torch.device(device), cores) == workers
+    assert stream.default_decode_workers(device, cores) == workers
 
 
 def test_the_python_api_decodes_in_a_thread_unless_asked(predictor):

@@ -145,3 +145,37 @@ def test_on_real_slices_the_body_is_found_and_the_crop_never_cuts_into_it(shared
         crop, _ = crop_to_field(gray, body)
         assert body.found, path
         assert crop.shape[0] >= 0.6 * gray.shape[0] and crop.shape[1] >= 0.6 * gray.shape[1], path
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_fast_steps_match_scipy_and_numpy_exactly(seed):
+    """The numpy shifts and bincounts that replaced scipy's morphology and np.histogram give the same arrays."""
+    from scipy import ndimage
+
+    from covidct.preprocess import site
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((37, 53)) < (0.3 + 0.15 * seed)
+    gray = np.round(rng.random((37, 53)) * 255).astype(np.float32) / 255
+    gray[0, 0], gray[0, 1] = 1.0, 0.0
+
+    for iterations in (1, 2):
+        eroded, dilated = site._erode(mask, iterations), site._dilate(mask, iterations)
+        assert np.array_equal(eroded, ndimage.binary_erosion(mask, iterations=iterations))
+        assert np.array_equal(dilated, ndimage.binary_dilation(mask, iterations=iterations))
+    assert otsu_thresholds(gray) == _otsu_by_np_histogram(gray)
+
+
+def _otsu_by_np_histogram(gray: np.ndarray, bins: int = 64) -> tuple[float, float]:
+    """The three-class Otsu thresholds as they were computed before issue 16, from ``np.histogram``."""
+    histogram, edges = np.histogram(gray, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    share = histogram / histogram.sum()
+    weight, moment = np.cumsum(share), np.cumsum(share * centres)
+    low, high = np.triu_indices(bins - 1, 1)
+    weights = (weight[low], weight[high] - weight[low], 1.0 - weight[high])
+    moments = (moment[low], moment[high] - moment[low], moment[-1] - moment[high])
+    valid = np.all([w > 1e-12 for w in weights], axis=0)
+    between = np.where(valid, sum(m**2 / np.where(valid, w, 1.0) for m, w in zip(moments, weights, strict=True)), -1.0)
+    best = int(np.argmax(between))
+    return float(edges[low[best] + 1]), float(edges[high[best] + 1])

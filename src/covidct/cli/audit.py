@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -20,8 +20,9 @@ from covidct.cli.options import (
     SplitCol,
     load_dataset,
 )
-from covidct.data.audit import AuditResult, Severity, audit_manifest
-from covidct.data.audit_report import write_audit
+
+if TYPE_CHECKING:
+    from covidct.data.audit import AuditResult
 
 
 @reports_errors
@@ -38,6 +39,9 @@ def audit(
 
     Findings are warnings, not errors: the command exits 0 whatever it finds.
     """
+    from covidct.data.audit import audit_manifest
+    from covidct.data.audit_report import write_audit
+
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     with progress_callback("reading images") as progress:
         result = audit_manifest(manifest, progress=progress)
@@ -48,6 +52,8 @@ def audit(
 
 def print_findings(result: AuditResult, *, warnings_only: bool = False) -> None:
     """One table row per finding, warnings first; messages are printed as plain text, never as markup."""
+    from covidct.data.audit import Severity
+
     warnings = len(result.warnings)
     table = Table(title=f"Audit of {result.n_images} images: {warnings} warning(s)", show_lines=True)
     table.add_column("severity")

@@ -13,8 +13,6 @@ from covidct.cli.evaluate import print_evaluation
 from covidct.cli.predict import print_predictions
 from covidct.cli.train import WeightsOpt, print_training_summary, run_training
 from covidct.data.manifest import read_manifest
-from covidct.evaluate.run import evaluate_model
-from covidct.infer.predictor import load_model
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.train.config import TrainConfig
 
@@ -31,6 +29,9 @@ def demo(
     weights: WeightsOpt = "auto",
 ) -> None:
     """Fetch ImageNet weights, fine-tune on the bundled sample, evaluate on its held-out blocks, predict a few slices."""
+    from covidct.evaluate.run import evaluate_model
+    from covidct.infer.predictor import load_model
+
     console.print(f"[bold]{RESEARCH_USE_STATEMENT}[/]")
     manifest = read_manifest(demo_manifest_path())
     console.print(f"Demo data: {len(manifest.samples)} slices from the SARS-CoV-2 CT-scan dataset (CC BY-NC-SA 4.0), split by scan block.")

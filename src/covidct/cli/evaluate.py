@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -27,11 +27,12 @@ from covidct.cli.options import (
     SplitCol,
     load_dataset,
 )
-from covidct.evaluate.metrics import METRIC_NAMES
-from covidct.evaluate.run import EvaluationRun, evaluate_model
 from covidct.infer.engines import Engine
 from covidct.model.decision import Aggregate
 from covidct.model.device import Device
+
+if TYPE_CHECKING:
+    from covidct.evaluate.run import EvaluationRun
 
 
 @reports_errors
@@ -55,6 +56,8 @@ def evaluate(
     --engine onnx or onnx-int8 scores with the export, as 'covidct predict --engine' does, so the
     metrics are those of the model you deploy.
     """
+    from covidct.evaluate.run import evaluate_model
+
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     with progress_callback(f"scoring the {split} split") as progress:
         run = evaluate_model(
@@ -66,6 +69,8 @@ def evaluate(
 
 def print_evaluation(run: EvaluationRun) -> None:
     """A table of the metrics with their CIs, the failures, and where the report is."""
+    from covidct.evaluate.metrics import METRIC_NAMES
+
     levels = {"slices": run.result.slice_level}
     if run.result.patient_level is not None:
         levels["patients"] = run.result.patient_level

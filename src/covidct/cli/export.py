@@ -18,12 +18,7 @@ from covidct.cli.options import (
     SplitCol,
     load_dataset,
 )
-from covidct.export.calibration import (
-    DEFAULT_CALIBRATION_SLICES,
-    default_calibration_data,
-)
-from covidct.export.onnx import export_onnx
-from covidct.model.card import read_card
+from covidct.export.calibration_slices import DEFAULT_CALIBRATION_SLICES
 
 
 class ExportFormat(StrEnum):
@@ -44,6 +39,10 @@ def export(
     split_col: SplitCol = None,
 ) -> None:
     """Export MODEL_DIR for onnxruntime; the file's sha256 and settings go to FILE.onnx.json (model.json is not changed)."""
+    from covidct.export.calibration import default_calibration_data
+    from covidct.export.onnx import export_onnx
+    from covidct.model.card import read_card
+
     manifest = None
     if int8:
         card = read_card(model_dir)

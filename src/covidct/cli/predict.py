@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -22,21 +22,14 @@ from covidct.cli.console import (
 from covidct.cli.options import DeviceOpt, EngineOpt, ModelDirArg
 from covidct.errors import CovidctWarning, OptionError
 from covidct.infer.engines import Engine
-from covidct.infer.overlay import overlay_caption, overlay_names, render_overlay
-from covidct.infer.predictor import (
-    Explanation,
-    PredictionRun,
-    Predictor,
-    load_model,
-)
-from covidct.infer.result_files import check_prediction_path, write_plots, write_predictions
-from covidct.infer.stream import default_decode_workers
-from covidct.infer.study import StudyPrediction
-from covidct.infer.study_plot import study_file_names
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.io.images import MAX_PIXELS
 from covidct.model.device import Device, resolve_device
 from covidct.preprocess.window import HuWindow
+
+if TYPE_CHECKING:  # runtime imports sit in the functions that use them: --help loads no torch (issue 16)
+    from covidct.infer.predictor import Explanation, PredictionRun, Predictor
+    from covidct.infer.study import StudyPrediction
 
 
 @reports_errors
@@ -63,6 +56,10 @@ def predict(
     gets one probability by the model card's aggregation rule. Studies are named by file path and
     hashed keys, never by patient attributes.
     """
+    from covidct.infer.predictor import PredictionRun, load_model
+    from covidct.infer.result_files import check_prediction_path, write_plots, write_predictions
+    from covidct.infer.stream import default_decode_workers
+
     for option, folder in (("--cam", cam), ("--plots", plots)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise OptionError(f"{option} must be a folder; '{folder}' is a file")
@@ -70,7 +67,7 @@ def predict(
         check_prediction_path(out)
     predictor = load_model(
         model_dir, device=device, batch_size=batch_size, engine=engine, window=None if window is None else HuWindow.parse(window), max_pixels=max_pixels,
-        decode_workers=default_decode_workers(resolve_device(device if engine is Engine.TORCH else Device.CPU)) if decode_workers is None else decode_workers,
+        decode_workers=default_decode_workers(resolve_device(device).type if engine is Engine.TORCH else "cpu") if decode_workers is None else decode_workers,
     )
     warn_if_window_differs(predictor)
     plots = plots if plots is not None or out is None else out.with_name(f"{out.stem}_plots")
@@ -171,6 +168,9 @@ def _probability(prob_covid: float | None) -> str:
 
 def write_study_overlays(studies: Sequence[StudyPrediction], cam_dir: Path) -> list[Path]:
     """The Grad-CAM overlay of each study's most suspicious slice, as ``cam_dir/<study file name>_cam.png``."""
+    from covidct.infer.overlay import render_overlay
+    from covidct.infer.study_plot import study_file_names
+
     explained = [study for study in studies if study.cam_heatmap is not None]
     cam_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -188,6 +188,8 @@ def _score(ood_score: float | None) -> str:
 
 def write_overlays(explanations: list[Explanation], cam_dir: Path) -> list[Path]:
     """Write each explanation's overlay as ``cam_dir/<stem>_cam.png`` (unique names); return the paths."""
+    from covidct.infer.overlay import overlay_caption, overlay_names, render_overlay
+
     cam_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for explanation, name in zip(explanations, overlay_names([e.path for e in explanations]), strict=True):

@@ -19,8 +19,6 @@ from covidct.cli.options import (
     RemoveAnnotationsOpt,
     StandardiseIntensityOpt,
 )
-from covidct.data.preview import write_preview
-from covidct.preprocess.transforms import Preprocessing
 
 
 @reports_errors
@@ -35,6 +33,9 @@ def preprocess_preview(
     seed: int = 0,
 ) -> None:
     """Show what the network would see for a sample of DATA: each slice before (whole image) and after the site steps."""
+    from covidct.data.preview import write_preview
+    from covidct.preprocess.transforms import Preprocessing
+
     preprocessing = Preprocessing(image_size=image_size, crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity)
     with progress_callback("preparing slices") as progress:
         preview = write_preview(data, out, preprocessing, n=n, seed=seed, progress=progress)

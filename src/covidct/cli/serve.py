@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from covidct.cli.console import console, reports_errors
 from covidct.cli.options import DeviceOpt, ModelDirArg
@@ -13,7 +12,6 @@ from covidct.errors import OptionError
 from covidct.infer.engines import Engine
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.device import Device
-from covidct.server.settings import ServerSettings
 
 
 @reports_errors
@@ -34,8 +32,10 @@ def serve(
     COVIDCT_QUEUE_SIZE and COVIDCT_MAX_BATCH.
     """
     import uvicorn  # the server stack is imported only by this command
+    from pydantic import ValidationError
 
     from covidct.server.app import create_app
+    from covidct.server.settings import ServerSettings
 
     given = {"api_key": api_key, "cors_origins": cors_origin or None}
     try:

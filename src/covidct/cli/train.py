@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,15 +30,15 @@ from covidct.cli.options import (
     StandardiseIntensityOpt,
     load_dataset,
 )
-from covidct.data.audit import AuditResult
 from covidct.model.device import Device
-from covidct.model.network import TrainLayers
-from covidct.model.pretrained import resolve_pretrained
+from covidct.model.train_layers import TrainLayers
 from covidct.preprocess.window import LUNG_WINDOW
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
-from covidct.train.distributed import is_main_process
-from covidct.train.trainer import TrainResult, fit
+
+if TYPE_CHECKING:
+    from covidct.data.audit import AuditResult
+    from covidct.train.trainer import TrainResult
 
 WeightsOpt = Annotated[str, typer.Option("--weights", help="auto | torchvision | keras-npm, or a local ResNet-50 state dict (.safetensors or torch file).")]
 
@@ -91,6 +91,10 @@ def run_training(manifest, out: Path, config: TrainConfig, *, weights: str, resu
 
     Under torchrun only rank 0 draws anything; the other ranks train silently and get None.
     """
+    from covidct.model.pretrained import resolve_pretrained
+    from covidct.train.distributed import is_main_process
+    from covidct.train.trainer import fit
+
     if not is_main_process():
         return fit(manifest, out, config, pretrained=resolve_pretrained(weights), resume=resume)
     with progress_callback("ImageNet weights") as progress:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from covidct.cli.console import console, progress_callback, reports_errors
-from covidct.model.weights import WeightSource, fetch_imagenet_weights
+from covidct.model.weight_source import WeightSource
 
 app = typer.Typer(help="ImageNet ResNet-50 weights: fetch once, then use from the cache.", no_args_is_help=True)
 
@@ -21,6 +21,8 @@ def fetch(
     ] = WeightSource.AUTO,
 ) -> None:
     """Fetch (or find in the cache) ImageNet weights and print where they are and where they came from."""
+    from covidct.model.weights import fetch_imagenet_weights
+
     with progress_callback("fetching ImageNet weights") as progress:
         weights = fetch_imagenet_weights(source, progress=progress)
     console.print(f"ImageNet weights ({weights.source}, stride variant {weights.stride_variant}): {weights.path}")

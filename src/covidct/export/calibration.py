@@ -20,14 +20,11 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits
 from covidct.errors import CovidctWarning, InputError, OptionError
+from covidct.export.calibration_slices import DEFAULT_CALIBRATION_SLICES
 from covidct.infer.engines import INPUT_NAME
 from covidct.model.card import ModelCard
 from covidct.preprocess.transforms import Preprocessing, normalize
 
-# The percentile calibrator keeps every activation of every calibration slice until it builds its histograms:
-# about 120 MB per 224 px ResNet-50 slice (15 GB peak for 128 slices here), so 32 (about 4 GB). On UCSD validation
-# 32 slices gave a logit RMSE vs fp32 of 0.162, 64 gave 0.159 and 128 gave 0.146 (BENCHMARKS.md).
-DEFAULT_CALIBRATION_SLICES = 32
 SAMPLE_SEED = 0
 READER_BATCH = 8
 

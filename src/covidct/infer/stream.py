@@ -59,16 +59,17 @@ class SliceBatch:
     volumes: list[Volume] = field(default_factory=list)
 
 
-def default_decode_workers(device: torch.device, cores: int | None = None) -> int:
+def default_decode_workers(device_type: str, cores: int | None = None) -> int:
     """Decoding processes when none are asked for: the cores the forward pass leaves idle.
 
     Preparing a slice (PNG decoding, the site steps) takes about 10 ms of one core. A GPU runs the
     network thousands of slices a second and leaves the CPU to decoding: half the cores, up to 8. On
     the CPU the network takes every core, and the one decoding thread keeps up with it below 8 cores;
-    from 8 cores a quarter of them (up to 4) decode.
+    from 8 cores a quarter of them (up to 4) decode. ``device_type`` is "cuda" or "cpu" (a torch device's
+    ``type``; a plain string, so that the ONNX engines' caller needs no torch).
     """
     cores = cores or len(os.sched_getaffinity(0))
-    if device.type == "cuda":
+    if device_type == "cuda":
         return min(8, cores // 2) if cores >= 4 else 0
     return min(4, cores // 4) if cores >= 8 else 0
 

@@ -14,16 +14,17 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from covidct.errors import InputError
 from covidct.io.failures import InputFailure
 from covidct.io.images import IMAGE_SUFFIXES, MAX_PIXELS
 from covidct.io.volume import Volume, check_volume_size, privacy_key
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 DicomSource = Path | tuple[str, bytes]
 
@@ -187,6 +188,8 @@ def _series_uid(dataset: Dataset, name: str) -> str:
 
 def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
     """Parse one file; files without the preamble (older than PS3.10) are read too when they parse to an SOP instance."""
+    from pydicom.errors import InvalidDicomError  # pydicom loads when a DICOM file is read, not for --help
+
     name = _name(file)
     try:
         try:
@@ -210,6 +213,8 @@ def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
 def _parse(file: DicomSource, *, stop_before_pixels: bool, force: bool) -> Dataset:
     # pydicom converts values lazily, on access: only the attributes read in ``_header`` are ever converted (so a
     # corrupt value fails there, and patient attributes are never even decoded, let alone warned about).
+    from pydicom import dcmread
+
     return dcmread(io.BytesIO(file[1]) if isinstance(file, tuple) else file, stop_before_pixels=stop_before_pixels, force=force)
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
-from nibabel.fileholders import FileHolder
 
 from covidct.errors import InputError
 from covidct.io.images import MAX_PIXELS
 from covidct.io.volume import Volume, check_volume_size, privacy_key
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 NiftiSource = Path | tuple[str, bytes]
 
@@ -48,6 +50,8 @@ def read_nifti(source: NiftiSource, *, max_pixels: int = MAX_PIXELS) -> Volume:
         InputError: unreadable or truncated file, a 4-D (or 2-D) volume, sizes over the caps, or
             values that do not look like HU.
     """
+    import nibabel as nib  # imported when a volume is read, not by --help (it pulls scipy)
+
     name = source[0] if isinstance(source, tuple) else str(source)
     try:
         image = _load(source)
@@ -80,6 +84,9 @@ def read_nifti(source: NiftiSource, *, max_pixels: int = MAX_PIXELS) -> Volume:
 
 
 def _load(source: NiftiSource) -> nib.Nifti1Image:
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+
     if not isinstance(source, tuple):
         return nib.load(source)
     data = source[1]

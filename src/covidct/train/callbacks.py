@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from covidct.data.audit import AuditResult
+if TYPE_CHECKING:
+    from covidct.data.audit import AuditResult
 
 
 class TrainCallbacks:

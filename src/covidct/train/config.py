@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from covidct.errors import OptionError
 from covidct.model.device import Device
-from covidct.model.network import TrainLayers
-from covidct.preprocess.transforms import Preprocessing
+from covidct.model.train_layers import TrainLayers
 from covidct.preprocess.window import LUNG_WINDOW, HuWindow
+
+if TYPE_CHECKING:
+    from covidct.preprocess.transforms import Preprocessing
 
 
 class Mode(StrEnum):
@@ -121,6 +124,8 @@ class TrainConfig:
     @property
     def preprocessing(self) -> Preprocessing:
         """The slice pipeline this run trains with; the card stores it and inference rebuilds it from there."""
+        from covidct.preprocess.transforms import Preprocessing  # loaded for training, not for --help
+
         return Preprocessing(
             image_size=self.image_size, crop_field=self.crop_field, remove_annotations=self.remove_annotations, standardise_intensity=self.standardise_intensity,
             hu_window=self.hu_window,

@@ -1,0 +1,76 @@
+"""Building the CLI and printing any command's help loads none of the heavy libraries (issue 16).
+
+Each check runs in a fresh interpreter: this test process has long since imported torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_cli import all_command_paths
+
+HEAVY = (
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "fastapi",
+    "uvicorn",
+    "matplotlib",
+    "pydicom",
+    "nibabel",
+    "sklearn",
+    "scipy",
+    "cv2",
+)
+
+_HELP_THEN_LIST_HEAVY = """
+import json, sys
+from typer.testing import CliRunner
+from covidct.cli.app import app
+result = CliRunner().invoke(app, sys.argv[1:] + ["--help"])
+assert result.exit_code == 0, result.output
+print(json.dumps(sorted(name for name in {heavy} if name in sys.modules)))
+"""
+
+
+def heavy_modules_after(*args: str) -> list[str]:
+    """The heavy top-level modules a fresh interpreter holds after ``covidct ARGS --help``."""
+    code = _HELP_THEN_LIST_HEAVY.format(heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("command", all_command_paths(), ids=lambda path: " ".join(path) or "covidct")
+def test_help_imports_nothing_heavy(command):
+    assert heavy_modules_after(*command) == []
+
+
+_PREDICT_THEN_LIST_HEAVY = """
+import json, sys
+from typer.testing import CliRunner
+from covidct.cli.app import app
+result = CliRunner().invoke(app, ["predict", *sys.argv[1:]])
+assert result.exit_code == 0, result.output
+print(json.dumps(sorted(name for name in ("torch", "torchvision") if name in sys.modules)))
+"""
+
+
+def test_predict_with_an_onnx_engine_imports_no_torch(onnx_model_dir, tiny_dataset, tmp_path):
+    """``covidct predict --engine onnx-int8`` (no --cam) runs on onnxruntime and numpy alone."""
+    out = tmp_path / "predictions.csv"
+    images = [str(path) for path in tiny_dataset.paths["COVID"][:2]]
+    arguments = [str(onnx_model_dir), *images, "--engine", "onnx-int8", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", _PREDICT_THEN_LIST_HEAVY, *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert (
+        len(out.read_text(encoding="utf-8").splitlines()) >= 3
+    )  # the header (after the notice) and two rows
