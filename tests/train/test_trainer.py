@@ -151,7 +151,7 @@ def test_ctrl_c_leaves_a_resumable_state(resume_story):
     assert str(resume_story.interrupted).endswith(
         "interrupted after 1 completed epoch(s); run the same command with --resume to continue"
     )
-    assert resume_story.left_after_interrupt == ["resume", "resume/best-0.safetensors", "resume/last-0.safetensors", "resume/state.json"]
+    assert resume_story.left_after_interrupt == [".covidct-run.json", "resume", "resume/best-0.safetensors", "resume/last-0.safetensors", "resume/state.json"]
 
 
 def test_resume_with_other_options_is_refused(resume_story):

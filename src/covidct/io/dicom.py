@@ -217,6 +217,8 @@ def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
             if "SOPClassUID" not in dataset:
                 raise InvalidDicomError from None
         return dataset
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError("file not found", path=name) from None
     except IsADirectoryError:

@@ -100,13 +100,10 @@ def _declared_size(name: str, data: bytes, *, max_pixels: int) -> tuple[int, int
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 return image.size
     except UnidentifiedImageError:
-        if data.startswith(
-            _IMAGE_SIGNATURES
-        ):  # a damaged file of a format we read: the reader says what is wrong
+        if not data or data.startswith(_IMAGE_SIGNATURES):  # empty, or damaged in a format we read: the reader says why
             return 0, 0
-        found = "an empty file" if not data else f"content starting {data[:8]!r}"
         raise UnsupportedUploadError(
-            f"not a PNG, JPEG, BMP or TIFF image ({found}); expected {SUPPORTED_TYPES}", path=name
+            f"not a PNG, JPEG, BMP or TIFF image (content starting {data[:8]!r}); expected {SUPPORTED_TYPES}", path=name
         ) from None
     except Image.DecompressionBombError as error:
         raise UploadTooLargeError(f"image is over the server's {max_pixels:,}-pixel limit ({error})", path=name) from None
