@@ -172,7 +172,7 @@ def test_grad_cam_runs_one_call_at_a_time_across_threads(predictor, monkeypatch)
         running[0] -= 1
         return np.zeros((len(slices), 32, 32), np.float32)
 
-    monkeypatch.setattr("covidct.infer.predictor.gradcam_heatmaps", fake_heatmaps)
+    monkeypatch.setattr("covidct.infer.gradcam.gradcam_heatmaps", fake_heatmaps)
     gray = np.full((40, 40), 0.5, np.float32)
     threads = [
         threading.Thread(
