@@ -40,9 +40,9 @@ import torch
 from machine import machine_facts
 from safetensors.torch import load_file
 from shared_datasets import sars_rows, ucsd_rows
+from sklearn.metrics import roc_auc_score
 from whole_process import SERIES_SLICES
 from whole_process import measure as measure_whole_processes
-from sklearn.metrics import roc_auc_score
 
 from covidct import Predictor, load_model
 from covidct.data.dataset import decode_slices

@@ -44,8 +44,17 @@ class UploadTooLargeError(InputError):
     """An upload is over a configured limit (bytes, file count, pixels); the server answers 413."""
 
 
+class UploadTimeoutError(InputError):
+    """An upload took longer to arrive than the server's body-read timeout; the server answers 408."""
+
+
 class UnsupportedUploadError(InputError):
     """An uploaded file is not a type covidct reads (PNG, JPEG, BMP, TIFF, DICOM, NIfTI); the server answers 415."""
+
+
+class BusyError(CovidctError):
+    """The server cannot take the request now (every worker busy, or the decoding budget held by requests in
+    flight); the client should retry later. The server answers 503."""
 
 
 class OptionError(CovidctError):
@@ -95,3 +104,7 @@ class OptimisticMetricsWarning(CovidctWarning):
 
 class MissingOodDetectorWarning(CovidctWarning):
     """A model directory has no out-of-distribution detector, so no input is ever flagged as not a CT slice."""
+
+
+class LinkOutsideTreeWarning(CovidctWarning):
+    """A symlink inside an input folder points outside it: its target was read, though it is not under the folder."""

@@ -79,7 +79,7 @@ def trained(tiny_dataset, random_weights, tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_model_dir(trained):
-    assert sorted(p.name for p in trained.iterdir()) == ["model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in trained.iterdir()) == [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
     card = json.loads((trained / "model.json").read_text())
     assert card["preprocessing"]["image_size"] == 64
     assert card["data"]["split_method"] == "split column"
@@ -117,7 +117,7 @@ def test_metrics_json_keeps_its_fixed_shape(evaluated, trained):
 def test_evaluate_writes_the_report_figures_and_predictions(evaluated, tiny_dataset):
     out, _ = evaluated
 
-    assert sorted(p.name for p in out.iterdir()) == sorted(["failures.csv", "metrics.json", "predictions.csv", "report.html", *FIGURES])
+    assert sorted(p.name for p in out.iterdir()) == sorted([".covidct-run.json", "failures.csv", "metrics.json", "predictions.csv", "report.html", *FIGURES])
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert RESEARCH_USE_STATEMENT in (out / "report.html").read_text(encoding="utf-8")

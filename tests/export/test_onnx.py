@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -13,7 +14,8 @@ from synthetic import write_csv
 
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
-from covidct.errors import CovidctWarning, InputError, OptionError
+from covidct.errors import CovidctWarning, InputError, ModelDirError, OptionError
+from covidct.export import onnx as onnx_export
 from covidct.export.calibration import calibration_set
 from covidct.export.onnx import export_onnx
 from covidct.infer.engines import Engine, OnnxEngine, settings_path
@@ -147,3 +149,24 @@ def test_export_errors_name_the_option_and_the_fix(onnx_model_dir, tiny_dataset,
         export_onnx(model_dir, **arguments(tmp_path, tiny_dataset))
 
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.safetensors", "ood.safetensors"]
+
+
+def test_an_export_that_disagrees_with_torch_is_refused_and_not_kept(onnx_model_dir, tmp_path, monkeypatch):
+    """An export of other weights than the card's (a broken exporter, say): its agreement is measured, then enforced."""
+    export_fp32 = onnx_export._export_fp32
+
+    def export_other_weights(model, image_size, path):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.fc.bias.copy_(torch.tensor([8.0, -8.0]))
+        export_fp32(other, image_size, path)
+
+    monkeypatch.setattr(onnx_export, "_export_fp32", export_other_weights)
+    out = tmp_path / "broken.onnx"
+
+    with pytest.raises(
+        ModelDirError,
+        match=r"broken.onnx: the onnx export gives probabilities up to [\d.]+ away from the torch model's on 16 uniform random slices, seed 0 \(tolerance 0.001\); it was not kept",
+    ):
+        export_onnx(onnx_model_dir, out=out)
+    assert not out.exists() and not settings_path(out).exists()

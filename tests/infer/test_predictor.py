@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import threading
 
+import numpy as np
 import pytest
 import torch
 
 from covidct import Prediction, Predictor, load_model
-from covidct.errors import ModelDirError, OptionError
+from covidct.errors import InputError, ModelDirError, OptionError
 from covidct.model.card import Decision, ModelCard
 from covidct.model.checkpoint import save_model_dir
 from covidct.model.network import StrideVariant, build_resnet50
@@ -153,3 +155,46 @@ def test_batch_size_must_be_positive(predictor):
 def test_load_model_on_a_folder_without_a_model(tmp_path):
     with pytest.raises(ModelDirError, match="no model.json; expected a model directory written by 'covidct train'"):
         load_model(tmp_path)
+
+
+def test_grad_cam_runs_one_call_at_a_time_across_threads(predictor, monkeypatch):
+    """Grad-CAM hooks sit on the shared model: two requests' heatmaps at once could mix their images (issue 15)."""
+    running, most = [0], [0]
+    both_inside = threading.Barrier(2, timeout=2)
+
+    def fake_heatmaps(model, slices, **options):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            both_inside.wait()  # returns only when another thread is inside at the same time
+        except threading.BrokenBarrierError:
+            pass
+        running[0] -= 1
+        return np.zeros((len(slices), 32, 32), np.float32)
+
+    monkeypatch.setattr("covidct.infer.gradcam.gradcam_heatmaps", fake_heatmaps)
+    gray = np.full((40, 40), 0.5, np.float32)
+    threads = [
+        threading.Thread(
+            target=predictor.predict_slices, args=([f"s{i}.png"], [gray]), kwargs={"explain": True}
+        )
+        for i in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert most[0] == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_slices_with_non_finite_values_get_no_answer(predictor, bad):
+    gray = np.full((40, 40), 0.5, np.float32)
+    gray[4, 4] = bad
+
+    with pytest.raises(
+        InputError,
+        match=r"^upload.png: NaN or infinite pixel values; expected finite gray levels in \[0, 1\]$",
+    ):
+        predictor.predict_slices(["upload.png"], [gray])

@@ -7,7 +7,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from covidct import Predictor
@@ -171,3 +170,32 @@ def test_the_python_api_decodes_in_a_thread_unless_asked(predictor):
 def test_decode_workers_cannot_be_negative(predictor):
     with pytest.raises(OptionError, match="^decode_workers must be 0 or more; got -1$"):
         Predictor(predictor.model, predictor.card, device="cpu", decode_workers=-1)
+
+
+def test_a_volume_over_the_voxel_budget_is_a_failure_and_the_stream_goes_on(tmp_path):
+    """``predict``'s decoded-memory budget per study (--max-voxels), read from the header before decoding (issue 15)."""
+    from volumes import chest_phantom, write_nifti
+
+    hu = chest_phantom(6, 64, range(1, 5))
+    write_nifti(tmp_path / "a_big.nii.gz", hu)
+    write_nifti(tmp_path / "b_small.nii.gz", hu[:3])
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "c.png")
+
+    batches = list(
+        iter_slice_batches(
+            [tmp_path], preprocessing=Preprocessing(image_size=32), batch_size=4, max_voxels=3 * 64 * 64
+        )
+    )
+
+    failures = [f for batch in batches for f in batch.failures]
+    assert [(f.path, f.reason) for f in failures] == [
+        (
+            str(tmp_path / "a_big.nii.gz"),
+            (
+                f"decoding it would bring this study to {6 * 64 * 64:,} voxels, over the {3 * 64 * 64:,}-voxel budget per study; "
+                "raise --max-voxels if the study is genuine and the machine has the memory (4 bytes a voxel)"
+            ),
+        )
+    ]
+    assert [v.n_slices for batch in batches for v in batch.volumes] == [3]
+    assert [p.name for batch in batches for p in batch.paths] == ["c.png"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +268,78 @@ def test_explicit_vr_little_endian_is_the_writer_default(tmp_path):
 
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert get_testdata_file("CT_small.dcm", download=False) == str(bundled("CT_small.dcm"))
+
+
+def _deflated_bomb(tmp_path: Path) -> Path:
+    """A Deflated Explicit VR file of 3 black 4096 x 4096 16-bit frames: 96 MiB inflated, ~100 KB on disk."""
+    dataset = pydicom.dcmread(bundled("CT_small.dcm"))
+    dataset.Rows = dataset.Columns = 4096
+    dataset.NumberOfFrames = 3
+    dataset.PixelData = bytes(3 * 4096 * 4096 * 2)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = tmp_path / "bomb.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_deflated_bomb_is_refused_before_it_is_inflated_whole(tmp_path):
+    path = _deflated_bomb(tmp_path)
+    assert path.stat().st_size < 1_000_000
+    message = r"bomb\.dcm: Deflated Explicit VR Little Endian data inflates past 67,108,864 bytes; expected one CT slice"
+
+    groups, failures = group_dicom_series([path])
+    assert groups == [] and len(failures) == 1
+    assert re.match(message, f"{Path(failures[0].path).name}: {failures[0].reason}")
+    with pytest.raises(InputError, match=message):
+        read_dicom_series([("bomb.dcm", path.read_bytes())])
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"), [("RescaleSlope", "NaN"), ("RescaleSlope", "inf"), ("RescaleIntercept", "-inf")]
+)
+def test_a_non_finite_rescale_value_is_named(tmp_path, keyword, value):
+    path = _relabelled(tmp_path, "CT_small.dcm", **{keyword: value})
+
+    with pytest.raises(InputError, match=rf"{path.name}: {keyword} is -?(nan|inf); expected a finite number"):
+        read_dicom_series([path])
+
+
+def test_float_pixel_data_with_nan_is_refused_naming_the_file(tmp_path):
+    dataset = pydicom.dcmread(bundled("CT_small.dcm"))
+    pixels = np.full((dataset.Rows, dataset.Columns), -1000.0, np.float32)
+    pixels[10, 10] = np.nan
+    del dataset.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):
+        delattr(dataset, keyword)
+    dataset.BitsAllocated = 32
+    dataset.FloatPixelData = pixels.tobytes()
+    path = tmp_path / "float.dcm"
+    dataset.save_as(path)
+
+    with pytest.raises(
+        InputError,
+        match=r"float\.dcm: NaN or infinite pixel values \(float pixel data\); expected finite CT values",
+    ):
+        read_dicom_series([path])
+
+
+def test_a_malformed_uid_is_never_printed(tmp_path, caplog):
+    """pydicom's validation warning quotes a malformed UI value whole, and UIDs can carry patient names."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # writing the file warns too; that is the test's doing
+        path = _relabelled(
+            tmp_path,
+            "CT_small.dcm",
+            SeriesInstanceUID="1.2.826.SMITH^JOHN",
+            StudyInstanceUID="1.2.826.DOE^JANE",
+        )
+    caplog.clear()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        groups, _ = group_dicom_series([path])
+        volume = read_dicom_series(groups[0])
+
+    printed = [str(w.message) for w in caught] + [record.getMessage() for record in caplog.records]
+    assert not [text for text in printed if "SMITH" in text or "DOE" in text]
+    assert volume.series_key == privacy_key("1.2.826.SMITH^JOHN")

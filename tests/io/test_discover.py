@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from volumes import chest_phantom, write_dicom_series, write_nifti
 
+from covidct.errors import LinkOutsideTreeWarning
 from covidct.io.discover import (
     VolumeInput,
     VolumeKind,
@@ -159,11 +161,56 @@ def test_a_named_nifti_file_is_a_volume(tmp_path):
     assert list(iter_inputs([path])) == [VolumeInput("nifti", str(path), (path,))]
 
 
-def test_an_unreadable_dicom_file_in_a_folder_is_a_failure(tmp_path):
+def test_an_unreadable_dicom_file_in_a_folder_is_a_failure_naming_the_series_read_without_it(tmp_path):
     write_dicom_series(tmp_path / "series", PHANTOM)
     (tmp_path / "series" / "broken.dcm").write_text("not dicom")
 
     found = discover_images([tmp_path / "series"])
 
     assert len(found.volumes) == 1 and len(found.volumes[0].files) == 3
-    assert [(f.path, f.reason) for f in found.failures] == [(str(tmp_path / "series" / "broken.dcm"), "not a DICOM file (no 'DICM' marker and no DICOM header)")]
+    reason = f"not a DICOM file (no 'DICM' marker and no DICOM header); left out of {tmp_path / 'series'}, which is read without it"
+    assert [(f.path, f.reason) for f in found.failures] == [(str(tmp_path / "series" / "broken.dcm"), reason)]
+
+
+def _without_hanging(call):
+    """``call()``'s result; fails (instead of hanging the suite) when it has not returned in 30 s."""
+    results = []
+    worker = threading.Thread(target=lambda: results.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert results, "still waiting after 30 s (a FIFO opened for reading waits for a writer for ever)"
+    return results[0]
+
+
+def test_a_fifo_in_a_folder_is_skipped_with_a_message_not_waited_on(tmp_path):
+    touch(tmp_path, "a.png")
+    os.mkfifo(tmp_path / "b.png")
+    os.mkfifo(tmp_path / "pipe")
+
+    found = _without_hanging(lambda: discover_images([tmp_path]))
+    named = _without_hanging(lambda: discover_images([tmp_path / "pipe"]))
+
+    assert names(found.paths, tmp_path) == ["a.png"]
+    assert [(Path(s.path).name, s.reason) for s in found.skipped] == [
+        (n, "a FIFO (named pipe), not a regular file; skipped") for n in ("b.png", "pipe")
+    ]
+    assert [f.reason for f in named.failures] == ["a FIFO (named pipe), not a regular file; skipped"]
+
+
+def test_symlinks_leading_out_of_the_folder_are_followed_and_named(tmp_path):
+    inside, outside = tmp_path / "inside", tmp_path / "elsewhere"
+    touch(outside, "other.png", "folder/deep.png")
+    touch(inside, "own.png")
+    (inside / "link.png").symlink_to(outside / "other.png")
+    (inside / "linked").symlink_to(outside / "folder")
+    (inside / "again.png").symlink_to(inside / "own.png")
+
+    with pytest.warns(LinkOutsideTreeWarning) as caught:
+        found = discover_images([inside])
+
+    assert names(found.paths, inside) == ["again.png", "link.png", "own.png", "linked/deep.png"]
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        f"{inside}: 2 symlink(s) lead out of the folder and were followed: {inside / 'linked'} -> {outside / 'folder'}; "
+        f"{inside / 'link.png'} -> {outside / 'other.png'}"
+    )

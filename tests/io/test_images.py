@@ -186,3 +186,47 @@ def test_the_pixel_cap_is_configurable(tmp_path):
 
     with pytest.raises(InputError, match=r"slice\.png: image is 56x40 pixels, over the 2,000-pixel limit"):
         read_grayscale(tmp_path / "slice.png", max_pixels=2000)
+
+
+def _saved_as(pillow_format: str, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(gray_content()).convert(mode).save(buffer, format=pillow_format)
+    return buffer.getvalue()
+
+
+# Formats the README does not list, each under a name that claims PNG (issue 15): Pillow decodes them all when
+# asked without formats=, and hands PostScript to Ghostscript.
+OTHER_FORMATS = [
+    ("EPS", "L"),
+    ("SGI", "L"),
+    ("TGA", "L"),
+    ("PCX", "L"),
+    ("ICO", "RGBA"),
+    ("WEBP", "RGB"),
+    ("GIF", "L"),
+    ("PPM", "L"),
+]
+
+
+@pytest.mark.parametrize(("pillow_format", "mode"), OTHER_FORMATS, ids=[f for f, _ in OTHER_FORMATS])
+def test_formats_other_than_the_readme_lists_are_refused_under_any_name(tmp_path, pillow_format, mode):
+    content = _saved_as(pillow_format, mode)
+    path = tmp_path / "scan.png"
+    path.write_bytes(content)
+
+    for source in (path, ("scan.png", content)):
+        with pytest.raises(InputError, match=r"scan.png: not a readable PNG, JPEG, BMP or TIFF image$"):
+            read_grayscale(source)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_float_tiff_with_non_finite_pixels_is_refused_naming_the_file(tmp_path, bad):
+    pixels = np.linspace(0, 1, HEIGHT * WIDTH, dtype=np.float32).reshape(HEIGHT, WIDTH)
+    pixels[3, 5] = bad
+    path = tmp_path / "float.tif"
+    Image.fromarray(pixels, mode="F").save(path)
+
+    with pytest.raises(
+        InputError, match=r"float.tif: float image with NaN or infinite pixels; expected finite gray levels$"
+    ):
+        read_grayscale(path)

@@ -108,3 +108,15 @@ def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path):
 def test_an_empty_upload_is_an_empty_file():
     with pytest.raises(InputError, match=r"scan\.nii: empty file"):
         read_nifti(("scan.nii", b""))
+
+
+def test_a_volume_with_zero_slices_is_an_input_error(tmp_path):
+    path = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 0), np.int16), np.eye(4)), path)
+
+    for source in (path, ("empty.nii.gz", path.read_bytes())):
+        with pytest.raises(
+            InputError,
+            match=r"empty.nii.gz: the volume has 0 slices \(shape \(0, 64, 64\)\); expected at least one$",
+        ):
+            read_nifti(source)

@@ -153,6 +153,15 @@ def _edit_card(**changes):
     return edit
 
 
+def _edit_preprocessing(**changes):
+    def edit(model_dir):
+        path = model_dir / "model.json"
+        card = json.loads(path.read_text())
+        path.write_text(json.dumps({**card, "preprocessing": {**card["preprocessing"], **changes}}))
+
+    return edit
+
+
 def _replace_weights(model_dir, content: bytes):
     """Overwrite the weights and record their new hash, so the read itself must fail."""
     (model_dir / "model.safetensors").write_bytes(content)
@@ -171,6 +180,20 @@ BROKEN_DIRS = [
     ("topk-without-fraction", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "topk", "study_topk_fraction": None}), r"study_topk_fraction must be in \(0, 1\] for topk; got None"),
     ("bias-per-class-mismatch", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [0.0, 0.1, 0.2]}), r"class_bias needs one value per class \(2\); got \[0.0, 0.1, 0.2\]"),
     ("weights-not-safetensors", lambda d: _replace_weights(d, b"not safetensors"), r"cannot read model.safetensors \("),
+    # A tampered card (issue 15): a blank hash would skip the weights check; NaN and odd sizes must not load.
+    ("blank-hash", _edit_card(checkpoint_sha256=""),
+     r"checkpoint_sha256 in model.json is ''; expected the 64 hex digits of the SHA-256 of model.safetensors"),
+    ("short-hash", _edit_card(checkpoint_sha256="abc"), r"checkpoint_sha256 in model.json is 'abc'; expected the 64 hex digits"),
+    ("nan-class-bias", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [float("nan"), 0.0]}),
+     r"not a valid covidct model card \(NaN is not a number a model card may hold\)"),
+    ("infinite-temperature", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "temperature": float("inf")}),
+     r"not a valid covidct model card \(Infinity is not a number a model card may hold\)"),
+    ("image-size-zero", _edit_preprocessing(image_size=0),
+     r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got 0"),
+    ("image-size-text", _edit_preprocessing(image_size="224"),
+     r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got '224'"),
+    ("image-size-huge", _edit_preprocessing(image_size=100_000),
+     r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got 100000"),
 ]
 
 

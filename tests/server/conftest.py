@@ -46,7 +46,10 @@ def make_client(make_settings, predictor) -> Iterator[Callable[..., TestClient]]
     clients = []
 
     def make(*, served: Predictor | None = None, **overrides) -> TestClient:
-        client = TestClient(create_app(make_settings(**overrides), predictor=served or predictor))
+        # A loopback Host, as a browser on this machine sends (TestClient's default, "testserver", gets 421).
+        client = TestClient(
+            create_app(make_settings(**overrides), predictor=served or predictor), base_url="http://127.0.0.1"
+        )
         clients.append(client.__enter__())
         return client
 
@@ -64,7 +67,6 @@ def client(make_client) -> TestClient:
 def ct_png(tiny_dataset) -> bytes:
     """A synthetic 64 x 64 chest CT slice as PNG bytes."""
     return tiny_dataset.paths["COVID"][0].read_bytes()
-
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from covidct.errors import OptionError
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.server import auth
 from covidct.server.app import create_app
+from covidct.server.hosts import host_name
 from covidct.server.settings import check_exposure, is_loopback
 
 STATIC = Path(auth.__file__).parent / "static"
@@ -114,3 +115,36 @@ def test_the_page_loads_nothing_from_the_internet(name):
     text = (STATIC / name).read_text(encoding="utf-8")
 
     assert re.findall(r"(?:https?:)?//[\w.-]+\.\w+", text) == []
+
+
+# (id, settings overrides, Host header, expected status)
+HOST_CASES = [
+    ("loopback-ip", {}, "127.0.0.1:8000", 200),
+    ("localhost", {}, "localhost:8000", 200),
+    ("ipv6-loopback", {}, "[::1]:8000", 200),
+    ("rebinding-page", {}, "evil.example:8000", 421),
+    ("allowed-name", {"allowed_hosts": ["ct-box.local"]}, "ct-box.local:8000", 200),
+    ("with-a-key-no-check", {"api_key": KEY}, "evil.example:8000", 200),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "host", "status"), [case[1:] for case in HOST_CASES], ids=[case[0] for case in HOST_CASES]
+)
+def test_on_loopback_without_a_key_only_loopback_host_names_are_served(make_client, overrides, host, status):
+    client = make_client(**overrides)
+    headers = {"Host": host, **({"Authorization": f"Bearer {KEY}"} if "api_key" in overrides else {})}
+
+    response = client.get("/api/v1/model", headers=headers)
+
+    assert response.status_code == status
+    if status == 421:
+        assert response.json()["detail"].startswith(f"Host header '{host}' is not this server's address")
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("127.0.0.1:8000", "127.0.0.1"), ("[::1]:80", "::1"), ("localhost", "localhost"), ("::1", "::1")],
+)
+def test_host_names_are_read_without_their_port(header, name):
+    assert host_name(header) == name

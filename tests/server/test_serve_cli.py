@@ -64,3 +64,39 @@ def test_serve_refuses_a_missing_model_directory(tmp_path, started):
     assert result.exit_code == 2
     assert "error:" in result.output and "nowhere" in result.output
     assert started == []
+
+
+def test_serve_sets_uvicorn_connection_limit_and_reads_timeouts_from_the_environment(onnx_model_dir, started):
+    env = {
+        "COVIDCT_LIMIT_CONCURRENCY": "12",
+        "COVIDCT_BODY_TIMEOUT_S": "7.5",
+        "COVIDCT_MAX_REQUEST_VOXELS": "1000000",
+    }
+
+    result = invoke("serve", onnx_model_dir, "--device", "cpu", env=env)
+
+    assert result.exit_code == 0, result.output
+    application, options = started[0]
+    assert options["limit_concurrency"] == 12
+    settings = application.state.settings
+    assert (settings.body_timeout_s, settings.max_request_voxels) == (7.5, 1_000_000)
+
+
+def test_serve_reads_the_api_key_from_a_file_and_its_help_discourages_the_command_line(
+    onnx_model_dir, started, tmp_path
+):
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("k3y-from-file\nignored\n")
+
+    result = invoke(
+        "serve", onnx_model_dir, "--device", "cpu", "--host", "0.0.0.0", "--api-key-file", key_file
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    refused = invoke("serve", onnx_model_dir, "--device", "cpu", "--api-key-file", empty)
+    help_text = " ".join(invoke("serve", "--help").output.split())
+
+    assert result.exit_code == 0, result.output
+    assert started[0][0].state.settings.api_key.get_secret_value() == "k3y-from-file"
+    assert refused.exit_code == 2 and "the API key file's first line is empty" in refused.output
+    assert "visible to every user of the machine (ps): prefer COVIDCT_API_KEY or --api-key-file" in help_text

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from covidct.errors import InputError, UnsupportedUploadError, UploadTooLargeError
+from covidct.errors import InputError, UnsupportedUploadError, UploadTimeoutError, UploadTooLargeError
 from covidct.server.uploads import check_declared_size, read_files
 
 FORM = "multipart/form-data; boundary=b"
@@ -69,3 +69,17 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(content_leng
             check_declared_size(content_length, max_bytes=1000)
     else:
         check_declared_size(content_length, max_bytes=1000)
+
+
+def test_a_body_slower_than_the_timeout_is_refused():
+    """A client that stops sending keeps its connection (and its bytes so far) only until the body-read timeout."""
+
+    async def stalled():
+        yield body(part("a.png", b"\x89PNG first"))[:20]
+        await asyncio.Event().wait()  # never set: the client has gone quiet
+
+    with pytest.raises(
+        UploadTimeoutError,
+        match=r"^the upload took over 0.05 s to arrive; send it again on a faster connection$",
+    ):
+        asyncio.run(read_files(FORM, stalled(), max_bytes=10_000, max_files=4, timeout_s=0.05))

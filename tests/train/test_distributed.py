@@ -35,7 +35,7 @@ GLOBAL_BATCH = 16
 # Two processes see other augmentations and shuffles than one, so their AUCs are not equal; on this
 # data both runs reach >= 0.97, and a DDP bug (unsynchronised gradients, half the data) costs far more.
 AUC_TOLERANCE = 0.1
-MODEL_FILES = ["model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+MODEL_FILES = [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from covidct.train.resume import (
     Progress,
     load_best_weights,
     load_resume_state,
+    remove_resume_state,
     save_resume_state,
 )
 
@@ -65,3 +66,27 @@ def test_a_crash_before_the_state_is_replaced_leaves_the_previous_epoch_whole(tm
     assert progress.next_epoch == 1
     assert torch.equal(fresh.weight, weights_after_epoch_0)
     assert torch.equal(load_best_weights(tmp_path)["weight"], weights_after_epoch_0)
+
+
+def test_files_covidct_did_not_write_are_never_deleted(tmp_path):
+    """A user's own weights in resume/ survive each epoch's clean-up and the final one (issue 15)."""
+    (tmp_path / "resume").mkdir()
+    (tmp_path / "resume" / "mine.safetensors").write_bytes(b"the user's own weights")
+    net, optimizer, scheduler = training_parts()
+    for epoch in range(3):
+        save(tmp_path, net, optimizer, scheduler, epoch=epoch, is_best=epoch == 1)
+
+    kept = sorted(p.name for p in (tmp_path / "resume").iterdir())
+    remove_resume_state(tmp_path)
+
+    assert kept == ["best-1.safetensors", "last-2.safetensors", "mine.safetensors", "state.json"]
+    assert [p.name for p in (tmp_path / "resume").iterdir()] == ["mine.safetensors"]
+
+
+def test_the_resume_folder_goes_when_only_covidct_files_were_in_it(tmp_path):
+    net, optimizer, scheduler = training_parts()
+    save(tmp_path, net, optimizer, scheduler, epoch=0, is_best=True)
+
+    remove_resume_state(tmp_path)
+
+    assert not (tmp_path / "resume").exists()

@@ -59,7 +59,7 @@ def folder_run(tiny_dataset, pretrained, tmp_path_factory):
 
 
 def test_fit_writes_a_complete_model_dir(folder_run):
-    assert sorted(p.name for p in folder_run.model_dir.iterdir()) == ["model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in folder_run.model_dir.iterdir()) == [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
     assert folder_run.failures == []
 
 
@@ -151,7 +151,7 @@ def test_ctrl_c_leaves_a_resumable_state(resume_story):
     assert str(resume_story.interrupted).endswith(
         "interrupted after 1 completed epoch(s); run the same command with --resume to continue"
     )
-    assert resume_story.left_after_interrupt == ["resume", "resume/best-0.safetensors", "resume/last-0.safetensors", "resume/state.json"]
+    assert resume_story.left_after_interrupt == [".covidct-run.json", "resume", "resume/best-0.safetensors", "resume/last-0.safetensors", "resume/state.json"]
 
 
 def test_resume_with_other_options_is_refused(resume_story):
@@ -165,7 +165,7 @@ def test_a_resumed_run_finishes_like_an_uninterrupted_one(folder_run, resume_sto
     assert learned(log) == learned(read_log(folder_run.model_dir))
     assert resume_story.resumed.card.training["epochs_run"] == 2
     assert resume_story.resumed.card.decision == folder_run.card.decision
-    assert sorted(p.name for p in resume_story.out.iterdir()) == ["model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in resume_story.out.iterdir()) == [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
 
 
 def test_resume_without_saved_state_is_refused(tiny_dataset, pretrained, tmp_path):

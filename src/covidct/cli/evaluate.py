@@ -50,6 +50,11 @@ def evaluate(
     group_col: GroupCol = None,
     split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite",
+        help="Write into a non-empty --out that is not a covidct evaluation (files of the names covidct writes are "
+        "replaced; others are left alone).",
+    )] = False,
 ) -> None:
     """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used in training).
 
@@ -62,7 +67,7 @@ def evaluate(
     with progress_callback(f"scoring the {split} split") as progress:
         run = evaluate_model(
             model_dir, manifest, out, split=split, aggregate=aggregate, device=device, engine=engine,
-            n_resamples=n_resamples, progress=progress,
+            n_resamples=n_resamples, progress=progress, overwrite=overwrite,
         )
     print_evaluation(run)
 

@@ -23,6 +23,7 @@ from covidct.cli.options import DeviceOpt, EngineOpt, ModelDirArg
 from covidct.errors import CovidctWarning, OptionError
 from covidct.infer.engines import Engine
 from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.io.budget import DEFAULT_REQUEST_VOXELS
 from covidct.io.images import MAX_PIXELS
 from covidct.model.device import Device, resolve_device
 from covidct.preprocess.window import HuWindow
@@ -41,6 +42,11 @@ def predict(
     plots: Annotated[Path | None, typer.Option("--plots", help="Write each study's probability-along-the-slices PNG to DIR (default: FILE_plots/ beside --out FILE; none without --out).")] = None,
     per_slice: Annotated[bool, typer.Option("--per-slice", help="Also give one row per scored slice of each study (kind 'slice').")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse an image (or a DICOM/NIfTI slice) whose header claims more pixels than this, before decoding it (decompression bombs).")] = MAX_PIXELS,
+    max_voxels: Annotated[int, typer.Option(
+        "--max-voxels",
+        help="Refuse a DICOM series or NIfTI volume whose headers claim more voxels than this, before decoding it "
+        "(its memory: 4 bytes a voxel).",
+    )] = DEFAULT_REQUEST_VOXELS,
     window: Annotated[str | None, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI, e.g. -600,1500 (default: the model's, from model.json).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     device: DeviceOpt = Device.AUTO,
@@ -67,6 +73,7 @@ def predict(
         check_prediction_path(out)
     predictor = load_model(
         model_dir, device=device, batch_size=batch_size, engine=engine, window=None if window is None else HuWindow.parse(window), max_pixels=max_pixels,
+        max_voxels=max_voxels,
         decode_workers=default_decode_workers(resolve_device(device).type if engine is Engine.TORCH else "cpu") if decode_workers is None else decode_workers,
     )
     warn_if_window_differs(predictor)

@@ -68,6 +68,11 @@ def train(
     target_sensitivity: Annotated[float | None, typer.Option("--target-sensitivity", help="Choose the threshold for this validation sensitivity instead of Youden's J.")] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each slice with its mirror image at inference (twice the time; no validation gain measured here).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite",
+        help="Write into a non-empty --out that is not a covidct training run (files of the names covidct writes are "
+        "replaced; others are left alone).",
+    )] = False,
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
     group_col: GroupCol = None,
@@ -81,12 +86,14 @@ def train(
         crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity, hu_window=window, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
     )
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
-    result = run_training(manifest, out, config, weights=weights, resume=resume)
+    result = run_training(manifest, out, config, weights=weights, resume=resume, overwrite=overwrite)
     if result is not None:
         print_training_summary(result)
 
 
-def run_training(manifest, out: Path, config: TrainConfig, *, weights: str, resume: bool) -> TrainResult | None:
+def run_training(
+    manifest, out: Path, config: TrainConfig, *, weights: str, resume: bool, overwrite: bool = False
+) -> TrainResult | None:
     """Resolve the start weights and fit, drawing progress bars (shared by ``train`` and ``demo``).
 
     Under torchrun only rank 0 draws anything; the other ranks train silently and get None.
@@ -96,11 +103,13 @@ def run_training(manifest, out: Path, config: TrainConfig, *, weights: str, resu
     from covidct.train.trainer import fit
 
     if not is_main_process():
-        return fit(manifest, out, config, pretrained=resolve_pretrained(weights), resume=resume)
+        pretrained = resolve_pretrained(weights)
+        return fit(manifest, out, config, pretrained=pretrained, resume=resume, overwrite=overwrite)
     with progress_callback("ImageNet weights") as progress:
         pretrained = resolve_pretrained(weights, progress=progress)
     with new_progress() as bars:
-        return fit(manifest, out, config, pretrained=pretrained, resume=resume, callbacks=RichTrainCallbacks(bars))
+        callbacks = RichTrainCallbacks(bars)
+        return fit(manifest, out, config, pretrained=pretrained, resume=resume, callbacks=callbacks, overwrite=overwrite)
 
 
 def print_training_summary(result: TrainResult) -> None:

@@ -32,6 +32,7 @@ from covidct.model.decision import (
 )
 from covidct.model.device import Device
 from covidct.model.ood import OodDetector
+from covidct.run_dir import claim_run_dir
 
 ALL_SPLITS = "all"
 
@@ -65,6 +66,7 @@ def evaluate_model(
     engine: Engine = Engine.TORCH,
     n_resamples: int = 1000,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> EvaluationRun:
     """Score ``manifest``'s ``split`` (or every row with ``split="all"``) and write the report to ``out_dir``.
 
@@ -72,12 +74,14 @@ def evaluate_model(
     them, so the metrics are those of the model a user deploys (the int8 export's included). Patient-level
     metrics aggregate each patient's slices by the model card's study rule, the one predict applies to
     a study, unless ``aggregate`` overrides it (TOPK then averages the top 25%).
+    ``out_dir`` must be new, empty or a covidct evaluation, unless ``overwrite`` (see ``covidct.run_dir``).
 
     Raises:
         ModelDirError: the model directory is unusable, or has no export for ``engine``.
-        OptionError: an ONNX ``engine`` with ``device`` cuda.
+        OptionError: an ONNX ``engine`` with ``device`` cuda, or ``out_dir`` holds other files.
         InputError: the classes differ from the model's, or nothing in the split could be decoded.
     """
+    claim_run_dir(Path(out_dir), "evaluate", overwrite=overwrite)
     predictor = load_model(model_dir, device=device, engine=engine)
     card, detector = predictor.card, predictor.detector
     if tuple(manifest.classes) != tuple(card.classes):

@@ -45,7 +45,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from covidct.data.manifest import Manifest, read_manifest
-from covidct.errors import OptionError
+from covidct.errors import ModelDirError, OptionError
 from covidct.export.calibration import (
     DEFAULT_CALIBRATION_SLICES,
     CalibrationSet,
@@ -70,6 +70,10 @@ from covidct.model.ood import load_detector
 
 OPSET = 18
 CHECK_SLICES = 16
+# The most |prob_covid| may differ from torch fp32's on the check slices for an export to be kept. fp32 agrees
+# to about 1e-5; int8 to 0.15 at worst over 512 UCSD slices (bench/results/speed.json), so 0.25 refuses only
+# a broken export or calibration, not quantization's ordinary cost.
+AGREEMENT_TOLERANCE = {Engine.ONNX: 1e-3, Engine.ONNX_INT8: 0.25}
 QUANTIZATION = {
     "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
     "weight_type": "int8", "activation_type": "uint8", "calibrate_method": "Percentile", "calib_percentile": 99.99,
@@ -112,6 +116,8 @@ def export_onnx(
         ModelDirError: the model directory is unusable.
         OptionError: ``out`` does not end in .onnx; int8 without calibration data (names ``--calibration``).
         InputError: unusable calibration data.
+        ModelDirError: the export's probabilities differ from torch's by more than ``AGREEMENT_TOLERANCE``
+            (the file is deleted, not kept).
     """
     stage = on_stage or (lambda message: None)
     model_dir = Path(model_dir)
@@ -134,7 +140,9 @@ def export_onnx(
             stage(f"quantizing to int8, calibrated on {len(calibrated.slices)} training slices")
             _quantize(fp32_path, out, calibrated, card, Path(tmp))
     stage("checking the export against the torch model")
-    settings = _settings(out, engine, model_dir, card, calibrated, _agreement(model, card, model_dir, out, engine, calibrated))
+    agreement = _agreement(model, card, model_dir, out, engine, calibrated)
+    _check_agreement(out, engine, agreement)
+    settings = _settings(out, engine, model_dir, card, calibrated, agreement)
     path = settings_path(out)
     path.write_text(json.dumps(settings, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return ExportResult(out, path, settings)
@@ -207,7 +215,28 @@ def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, e
     return agreement
 
 
-def _settings(out: Path, engine: Engine, model_dir: Path, card: ModelCard, calibrated: CalibrationSet | None, agreement: dict) -> dict:
+def _check_agreement(out: Path, engine: Engine, agreement: dict) -> None:
+    """Delete ``out`` (this export just wrote it) and raise when it is out of tolerance with torch."""
+    tolerance = AGREEMENT_TOLERANCE[engine]
+    difference = agreement["max_abs_prob_covid_diff"]
+    if not difference <= tolerance:  # NaN too
+        out.unlink(missing_ok=True)
+        raise ModelDirError(
+            f"the {engine} export gives probabilities up to {difference:.3g} away from the torch model's on "
+            f"{agreement['n_slices']} {agreement['inputs']} (tolerance {tolerance:g}); it was not kept. Re-run the export; "
+            "if int8 keeps failing, use the fp32 export (covidct export without --int8)",
+            path=out,
+        )
+
+
+def _settings(
+    out: Path,
+    engine: Engine,
+    model_dir: Path,
+    card: ModelCard,
+    calibrated: CalibrationSet | None,
+    agreement: dict,
+) -> dict:
     size = card.preprocessing.image_size
     return {
         "file": out.name,

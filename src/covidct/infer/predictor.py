@@ -6,6 +6,8 @@ explanation, loading and predicting use numpy, Pillow and onnxruntime alone.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -18,6 +20,7 @@ from covidct.errors import InputError, OptionError
 from covidct.infer.engines import Engine, InferenceEngine, open_onnx_engine
 from covidct.infer.stream import iter_slice_batches
 from covidct.infer.study import StudyPrediction, study_prediction
+from covidct.io.budget import DEFAULT_REQUEST_VOXELS
 from covidct.io.discover import count_images
 from covidct.io.failures import InputFailure
 from covidct.io.images import MAX_PIXELS
@@ -111,7 +114,7 @@ class Predictor:
     Grad-CAM always uses the torch ``model``, which may be None beside an ONNX ``engine``: it is then
     read from ``model_dir`` when Grad-CAM first needs it. ``window`` replaces the card's HU window for
     DICOM/NIfTI input in ``preprocessing`` (the card's own stays the one the model was trained with). An input
-    whose header claims more than ``max_pixels`` pixels per image (or slice) is a failure, before decoding.
+    whose header claims more than ``max_pixels`` pixels per image (or slice), or a study more than ``max_voxels`` voxels, is a failure, before decoding.
     ``decode_workers`` processes decode files (default 0: one thread beside the network). They are
     spawned, so a script that asks for them needs the ``if __name__ == "__main__":`` guard; the CLI
     picks a number for the machine (``infer.stream.default_decode_workers``).
@@ -122,11 +125,14 @@ class Predictor:
         device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None,
         window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
         model_dir: Path | None = None,
+        max_voxels: int = DEFAULT_REQUEST_VOXELS,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"batch_size must be at least 1; got {batch_size}", parameters=("batch_size",))
         if max_pixels < 1:
             raise OptionError(f"max_pixels must be at least 1; got {max_pixels}", parameters=("max_pixels",))
+        if max_voxels < 1:
+            raise OptionError(f"max_voxels must be at least 1; got {max_voxels}", parameters=("max_voxels",))
         if decode_workers < 0:
             raise OptionError(
                 f"decode_workers must be 0 or more; got {decode_workers}", parameters=("decode_workers",)
@@ -144,7 +150,11 @@ class Predictor:
             card.preprocessing if window is None else replace(card.preprocessing, hu_window=window)
         )
         self.max_pixels = max_pixels
+        self.max_voxels = max_voxels
         self.decode_workers = decode_workers
+        # Grad-CAM hooks sit on the shared model: another thread's forward pass would land in this heatmap
+        # (another request's, another patient's image), so heatmaps are computed one call at a time.
+        self._gradcam_lock = threading.Lock()
 
     @property
     def threshold(self) -> float:
@@ -228,6 +238,9 @@ class Predictor:
         """
         if len(names) != len(slices):
             raise ValueError(f"{len(names)} names for {len(slices)} slices")
+        for name, gray in zip(names, slices, strict=True):
+            if not np.isfinite(gray).all():
+                raise InputError("NaN or infinite pixel values; expected finite gray levels in [0, 1]", path=name)
         # The file path's preparation (data.dataset.decode_slices), so an upload and its file get the same answer.
         return self._explained(
             list(names), prepare_slices(slices, self.preprocessing), explain=explain, keep_slices=True
@@ -298,6 +311,7 @@ class Predictor:
             batch_size=batch_size,
             max_pixels=self.max_pixels,
             decode_workers=self.decode_workers,
+            max_voxels=self.max_voxels,
         )
         for batch in batches:
             explanations = self._explained([str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain)
@@ -336,13 +350,14 @@ class Predictor:
         # Imported here: Grad-CAM needs torch and pytorch-grad-cam, which ONNX engines otherwise never load.
         from covidct.infer.gradcam import gradcam_heatmaps
 
-        return gradcam_heatmaps(
-            self.model,
-            slices,
-            preprocessing=self.preprocessing,
-            target_index=self.card.positive_index,
-            device=self.device,
-        )
+        with self._gradcam_lock:
+            return gradcam_heatmaps(
+                self.model,
+                slices,
+                preprocessing=self.preprocessing,
+                target_index=self.card.positive_index,
+                device=self.device,
+            )
 
     def _prediction(self, path: str, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
         card = self.card
@@ -350,13 +365,17 @@ class Predictor:
             return Prediction(path, None, NOT_CT_LABEL, {}, False, ood_score, not_ct_message(ood_score, self.detector.threshold))
         by_class = {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}
         prob_covid = by_class[card.positive_class]
+        if not math.isfinite(prob_covid):  # no class is ever answered without a probability
+            raise InputError(
+                "the model gave no finite probability (non-finite input values?); expected a CT image", path=path
+            )
         label = label_at_threshold(prob_covid, card, by_class)
         return Prediction(path, prob_covid, label, by_class, True, ood_score)
 
 
 def load_model(
     model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32, engine: Engine | str = Engine.TORCH, window: HuWindow | None = None,
-    max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
+    max_pixels: int = MAX_PIXELS, decode_workers: int = 0, max_voxels: int = DEFAULT_REQUEST_VOXELS,
 ) -> Predictor:
     """Load a model directory written by ``covidct train`` (on the CPU if there is no GPU).
 
@@ -364,7 +383,8 @@ def load_model(
     export``) with onnxruntime on the CPU, without torch: the weights' hash is checked from their
     bytes, and the torch network is loaded only if Grad-CAM is asked for.
     ``window`` overrides the card's HU window for DICOM/NIfTI input (the CLI warns when it differs);
-    ``max_pixels`` is the decompression-bomb cap on an image's (or slice's) width x height;
+    ``max_pixels`` is the decompression-bomb cap on an image's (or slice's) width x height, ``max_voxels``
+    the decoded-memory budget of one study;
     ``decode_workers`` processes decode files (see ``Predictor``).
 
     Raises:
@@ -388,4 +408,5 @@ def load_model(
     return Predictor(
         model, card, detector=load_detector(model_dir, card), device=device, engine=runner, batch_size=batch_size,
         window=window, max_pixels=max_pixels, decode_workers=decode_workers, model_dir=model_dir,
+        max_voxels=max_voxels,
     )

@@ -16,12 +16,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from covidct.data.dataset import decode_pool, decode_slices
 from covidct.errors import InputError
+from covidct.io.budget import DEFAULT_REQUEST_VOXELS, VoxelBudget
 from covidct.io.discover import VolumeInput, iter_inputs
 from covidct.io.failures import InputFailure, SkippedFile
 from covidct.io.images import MAX_PIXELS
@@ -29,10 +29,10 @@ from covidct.io.readers import read_volume
 from covidct.io.volume import Volume
 from covidct.preprocess.transforms import Preprocessing
 
-if TYPE_CHECKING:
-    import torch
-
 DEFAULT_PREFETCH = 2
+_OVER_BUDGET_FIX = (
+    "raise --max-voxels if the study is genuine and the machine has the memory (4 bytes a voxel)"
+)
 _DONE = object()
 _PUT_TIMEOUT_S = 0.1
 
@@ -75,19 +75,32 @@ def default_decode_workers(device_type: str, cores: int | None = None) -> int:
 
 
 def iter_slice_batches(
-    inputs: Iterable[str | Path], *, preprocessing: Preprocessing, batch_size: int, max_pixels: int = MAX_PIXELS, prefetch: int = DEFAULT_PREFETCH, decode_workers: int = 0
+    inputs: Iterable[str | Path],
+    *,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    max_pixels: int = MAX_PIXELS,
+    prefetch: int = DEFAULT_PREFETCH,
+    decode_workers: int = 0,
+    max_voxels: int = DEFAULT_REQUEST_VOXELS,
 ) -> Iterator[SliceBatch]:
     """Yield ``SliceBatch``es of at most ``batch_size`` slices prepared as ``preprocessing`` says, decoded ahead in a thread.
 
     At most ``prefetch`` decoded batches wait in the queue. Stopping early (``break``, an exception in
     the caller) stops the thread after the batch it is decoding. An unexpected error in the thread is
     raised here, in the caller's thread; a file that cannot be decoded (or whose header claims more
-    than ``max_pixels`` pixels per image or slice) is a failure in its batch. With ``decode_workers``
+    than ``max_pixels`` pixels per image or slice, or a volume more than ``max_voxels``) is a failure in its
+    batch, so memory holds at most ``prefetch`` + 2 volumes of ``max_voxels``. With ``decode_workers``
     the thread hands each batch's files to that many worker processes (``data.dataset.decode_pool``).
     """
     batches: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(inputs, preprocessing, batch_size, max_pixels, decode_workers, batches, stop), name="covidct-decode", daemon=True)
+    worker = threading.Thread(
+        target=_produce,
+        args=(inputs, preprocessing, batch_size, max_pixels, max_voxels, decode_workers, batches, stop),
+        name="covidct-decode",
+        daemon=True,
+    )
     worker.start()
     try:
         while (item := batches.get()) is not _DONE:
@@ -101,11 +114,18 @@ def iter_slice_batches(
 
 
 def _produce(
-    inputs: Iterable[str | Path], preprocessing: Preprocessing, batch_size: int, max_pixels: int, decode_workers: int, batches: queue.Queue, stop: threading.Event
+    inputs: Iterable[str | Path],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    max_pixels: int,
+    max_voxels: int,
+    decode_workers: int,
+    batches: queue.Queue,
+    stop: threading.Event,
 ) -> None:
     try:
         with decode_pool(decode_workers) if decode_workers else contextlib.nullcontext() as pool:
-            for batch in _decoded_batches(inputs, preprocessing, batch_size, max_pixels, pool):
+            for batch in _decoded_batches(inputs, preprocessing, batch_size, max_pixels, max_voxels, pool):
                 if not _put(batches, batch, stop):
                     return
         _put(batches, _DONE, stop)
@@ -113,7 +133,14 @@ def _produce(
         _put(batches, error, stop)
 
 
-def _decoded_batches(inputs: Iterable[str | Path], preprocessing: Preprocessing, batch_size: int, max_pixels: int, pool: Executor | None) -> Iterator[SliceBatch]:
+def _decoded_batches(
+    inputs: Iterable[str | Path],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    max_pixels: int,
+    max_voxels: int,
+    pool: Executor | None,
+) -> Iterator[SliceBatch]:
     paths: list[Path] = []
     failures: list[InputFailure] = []
     skipped: list[InputFailure] = []
@@ -125,7 +152,11 @@ def _decoded_batches(inputs: Iterable[str | Path], preprocessing: Preprocessing,
         elif isinstance(item, VolumeInput):
             n_seen += 1
             try:
-                volume = read_volume(item, max_pixels=max_pixels)
+                volume = read_volume(
+                    item,
+                    max_pixels=max_pixels,
+                    budget=VoxelBudget(max_voxels, scope="study", fix=_OVER_BUDGET_FIX),
+                )
             except InputError as error:
                 failures.append(InputFailure.from_error(error, item.source))
             else:

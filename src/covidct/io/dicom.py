@@ -11,6 +11,8 @@ UIDs or any patient attribute (PS3.15 Annex E lists what identifies a patient).
 from __future__ import annotations
 
 import io
+import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from covidct.errors import InputError
+from covidct.errors import CovidctError, InputError
+from covidct.io.budget import VoxelBudget
 from covidct.io.failures import InputFailure
 from covidct.io.images import IMAGE_SUFFIXES, MAX_PIXELS
 from covidct.io.volume import Volume, check_volume_size, privacy_key
@@ -31,6 +34,10 @@ DicomSource = Path | tuple[str, bytes]
 DICOM_SUFFIX = ".dcm"
 _MARKER_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # FloatPixelData, DoubleFloatPixelData, PixelData
+# pydicom inflates a Deflated Explicit VR Little Endian file whole, even for its header: a 204 KB file grew to
+# 614 MiB (issue 15). It is inflated here with this cap instead, twice a 4096 x 4096 16-bit slice.
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 
 def is_dicom(source: DicomSource) -> bool:
@@ -73,7 +80,13 @@ def group_dicom_series(paths: Sequence[DicomSource]) -> tuple[list[list[DicomSou
     return list(series.values()), failures
 
 
-def read_dicom_series(files: Sequence[DicomSource], *, source: str | None = None, max_pixels: int = MAX_PIXELS) -> Volume:
+def read_dicom_series(
+    files: Sequence[DicomSource],
+    *,
+    source: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    budget: VoxelBudget | None = None,
+) -> Volume:
     """Read the files of ONE series (single- or multi-frame) into a ``Volume`` of HU, ordered along the slice normal.
 
     HU come from the modality LUT, ``stored * RescaleSlope + RescaleIntercept`` (PS3.3 C.11.1; for
@@ -91,10 +104,13 @@ def read_dicom_series(files: Sequence[DicomSource], *, source: str | None = None
         files: paths, or uploads as ``(name, bytes)`` decoded in memory.
         source: what to call the series in messages and outputs; by default its folder (or file).
         max_pixels: per-slice pixel cap, checked from the headers before any pixel is decoded.
+        budget: decoded voxels the series counts against, reserved from the headers before any pixel is decoded.
 
     Raises:
         InputError: unreadable or truncated file, no pixel data, a modality other than CT, colour
-            images, slices of different sizes, sizes over the caps, undecodable pixel data.
+            images, slices of different sizes, sizes over the caps, undecodable pixel data, NaN or
+            infinite rescale values or pixels; each names its file.
+        UploadTooLargeError: over ``budget``.
     """
     if not files:
         raise InputError("no DICOM files in this series", path=source)
@@ -103,7 +119,10 @@ def read_dicom_series(files: Sequence[DicomSource], *, source: str | None = None
     datasets = [_read(file) for file in files]
     headers = [_header(dataset, name, max_pixels) for dataset, name in zip(datasets, names, strict=True)]
     shape = _common_slice_shape(headers, names, source)
-    check_volume_size(source, (sum(len(h.frames) for h in headers), *shape), max_pixels=max_pixels)
+    n_frames = sum(len(h.frames) for h in headers)
+    check_volume_size(source, (n_frames, *shape), max_pixels=max_pixels)
+    if budget is not None:
+        budget.reserve(source, n_frames * shape[0] * shape[1])
     order, positions = _slice_order([header.frames for header in headers])
     hu = np.empty((len(order), *shape), dtype=np.float32)
     destination = {frame: index for index, frame in enumerate(order)}
@@ -170,10 +189,10 @@ def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
             frames=_frames(dataset, n_frames),
             pixel_spacing_mm=(float(pixel_spacing[0]), float(pixel_spacing[1])) if pixel_spacing is not None and len(pixel_spacing) == 2 else None,
             slice_spacing_mm=None if between is None else float(between),
-            study_uid=str(dataset.get("StudyInstanceUID") or ""),
-            series_uid=str(dataset.get("SeriesInstanceUID") or ""),
+            study_uid=_raw_text(dataset, "StudyInstanceUID"),
+            series_uid=_raw_text(dataset, "SeriesInstanceUID"),
         )
-    except InputError:
+    except CovidctError:
         raise
     except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
         raise InputError(f"invalid value in the DICOM header ({type(error).__name__}: {error})", path=name) from None
@@ -181,7 +200,7 @@ def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
 
 def _series_uid(dataset: Dataset, name: str) -> str:
     try:
-        return str(dataset.get("SeriesInstanceUID") or "")
+        return _raw_text(dataset, "SeriesInstanceUID")
     except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
         raise InputError(f"invalid SeriesInstanceUID in the DICOM header ({type(error).__name__})", path=name) from None
 
@@ -199,6 +218,8 @@ def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
             if "SOPClassUID" not in dataset:
                 raise InvalidDicomError from None
         return dataset
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError("file not found", path=name) from None
     except IsADirectoryError:
@@ -214,12 +235,61 @@ def _parse(file: DicomSource, *, stop_before_pixels: bool, force: bool) -> Datas
     # pydicom converts values lazily, on access: only the attributes read in ``_header`` are ever converted (so a
     # corrupt value fails there, and patient attributes are never even decoded, let alone warned about).
     from pydicom import dcmread
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    return dcmread(io.BytesIO(file[1]) if isinstance(file, tuple) else file, stop_before_pixels=stop_before_pixels, force=force)
+    stream = io.BytesIO(file[1]) if isinstance(file, tuple) else Path(file).open("rb")
+    with stream:
+        preamble = read_preamble(stream, force)
+        meta = _read_file_meta_info(stream)
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            return _inflated_dataset(
+                stream, _name(file), preamble, meta, stop_before_pixels=stop_before_pixels
+            )
+        stream.seek(0)
+        return dcmread(stream, stop_before_pixels=stop_before_pixels, force=force)
+
+
+def _inflated_dataset(
+    stream: io.IOBase, name: str, preamble: bytes | None, meta: Dataset, *, stop_before_pixels: bool
+) -> Dataset:
+    """The dataset after a Deflated file's meta header, inflated up to ``MAX_INFLATED_BYTES`` (PS3.5 A.5).
+
+    Raises:
+        InputError: the data inflates past the cap.
+    """
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import read_dataset
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    data = inflater.decompress(stream.read(), MAX_INFLATED_BYTES)
+    if inflater.unconsumed_tail:
+        raise InputError(
+            f"Deflated Explicit VR Little Endian data inflates past {MAX_INFLATED_BYTES:,} bytes; expected one CT slice "
+            "(re-encode the file as Explicit VR Little Endian if it is genuine)",
+            path=name,
+        )
+    stop = (lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None
+    dataset = read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True, stop_when=stop)
+    return FileDataset(
+        name, dataset, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True
+    )
+
+
+def _raw_text(dataset: Dataset, keyword: str) -> str:
+    """``keyword``'s value as text, read raw: pydicom's validation would print a malformed UID (PHI-bearing) in its warning."""
+    element = dataset.get_item(keyword)
+    if element is None or element.value is None:
+        return ""
+    value = element.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return text.strip("\x00 ")
 
 
 def _check_is_ct_image(dataset: Dataset, name: str) -> None:
-    sop_class = getattr(dataset.get("SOPClassUID"), "name", None) or "unknown SOP class"
+    from pydicom.uid import UID
+
+    sop_class = UID(_raw_text(dataset, "SOPClassUID")).name or "unknown SOP class"
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
         # pydicom stops quietly at the end of a file cut between elements: an image SOP class without pixels is that.
         hint = ", so the file is probably truncated" if "Image Storage" in sop_class else ""
@@ -286,7 +356,14 @@ def _hu_frames(dataset: Dataset, header: _Header, name: str) -> np.ndarray:
     if stored.size != np.prod(expected):
         raise InputError(f"pixel data holds {stored.shape}, expected {expected} from the header (frames, rows, columns)", path=name)
     slope, intercept = header.rescale[:, 0, None, None], header.rescale[:, 1, None, None]
-    return stored.reshape(expected).astype(np.float32) * slope + intercept
+    hu = stored.reshape(expected).astype(np.float32) * slope + intercept
+    if (
+        stored.dtype.kind == "f" and not np.isfinite(hu).all()
+    ):  # integer pixels with finite rescale values are finite
+        raise InputError(
+            "NaN or infinite pixel values (float pixel data); expected finite CT values", path=name
+        )
+    return hu
 
 
 def _is_decoder_failure(error: BaseException) -> bool:
@@ -302,10 +379,13 @@ def _frame_rescales(dataset: Dataset, n_frames: int, name: str) -> np.ndarray:
         InputError: no rescale tags and not MONOCHROME2 (see ``read_dicom_series``).
     """
     shared = _item(_item(dataset, "SharedFunctionalGroupsSequence"), "PixelValueTransformationSequence")
-    common = _slope_intercept(dataset) or _slope_intercept(shared)
+    common = _slope_intercept(dataset, name) or _slope_intercept(shared, name)
     if common is not None:
         return np.tile(np.array([common], np.float32), (n_frames, 1))
-    per_frame = [_slope_intercept(_item(item, "PixelValueTransformationSequence")) for item in dataset.get("PerFrameFunctionalGroupsSequence") or []]
+    per_frame = [
+        _slope_intercept(_item(item, "PixelValueTransformationSequence"), name)
+        for item in dataset.get("PerFrameFunctionalGroupsSequence") or []
+    ]
     if len(per_frame) == n_frames and all(value is not None for value in per_frame):
         return np.array(per_frame, np.float32)
     photometric = str(dataset.get("PhotometricInterpretation") or "")
@@ -314,10 +394,14 @@ def _frame_rescales(dataset: Dataset, n_frames: int, name: str) -> np.ndarray:
     return np.tile(np.array([[1.0, 0.0]], np.float32), (n_frames, 1))
 
 
-def _slope_intercept(dataset: Dataset | None) -> tuple[float, float] | None:
+def _slope_intercept(dataset: Dataset | None, name: str) -> tuple[float, float] | None:
     if dataset is None or dataset.get("RescaleSlope") is None or dataset.get("RescaleIntercept") is None:
         return None
-    return float(dataset.RescaleSlope), float(dataset.RescaleIntercept)
+    values = float(dataset.RescaleSlope), float(dataset.RescaleIntercept)
+    for keyword, value in zip(("RescaleSlope", "RescaleIntercept"), values, strict=True):
+        if not math.isfinite(value):
+            raise InputError(f"{keyword} is {value}; expected a finite number (PS3.3 C.11.1)", path=name)
+    return values
 
 
 def _item(dataset: Dataset | None, sequence: str) -> Dataset | None:

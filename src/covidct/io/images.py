@@ -14,13 +14,19 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from covidct.errors import InputError
+from covidct.io.budget import VoxelBudget
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# The formats the README lists, whatever a file is named: without ``formats=`` Pillow would hand a PostScript
+# file named scan.png to Ghostscript, and decode SGI, TGA, PCX, ICO, WEBP, GIF or PPM content too (issue 15).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 MIN_SIDE_PX = 32
 MAX_PIXELS = 64_000_000
 
 
-def read_grayscale(source: str | Path | tuple[str, bytes], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_grayscale(
+    source: str | Path | tuple[str, bytes], *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
+) -> np.ndarray:
     """Return the image at ``source`` (a path, or an upload's ``(name, bytes)``) as a (H, W) float32 array in [0, 1].
 
     8-bit PNG/JPEG slices are taken as already windowed: their gray levels go to the model as they are
@@ -30,20 +36,23 @@ def read_grayscale(source: str | Path | tuple[str, bytes], *, max_pixels: int = 
     written to disk, with the same checks and messages as files.
 
     Raises:
-        InputError: missing, empty, truncated or non-image file; images over ``max_pixels`` (checked
-            from the header, before decoding, so a decompression bomb is never expanded) or under
-            ``MIN_SIDE_PX`` on a side.
+        InputError: missing, empty, truncated or non-image file (or a format other than ``IMAGE_FORMATS``);
+            images over ``max_pixels`` (checked from the header, before decoding, so a decompression bomb is
+            never expanded) or under ``MIN_SIDE_PX`` on a side; NaN or infinite pixels.
+        UploadTooLargeError: over ``budget`` (reserved from the header, before decoding).
     """
     name, opened = (source[0], io.BytesIO(source[1])) if isinstance(source, tuple) else (Path(source), Path(source))
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89M pixels; our own, lower max_pixels check refuses those with a clearer error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(opened)
+            image = Image.open(opened, formats=IMAGE_FORMATS)
         with image:
             _check_size(name, image.size, max_pixels)
+            if budget is not None:
+                budget.reserve(str(name), image.size[0] * image.size[1])
             image.load()
-            return _to_unit_gray(image)
+            return _to_unit_gray(image, name)
     except FileNotFoundError:
         raise InputError("file not found", path=name) from None
     except IsADirectoryError:
@@ -63,7 +72,7 @@ def _check_size(name: str | Path, size: tuple[int, int], max_pixels: int) -> Non
         raise InputError(f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=name)
 
 
-def _to_unit_gray(image: Image.Image) -> np.ndarray:
+def _to_unit_gray(image: Image.Image, name: str | Path) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image, dtype=np.float32) / 65535.0
     if image.mode == "I":
@@ -72,6 +81,10 @@ def _to_unit_gray(image: Image.Image) -> np.ndarray:
         return (np.clip(array, 0, None) / scale).astype(np.float32)
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise InputError(
+                "float image with NaN or infinite pixels; expected finite gray levels", path=name
+            )
         low, high = float(array.min()), float(array.max())
         return np.zeros_like(array) if high <= low else (array - low) / (high - low)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

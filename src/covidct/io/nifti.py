@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from covidct.errors import InputError
+from covidct.errors import CovidctError, InputError
+from covidct.io.budget import VoxelBudget
 from covidct.io.images import MAX_PIXELS
 from covidct.io.volume import Volume, check_volume_size, privacy_key
 
@@ -35,7 +36,9 @@ def is_nifti(name: str | Path) -> bool:
     return str(name).lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti(source: NiftiSource, *, max_pixels: int = MAX_PIXELS) -> Volume:
+def read_nifti(
+    source: NiftiSource, *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
+) -> Volume:
     """Read a 3-D NIfTI CT volume, reoriented to RAS+, as axial slices from inferior to superior.
 
     Values go through the header's ``scl_slope`` / ``scl_inter`` and are taken as HU. Each slice is
@@ -45,10 +48,12 @@ def read_nifti(source: NiftiSource, *, max_pixels: int = MAX_PIXELS) -> Volume:
     Args:
         source: a path, or an upload's ``(name, bytes)`` read in memory.
         max_pixels: per-slice pixel cap, checked from the header before the data is read.
+        budget: decoded voxels this volume counts against, reserved from the header before the data is read.
 
     Raises:
-        InputError: unreadable or truncated file, a 4-D (or 2-D) volume, sizes over the caps, or
-            values that do not look like HU.
+        InputError: unreadable or truncated file, a 4-D (or 2-D) volume, no slice, sizes over the caps,
+            or values that do not look like HU (NaN or infinite ones included).
+        UploadTooLargeError: over ``budget``.
     """
     import nibabel as nib  # imported when a volume is read, not by --help (it pulls scipy)
 
@@ -57,9 +62,11 @@ def read_nifti(source: NiftiSource, *, max_pixels: int = MAX_PIXELS) -> Volume:
         image = _load(source)
         shape = tuple(int(n) for n in image.header.get_data_shape())
         _check_shape(name, shape, nib.io_orientation(image.affine), max_pixels)
+        if budget is not None:
+            budget.reserve(name, int(np.prod(shape[:3])))
         canonical = nib.as_closest_canonical(image if len(shape) == 3 else image.slicer[..., 0])
         data = canonical.get_fdata(dtype=np.float32)
-    except InputError:
+    except CovidctError:  # our own checks' errors, the budget's included
         raise
     except FileNotFoundError:
         raise InputError("file not found", path=name) from None

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.errors import InputError
+from covidct.errors import InputError, UploadTooLargeError
+from covidct.io.budget import VoxelBudget
 from covidct.io.dicom import group_dicom_series, is_dicom, read_dicom_series
 from covidct.io.discover import VolumeInput, VolumeKind
 from covidct.io.failures import InputFailure
@@ -21,15 +22,17 @@ from covidct.io.nifti import is_nifti, read_nifti
 from covidct.io.volume import Volume
 
 
-def read_volume(item: VolumeInput, *, max_pixels: int = MAX_PIXELS) -> Volume:
-    """Read a volume found by ``iter_inputs`` (a DICOM series or a NIfTI file).
+def read_volume(
+    item: VolumeInput, *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
+) -> Volume:
+    """Read a volume found by ``iter_inputs`` (a DICOM series or a NIfTI file), within ``budget`` when one is given.
 
     Raises:
-        InputError: the reader's errors, naming the file.
+        InputError: the reader's errors, naming the file (``UploadTooLargeError`` over ``budget``).
     """
     if item.kind is VolumeKind.NIFTI:
-        return read_nifti(item.files[0], max_pixels=max_pixels)
-    return read_dicom_series(item.files, source=item.source, max_pixels=max_pixels)
+        return read_nifti(item.files[0], max_pixels=max_pixels, budget=budget)
+    return read_dicom_series(item.files, source=item.source, max_pixels=max_pixels, budget=budget)
 
 
 def is_volume_path(path: Path) -> bool:
@@ -77,21 +80,31 @@ class Upload:
     failures: list[InputFailure] = field(default_factory=list)
 
 
-def read_upload(files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIXELS) -> Upload:
+def read_upload(
+    files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
+) -> Upload:
     """Decode uploaded ``(name, bytes)`` files without writing them to disk; a bad file is a failure, the rest go on.
 
     DICOM files (a ``.dcm`` name or the DICM marker) are grouped by series across the whole upload.
+
+    Raises:
+        UploadTooLargeError: the files' decoded voxels are over ``budget`` (the whole upload is refused).
+        BusyError: ``budget``'s shared pool is held by other requests.
     """
     upload = Upload()
     dicom: list[tuple[str, bytes]] = []
     for name, data in files:
         try:
             if is_nifti(name):
-                upload.volumes.append(read_nifti((name, data), max_pixels=max_pixels))
+                upload.volumes.append(read_nifti((name, data), max_pixels=max_pixels, budget=budget))
             elif is_dicom((name, data)):
                 dicom.append((name, data))
             else:
-                upload.images.append((name, read_grayscale((name, data), max_pixels=max_pixels)))
+                upload.images.append(
+                    (name, read_grayscale((name, data), max_pixels=max_pixels, budget=budget))
+                )
+        except UploadTooLargeError:
+            raise
         except InputError as error:
             upload.failures.append(InputFailure.from_error(error, name))
     groups, failures = group_dicom_series(dicom)
@@ -99,7 +112,11 @@ def read_upload(files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIX
     for group in groups:
         source = group[0][0] if len(group) == 1 else f"{group[0][0]} (+{len(group) - 1} files of its series)"
         try:
-            upload.volumes.append(read_dicom_series(group, source=source, max_pixels=max_pixels))
+            upload.volumes.append(
+                read_dicom_series(group, source=source, max_pixels=max_pixels, budget=budget)
+            )
+        except UploadTooLargeError:
+            raise
         except InputError as error:
             upload.failures.append(InputFailure.from_error(error, source))
     return upload

@@ -83,9 +83,13 @@ def check_volume_size(source: str, shape: tuple[int, int, int], *, max_pixels: i
     """Refuse a (slices, rows, columns) ``shape`` read from a header before any pixel is decoded.
 
     Raises:
-        InputError: a slice over ``max_pixels`` or under ``MIN_SIDE_PX`` on a side, or over ``MAX_VOXELS`` in all.
+        InputError: no slice, a slice over ``max_pixels`` or under ``MIN_SIDE_PX`` on a side, or over ``MAX_VOXELS`` in all.
     """
     n_slices, rows, columns = shape
+    if n_slices < 1:
+        raise InputError(
+            f"the volume has {n_slices} slices (shape {shape}); expected at least one", path=source
+        )
     if rows * columns > max_pixels:
         raise InputError(f"slices are {columns}x{rows} pixels, over the {max_pixels:,}-pixel limit", path=source)
     if min(rows, columns) < MIN_SIDE_PX:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from covidct.model.architecture import StrideVariant
 from covidct.preprocess.transforms import Preprocessing
 
 CARD_FILE = "model.json"
+# ResNet-50 halves the input five times: below 32 px layer4 has nothing left; above 1024 px a slice costs 21x
+# the 224 px work, past any CT slice's detail.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
 # The study rule of a card written before study-level prediction, and the fallback when validation cannot
@@ -96,7 +100,18 @@ class ModelCard:
         if not self.decision.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.decision.temperature}")
         if self.decision.class_bias and len(self.decision.class_bias) != len(self.classes):
-            raise ValueError(f"class_bias needs one value per class ({len(self.classes)}); got {list(self.decision.class_bias)}")
+            raise ValueError(
+                f"class_bias needs one value per class ({len(self.classes)}); got {list(self.decision.class_bias)}"
+            )
+        if not all(isinstance(b, int | float) and math.isfinite(b) for b in self.decision.class_bias):
+            raise ValueError(f"class_bias must be finite numbers; got {list(self.decision.class_bias)}")
+        size = self.preprocessing.image_size
+        if not (
+            isinstance(size, int) and not isinstance(size, bool) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE
+        ):
+            raise ValueError(
+                f"preprocessing.image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}; got {size!r}"
+            )
         if self.decision.study_aggregate not in ("mean", "max", "topk"):
             raise ValueError(f"study_aggregate must be mean, max or topk; got {self.decision.study_aggregate!r}")
         if self.decision.study_aggregate == "topk" and not 0.0 < (self.decision.study_topk_fraction or 0.0) <= 1.0:
@@ -140,12 +155,19 @@ def read_card(model_dir: Path) -> ModelCard:
     """Read ``model_dir/model.json``.
 
     Raises:
-        ModelDirError: the file is missing, not JSON, or lacks the documented keys.
+        ModelDirError: the file is missing, not JSON (NaN and Infinity included: ``write_card`` never writes
+            them), lacks the documented keys, or has a value out of range.
     """
     path = Path(model_dir) / CARD_FILE
     if not path.is_file():
         raise ModelDirError(f"no {CARD_FILE}; expected a model directory written by 'covidct train'", path=model_dir)
     try:
-        return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as error:
+        return ModelCard.from_dict(
+            json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        )
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as error:
         raise ModelDirError(f"not a valid covidct model card ({error})", path=path) from None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a model card may hold")

@@ -31,8 +31,8 @@ def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     """Rebuild the network described by the card and load its weights on the CPU, in eval mode.
 
     Raises:
-        ModelDirError: missing files, a weights file whose hash differs from the card's, or weights
-            that do not fit the architecture.
+        ModelDirError: missing files, a card without the weights' hash or a weights file whose hash differs
+            from it, or weights that do not fit the architecture.
     """
     model_dir = Path(model_dir)
     card = read_card(model_dir)

@@ -17,15 +17,27 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from covidct import __version__
-from covidct.errors import CovidctError, UnsupportedUploadError, UploadTooLargeError
+from covidct.errors import (
+    BusyError,
+    CovidctError,
+    UnsupportedUploadError,
+    UploadTimeoutError,
+    UploadTooLargeError,
+)
 from covidct.infer.predictor import Predictor, load_model
 from covidct.intended_use import RESEARCH_USE_STATEMENT
+from covidct.io.budget import VoxelPool
 from covidct.server.auth import require_api_key
+from covidct.server.hosts import LoopbackHostGuard, needs_host_check
 from covidct.server.inference import InferencePool, ServerBusyError
 from covidct.server.routes import docs, health, model, page, predict
 from covidct.server.settings import ServerSettings, check_exposure
 
-_STATUS_BY_ERROR = ((UploadTooLargeError, status.HTTP_413_CONTENT_TOO_LARGE), (UnsupportedUploadError, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE))
+_STATUS_BY_ERROR = (
+    (UploadTooLargeError, status.HTTP_413_CONTENT_TOO_LARGE),
+    (UnsupportedUploadError, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE),
+    (UploadTimeoutError, status.HTTP_408_REQUEST_TIMEOUT),
+)
 
 
 def create_app(settings: ServerSettings, *, predictor: Predictor | None = None) -> FastAPI:
@@ -46,6 +58,7 @@ def create_app(settings: ServerSettings, *, predictor: Predictor | None = None) 
 
     app = FastAPI(title="covidct", version=__version__, description=f"{RESEARCH_USE_STATEMENT}\n\nUploads are processed in memory and never written to disk.", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings, app.state.predictor = settings, predictor
+    app.state.voxel_pool = VoxelPool(settings.max_total_voxels)
     app.include_router(health.router)
     app.include_router(page.router)
     app.include_router(docs.router)
@@ -55,9 +68,17 @@ def create_app(settings: ServerSettings, *, predictor: Predictor | None = None) 
     app.mount("/static", StaticFiles(directory=str(page.STATIC_DIR)), name="static")
     app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["Authorization"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization"],
+        )
+    if needs_host_check(settings):
+        app.add_middleware(LoopbackHostGuard, allowed=settings.allowed_hosts)
     app.add_exception_handler(CovidctError, _client_error)
     app.add_exception_handler(ServerBusyError, _busy)
+    app.add_exception_handler(BusyError, _busy)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
 
@@ -67,8 +88,10 @@ async def _client_error(request: Request, error: CovidctError) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=code)
 
 
-async def _busy(request: Request, error: ServerBusyError) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
+async def _busy(request: Request, error: ServerBusyError | BusyError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(error)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"}
+    )
 
 
 async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

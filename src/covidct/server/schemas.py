@@ -57,7 +57,7 @@ class UploadForm(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """The served model: what it predicts, how it decides, and its full model card."""
+    """The served model: what it predicts, how it decides, and its model card's public view."""
 
     classes: list[str]
     positive_class: str
@@ -65,7 +65,10 @@ class ModelInfo(BaseModel):
     image_size: int
     has_ood_guard: bool
     engine: str
-    card: dict[str, Any] = Field(description="model.json as written by 'covidct train'.")
+    card: dict[str, Any] = Field(
+        description="model.json as written by 'covidct train', without the training data's location, the paths of files "
+        "it could not use (their count instead), the host's platform string or any other absolute path."
+    )
     research_use: str = RESEARCH_USE_STATEMENT
 
 

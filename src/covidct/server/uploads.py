@@ -8,13 +8,14 @@ it has filled the memory.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import PureWindowsPath
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from covidct.errors import InputError, UnsupportedUploadError, UploadTooLargeError
+from covidct.errors import InputError, UnsupportedUploadError, UploadTimeoutError, UploadTooLargeError
 
 FORM_CONTENT_TYPE = "multipart/form-data"
 
@@ -29,7 +30,14 @@ def check_declared_size(content_length: str | None, *, max_bytes: int) -> None:
         raise UploadTooLargeError(f"upload is {int(content_length):,} bytes, over the {max_bytes:,}-byte limit; send fewer or smaller files")
 
 
-async def read_files(content_type: str, body: AsyncIterator[bytes], *, max_bytes: int, max_files: int) -> list[tuple[str, bytes]]:
+async def read_files(
+    content_type: str,
+    body: AsyncIterator[bytes],
+    *,
+    max_bytes: int,
+    max_files: int,
+    timeout_s: float | None = None,
+) -> list[tuple[str, bytes]]:
     """Parse a ``multipart/form-data`` body into its files as (file name, content), in order.
 
     Args:
@@ -37,10 +45,12 @@ async def read_files(content_type: str, body: AsyncIterator[bytes], *, max_bytes
         body: the body's chunks as they arrive.
         max_bytes: the most body bytes read; the stream is abandoned at the limit.
         max_files: the most file parts.
+        timeout_s: the most seconds the whole body may take to arrive (None: no limit).
 
     Raises:
         UnsupportedUploadError: the body is not multipart/form-data.
         UploadTooLargeError: over ``max_bytes`` or ``max_files``.
+        UploadTimeoutError: the body took longer than ``timeout_s``.
         InputError: a malformed body, a form field that is not a file, or no file at all.
     """
     media_type, options = parse_options_header(content_type)
@@ -49,15 +59,13 @@ async def read_files(content_type: str, body: AsyncIterator[bytes], *, max_bytes
         shown = content_type or "no Content-Type"
         raise UnsupportedUploadError(f"request body is {shown}; expected {FORM_CONTENT_TYPE} with the files as parts named 'files'")
     parts = _Parts(max_files)
-    parser = MultipartParser(boundary, parts.callbacks())
-    size = 0
     try:
-        async for chunk in body:
-            size += len(chunk)
-            if size > max_bytes:
-                raise UploadTooLargeError(f"upload is over the {max_bytes:,}-byte limit; send fewer or smaller files")
-            parser.write(chunk)
-        parser.finalize()
+        async with asyncio.timeout(timeout_s):
+            await _parse(body, MultipartParser(boundary, parts.callbacks()), max_bytes=max_bytes)
+    except TimeoutError:
+        raise UploadTimeoutError(
+            f"the upload took over {timeout_s:g} s to arrive; send it again on a faster connection"
+        ) from None
     except MultipartParseError as error:
         raise InputError(f"malformed multipart body ({error})") from None
     if not parts.is_complete:
@@ -65,6 +73,18 @@ async def read_files(content_type: str, body: AsyncIterator[bytes], *, max_bytes
     if not parts.files:
         raise InputError("no file in the upload; send one image, or the files of one study, as parts named 'files'")
     return parts.files
+
+
+async def _parse(body: AsyncIterator[bytes], parser: MultipartParser, *, max_bytes: int) -> None:
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > max_bytes:
+            raise UploadTooLargeError(
+                f"upload is over the {max_bytes:,}-byte limit; send fewer or smaller files"
+            )
+        parser.write(chunk)
+    parser.finalize()
 
 
 class _Parts:

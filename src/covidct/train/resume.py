@@ -3,6 +3,7 @@
 Written at the end of every epoch, so Ctrl-C or a crash loses at most the epoch in flight. The tensors go
 to files named by epoch and ``state.json``, replaced last and atomically, names the ones that belong to it:
 a crash between the writes leaves the previous epoch's state whole, never new weights with old progress.
+Only the files a ``state.json`` names are ever deleted: ``resume/`` may hold the user's own files too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ class Progress:
 
 
 def save_resume_state(
-    out_dir: Path, *, modules: dict[str, torch.nn.Module], best: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: Progress, config: dict, is_best: bool
+    out_dir: Path,
+    *,
+    modules: dict[str, torch.nn.Module],
+    best: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    progress: Progress,
+    config: dict,
+    is_best: bool,
 ) -> None:
     """Write the modules (by name), optimizer, scheduler, RNG states and progress under ``out_dir/resume``.
 
@@ -58,16 +67,33 @@ def save_resume_state(
         "rng_python": _python_rng_to_json(),
     }
     epoch = progress.next_epoch - 1
+    previous = _saved_state(folder)
     meta["last_file"] = f"last-{epoch}.safetensors"
-    meta["best_file"] = f"best-{epoch}.safetensors" if is_best else _saved_state(folder).get("best_file", "best.safetensors")
+    meta["best_file"] = (
+        f"best-{epoch}.safetensors" if is_best else previous.get("best_file", "best.safetensors")
+    )
     _atomic_save(tensors, folder / meta["last_file"])
     if is_best:
         _atomic_save({k: _plain(v) for k, v in best.state_dict().items()}, folder / meta["best_file"])
     (folder / "state.tmp").write_text(json.dumps(meta, allow_nan=True), encoding="utf-8")
     os.replace(folder / "state.tmp", folder / "state.json")
-    for stale in folder.glob("*.safetensors"):
-        if stale.name not in (meta["last_file"], meta["best_file"]):
-            stale.unlink()
+    for stale in {previous.get("last_file"), previous.get("best_file")} - {
+        None,
+        meta["last_file"],
+        meta["best_file"],
+    }:
+        (folder / stale).unlink(missing_ok=True)
+
+
+def remove_resume_state(out_dir: Path) -> None:
+    """Delete the files the last ``state.json`` names and ``state.json`` itself, then ``resume/`` if that left it empty."""
+    folder = Path(out_dir) / RESUME_DIR
+    meta = _saved_state(folder)
+    for name in {meta.get("last_file"), meta.get("best_file")} - {None}:
+        (folder / name).unlink(missing_ok=True)
+    (folder / "state.json").unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler, config: dict) -> Progress:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,18 @@ from covidct.model.network import build_resnet50, load_backbone_state, set_train
 from covidct.model.ood import save_detector
 from covidct.model.pretrained import Pretrained
 from covidct.preprocess.transforms import Preprocessing
+from covidct.run_dir import claim_run_dir
 from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import Mode, TrainConfig
-from covidct.train.distributed import World, distributed_session
+from covidct.train.distributed import World, distributed_session, is_main_process
 from covidct.train.epochs import EpochRunner, make_runner
 from covidct.train.finalize import RunFacts, build_card
 from covidct.train.ood_fit import fit_ood_guard
 from covidct.train.resume import (
-    RESUME_DIR,
     Progress,
     load_best_weights,
     load_resume_state,
+    remove_resume_state,
     save_resume_state,
 )
 
@@ -64,17 +64,29 @@ class TrainResult:
     failures: list[InputFailure]
 
 
-def fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult | None:
+def fit(
+    manifest: Manifest,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    pretrained: Pretrained,
+    resume: bool = False,
+    callbacks: TrainCallbacks | None = None,
+    overwrite: bool = False,
+) -> TrainResult | None:
     """Train on ``manifest``'s train split, select and calibrate on val, fit the OOD guard, write ``out_dir``.
 
     Under torchrun every process trains its share (see ``covidct.train.distributed``); rank 0 alone
-    reports through ``callbacks`` and writes ``out_dir``, and the other ranks return None.
+    reports through ``callbacks`` and writes ``out_dir``, and the other ranks return None. ``out_dir`` must be
+    new, empty or a covidct training run, unless ``overwrite`` (see ``covidct.run_dir``).
 
     Raises:
         InputError: a split has no usable images of a class.
         TrainingInterrupted: Ctrl-C; ``out_dir/resume`` holds the state for ``--resume``.
-        OptionError: torchrun started more processes on a node than it has GPUs.
+        OptionError: torchrun started more processes on a node than it has GPUs; ``out_dir`` holds other files.
     """
+    if not resume and is_main_process():
+        claim_run_dir(Path(out_dir), "train", overwrite=overwrite)
     with distributed_session(config.device) as world:
         quiet = TrainCallbacks()
         return _fit(manifest, Path(out_dir), config, pretrained=pretrained, resume=resume, callbacks=(callbacks or quiet) if world.is_main else quiet, world=world)
@@ -127,7 +139,7 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.val_scores)})
     card = save_model_dir(out_dir, model, card)
     _write_log(out_dir / "train_log.csv", progress.history)
-    shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
+    remove_resume_state(out_dir)
     return TrainResult(out_dir, card, failures)
 
 

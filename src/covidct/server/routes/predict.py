@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from covidct.errors import InputError
+from covidct.io.budget import VoxelBudget
 from covidct.io.readers import Upload
 from covidct.server.answers import (
     images_study,
@@ -25,10 +26,11 @@ router = APIRouter()
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UploadForm.model_json_schema()}}}}
 _ERRORS = {
     401: {"model": ErrorDetail, "description": "Missing or wrong API key."},
-    413: {"model": ErrorDetail, "description": "Over the size, file-count or pixel limit."},
+    408: {"model": ErrorDetail, "description": "The upload took longer to arrive than the body-read timeout."},
+    413: {"model": ErrorDetail, "description": "Over the size, file-count, pixel or decoded-voxel limit."},
     415: {"model": ErrorDetail, "description": "Not multipart/form-data, or a file type covidct does not read."},
     422: {"model": ErrorDetail, "description": "A file that cannot be decoded, several studies in one request, or a malformed request."},
-    503: {"model": ErrorDetail, "description": "Every worker is busy; retry later."},
+    503: {"model": ErrorDetail, "description": "Every worker is busy, or requests in flight hold the decoding budget; retry later."},
 }
 
 
@@ -41,13 +43,24 @@ async def predict(request: Request, cam: bool = Query(False, description="Add th
     """
     settings, pool = request.app.state.settings, request.app.state.pool
     check_declared_size(request.headers.get("content-length"), max_bytes=settings.max_upload_bytes)
-    files = await read_files(request.headers.get("content-type", ""), request.stream(), max_bytes=settings.max_upload_bytes, max_files=settings.max_files)
-    decoded = await run_in_threadpool(decode_upload, files, max_pixels=settings.max_pixels)
-    _check_one_study(decoded.upload, decoded.errors)
-    if decoded.upload.volumes:
-        predict_volume = functools.partial(request.app.state.predictor.predict_volume, decoded.upload.volumes[0], explain=cam)
-        return study_answer(await pool.run(predict_volume), decoded.errors)
-    return await _answer_images(pool, decoded.upload, decoded.errors, cam=cam)
+    files = await read_files(
+        request.headers.get("content-type", ""),
+        request.stream(),
+        max_bytes=settings.max_upload_bytes,
+        max_files=settings.max_files,
+        timeout_s=settings.body_timeout_s,
+    )
+    # The decoded arrays live until the answer is built: so do their voxels in the budget.
+    with VoxelBudget(settings.max_request_voxels, pool=request.app.state.voxel_pool) as budget:
+        decoded = await run_in_threadpool(decode_upload, files, max_pixels=settings.max_pixels, budget=budget)
+        del files  # the raw bytes are not needed past decoding, while inference may take a while
+        _check_one_study(decoded.upload, decoded.errors)
+        if decoded.upload.volumes:
+            predict_volume = functools.partial(
+                request.app.state.predictor.predict_volume, decoded.upload.volumes[0], explain=cam
+            )
+            return study_answer(await pool.run(predict_volume), decoded.errors)
+        return await _answer_images(pool, decoded.upload, decoded.errors, cam=cam)
 
 
 def _check_one_study(upload: Upload, errors: list[InputError]) -> None:
