@@ -1,0 +1,81 @@
+"""Instances received over DICOM, kept on disk until their series is complete and handled.
+
+A sender counts an instance as delivered once C-STORE answers success, so it is written to disk
+(atomically: a temporary name, then a rename) before that answer; a crash then loses nothing, and
+the series is handled after a restart. Folders and files are named by ``privacy_key`` hashes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+
+from covidct.errors import InputError
+from covidct.io.volume import privacy_key
+from covidct.pacs.series import Instance
+
+
+class Spool:
+    """``root/<series key>/<instance key>.dcm`` for each received instance, and what the listener asks of them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add(self, series_uid: str, instance_uid: str, part10: bytes) -> Path:
+        """Write one instance (Part-10 bytes) durably and return its path; the same instance again replaces itself."""
+        folder = self.root / privacy_key(series_uid)
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{privacy_key(instance_uid)}.dcm"
+        partial = folder / f".{path.name}.part"
+        with partial.open("wb") as stream:
+            stream.write(part10)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+        return path
+
+    def quiet_series(self, quiet_s: float, *, now: float | None = None) -> list[Path]:
+        """Series folders whose newest instance arrived at least ``quiet_s`` seconds ago (the series is complete)."""
+        now = time.time() if now is None else now
+        quiet = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            files = self.files(folder)
+            if files and now - max(f.stat().st_mtime for f in files) >= quiet_s:
+                quiet.append(folder)
+        return quiet
+
+    @staticmethod
+    def files(folder: Path) -> list[Path]:
+        return sorted(folder.glob("[!.]*.dcm"))
+
+    @staticmethod
+    def series_uid(folder: Path) -> str:
+        """The SeriesInstanceUID of a spooled series (read from its first instance's header)."""
+        first = Spool.files(folder)[0]
+        return str(
+            dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
+        )
+
+    def read(self, folder: Path, *, max_bytes: int) -> list[Instance]:
+        """The series' instances as ``(name, bytes)``, refused past ``max_bytes`` before anything is read.
+
+        Raises:
+            InputError: the series is over ``max_bytes``.
+        """
+        files = self.files(folder)
+        total = sum(path.stat().st_size for path in files)
+        if total > max_bytes:
+            raise InputError(
+                f"{len(files)} instances of {total / 2**20:.0f} MiB are over the {max_bytes / 2**20:.0f} MiB per-series budget",
+                path=f"series {folder.name}",
+            )
+        return [(f"instance-{index:04d}", path.read_bytes()) for index, path in enumerate(files)]
+
+    def remove(self, folder: Path) -> None:
+        """Delete a handled series' folder (only files this spool wrote are in it)."""
+        shutil.rmtree(folder)
