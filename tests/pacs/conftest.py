@@ -1,4 +1,4 @@
-"""Fixtures for the PACS tests: a real Orthanc (skipped with the install command when absent) and CT series to send it."""
+"""PACS test fixtures: a real Orthanc (skipped with the install command when absent), CT series."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Series:
 def write_series(
     folder: Path, *, n_slices: int = 10, lung_slices=range(2, 8), modality: str = "CT", seed: int = 0
 ) -> Series:
-    """A synthetic 64 x 64 series dated today; the tiny test model reads its lung slices through ``TRAINING_LIKE_WINDOW``."""
+    """A synthetic 64 x 64 series dated today; the tiny model sees lungs through ``TRAINING_LIKE_WINDOW``."""
     hu = training_like_phantom(n_slices, lung_slices, covid=True, seed=seed)
     files = write_dicom_series(folder, hu, modality=modality, seed=seed, attributes={"StudyDate": TODAY})
     from pydicom import dcmread

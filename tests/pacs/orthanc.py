@@ -1,4 +1,4 @@
-"""A real Orthanc (Debian's ``orthanc`` + ``orthanc-dicomweb``) on free loopback ports with a temporary storage folder.
+"""A real Orthanc (Debian's ``orthanc`` + ``orthanc-dicomweb``) on free loopback ports, temporary storage.
 
 Helpers, not fixtures, so the benchmark (``bench/pacs.py``) starts the same server the tests use.
 """
@@ -55,7 +55,7 @@ class Orthanc:
 
 
 def why_orthanc_missing() -> str | None:
-    """None when Orthanc and its DICOMweb plugin are installed, else a one-line reason with the install command."""
+    """None when Orthanc and its DICOMweb plugin are installed, else a reason with the install command."""
     if shutil.which("Orthanc") is None:
         return f"Orthanc is not installed ({INSTALL})"
     if dicomweb_plugin() is None:
@@ -74,7 +74,7 @@ def free_port() -> int:
 
 
 def start_orthanc(folder: Path, *, modalities: dict[str, tuple[str, int]] | None = None) -> Orthanc:
-    """Start Orthanc with storage in ``folder``, basic auth (``USER``/``PASSWORD``), DICOMweb on, loopback only.
+    """Start Orthanc with storage in ``folder``, basic auth (``USER``/``PASSWORD``), DICOMweb, loopback only.
 
     ``modalities`` maps a name to (AE title, port) of DICOM nodes on 127.0.0.1 that Orthanc may send to.
     """

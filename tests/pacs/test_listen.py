@@ -1,4 +1,4 @@
-"""``covidct pacs listen`` as a DICOM node for a real Orthanc: series pushed by C-STORE, results C-STOREd back."""
+"""``covidct pacs listen`` as a DICOM node of a real Orthanc: series pushed, results C-STOREd back."""
 
 from __future__ import annotations
 

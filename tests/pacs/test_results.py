@@ -29,7 +29,7 @@ def outcome(tmp_path_factory, predictor, model_identity):
 
 
 def sr_items(report) -> dict[str, object]:
-    """Concept name meaning -> value (number, text, code meaning or referenced UID) of the report's root items."""
+    """Concept name meaning -> value (number, text, code meaning, UID) of the report's root items."""
     values = {}
     for item in report.ContentSequence:
         name = item.ConceptNameCodeSequence[0].CodeMeaning

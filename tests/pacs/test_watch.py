@@ -1,4 +1,4 @@
-"""``covidct pacs watch`` against a real Orthanc: results in the same study, nothing for non-chest CT, exactly once."""
+"""``covidct pacs watch`` against a real Orthanc: results in the same study, none for non-chest CT, once."""
 
 from __future__ import annotations
 

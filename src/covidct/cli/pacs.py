@@ -22,7 +22,7 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.device import Device
 
 app = typer.Typer(
-    help=f"Predict CT series from a PACS and store the results back into their study.\n\n{RESEARCH_USE_STATEMENT}",
+    help=f"Predict CT series from a PACS and store the results into their study.\n\n{RESEARCH_USE_STATEMENT}",
     no_args_is_help=True,
 )
 
@@ -85,9 +85,10 @@ def watch_command(
     window: WindowOpt = None,
     max_series_mb: MaxSeriesOpt = 1024,
 ) -> None:
-    """Poll a DICOMweb server for new CT series, predict each as a study and STOW-RS an SR and a Grad-CAM capture into it.
+    """Poll DICOMweb for new CT series, predict each, STOW-RS an SR and a Grad-CAM capture into its study.
 
-    Each series is processed once, across restarts (state in --work-dir); a PACS outage is retried with back-off.
+    Each series is processed once, across restarts (state in --work-dir); a PACS outage is retried with
+    back-off.
     """
     from covidct.pacs.auth import read_credentials
     from covidct.pacs.dicomweb import DicomWebPacs
@@ -134,7 +135,7 @@ def listen_command(
     window: WindowOpt = None,
     max_series_mb: MaxSeriesOpt = 1024,
 ) -> None:
-    """Receive series by DICOM C-STORE, predict each when complete, and C-STORE an SR and a Grad-CAM capture to --destination.
+    """Receive series by C-STORE, predict each when complete, C-STORE an SR and a Grad-CAM capture onward.
 
     Received instances are kept in --work-dir until their series is handled, so a crash loses none.
     """
@@ -172,7 +173,7 @@ def _load(model_dir: Path, *, engine: Engine, device: Device, window: str | None
 
 
 def _run_until_stopped(run) -> dict[str, int]:
-    """Run with a stop event: the first Ctrl-C (or SIGTERM) finishes the series in hand, a second stops at once."""
+    """Run with a stop event: a first Ctrl-C (or SIGTERM) finishes the series in hand, a second stops now."""
     stop = threading.Event()
 
     def request_stop(signum, frame):

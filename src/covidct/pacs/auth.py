@@ -2,7 +2,8 @@
 
 Files rather than options, so a secret never shows in the process list or the shell history:
 ``--token-file`` holds the token, ``--basic-auth-file`` one line ``user:password``. The environment
-(``COVIDCT_PACS_TOKEN``, or ``COVIDCT_PACS_USER`` and ``COVIDCT_PACS_PASSWORD``) is read when no file is given.
+(``COVIDCT_PACS_TOKEN``, or ``COVIDCT_PACS_USER`` and ``COVIDCT_PACS_PASSWORD``) is read when no file
+is given.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def read_credentials(
     """The credentials from the given file, else from the environment, else none (an open server).
 
     Raises:
-        OptionError: both files given, an unreadable or empty file, a basic-auth file without ``user:password``.
+        OptionError: both files given, an unreadable or empty file, a basic-auth file without
+            ``user:password``.
     """
     env = os.environ if env is None else env
     if token_file and basic_auth_file:

@@ -1,4 +1,4 @@
-"""The most suspicious slice with its Grad-CAM overlay as a DICOM Secondary Capture, the warning burned into its pixels.
+"""The most suspicious slice under its Grad-CAM overlay as a DICOM Secondary Capture, a warning burned in.
 
 A viewer shows pixels, not attributes: the research-use warning is drawn into the image itself, above
 the overlay, so it cannot be lost by a viewer that hides overlays or descriptions.
@@ -22,7 +22,7 @@ BANNER_RGB = (160, 0, 0)
 
 
 def overlay_with_banner(study: StudyPrediction) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: ``BANNER`` in white on red above the Grad-CAM overlay of the study's most suspicious slice.
+    """(H, W, 3) uint8 RGB: ``BANNER`` in white on red above the Grad-CAM overlay of the top slice.
 
     Raises:
         ValueError: the study was predicted without ``explain`` (no heatmap).
@@ -45,7 +45,7 @@ def overlay_with_banner(study: StudyPrediction) -> np.ndarray:
 def secondary_capture(
     study: StudyPrediction, source: Dataset, uids: ResultUids, *, covidct_version: str
 ) -> hd.sc.SCImage:
-    """The Secondary Capture of ``overlay_with_banner(study)`` in the study of ``source`` (a header of the series)."""
+    """The Secondary Capture of ``overlay_with_banner(study)`` in the study of ``source`` (a header)."""
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=overlay_with_banner(study),

@@ -1,4 +1,4 @@
-"""The DICOMweb side of ``pacs watch``: QIDO-RS to find CT series, WADO-RS to fetch one, STOW-RS to store results.
+"""The DICOMweb side of ``pacs watch``: QIDO-RS finds CT series, WADO-RS fetches one, STOW-RS stores results.
 
 Every network or server failure surfaces as ``PacsUnavailable``, which the watcher retries with
 back-off; a series over the memory budget is an ``InputError``, which it records and skips.
@@ -77,7 +77,7 @@ class DicomWebPacs:
         ]
 
     def retrieve(self, series: SeriesRef, *, max_bytes: int) -> list[Instance]:
-        """The series' instances as Part-10 bytes, named ``instance-0000``..., streamed and refused past ``max_bytes``.
+        """The series' instances as Part-10 bytes (``instance-0000``...), refused past ``max_bytes``.
 
         Raises:
             InputError: the series is over ``max_bytes``.
@@ -91,7 +91,8 @@ class DicomWebPacs:
             total += buffer.tell()
             if total > max_bytes:
                 raise InputError(
-                    f"over the {max_bytes / 2**20:.0f} MiB per-series budget after {len(instances)} instances",
+                    f"over the {max_bytes / 2**20:.0f} MiB budget after {len(instances)} instances;"
+                    " raise --max-series-mb to accept it",
                     path=f"series {series.key}",
                 )
             instances.append((f"instance-{len(instances):04d}", buffer.getvalue()))

@@ -1,4 +1,4 @@
-"""What every result object says about the model that made it, and the UIDs that make storing a result idempotent."""
+"""What each result says about the model that made it, and the UIDs that make storing a result idempotent."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SC_SERIES_NUMBER = 9902
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """The model a result came from: its card's SHA-256 (model.json as written), weights' SHA-256 and covidct version."""
+    """The model a result came from: SHA-256 of its card (model.json) and weights, covidct version."""
 
     card_sha256: str
     checkpoint_sha256: str
@@ -43,7 +43,8 @@ class ResultUids:
     @classmethod
     def for_series(cls, source_series_uid: str, model: ModelIdentity) -> ResultUids:
         def uid(role: str) -> str:
-            digest = hashlib.sha256(f"covidct\n{source_series_uid}\n{model.card_sha256}\n{role}".encode()).digest()
+            text = f"covidct\n{source_series_uid}\n{model.card_sha256}\n{role}"
+            digest = hashlib.sha256(text.encode()).digest()
             # A 128-bit number under 2.25, the root of UUID-derived UIDs (PS3.5 B.2).
             return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 

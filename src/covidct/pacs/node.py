@@ -1,4 +1,4 @@
-"""``covidct pacs listen``: a DICOM node that receives series by C-STORE and C-STOREs the results to a destination.
+"""``covidct pacs listen``: a DICOM node that receives series by C-STORE, C-STOREs results onward.
 
 The storage SCP accepts every storage SOP class, so a series of another modality is received,
 logged with its reason and given no result, rather than refused at the door. A series is complete
@@ -41,7 +41,7 @@ class DicomNode:
 
 @dataclass(frozen=True)
 class ListenOptions:
-    """This node (``local``), where results go (``destination``), the spool folder and when a series counts as complete."""
+    """This node (``local``), where results go (``destination``), spool folder, when a series is complete."""
 
     local: DicomNode
     destination: DicomNode
@@ -158,7 +158,7 @@ def _on_store(spool: Spool, event) -> int:
             str(dataset.SOPInstanceUID),
             event.encoded_dataset(include_meta=True),
         )
-    except Exception as error:  # noqa: BLE001 - any failure to keep the instance must be reported to the sender, not raised in its thread
+    except Exception as error:  # noqa: BLE001 - a failure to keep it goes to the sender as a status
         logger.error(
             "an instance could not be kept (%s); the sender was told to send it again", type(error).__name__
         )

@@ -24,7 +24,7 @@ from covidct.pacs.capture import secondary_capture
 from covidct.pacs.identity import ModelIdentity, ResultUids
 from covidct.pacs.report import structured_report
 
-# Patient and General Study attributes of type 2 (PS3.3 C.7.1.1, C.7.2.1): present in a conformant CT image, and
+# Patient and General Study attributes of type 2 (PS3.3 C.7.1.1, C.7.2.1): in a conformant CT image, and
 # copied into the results, which need them present; a source that lacks one gives the results an empty value.
 _PATIENT_STUDY_TYPE2 = (
     "PatientName",
@@ -69,7 +69,7 @@ class SeriesOutcome:
 def predict_series(
     predictor: Predictor, instances: Sequence[Instance], model: ModelIdentity, *, source: str, series_uid: str
 ) -> SeriesOutcome:
-    """Read ``instances`` (one series) into a volume, predict it as a study and build its SR and Secondary Capture.
+    """Read ``instances`` (one series) into a volume, predict it as a study, build SR and capture.
 
     A series that is not CT, does not decode, shows no lung or that the guard calls ``not-ct`` gets a
     reason and no objects: a report on something that is not a chest CT would mean nothing.

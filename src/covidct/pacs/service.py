@@ -1,4 +1,4 @@
-"""What ``watch`` and ``listen`` share: the budget per series, the model's identity, one series handled and recorded.
+"""What ``watch`` and ``listen`` share: the memory budget per series, one series handled and recorded.
 
 ``handle_series`` runs one series through fetch -> predict -> store and records the outcome in the
 state file: DONE after the store, SKIPPED with a reason for a series that cannot get a result,

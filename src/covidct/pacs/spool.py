@@ -20,14 +20,14 @@ from covidct.pacs.series import Instance
 
 
 class Spool:
-    """``root/<series key>/<instance key>.dcm`` for each received instance, and what the listener asks of them."""
+    """``root/<series key>/<instance key>.dcm`` for each received instance; what the listener asks of them."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def add(self, series_uid: str, instance_uid: str, part10: bytes) -> Path:
-        """Write one instance (Part-10 bytes) durably and return its path; the same instance again replaces itself."""
+        """Write one instance (Part-10 bytes) durably, return its path (a resent one replaces it)."""
         folder = self.root / privacy_key(series_uid)
         folder.mkdir(exist_ok=True)
         path = folder / f"{privacy_key(instance_uid)}.dcm"
@@ -40,7 +40,7 @@ class Spool:
         return path
 
     def quiet_series(self, quiet_s: float, *, now: float | None = None) -> list[Path]:
-        """Series folders whose newest instance arrived at least ``quiet_s`` seconds ago (the series is complete)."""
+        """Series folders whose newest instance arrived ``quiet_s`` or more seconds ago (complete)."""
         now = time.time() if now is None else now
         quiet = []
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
@@ -71,7 +71,8 @@ class Spool:
         total = sum(path.stat().st_size for path in files)
         if total > max_bytes:
             raise InputError(
-                f"{len(files)} instances of {total / 2**20:.0f} MiB are over the {max_bytes / 2**20:.0f} MiB per-series budget",
+                f"{len(files)} instances of {total / 2**20:.0f} MiB are over the {max_bytes / 2**20:.0f} MiB"
+                " per-series budget; raise --max-series-mb to accept it",
                 path=f"series {folder.name}",
             )
         return [(f"instance-{index:04d}", path.read_bytes()) for index, path in enumerate(files)]

@@ -23,7 +23,7 @@ BACKOFF_MAX_S = 600.0
 
 
 class SeriesStatus(StrEnum):
-    """DONE: results stored; SKIPPED: no result, with a reason (not a chest CT, undecodable); RETRY: a transient failure."""
+    """DONE: results stored; SKIPPED: no result, with a reason (not chest CT, undecodable); RETRY."""
 
     DONE = "done"
     SKIPPED = "skipped"
@@ -32,7 +32,7 @@ class SeriesStatus(StrEnum):
 
 @dataclass(frozen=True)
 class SeriesRecord:
-    """What happened to one series: status, attempts, the reason for a skip or retry, when to try again (epoch s)."""
+    """What happened to one series: status, attempts, why it was skipped or retried, next try (epoch s)."""
 
     status: SeriesStatus
     attempts: int = 0
@@ -59,7 +59,8 @@ class ProcessedSeries:
             }
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(
-                f"not a covidct pacs state file ({type(error).__name__}: {error}); move it away to start afresh",
+                f"not a covidct pacs state file ({type(error).__name__}: {error});"
+                " move it away to start afresh",
                 path=self.path,
             ) from None
 
@@ -76,7 +77,7 @@ class ProcessedSeries:
         )
 
     def mark(self, key: str, status: SeriesStatus, *, reason: str = "", summary: str = "") -> SeriesRecord:
-        """Record the outcome of an attempt; a RETRY waits ``BACKOFF_BASE_S * 2**(attempts-1)`` up to ``BACKOFF_MAX_S``."""
+        """Record an attempt; a RETRY waits ``BACKOFF_BASE_S * 2**(attempts-1)``, up to ``BACKOFF_MAX_S``."""
         previous = self._records.get(key)
         attempts = (previous.attempts if previous else 0) + 1
         delay = (

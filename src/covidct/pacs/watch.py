@@ -1,4 +1,4 @@
-"""``covidct pacs watch``: poll a DICOMweb server for new CT series, predict each, store the results into its study."""
+"""``covidct pacs watch``: poll DICOMweb for new CT series, predict each, store the results into its study."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ logger = logging.getLogger("covidct.pacs")
 
 @dataclass(frozen=True)
 class WatchOptions:
-    """How to poll: every ``poll_interval_s``; studies of the last ``days`` days (0: any); extra QIDO ``filters``."""
+    """How to poll: every ``poll_interval_s``; studies of the last ``days`` days (0: any); ``filters``."""
 
     poll_interval_s: float = 30.0
     days: int = 1
@@ -36,7 +36,7 @@ def watch(
     *,
     stop: threading.Event | None = None,
 ) -> dict[str, int]:
-    """Poll until ``stop`` is set (or one cycle with ``options.once``); return the count of series per outcome this run."""
+    """Poll until ``stop`` is set (one cycle with ``options.once``); return series per outcome."""
     stop = stop or threading.Event()
     counts = {status.value: 0 for status in SeriesStatus}
     outage_wait_s = BACKOFF_BASE_S
