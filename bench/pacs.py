@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python bench/pacs.py --model DIR [--engine onnx-int8] [--shared ../shared/data]
         [--kills 20] [--out bench/results/pacs.json]
 
-Series: 150 consecutive slices of one SARS-CoV-2 CT scan (block 9, the test block), resized to
+Series: the last 150 consecutive SARS-CoV-2 CT slices of a class (blocks 8-9, held out), resized to
 512 x 512 and written as CT DICOM in HU through the lung window (int16, the size of a clinical series).
 Orthanc (Debian's, with its DICOMweb plugin; the helper the tests use) runs on loopback ports with
 a temporary storage folder. Measured:
@@ -76,7 +76,7 @@ def main() -> None:
         orthanc = start_orthanc(root / "orthanc")
         try:
             results = {
-                "series": f"{args.slices} slices of {SIZE}x{SIZE} int16 CT (SARS-CoV-2 block 9 slices in HU)",
+                "series": f"{args.slices} slices of {SIZE}x{SIZE} int16 CT (SARS-CoV-2 blocks 8-9 slices in HU)",
                 "engine": args.engine,
                 "model": str(args.model),
                 **measure_in_process(args, orthanc, scans, root),
@@ -208,19 +208,17 @@ def result_counts(orthanc, studies: list[str]) -> list[dict[str, int]]:
 
 
 def scan_slices(shared: Path, n_slices: int) -> list[np.ndarray]:
-    """Runs of ``n_slices`` consecutive SARS-CoV-2 slices of block 9: (N, 512, 512) float32 gray in [0, 1]."""
+    """The last ``n_slices`` consecutive SARS-CoV-2 slices of each class (blocks 8-9, held out from training).
+
+    Returns (N, 512, 512) float32 gray in [0, 1] per class.
+    """
     folder = shared / "sars_cov2_ct"
     with (folder / "metadata.csv").open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["contiguous_block10"] == "9"]
+        rows = list(csv.DictReader(handle))
     scans = []
     for label in ("COVID", "non-COVID"):
-        run = sorted((r for r in rows if r["label_name"] == label), key=lambda r: int(r["seq_index"]))[
-            :n_slices
-        ]
-        if len(run) == n_slices:
-            scans.append(np.stack([_gray(folder / r["rel_path"]) for r in run]))
-    if not scans:
-        sys.exit(f"no run of {n_slices} slices in {folder}")
+        run = sorted((r for r in rows if r["label_name"] == label), key=lambda r: int(r["seq_index"]))[-n_slices:]
+        scans.append(np.stack([_gray(folder / r["rel_path"]) for r in run]))
     return scans
 
 

@@ -89,7 +89,7 @@ def _handle_folder(
     state: ProcessedSeries,
     options: ListenOptions,
 ) -> SeriesStatus | None:
-    key = folder.name
+    key, files = folder.name, spool.files(folder)
     record = state.get(key)
     if record is not None and record.status is not SeriesStatus.RETRY:
         logger.warning(
@@ -97,19 +97,19 @@ def _handle_folder(
             key,
             record.status.value,
         )
-        spool.remove(folder)
+        spool.remove(files)
         return None
     if not state.is_due(key):
         return None
     job = SeriesJob(
         key=key,
         series_uid=spool.series_uid(folder),
-        fetch=partial(spool.read, folder, max_bytes=options.max_series_bytes),
+        fetch=partial(spool.read, files, max_bytes=options.max_series_bytes),
         store=partial(send_results, options.local.ae_title, options.destination),
     )
     status = handle_series(job, predictor, model, state)
     if status is not SeriesStatus.RETRY:
-        spool.remove(folder)
+        spool.remove(files)
     return status
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -82,6 +84,14 @@ def handle_series(
             "%s: %s; attempt %d, retrying in %.0f s or later", name, error, record.attempts, wait_s
         )
         return SeriesStatus.RETRY
+    except Exception as error:  # noqa: BLE001 - a bug on one series must neither stop the service nor block it
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        # The type and the line only: an exception's message may quote a patient attribute.
+        place = f"{Path(where.filename).name}:{where.lineno}"
+        reason = f"unexpected {type(error).__name__} at {place} (a bug; please report it)"
+        state.mark(job.key, SeriesStatus.SKIPPED, reason=reason)
+        logger.error("%s: no result: %s", name, reason)
+        return SeriesStatus.SKIPPED
     state.mark(job.key, SeriesStatus.DONE, summary=outcome.summary())
     total = time.perf_counter() - started
     logger.info(

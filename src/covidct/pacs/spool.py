@@ -7,8 +7,8 @@ the series is handled after a restart. Folders and files are named by ``privacy_
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -61,22 +61,26 @@ class Spool:
             dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
         )
 
-    def read(self, folder: Path, *, max_bytes: int) -> list[Instance]:
-        """The series' instances as ``(name, bytes)``, refused past ``max_bytes`` before anything is read.
+    @staticmethod
+    def read(files: list[Path], *, max_bytes: int) -> list[Instance]:
+        """The instances in ``files`` (one series) as ``(name, bytes)``; refused past ``max_bytes``, unread.
 
         Raises:
             InputError: the series is over ``max_bytes``.
         """
-        files = self.files(folder)
         total = sum(path.stat().st_size for path in files)
         if total > max_bytes:
             raise InputError(
                 f"{len(files)} instances of {total / 2**20:.0f} MiB are over the {max_bytes / 2**20:.0f} MiB"
                 " per-series budget; raise --max-series-mb to accept it",
-                path=f"series {folder.name}",
+                path=f"series {files[0].parent.name}",
             )
         return [(f"instance-{index:04d}", path.read_bytes()) for index, path in enumerate(files)]
 
-    def remove(self, folder: Path) -> None:
-        """Delete a handled series' folder (only files this spool wrote are in it)."""
-        shutil.rmtree(folder)
+    @staticmethod
+    def remove(files: list[Path]) -> None:
+        """Delete handled instances, then their folder if empty (instances that came meanwhile stay)."""
+        for path in files:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            files[0].parent.rmdir()
