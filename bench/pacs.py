@@ -24,6 +24,7 @@ import csv
 import datetime as dt
 import json
 import logging
+import os
 import random
 import re
 import signal
@@ -64,7 +65,16 @@ def main() -> None:
     parser.add_argument("--round-trips", type=int, default=3)
     parser.add_argument("--throughput-series", type=int, default=4)
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--kill-series", type=int, default=4)
+    parser.add_argument("--kill-series", type=int, default=8)
+    parser.add_argument(
+        "--kill-window-s",
+        type=float,
+        default=12.0,
+        help="kill at a random point this long after a series arrives",
+    )
+    parser.add_argument(
+        "--only-kills", action="store_true", help="measure the kills only, into the existing --out file"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pacs.json")
     args = parser.parse_args()
     reason = why_orthanc_missing()
@@ -75,17 +85,22 @@ def main() -> None:
         root = Path(folder)
         orthanc = start_orthanc(root / "orthanc")
         try:
-            results = {
-                "series": f"{args.slices} slices of {SIZE}x{SIZE} int16 CT (SARS-CoV-2 blocks 8-9 slices in HU)",
-                "engine": args.engine,
-                "model": str(args.model),
-                **measure_in_process(args, orthanc, scans, root),
-                "kills": measure_kills(args, orthanc, scans, root) if args.kills else None,
-                "machine": machine_facts(
-                    ("torch", "onnxruntime", "covidct", "highdicom", "pynetdicom", "dicomweb-client")
-                ),
-                "orthanc": "Debian orthanc 1.10 + orthanc-dicomweb, loopback, same machine",
-            }
+            if args.only_kills:
+                results = json.loads(args.out.read_text())
+                results["kills"] = measure_kills(args, orthanc, scans, root)
+                results["kills_machine"] = machine_facts(("torch", "onnxruntime", "covidct"))
+            else:
+                results = {
+                    "series": f"{args.slices} slices of {SIZE}x{SIZE} int16 CT (SARS-CoV-2 blocks 8-9)",
+                    "engine": args.engine,
+                    "model": str(args.model),
+                    **measure_in_process(args, orthanc, scans, root),
+                    "kills": measure_kills(args, orthanc, scans, root) if args.kills else None,
+                    "machine": machine_facts(
+                        ("torch", "onnxruntime", "covidct", "highdicom", "pynetdicom", "dicomweb-client")
+                    ),
+                    "orthanc": "Debian orthanc 1.10 + orthanc-dicomweb, loopback, same machine",
+                }
         finally:
             orthanc.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,12 +117,13 @@ def measure_in_process(args, orthanc, scans, root: Path) -> dict:
     pacs = DicomWebPacs(orthanc.dicomweb_url, credentials=Credentials(user=USER, password=PASSWORD))
     state = ProcessedSeries(root / "in-process-state.json")
     stages = StageLog()
-    round_trips = []
+    round_trips, cpu_s = [], []
     for index in range(args.round_trips):
         upload(orthanc, write_series(root / f"rt{index}", scans[index % len(scans)]))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         counts = watch(predictor, pacs, state, model, WatchOptions(once=True))
         round_trips.append(time.perf_counter() - started)
+        cpu_s.append(time.process_time() - cpu_started)
         assert counts["done"] == 1, counts
     n = args.throughput_series
     for index in range(n):
@@ -119,6 +135,9 @@ def measure_in_process(args, orthanc, scans, root: Path) -> dict:
     return {
         "round_trip_s": [round(t, 2) for t in round_trips],
         "round_trip_median_s": round(statistics.median(round_trips), 2),
+        # CPU seconds of the covidct process (all its threads) per round trip; Orthanc's work is not in it.
+        "round_trip_cpu_s": [round(t, 2) for t in cpu_s],
+        "load_average_during": os.getloadavg(),
         "predict_s_per_series": stages.predict_s,
         "throughput_series": n,
         "throughput_s": round(elapsed, 1),
@@ -167,25 +186,44 @@ def measure_kills(args, orthanc, scans, root: Path) -> dict:
         "1",
     ]
     rng = random.Random(0)
-    partial_seen, kill_after_s = 0, []
-    for _ in range(args.kills):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_s = rng.uniform(2.0, 15.0)
+    env = {**os.environ, "COLUMNS": "250"}
+    partial_seen, kill_after_s, mid_series = 0, [], 0
+    for attempt in range(args.kills):
+        log = root / f"kill-{attempt}.log"
+        with log.open("w") as stream:
+            process = subprocess.Popen(command, stdout=stream, stderr=stream, env=env)
+            in_hand = _wait_for(lambda log=log: "instances received" in log.read_text(), timeout_s=180)
+            wait_s = rng.uniform(0.0, args.kill_window_s) if in_hand else 0.0
+            time.sleep(wait_s)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        text = log.read_text()
+        finished = text.count("Capture stored") + text.count("no result") + text.count("already in the PACS")
+        mid_series += text.count("instances received") > finished
         kill_after_s.append(round(wait_s, 1))
-        time.sleep(wait_s)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
         partial_seen += sum(1 for counts in result_counts(orthanc, studies) if counts["SR"] != counts["OT"])
+    done_before_final = sum(1 for counts in result_counts(orthanc, studies) if counts["SR"])
     subprocess.run([*command, "--once"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     final = result_counts(orthanc, studies)
     return {
         "kills": args.kills,
-        "kill_after_s": kill_after_s,
+        "kills_while_a_series_was_in_hand": mid_series,
+        "kill_after_series_received_s": kill_after_s,
         "series": len(studies),
+        "series_with_results_before_the_final_run": done_before_final,
         "results_per_series": [f"{c['SR']} SR + {c['OT']} SC" for c in final],
         "exactly_one_result_each": all(c == {"SR": 1, "OT": 1} for c in final),
         "partial_results_seen_between_kills": partial_seen,
     }
+
+
+def _wait_for(condition, *, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def result_counts(orthanc, studies: list[str]) -> list[dict[str, int]]:
@@ -217,7 +255,9 @@ def scan_slices(shared: Path, n_slices: int) -> list[np.ndarray]:
         rows = list(csv.DictReader(handle))
     scans = []
     for label in ("COVID", "non-COVID"):
-        run = sorted((r for r in rows if r["label_name"] == label), key=lambda r: int(r["seq_index"]))[-n_slices:]
+        run = sorted((r for r in rows if r["label_name"] == label), key=lambda r: int(r["seq_index"]))[
+            -n_slices:
+        ]
         scans.append(np.stack([_gray(folder / r["rel_path"]) for r in run]))
     return scans
 
