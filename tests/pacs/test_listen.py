@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
-from conftest import write_series
 from orthanc import free_port, start_orthanc, upload, why_orthanc_missing
+from pacs_series import write_series
 from readback import modality_counts
 
 from covidct.pacs.node import DicomNode, ListenOptions, listen

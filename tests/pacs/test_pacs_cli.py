@@ -11,10 +11,19 @@ from covidct.cli.app import app
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["watch", "MODEL", "--dicomweb", "http://127.0.0.1:9", "--filter", "BodyPart"], "--filter must be KEY=VALUE"),
-        (["watch", "MODEL", "--dicomweb", "http://127.0.0.1:9", "--days", "-1"], "--days must be 0 or more; got -1"),
+        (
+            ["watch", "MODEL", "--dicomweb", "http://127.0.0.1:9", "--filter", "BodyPart"],
+            "--filter must be KEY=VALUE",
+        ),
+        (
+            ["watch", "MODEL", "--dicomweb", "http://127.0.0.1:9", "--days", "-1"],
+            "--days must be 0 or more; got -1",
+        ),
         (["listen", "MODEL", "--destination", "ORTHANC@host"], "--destination must be AE_TITLE@HOST:PORT"),
-        (["watch", "MODEL", "--dicomweb", "http://x", "--token-file", "t", "--basic-auth-file", "b"], "both given"),
+        (
+            ["watch", "MODEL", "--dicomweb", "http://x", "--token-file", "t", "--basic-auth-file", "b"],
+            "both given",
+        ),
     ],
     ids=["filter", "days", "destination", "two-credentials"],
 )

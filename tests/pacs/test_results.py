@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import write_series
+from pacs_series import write_series
 from volumes import PATIENT_ATTRIBUTES
 
 from covidct.intended_use import RESEARCH_USE_STATEMENT

@@ -1,4 +1,4 @@
-"""One series handled and recorded: outages retry, bad input and bugs are recorded as skipped, never leak PHI."""
+"""One series handled and recorded: outages retry; bad input and bugs are skipped, without leaking PHI."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def never_called(objects):
     ],
     ids=["outage", "too-large", "bug"],
 )
-def test_each_failure_is_recorded_with_its_reason(tmp_path, caplog, predictor, model_identity, error, status, reason):
+def test_each_failure_is_recorded_with_its_reason(
+    tmp_path, caplog, predictor, model_identity, error, status, reason
+):
     state = ProcessedSeries(tmp_path / "state.json")
     job = SeriesJob(key="k", series_uid="1.2.3", fetch=failing(error), store=never_called)
 

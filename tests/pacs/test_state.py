@@ -26,9 +26,14 @@ def test_outcomes_survive_a_restart_and_done_series_are_not_due(tmp_path):
 def test_retries_back_off_exponentially_up_to_the_cap(tmp_path):
     state = ProcessedSeries(tmp_path / "state.json")
 
-    waits = [round(state.mark("a", SeriesStatus.RETRY, reason="HTTP 503").next_attempt_at - time.time()) for _ in range(12)]
+    waits = [
+        round(state.mark("a", SeriesStatus.RETRY, reason="HTTP 503").next_attempt_at - time.time())
+        for _ in range(12)
+    ]
 
-    assert waits[:3] == [BACKOFF_BASE_S, 2 * BACKOFF_BASE_S, 4 * BACKOFF_BASE_S] and waits[-1] == BACKOFF_MAX_S
+    assert (
+        waits[:3] == [BACKOFF_BASE_S, 2 * BACKOFF_BASE_S, 4 * BACKOFF_BASE_S] and waits[-1] == BACKOFF_MAX_S
+    )
     assert state.get("a").attempts == 12 and not state.is_due("a")
     assert state.is_due("a", now=state.get("a").next_attempt_at)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import typer.testing
-from conftest import write_series
 from orthanc import PASSWORD, USER, start_orthanc, upload
+from pacs_series import write_series
 from readback import modality_counts, study_series
 from test_results import sr_items
 from typer.testing import CliRunner
