@@ -202,6 +202,8 @@ def measure_kills(args, orthanc, scans, root: Path) -> dict:
         mid_series += text.count("instances received") > finished
         kill_after_s.append(round(wait_s, 1))
         partial_seen += sum(1 for counts in result_counts(orthanc, studies) if counts["SR"] != counts["OT"])
+        progress = {"kills_so_far": attempt + 1, "while_in_hand": mid_series, "partial_seen": partial_seen}
+        print(json.dumps(progress), flush=True)  # so that a run cut short still says what it saw
     done_before_final = sum(1 for counts in result_counts(orthanc, studies) if counts["SR"])
     subprocess.run([*command, "--once"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     final = result_counts(orthanc, studies)
