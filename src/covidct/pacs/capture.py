@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from covidct.infer.gradcam import render_overlay
+from covidct.infer.overlay import render_overlay
 from covidct.infer.study import StudyPrediction
 from covidct.pacs.identity import SC_SERIES_NUMBER, ResultUids
 from covidct.pacs.report import MANUFACTURER

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidct.model.card import CARD_FILE
-from covidct.model.checkpoint import file_sha256
+from covidct.model.integrity import file_sha256
 
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902

@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from covidct.errors import InputError
-from covidct.infer.ood import NOT_CT_LABEL
+from covidct.model.ood import NOT_CT_LABEL
 from covidct.infer.predictor import Predictor
 from covidct.infer.study import StudyPrediction
 from covidct.io.dicom import read_dicom_series
