@@ -1,4 +1,4 @@
-"""Subpackages import one way: io -> data/preprocess -> model -> train/evaluate/infer -> cli/server."""
+"""Subpackages import one way: io -> data/preprocess -> model -> train/evaluate/infer -> cli/server/pacs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ STAGES = {
     "export": 3,
     "cli": 4,
     "server": 4,
+    "pacs": 4,  # an interface like cli and server: the PACS round trip over infer
 }
 SHARED = {"errors", "intended_use", "html_page", "png"}
 

@@ -71,13 +71,15 @@ def write_dicom_series(
     multiframe: bool = False,
     modality: str = "CT",
     spacing_mm: tuple[float, float, float] = (2.5, 0.7, 0.7),
+    attributes: dict[str, object] | None = None,
 ) -> list[Path]:
     """Write (N, H, W) ``hu`` as a CT series in ``folder``; return the files, in the (shuffled) order written.
 
     Rescale slope and intercept are drawn at random (seeded) and file names do not follow slice order,
     so a reader passes only if it applies the modality LUT and orders by geometry. ``geometry`` keeps
     "position" (ImagePositionPatient), or only "slice_location" or "instance" for the fallbacks;
-    ``multiframe`` writes one file whose frames are stored shuffled, located by per-frame positions.
+    ``multiframe`` writes one file whose frames are stored shuffled, located by per-frame positions;
+    ``attributes`` (keyword -> value) are set on every file, e.g. a StudyDate.
     """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,8 @@ def write_dicom_series(
     for written, k in enumerate(order):
         dataset = _ct_dataset(study, series, stored[k], slope, intercept, is_signed, photometric, modality, spacing_mm)
         dataset.InstanceNumber = int(k) + 1
+        for keyword, value in (attributes or {}).items():
+            setattr(dataset, keyword, value)
         if geometry in ("position", "slice_location"):
             dataset.SliceLocation = float(k * spacing_mm[0])
         if geometry == "position":

@@ -9,6 +9,7 @@ from covidct.cli import (
     demo,
     evaluate,
     export,
+    pacs,
     predict,
     preprocess_preview,
     serve,
@@ -33,6 +34,7 @@ app.command()(audit.audit)
 app.command("preprocess-preview")(preprocess_preview.preprocess_preview)
 app.command()(serve.serve)
 app.add_typer(weights.app, name="weights")
+app.add_typer(pacs.app, name="pacs")
 
 
 def main() -> None:
