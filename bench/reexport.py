@@ -4,7 +4,7 @@
         [--out bench/results/reexport.json]
 
 Each validation slice of the model's source is decoded at full resolution, passed through
-``covidct.preprocess.transforms.export_as`` with a few fixed exports (``EXPORTS``: wide and narrow
+``covidct.preprocess.augment.export_as`` with a few fixed exports (``EXPORTS``: wide and narrow
 windows, a circular field of view with gray padding, and both together: the look of the hidden external
 set), then prepared exactly as the model card says. Per variant: slice ROC-AUC, and sensitivity and
 specificity at the card's threshold, next to the same slices as shipped. The issue's target: AUC within

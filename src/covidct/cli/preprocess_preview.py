@@ -38,8 +38,9 @@ def preprocess_preview(
     seed: int = 0,
 ) -> None:
     """Show what the network would see for a sample of DATA: each slice before (whole image) and after the site steps."""
-    preprocessing = Preprocessing(image_size=image_size, crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity,
-        fill_padding=fill_padding,
+    preprocessing = Preprocessing(
+        image_size=image_size, crop_field=crop_field, remove_annotations=remove_annotations,
+        standardise_intensity=standardise_intensity, fill_padding=fill_padding,
     )
     with progress_callback("preparing slices") as progress:
         preview = write_preview(data, out, preprocessing, n=n, seed=seed, progress=progress)

@@ -42,7 +42,7 @@ class TrainConfig:
     standardise_intensity: bool = False
     fill_padding: bool = False
     # Augment over how a slice was exported (window, circular field of view with gray or black padding):
-    # covidct.preprocess.transforms.RandomExport (BENCHMARKS.md, "Robust to how a slice was exported").
+    # covidct.preprocess.augment.RandomExport (BENCHMARKS.md, "Robust to how a slice was exported").
     vary_export: bool = False
     hu_window: str = str(LUNG_WINDOW)
     seed: int = 0
