@@ -35,7 +35,7 @@ CARD_KEYS = [
     "weights",
 ]
 DECISION_KEYS = ["class_bias", "study_aggregate", "study_rule_source", "study_topk_fraction", "temperature", "threshold", "threshold_rule", "tta_hflip"]
-PREPROCESSING_KEYS = ["channels", "crop_field", "hu_window", "image_size", "mean", "remove_annotations", "resize", "standardise_intensity", "std"]
+PREPROCESSING_KEYS = ["channels", "crop_field", "fill_padding", "hu_window", "image_size", "mean", "remove_annotations", "resize", "standardise_intensity", "std"]
 ARCHITECTURE_KEYS = ["head", "input", "name", "stride_variant"]
 
 

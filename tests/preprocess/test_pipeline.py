@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from covidct.data.dataset import decode_slices
+from covidct.preprocess.augment import Export, export_as
 from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slice
 from covidct.preprocess.transforms import Preprocessing, resize_gray
 from covidct.preprocess.window import LUNG_WINDOW, HuWindow
 
-SITE_STEPS = ("crop_field", "remove_annotations", "standardise_intensity")
+SITE_STEPS = ("crop_field", "remove_annotations", "standardise_intensity", "fill_padding")
 SIZE = 32
 
 
@@ -56,10 +58,14 @@ def test_with_every_step_off_prepare_slice_is_the_plain_resize():
         pytest.param("crop_field", lambda off, on: (on < 0.1).mean() < (off < 0.1).mean() - 0.2, id="crop_field"),
         pytest.param("remove_annotations", lambda off, on: off[2, 2] > 0.9 and on[2, 2] < 0.1, id="remove_annotations"),
         pytest.param("standardise_intensity", lambda off, on: on[16, 20] > off[16, 20] + 0.3, id="standardise_intensity"),
+        # on a gray-padded export (padding 0.4 outside a circle), the padding turns to the air inside it
+        pytest.param("fill_padding", lambda off, on: 0.35 < off[0, 0] < 0.45 and on[0, 0] < 0.1, id="fill_padding"),
     ],
 )
 def test_each_site_step_switches_on_alone(step, changed):
     gray = _small_body_with_letter()
+    if step == "fill_padding":
+        gray = export_as(torch.from_numpy(gray), Export(fov_radius=1.0, padding=0.4)).numpy()
     off = prepare_slice(gray, Preprocessing(image_size=SIZE))
     on = prepare_slice(gray, Preprocessing(image_size=SIZE, **{step: True}))
     assert changed(off, on)
@@ -69,14 +75,14 @@ def test_a_card_written_before_the_site_steps_loads_with_them_off_and_decodes_id
     """An older model card must give the same network input, hence the same predictions, as before."""
     old_card_section = {key: value for key, value in Preprocessing(image_size=SIZE).to_dict().items() if key not in SITE_STEPS}
     preprocessing = Preprocessing.from_dict(json.loads(json.dumps(old_card_section)))
-    assert [getattr(preprocessing, step) for step in SITE_STEPS] == [False, False, False]
+    assert [getattr(preprocessing, step) for step in SITE_STEPS] == [False] * len(SITE_STEPS)
     paths = tiny_dataset.paths["COVID"][:3]
     expected = np.stack([resize_gray(np.asarray(Image.open(p).convert("L"), np.float32) / 255, SIZE) for p in paths])
     assert np.allclose(decode_slices(paths, preprocessing).images.astype(np.float32), expected, atol=1e-3)
 
 
 def test_the_site_steps_round_trip_through_the_card_section():
-    preprocessing = Preprocessing(image_size=SIZE, crop_field=True, standardise_intensity=True)
+    preprocessing = Preprocessing(image_size=SIZE, crop_field=True, standardise_intensity=True, fill_padding=True)
     assert Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing
 
 

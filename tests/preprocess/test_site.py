@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage
 
 from covidct.io.images import read_grayscale
+from covidct.preprocess.augment import Export, export_as
 from covidct.preprocess.site import (
     crop_to_field,
+    fill_padding,
     find_body,
     otsu_thresholds,
     remove_annotations,
@@ -125,6 +129,70 @@ def test_a_soft_tissue_window_keeps_the_whole_body_not_just_the_bright_heart():
     gray[((xx - 0.5) / 0.08) ** 2 + ((yy - 0.5) / 0.08) ** 2 <= 1] = 0.9
     top, bottom, left, right = find_body(gray).box
     assert (right - left) >= 0.75 * SIZE and (bottom - top) >= 0.55 * SIZE
+
+
+def _exported(gray: np.ndarray, export: Export) -> np.ndarray:
+    return export_as(torch.from_numpy(gray), export).numpy()
+
+
+# The external-hospital look: a window twice as wide (air gray, not black), gray padding outside the field.
+WIDE_GRAY_PADDED = Export(contrast=0.5, fov_radius=1.0, padding=0.5)
+
+
+@pytest.mark.parametrize("padding", [0.3, 0.5, 0.8])
+def test_fill_padding_lets_find_body_box_the_body_again_in_a_gray_padded_wide_window_export(padding):
+    gray = _whole_body_figure()
+    exported = _exported(gray, Export(contrast=0.5, fov_radius=1.0, padding=padding))
+    # the padding is called body: nothing would be cropped
+    assert find_body(exported).box == (0, SIZE, 0, SIZE)
+    filled = fill_padding(exported)
+    assert np.abs(np.subtract(find_body(filled).box, find_body(gray).box)).max() <= 2
+    inside = ~np.isclose(exported, padding, atol=3 / 255)
+    assert np.array_equal(filled[inside], exported[inside])  # only the padding changes
+    assert np.isclose(filled[0, 0], exported[inside].min(), atol=0.01)  # to the air level inside the field
+
+
+def test_fill_padding_fills_noisy_padding_whole_not_speckled():
+    """Like SARS-CoV-2 ``Covid (540).png``: light-gray padding, specks of noise beyond the flat tolerance."""
+    exported = _exported(_whole_body_figure(), Export(contrast=0.5, fov_radius=1.0, padding=0.8))
+    padding = np.isclose(exported, 0.8)
+    # specks away from the field's edge (a speck touching the field joins it), none on the corners
+    away = ~ndimage.binary_dilation(~padding, iterations=3)
+    specks = away & (np.random.default_rng(0).random(exported.shape) < 0.05)
+    specks[0, 0] = specks[0, -1] = specks[-1, 0] = specks[-1, -1] = False
+    exported[specks] = 0.7
+    filled = fill_padding(exported)
+    assert np.ptp(filled[padding]) == 0 and filled[padding][0] < 0.3
+
+
+@pytest.mark.parametrize(
+    "gray",
+    [
+        pytest.param(_whole_body_figure(), id="whole-body-figure-on-black"),
+        pytest.param(_tight_crop(), id="tight-crop"),
+        pytest.param(_exported(_whole_body_figure(), Export(fov_radius=1.0, padding=0.0)), id="black-padding"),
+        pytest.param(np.where(_tight_crop() > 0.5, 1.0, 0.25).astype(np.float32), id="saturated-tissue-at-the-edges"),
+        pytest.param(np.zeros((SIZE, SIZE), np.float32), id="blank"),
+    ],
+)
+def test_fill_padding_leaves_slices_without_gray_padding_unchanged(gray):
+    assert np.array_equal(fill_padding(gray), gray)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset", ["sars_cov2_ct", "ucsd_covid_ct"])
+def test_on_real_slices_fill_padding_keeps_shipped_slices_and_finds_the_field_when_gray_padded(
+    shared_data, dataset
+):
+    """Every 40th slice: as shipped none is filled; re-exported gray-padded, the crop leaves padding out."""
+    for path in sorted((shared_data / dataset / "images").rglob("*.*"))[::40]:
+        gray = read_grayscale(path)
+        assert np.array_equal(fill_padding(gray), gray), path
+        exported = _exported(gray, Export(contrast=0.5, fov_radius=0.95, padding=0.5))
+        top, bottom, left, right = find_body(fill_padding(exported)).box
+        height, width = gray.shape
+        # the field of view spans 95% of each side; the body box must not reach far past it into the padding
+        assert (bottom - top) <= 0.97 * height and (right - left) <= 0.97 * width, path
 
 
 @pytest.mark.shared_data

@@ -30,6 +30,13 @@ ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 
 CropFieldOpt = Annotated[bool, typer.Option("--crop-field/--no-crop-field", help="Crop each slice to the body (largest bright components plus a margin) before resizing.")]
 RemoveAnnotationsOpt = Annotated[bool, typer.Option("--remove-annotations/--no-remove-annotations", help="Blank bright marks outside the body (letters, arrows, the table).")]
 StandardiseIntensityOpt = Annotated[bool, typer.Option("--standardise-intensity/--no-standardise-intensity", help="Map the body's 1st/99th intensity percentiles to black and white.")]
+FillPaddingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fill-padding/--no-fill-padding",
+        help="Set a flat gray frame outside a circular field of view to the air level first.",
+    ),
+]
 
 
 def load_dataset(data: Path, *, path_col: str, label_col: str, group_col: str | None, split_col: str | None, positive_class: str) -> Manifest:

@@ -16,6 +16,7 @@ from covidct.cli.console import (
 )
 from covidct.cli.options import (
     CropFieldOpt,
+    FillPaddingOpt,
     RemoveAnnotationsOpt,
     StandardiseIntensityOpt,
 )
@@ -30,13 +31,17 @@ def preprocess_preview(
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
     standardise_intensity: StandardiseIntensityOpt = False,
+    fill_padding: FillPaddingOpt = False,
     seed: int = 0,
 ) -> None:
     """Show what the network would see for a sample of DATA: each slice before (whole image) and after the site steps."""
     from covidct.data.preview import write_preview
     from covidct.preprocess.transforms import Preprocessing
 
-    preprocessing = Preprocessing(image_size=image_size, crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity)
+    preprocessing = Preprocessing(
+        image_size=image_size, crop_field=crop_field, remove_annotations=remove_annotations,
+        standardise_intensity=standardise_intensity, fill_padding=fill_padding,
+    )
     with progress_callback("preparing slices") as progress:
         preview = write_preview(data, out, preprocessing, n=n, seed=seed, progress=progress)
     print_failures(preview.failures, title="Files that could not be previewed")

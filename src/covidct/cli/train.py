@@ -21,6 +21,7 @@ from covidct.cli.options import (
     CropFieldOpt,
     DataArg,
     DeviceOpt,
+    FillPaddingOpt,
     GroupCol,
     LabelCol,
     PathCol,
@@ -61,6 +62,15 @@ def train(
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
     standardise_intensity: StandardiseIntensityOpt = False,
+    fill_padding: FillPaddingOpt = TrainConfig.fill_padding,
+    vary_export: Annotated[
+        bool,
+        typer.Option(
+            "--vary-export/--no-vary-export",
+            help="Augment over how slices were exported: window width and level, "
+            "circular field of view with gray or black padding.",
+        ),
+    ] = TrainConfig.vary_export,
     window: Annotated[str, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG are already windowed); stored in the model card.")] = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
@@ -83,7 +93,8 @@ def train(
     config = TrainConfig(
         mode=mode, train_layers=train_layers, frozen_views=frozen_views, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
         patience=patience, ema_epochs=ema_epochs or None, max_minutes=max_minutes, image_size=image_size,
-        crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity, hu_window=window, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
+        crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity,
+        fill_padding=fill_padding, vary_export=vary_export, hu_window=window, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
     )
     manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
     result = run_training(manifest, out, config, weights=weights, resume=resume, overwrite=overwrite)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -10,20 +11,23 @@ from torch.nn import functional
 from torchvision.transforms import v2
 
 
-def train_augmentation(image_size: int) -> v2.Compose:
+def train_augmentation(image_size: int, *, vary_export: bool = False) -> v2.Compose:
     """Augmentation for one (1, S, S) float slice in [0, 1]: what varies between sites but is not disease.
 
     Random resized crop (zoom and framing), horizontal flip (left/right lungs are both affected by
     COVID-19), a small rotation (patient positioning), brightness/contrast (window, scanner), and, each
     on a share of the slices, gamma (non-linear windows, figure export), a lower resolution (small or
     upscaled figures), blur (reconstruction kernel, JPEG) and noise (dose). All of it is a few elementwise or
-    small-kernel operations per slice, cheap next to the network on a CPU.
+    small-kernel operations per slice, cheap next to the network on a CPU. ``vary_export`` adds
+    ``RandomExport``: the slice as another site's pipeline might have exported it (window, field of view).
     """
+    export = [RandomExport()] if vary_export else []
     return v2.Compose(
         [
             v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomRotation(10),
+            *export,
             v2.ColorJitter(brightness=0.25, contrast=0.25),
             v2.RandomApply([RandomGamma(max_factor=1.5)], p=0.5),
             v2.RandomApply([RandomDownUp(min_scale=0.35)], p=0.3),
@@ -60,3 +64,70 @@ class RandomDownUp(nn.Module):
             image[None], size=small, mode="bilinear", antialias=True, align_corners=False
         )
         return functional.interpolate(shrunk, size=size, mode="bilinear", align_corners=False)[0]
+
+
+@dataclass(frozen=True)
+class Export:
+    """How another site might have exported an already windowed 8-bit slice.
+
+    A window ``contrast`` times as narrow (below 1: wider, air no longer black) around a level moved by
+    ``brightness`` (in units of the old window's width), then, when ``fov_radius`` is set, a circular field
+    of view: its radius as a share of half the height and half the width (1.0 touches the edges, larger
+    clips only the corners; a circle once the pipeline resizes the slice to a square), centred ``fov_shift``
+    (shares of the height and width) off the middle, and ``padding`` as the gray level outside it. Scanners
+    pad outside the reconstruction circle; some exports show that padding gray instead of black.
+    """
+
+    contrast: float = 1.0
+    brightness: float = 0.0
+    fov_radius: float | None = None
+    fov_shift: tuple[float, float] = (0.0, 0.0)
+    padding: float = 0.0
+
+
+def export_as(gray: torch.Tensor, export: Export) -> torch.Tensor:
+    """Return (..., H, W) float in [0, 1] ``gray`` re-exported as ``export`` says (same shape and dtype).
+
+    A window change on an 8-bit slice is linear in its gray levels: what the old window clipped stays
+    clipped (``export_as`` cannot bring back detail, only compress, stretch and shift what is there).
+    """
+    out = gray
+    if (export.contrast, export.brightness) != (1.0, 0.0):
+        out = ((gray - 0.5) * export.contrast + 0.5 + export.brightness).clamp(0.0, 1.0)
+    if export.fov_radius is None:
+        return out
+    height, width = gray.shape[-2:]
+    rows = torch.linspace(-1.0, 1.0, height)[:, None] - 2 * export.fov_shift[0]
+    cols = torch.linspace(-1.0, 1.0, width)[None, :] - 2 * export.fov_shift[1]
+    outside = rows**2 + cols**2 > export.fov_radius**2
+    return out.masked_fill(outside, export.padding)
+
+
+class RandomExport(nn.Module):
+    """``export_as`` with a random ``Export`` for each slice: what a new site's export pipeline changes.
+
+    Each part on a share of the slices: a window from 2.5x as wide to 1.5x as narrow (log-uniform) with its
+    level moved by up to a tenth of the width either way (wide windows raise the black level: air turns gray);
+    and a circular field of view (radius 0.8-1.2 of half the side, centre up to 5% off) padded black,
+    or gray (0.1-0.7) like the exports that made covidct call almost every slice non-COVID.
+    """
+
+    def __init__(self, p_window: float = 0.5, p_fov: float = 0.4, p_gray_padding: float = 0.6) -> None:
+        super().__init__()
+        self.p_window, self.p_fov, self.p_gray_padding = p_window, p_fov, p_gray_padding
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        return export_as(gray, self.draw())
+
+    def draw(self) -> Export:
+        """One random ``Export`` (torch's generator, so the training seed fixes it)."""
+        u = torch.rand(8).tolist()
+        export = Export()
+        if u[0] < self.p_window:
+            export = Export(contrast=math.exp(math.log(0.4) + u[1] * math.log(1.5 / 0.4)), brightness=0.2 * u[2] - 0.1)
+        if u[3] < self.p_fov:
+            padding = 0.1 + 0.6 * u[5] if u[4] < self.p_gray_padding else 0.0
+            shift = (0.1 * u[6] - 0.05, 0.1 * u[7] - 0.05)
+            radius = 0.8 + 0.4 * float(torch.rand(()))
+            export = Export(export.contrast, export.brightness, fov_radius=radius, fov_shift=shift, padding=padding)
+        return export

@@ -20,11 +20,14 @@ from covidct.preprocess.window import window_hu
 def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """Return (S, S) float32 in [0, 1] from a (H, W) float32 slice in [0, 1], S = ``preprocessing.image_size``.
 
-    The site steps run in a fixed order: annotations are removed on the whole image (they sit beside
+    The site steps run in a fixed order: a gray frame outside the field of view is filled first (the body
+    search needs air there), annotations are removed on the whole image (they sit beside
     the body, and the crop would otherwise keep those within its margin), then the crop, then the
     intensity window measured inside the body's hull (so black air around a whole-body figure does
     not set the contrast).
     """
+    if preprocessing.fill_padding:
+        gray = site.fill_padding(gray)
     if not (preprocessing.crop_field or preprocessing.remove_annotations or preprocessing.standardise_intensity):
         return resize_gray(gray, preprocessing.image_size)
     body = site.find_body(gray)

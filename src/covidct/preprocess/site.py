@@ -5,6 +5,8 @@ black air (sometimes with the table, letters and arrows), SARS-CoV-2 slices are 
 chest in a brighter window. A network trained on one learns that framing and window, and scores the
 other worse than chance. Each step here is one function on a (H, W) float32 slice in [0, 1]:
 
+0. ``fill_padding``: a flat gray frame around a circular field of view (a scanner's padding, exported
+   gray instead of black) is set to the darkest level inside the field, so the steps below see air there.
 1. ``find_body``: Otsu threshold (air vs. body), morphological opening, the largest connected components (the body;
    the same body crop COVID-Net CT uses: Gunraj et al., "COVIDNet-CT", Front. Med. 2020).
 2. ``remove_annotations``: bright components outside the body's hull (letters, arrows, the table,
@@ -37,6 +39,14 @@ _OPENING_ITERATIONS = 2
 _CROP_MARGIN_FRACTION = 0.03
 _LOW_PERCENTILE, _HIGH_PERCENTILE = 1.0, 99.0
 _MIN_CONTRAST = 1e-3
+# Padding is one gray level (within JPEG error) that covers at least this share of the image border, and
+# is brighter than the air inside the field of view by ``_PADDING_ABOVE_AIR`` (black padding needs nothing).
+_PADDING_TOLERANCE = 3 / 255
+_MIN_PADDING_BORDER_SHARE = 0.3
+_PADDING_ABOVE_AIR = 4 / 255
+# A white frame is saturated tissue touching the edge (a narrow window) more often than padding: left alone.
+_MAX_PADDING_LEVEL = 0.95
+_AIR_PERCENTILE = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,42 @@ class Body:
     box: tuple[int, int, int, int]
     found: bool
     bright_threshold: float = 1.0
+
+
+def fill_padding(gray: np.ndarray) -> np.ndarray:
+    """Return ``gray`` with a flat frame outside the field of view set to the air level inside it.
+
+    The frame is the flat region (one gray level, within JPEG error) that holds all four corners, covers
+    at least 30% of the border and leaves the centre out, with the specks of noise it surrounds: everything
+    but the connected field around the centre. It is what a scanner pads outside its circular
+    reconstruction field (12 SARS-CoV-2 training slices show it light gray). Without this, gray padding
+    sits between air and tissue in brightness, Otsu's threshold calls it body, and ``crop_to_field``
+    keeps the whole image. The air level is the 0.5th percentile inside the field. Returned unchanged: a
+    slice without such a frame (tissue that runs off every edge reaches the centre too), or whose frame
+    is already at most as dark as the air (black padding) or white (saturated, more likely tissue or a
+    figure border than padding).
+    """
+    height, width = gray.shape
+    corners = gray[[0, 0, -1, -1], [0, -1, 0, -1]]
+    level = np.float32(np.median(corners))
+    if np.ptp(corners) > _PADDING_TOLERANCE or level > _MAX_PADDING_LEVEL:
+        return gray
+    labels, _ = ndimage.label(np.abs(gray - level) <= _PADDING_TOLERANCE)
+    flat = np.isin(labels, labels[[0, 0, -1, -1], [0, -1, 0, -1]])
+    if flat[height // 2, width // 2]:
+        return gray
+    # The field is what the flat region encloses around the centre; specks of noise in the padding are not.
+    field_labels, _ = ndimage.label(~flat)
+    frame = field_labels != field_labels[height // 2, width // 2]
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+    if border.mean() < _MIN_PADDING_BORDER_SHARE:
+        return gray
+    air = np.float32(np.percentile(gray[~frame], _AIR_PERCENTILE))
+    if level - air < _PADDING_ABOVE_AIR:
+        return gray
+    filled = gray.copy()
+    filled[frame] = air
+    return filled
 
 
 def find_body(gray: np.ndarray) -> Body:

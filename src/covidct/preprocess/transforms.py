@@ -39,6 +39,8 @@ class Preprocessing:
     crop_field: bool = False
     remove_annotations: bool = False
     standardise_intensity: bool = False
+    # Off in cards written before it existed (``covidct.preprocess.site.fill_padding``); runs first.
+    fill_padding: bool = False
     # DICOM/NIfTI slices are windowed from HU with this window (covidct.preprocess.window) before the steps
     # above, in training and inference alike; 8-bit PNG/JPEG slices are already windowed and skip it.
     hu_window: HuWindow = LUNG_WINDOW

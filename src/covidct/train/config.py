@@ -43,6 +43,10 @@ class TrainConfig:
     remove_annotations: bool = True
     # Off by default: on validation data it cost in-domain ROC-AUC (see BENCHMARKS.md, "Cross-site generalisation").
     standardise_intensity: bool = False
+    fill_padding: bool = False
+    # Augment over how a slice was exported (window, circular field of view with gray or black padding):
+    # covidct.preprocess.augment.RandomExport (BENCHMARKS.md, "Robust to how a slice was exported").
+    vary_export: bool = False
     hu_window: HuWindow = LUNG_WINDOW  # a "LEVEL,WIDTH" string is parsed
     seed: int = 0
     device: Device = Device.AUTO
@@ -128,7 +132,7 @@ class TrainConfig:
 
         return Preprocessing(
             image_size=self.image_size, crop_field=self.crop_field, remove_annotations=self.remove_annotations, standardise_intensity=self.standardise_intensity,
-            hu_window=self.hu_window,
+            fill_padding=self.fill_padding, hu_window=self.hu_window,
         )
 
     def to_dict(self) -> dict:

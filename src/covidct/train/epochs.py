@@ -146,7 +146,7 @@ def make_runner(
     elif config.frozen_views:
         callbacks.on_stage(f"running the frozen layers once on {config.frozen_views} augmented views of each training slice (--frozen-views)")
         frozen = {"device": device, "use_bf16": use_bf16, "train_layers": config.train_layers}
-        views = cache_frozen_views(model, train[0], views=config.frozen_views, preprocessing=preprocessing, batch_size=config.batch_size, world=world, progress=callbacks.decode_progress("frozen layers"), **frozen)
+        views = cache_frozen_views(model, train[0], views=config.frozen_views, preprocessing=preprocessing, vary_export=config.vary_export, batch_size=config.batch_size, world=world, progress=callbacks.decode_progress("frozen layers"), **frozen)
         val_cached = trunk_outputs(model, val_shard, preprocessing=preprocessing, **frozen)
         module = TrainableTail(model, config.train_layers)
         dataset = CachedViews(views, train[1], weights, seed=config.seed)
@@ -154,7 +154,7 @@ def make_runner(
         val_logits = lambda net: tail_logits(net, val_cached, batch_size=config.batch_size, **frozen)
     else:
         module = model
-        dataset = SliceDataset(train[0], train[1], weights, augment=train_augmentation(preprocessing.image_size))
+        dataset = SliceDataset(train[0], train[1], weights, augment=train_augmentation(preprocessing.image_size, vary_export=config.vary_export))
         to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
         val_logits = lambda net: (
             _engine_outputs(net, val_shard, preprocessing, device, use_bf16, config.batch_size)[1]

@@ -98,6 +98,7 @@ def cache_frozen_views(
     device: torch.device,
     use_bf16: bool,
     batch_size: int,
+    vary_export: bool = False,
     world: World,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
@@ -110,7 +111,7 @@ def cache_frozen_views(
     """
     _check_memory(model, slices, views=views, train_layers=train_layers, preprocessing=preprocessing, use_bf16=use_bf16)
     model.eval()
-    augment = train_augmentation(preprocessing.image_size)
+    augment = train_augmentation(preprocessing.image_size, vary_export=vary_export)
     local_slices = world.shard(slices)
     cached = []
     for view in range(views):

@@ -1,0 +1,284 @@
+"""Training recipes compared by cross-validation, row by row, resumable across sessions (not a test).
+
+    .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,export,peer --folds 0,1 --max-minutes 7
+    .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe from what is measured
+
+Folds never touch a test split. UCSD-AI4H: its official train and val splits pooled and cut into 5
+patient-grouped folds (patients of each class shuffled with a fixed seed and dealt round-robin, so the
+folds are class-balanced by patient); the official test split is left out. SARS-CoV-2 CT: blocks 0-8 of
+each class (the contiguous blocks are the groups; block 9 is left out), fold f holding blocks {2f, 2f+1}
+(fold 4: block 8 alone). Each fold's model is trained on the other folds with the fold as its validation
+split (the threshold, calibration and epoch are chosen there, as ``covidct train`` does), so the fold
+scores are optimistic for every recipe alike; compare recipes on the same folds, not with the test figures.
+
+A recipe is a named set of ``TrainConfig`` options (``RECIPES``), or ``peer``: the UCSD baseline's
+published recipe (``bench/peers.py``) with the same weights, folds and budget. Every (dataset, recipe,
+fold, seed, budget) row records slice- and patient-level ROC-AUC on its validation fold, as shipped and
+re-exported (``bench/reexport.py``: wide and narrow windows, a circular field of view with gray padding),
+and is appended to ``--out`` as soon as it is measured; rows already there are skipped, so an
+interrupted study goes on where it stopped, in this session or a later one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from accuracy import EpochPrinter
+from generalise import _choose, _limited
+from machine import machine_facts
+from peers import PEER_RECIPE, train_peer
+from reexport import EXPORTS, card_scorer, decode_grays, labels_of, score_variants
+from shared_datasets import SOURCE_ROWS, write_manifest
+
+from covidct.data.manifest import read_manifest
+from covidct.model.pretrained import resolve_pretrained
+from covidct.train.config import TrainConfig
+from covidct.train.trainer import fit
+
+REPO = Path(__file__).resolve().parent.parent
+N_FOLDS = 5
+# Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's).
+RECIPES = {
+    "default": {},
+    "export": {"vary_export": True, "fill_padding": True},
+    "export-aug-only": {"vary_export": True},
+    "peer": None,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(SOURCE_ROWS), default="ucsd")
+    parser.add_argument(
+        "--recipes", default="default,export,peer", help=f"comma-separated, of: {', '.join(RECIPES)}"
+    )
+    parser.add_argument("--folds", default="0,1,2,3,4", help="comma-separated fold numbers (0-4)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--max-minutes", type=float, default=7.0, help="training budget per fold model")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "recipes.json")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where manifests and models go (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most this many slices per fold and class (smoke tests only; such rows are marked)",
+    )
+    parser.add_argument("--summary", action="store_true", help="only print the summary of --out")
+    args = parser.parse_args()
+    results = _read(args.out)
+    if args.summary:
+        print(summary_table(results["rows"]))
+        return
+    recipes, folds = _choose(args.recipes, RECIPES, "--recipes"), [int(f) for f in args.folds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not set(folds) <= set(range(N_FOLDS)):
+        raise SystemExit(f"--folds must be numbers 0-{N_FOLDS - 1}; got {args.folds}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-recipes-"))
+    rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
+    pretrained = resolve_pretrained("auto")
+    results["recipes"] |= {
+        name: RECIPES[name] if RECIPES[name] is not None else PEER_RECIPE for name in recipes
+    }
+    results["exports"] = {name: vars(export) for name, export in EXPORTS.items()}
+    for fold in folds:
+        split = _limited(_fold_split(rows, fold), args.limit)
+        for seed in seeds:
+            for recipe in recipes:
+                key = {
+                    "dataset": args.dataset,
+                    "recipe": recipe,
+                    "options": results["recipes"][recipe],
+                    "fold": fold,
+                    "seed": seed,
+                    "max_minutes": args.max_minutes,
+                    "limit": args.limit,
+                }
+                if any(all(row.get(k) == v for k, v in key.items()) for row in results["rows"]):
+                    print(f"{key}: kept from {args.out}", flush=True)
+                    continue
+                tag = f"{args.dataset}-{recipe}-fold{fold}-seed{seed}-{args.max_minutes:g}min"
+                record = _train_and_score(recipe, split, workdir / tag, args.max_minutes, seed, pretrained)
+                results["rows"].append(
+                    {**key, **record, "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+                )
+                results["machine"] = machine_facts()
+                _write(args.out, results)  # after every row: the study resumes from here
+                print(
+                    f"{tag}: slice ROC-AUC {record['val']['as shipped']['auc']}, "
+                    f"patient {record['val']['as shipped'].get('patient_auc')}",
+                    flush=True,
+                )
+    print(summary_table(results["rows"]))
+
+
+def fold_rows(rows: list[dict], dataset: str) -> list[dict]:
+    """The rows cross-validation may use, each with its ``fold`` (0-4); test rows are dropped here, once."""
+    if dataset == "sars":
+        usable = [row for row in rows if _sars_block(row) <= 8]
+        return [{**row, "fold": min(_sars_block(row) // 2, N_FOLDS - 1)} for row in usable]
+    usable = [row for row in rows if row["split"] in ("train", "val")]
+    label_of = {row["patient_id"]: row["label"] for row in usable}
+    fold_of = {}
+    for label in sorted(set(label_of.values())):
+        patients = sorted(p for p, patient_label in label_of.items() if patient_label == label)
+        random.Random(0).shuffle(patients)
+        fold_of |= {patient: i % N_FOLDS for i, patient in enumerate(patients)}
+    return [{**row, "fold": fold_of[row["patient_id"]]} for row in usable]
+
+
+def _sars_block(row: dict) -> int:
+    return int(row["patient_id"].rpartition("block")[2])
+
+
+def _fold_split(rows: list[dict], fold: int) -> list[dict]:
+    """Rows with ``split`` val for ``fold`` and train for the others (``fold`` dropped for the manifest)."""
+    return [
+        {**{k: v for k, v in row.items() if k != "fold"}, "split": "val" if row["fold"] == fold else "train"}
+        for row in rows
+    ]
+
+
+def _train_and_score(
+    recipe: str, rows: list[dict], out_dir: Path, max_minutes: float, seed: int, pretrained
+) -> dict:
+    """Train one fold model with ``recipe`` and score its validation fold as shipped and re-exported."""
+    train_rows = [row for row in rows if row["split"] == "train"]
+    val_rows = [row for row in rows if row["split"] == "val"]
+    started = time.perf_counter()
+    if RECIPES[recipe] is None:
+        peer = train_peer(train_rows, val_rows, max_minutes=max_minutes, pretrained=pretrained, seed=seed)
+        scorer, threshold = peer.score, peer.threshold
+        facts = {
+            "epochs_run": peer.epochs_run,
+            "best_epoch": peer.best_epoch,
+            "val_auc_by_epoch": [round(a, 4) for a in peer.val_auc_by_epoch],
+        }
+    else:
+        config = TrainConfig(max_minutes=max_minutes, seed=seed, **RECIPES[recipe])
+        manifest = read_manifest(write_manifest(rows, out_dir.with_suffix(".csv")))
+        trained = fit(manifest, out_dir, config, pretrained=pretrained, callbacks=EpochPrinter(out_dir.name))
+        scorer, threshold = card_scorer(trained.model_dir)
+        facts = {
+            "epochs_run": trained.card.training["epochs_run"],
+            "best_epoch": trained.card.training["best_epoch"],
+        }
+    train_s = round(time.perf_counter() - started, 1)
+    val = score_variants(
+        scorer,
+        threshold,
+        decode_grays(val_rows),
+        labels_of(val_rows),
+        groups=[row["patient_id"] for row in val_rows],
+    )
+    return {
+        "train_wall_time_s": train_s,
+        **facts,
+        "threshold": threshold,
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        "val": val,
+    }
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Mean ± sd over folds and seeds per (dataset, recipe, budget); re-exports: mean, largest abs. change.
+
+    The issue's targets bound the change either way: AUC within 0.03, sensitivity and specificity within 0.10.
+    """
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get("limit") is None:
+            cells.setdefault((row["dataset"], row["recipe"], row["max_minutes"]), []).append(row)
+    lines = [
+        "| dataset | recipe | budget (min) | folds | epochs | slice ROC-AUC | patient ROC-AUC "
+        "| re-exports vs as shipped, mean / max abs. change: AUC | sensitivity | specificity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, recipe, budget), cell in sorted(cells.items()):
+        deltas = {
+            key: [
+                v["delta"][key]
+                for r in cell
+                for v in r["val"].values()
+                if "delta" in v and v["delta"][key] is not None
+            ]
+            for key in ("auc", "sensitivity", "specificity")
+        }
+        shown = [
+            f"{statistics.fmean(map(abs, d)):.3f} / {max(map(abs, d)):.3f}" if d else "n/a"
+            for d in deltas.values()
+        ]
+        folds = ",".join(str(r["fold"]) for r in cell)
+        epochs = "/".join(str(r["epochs_run"]) for r in cell)
+        lines.append(
+            f"| {dataset} | {recipe} | {budget:g} | {folds} | {epochs} "
+            f"| {_mean_sd([r['val']['as shipped']['auc'] for r in cell])} "
+            f"| {_mean_sd([r['val']['as shipped'].get('patient_auc') for r in cell])} | {' | '.join(shown)} |"
+        )
+    return "\n".join(lines) + "\n\n" + _paired_table(cells)
+
+
+def _paired_table(cells: dict[tuple, list[dict]]) -> str:
+    """Each recipe minus ``default`` on the folds and seeds both were measured on (paired: less noise)."""
+    lines = [
+        "| dataset | recipe - default | budget (min) | paired folds "
+        "| delta slice ROC-AUC | delta patient ROC-AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (dataset, recipe, budget), cell in sorted(cells.items()):
+        reference = {(r["fold"], r["seed"]): r for r in cells.get((dataset, "default", budget), [])}
+        pairs = [(r, reference[(r["fold"], r["seed"])]) for r in cell if (r["fold"], r["seed"]) in reference]
+        if recipe == "default" or not pairs:
+            continue
+        deltas = {
+            level: [
+                _delta(r["val"]["as shipped"].get(level), d["val"]["as shipped"].get(level)) for r, d in pairs
+            ]
+            for level in ("auc", "patient_auc")
+        }
+        lines.append(
+            f"| {dataset} | {recipe} | {budget:g} | {len(pairs)} | {_mean_sd(deltas['auc'], signed=True)} "
+            f"| {_mean_sd(deltas['patient_auc'], signed=True)} |"
+        )
+    return "\n".join(lines)
+
+
+def _delta(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or reference is None else value - reference
+
+
+def _mean_sd(values: list[float | None], *, signed: bool = False) -> str:
+    """Mean ± sample sd (the mean alone for one value); "n/a" without values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = f"{statistics.fmean(values):+.3f}" if signed else f"{statistics.fmean(values):.3f}"
+    return f"{mean} ± {statistics.stdev(values):.3f}" if len(values) > 1 else mean
+
+
+def _read(path: Path) -> dict:
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"rows": [], "recipes": {}, "exports": {}}
+
+
+def _write(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Export variation: re-windowing and a padded circular field of view, fixed and random (training)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from covidct.preprocess.augment import Export, RandomExport, export_as, train_augmentation
+from covidct.train.config import TrainConfig
+
+SIZE = 64
+
+
+def _ramp() -> torch.Tensor:
+    """(1, SIZE, SIZE) gray levels from black to white, left to right: every level an 8-bit slice can hold."""
+    return torch.linspace(0.0, 1.0, SIZE).expand(1, SIZE, SIZE).clone()
+
+
+def test_the_default_export_is_the_slice_as_shipped():
+    gray = _ramp()
+    assert torch.equal(export_as(gray, Export()), gray)
+
+
+def test_a_wider_window_turns_black_air_gray_and_compresses_the_contrast():
+    out = export_as(_ramp(), Export(contrast=0.5))
+    assert out[0, 0, 0] == pytest.approx(0.25) and out[0, 0, -1] == pytest.approx(0.75)
+
+
+def test_a_narrower_window_clips_both_ends_and_a_brighter_level_raises_the_black_level():
+    narrow = export_as(_ramp(), Export(contrast=2.0))
+    assert narrow[0, 0, :10].eq(0).all() and narrow[0, 0, -10:].eq(1).all()
+    assert export_as(_ramp(), Export(brightness=0.1))[0, 0, 0] == pytest.approx(0.1)
+
+
+def test_the_field_of_view_pads_the_corners_and_keeps_the_middle():
+    gray = torch.full((1, SIZE, 2 * SIZE), 0.3)
+    out = export_as(gray, Export(fov_radius=1.0, padding=0.6))
+    assert out[0, 0, 0] == pytest.approx(0.6) and out[0, -1, -1] == pytest.approx(0.6)
+    assert out[0, SIZE // 2, SIZE] == pytest.approx(0.3)
+    # an inscribed ellipse of a 1:2 image: the middle of each edge is still inside the field
+    assert out[0, SIZE // 2, 1] == pytest.approx(0.3) and out[0, 1, SIZE] == pytest.approx(0.3)
+
+
+def test_random_export_draws_every_kind_of_export_and_stays_in_range():
+    torch.manual_seed(0)
+    draws = [RandomExport().draw() for _ in range(400)]
+    as_shipped = sum(d == Export() for d in draws)
+    gray_padded = sum(d.fov_radius is not None and d.padding > 0 for d in draws)
+    black_padded = sum(d.fov_radius is not None and d.padding == 0 for d in draws)
+    wide = sum(d.contrast < 0.7 for d in draws)
+    narrow = sum(d.contrast > 1.2 for d in draws)
+    assert min(as_shipped, gray_padded, black_padded, wide, narrow) >= 20
+    out = RandomExport()(_ramp())
+    assert out.shape == (1, SIZE, SIZE) and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_vary_export_switches_random_export_into_the_training_augmentation():
+    assert not any(isinstance(t, RandomExport) for t in train_augmentation(SIZE).transforms)
+    assert any(isinstance(t, RandomExport) for t in train_augmentation(SIZE, vary_export=True).transforms)
+
+
+def test_the_config_records_the_switches_and_fill_padding_reaches_the_card_preprocessing():
+    config = TrainConfig(vary_export=True, fill_padding=True)
+    assert config.to_dict()["vary_export"] is True
+    assert config.preprocessing.fill_padding is True
