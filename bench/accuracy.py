@@ -33,8 +33,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "accuracy.json")
-    parser.add_argument("--workdir", type=Path, default=None, help="where models and reports go (default: a temporary folder)")
-    parser.add_argument("--max-minutes", type=float, default=20.0, help="training time budget per run (the issue's 20 minutes)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where models and reports go (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=20.0,
+        help="training time budget per run (the issue's 20 minutes)",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-accuracy-"))
     manifests = {
@@ -43,22 +50,39 @@ def main() -> None:
     }
     pretrained = resolve_pretrained("auto")
     config = TrainConfig(max_minutes=args.max_minutes)
-    results = {"machine": machine_facts(), "recipe": config.to_dict(), "imagenet_weights": pretrained.provenance, "runs": {}}
+    results = {
+        "machine": machine_facts(),
+        "recipe": config.to_dict(),
+        "imagenet_weights": pretrained.provenance,
+        "runs": {},
+    }
     for name, manifest in manifests.items():
         started = time.perf_counter()
-        trained = fit(manifest, workdir / f"model-{name}", config, pretrained=pretrained, callbacks=EpochPrinter(name))
+        trained = fit(
+            manifest, workdir / f"model-{name}", config, pretrained=pretrained, callbacks=EpochPrinter(name)
+        )
         train_seconds = time.perf_counter() - started
         for test_name, test_manifest in manifests.items():
-            run = evaluate_model(trained.model_dir, test_manifest, workdir / f"eval-{name}-on-{test_name}", split="test")
+            run = evaluate_model(
+                trained.model_dir, test_manifest, workdir / f"eval-{name}-on-{test_name}", split="test"
+            )
             key = name if test_name == name else f"{name}->{test_name}"
             results["runs"][key] = {
-                "train": name, "test": f"{test_name} test split", "train_wall_time_s": round(train_seconds, 1),
-                "best_epoch": trained.card.training["best_epoch"], "epochs_run": trained.card.training["epochs_run"],
-                "validation": trained.card.validation_metrics, "threshold": trained.card.decision.threshold,
-                "temperature": trained.card.decision.temperature, "test_metrics": run.result.to_json_dict(),
+                "train": name,
+                "test": f"{test_name} test split",
+                "train_wall_time_s": round(train_seconds, 1),
+                "best_epoch": trained.card.training["best_epoch"],
+                "epochs_run": trained.card.training["epochs_run"],
+                "validation": trained.card.validation_metrics,
+                "threshold": trained.card.decision.threshold,
+                "temperature": trained.card.decision.temperature,
+                "test_metrics": run.result.to_json_dict(),
             }
             auc = run.result.slice_level.to_json_dict()["auc"]
-            print(f"{key}: test ROC-AUC {auc['value']:.3f} {auc['ci95']} (training {train_seconds / 60:.1f} min)", flush=True)
+            print(
+                f"{key}: test ROC-AUC {auc['value']:.3f} {auc['ci95']} (training {train_seconds / 60:.1f} min)",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out} (models and reports in {workdir})")
@@ -71,7 +95,10 @@ class EpochPrinter(TrainCallbacks):
         self.name = name
 
     def on_epoch_end(self, record: dict, epochs: int) -> None:
-        print(f"{self.name} epoch {record['epoch'] + 1}/{epochs}: val AUC {record['val_auc']:.3f} ({record['seconds']:.0f} s)", flush=True)
+        print(
+            f"{self.name} epoch {record['epoch'] + 1}/{epochs}: val AUC {record['val_auc']:.3f} ({record['seconds']:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,13 @@ FOLDS = 5
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, metavar="SOURCE=DIR", help="a model trained on one shared source: ucsd=DIR or sars=DIR")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="SOURCE=DIR",
+        help="a model trained on one shared source: ucsd=DIR or sars=DIR",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--repeats", type=int, default=20, help="how many times the 5-fold split is redrawn")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "calibration.json")
@@ -46,7 +52,11 @@ def main() -> None:
     results = {"machine": machine_facts(), "folds": FOLDS, "repeats": args.repeats, "models": {}}
     for source, model_dir in map(parse_model_spec, args.model):
         logits, labels, positive_index = validation_logits(model_dir, SOURCE_ROWS[source](args.shared))
-        results["models"][source] = {"model": str(model_dir), "n_validation": len(labels), **compare_methods(logits, labels, positive_index, args.repeats)}
+        results["models"][source] = {
+            "model": str(model_dir),
+            "n_validation": len(labels),
+            **compare_methods(logits, labels, positive_index, args.repeats),
+        }
         print(source, json.dumps(results["models"][source]["held_out"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -58,7 +68,9 @@ def validation_logits(model_dir: Path, rows: list[dict]) -> tuple[torch.Tensor, 
     predictor = load_model(model_dir)
     card = predictor.card
     rows, decoded = decode_validation(rows, card.preprocessing)
-    _, logits = predictor.engine.features_and_logits(decoded.images, preprocessing=card.preprocessing, batch_size=32, tta_hflip=card.decision.tta_hflip)
+    _, logits = predictor.engine.features_and_logits(
+        decoded.images, preprocessing=card.preprocessing, batch_size=32, tta_hflip=card.decision.tta_hflip
+    )
     labels = torch.tensor([card.classes.index(rows[index]["label"]) for index in decoded.indices])
     return torch.from_numpy(logits).double(), labels, card.positive_index
 
@@ -68,14 +80,26 @@ def compare_methods(logits: torch.Tensor, labels: torch.Tensor, positive_index: 
     is_positive = (labels == positive_index).numpy().astype(int)
     scores: dict[str, dict[str, list[float]]] = {name: {"ece": [], "nll": []} for name in METHODS}
     for seed in range(repeats):
-        for fit_rows, held_rows in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
+        for fit_rows, held_rows in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(
+            np.zeros(len(labels)), labels
+        ):
             for name, method in METHODS.items():
                 temperature, bias = method(logits[fit_rows], labels[fit_rows])
                 prob = torch.from_numpy(calibrated_probabilities(logits[held_rows], temperature, bias))
-                scores[name]["ece"].append(expected_calibration_error(is_positive[held_rows], prob[:, positive_index].numpy()))
-                scores[name]["nll"].append(float(torch.nn.functional.nll_loss(prob.clamp_min(1e-12).log(), labels[held_rows])))
-    fitted = {name: dict(zip(("temperature", "class_bias"), method(logits, labels), strict=True)) for name, method in METHODS.items()}
-    held_out = {name: {metric: round(float(np.mean(values)), 4) for metric, values in by_metric.items()} for name, by_metric in scores.items()}
+                scores[name]["ece"].append(
+                    expected_calibration_error(is_positive[held_rows], prob[:, positive_index].numpy())
+                )
+                scores[name]["nll"].append(
+                    float(torch.nn.functional.nll_loss(prob.clamp_min(1e-12).log(), labels[held_rows]))
+                )
+    fitted = {
+        name: dict(zip(("temperature", "class_bias"), method(logits, labels), strict=True))
+        for name, method in METHODS.items()
+    }
+    held_out = {
+        name: {metric: round(float(np.mean(values)), 4) for metric, values in by_metric.items()}
+        for name, by_metric in scores.items()
+    }
     return {"held_out": held_out, "fitted_on_all_validation": fitted}
 
 

@@ -51,7 +51,13 @@ CPU = torch.device("cpu")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("probe", choices=("frozen", "adabn"))
-    parser.add_argument("--model", action="append", default=[], metavar="SOURCE=DIR", help="adabn: a model trained on one shared source")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="SOURCE=DIR",
+        help="adabn: a model trained on one shared source",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cross_site_probes.json")
     args = parser.parse_args()
@@ -63,7 +69,9 @@ def main() -> None:
     else:
         if not args.model:
             raise SystemExit("adabn needs --model SOURCE=DIR (at least one)")
-        results["adabn"] = {source: adabn_probe(model_dir, rows) for source, model_dir in map(parse_model_spec, args.model)}
+        results["adabn"] = {
+            source: adabn_probe(model_dir, rows) for source, model_dir in map(parse_model_spec, args.model)
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results[args.probe], indent=1))
@@ -74,7 +82,9 @@ def frozen_probe(rows: dict[str, list[dict]]) -> dict:
     rng = random.Random(0)
     sets = {}
     for source, source_rows in rows.items():
-        sets[f"{source}_train"] = rng.sample([row for row in source_rows if row["split"] == "train"], TRAIN_SLICES)
+        sets[f"{source}_train"] = rng.sample(
+            [row for row in source_rows if row["split"] == "train"], TRAIN_SLICES
+        )
         sets[f"{source}_val"] = [row for row in source_rows if row["split"] == "val"]
     pretrained = resolve_pretrained("auto")
     model = build_resnet50(num_classes=2, stride_variant=pretrained.stride_variant)
@@ -88,16 +98,26 @@ def frozen_probe(rows: dict[str, list[dict]]) -> dict:
         slices = decoded.images.astype(np.float32)
         for variant, step in VARIANTS.items():
             changed = torch.from_numpy(np.stack([step(gray) for gray in slices]))
-            features[variant, name] = predict_logits(lambda x: extract_features(model, x), changed, preprocessing=preprocessing, device=CPU, use_bf16=True).numpy()
+            features[variant, name] = predict_logits(
+                lambda x: extract_features(model, x),
+                changed,
+                preprocessing=preprocessing,
+                device=CPU,
+                use_bf16=True,
+            ).numpy()
         print(f"{name}: {len(slices)} slices", flush=True)
     table = {}
     for variant in VARIANTS:
         table[variant] = {}
         for train in rows:
-            classifier = LogisticRegression(C=0.1, max_iter=3000).fit(features[variant, f"{train}_train"], labels[f"{train}_train"])
+            classifier = LogisticRegression(C=0.1, max_iter=3000).fit(
+                features[variant, f"{train}_train"], labels[f"{train}_train"]
+            )
             for val in rows:
                 scores = classifier.predict_proba(features[variant, f"{val}_val"])[:, 1]
-                table[variant][f"{train.upper()}->{val.upper()} val"] = round(float(roc_auc_score(labels[f"{val}_val"], scores)), 3)
+                table[variant][f"{train.upper()}->{val.upper()} val"] = round(
+                    float(roc_auc_score(labels[f"{val}_val"], scores)), 3
+                )
     return table
 
 
@@ -128,7 +148,9 @@ def _equalised(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
     return np.where(field, np.searchsorted(values, gray, side="right") / len(values), 0.0).astype(np.float32)
 
 
-def _masked(gray: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def _masked(
+    gray: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
     field = lung_field(gray)
     return np.where(field, gray if step is None else step(gray, field), 0.0).astype(np.float32)
 
@@ -136,7 +158,9 @@ def _masked(gray: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarra
 VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "covidct default (crop + annotation removal)": lambda gray: gray,
     "+ lung-field mask": _masked,
-    "+ lung-field mask + intensity standardisation in it": lambda gray: _masked(gray, site.standardise_intensity),
+    "+ lung-field mask + intensity standardisation in it": lambda gray: _masked(
+        gray, site.standardise_intensity
+    ),
     "+ lung-field mask + histogram equalisation in it": lambda gray: _masked(gray, _equalised),
     "+ histogram equalisation in the body": lambda gray: _equalised(gray, site.find_body(gray).hull),
 }
@@ -164,7 +188,9 @@ def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
     table = {}
     for source, source_rows in rows.items():
         val_rows, decoded = decode_validation(source_rows, preprocessing)
-        is_positive = np.array([val_rows[index]["label"] == card.positive_class for index in decoded.indices], dtype=int)
+        is_positive = np.array(
+            [val_rows[index]["label"] == card.positive_class for index in decoded.indices], dtype=int
+        )
         images = torch.from_numpy(decoded.images)
         adapted = batch_norm_adapted(model, images, preprocessing)
         table[f"{source.upper()} val"] = {
@@ -175,7 +201,9 @@ def adabn_probe(model_dir: Path, rows: dict[str, list[dict]]) -> dict:
     return table
 
 
-def batch_norm_adapted(model: torch.nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, batch_size: int = 32) -> torch.nn.Module:
+def batch_norm_adapted(
+    model: torch.nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, batch_size: int = 32
+) -> torch.nn.Module:
     """A copy of ``model`` whose BatchNorm statistics are the (cumulative) statistics of ``slices``."""
     adapted = copy.deepcopy(model)
     for module in adapted.modules():

@@ -36,25 +36,40 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "decode.json")
     args = parser.parse_args()
     shared = args.shared.resolve()
-    rows = [r for r in ucsd_rows(shared) if r["split"] == "test"] + [r for r in sars_rows(shared) if r["split"] in ("test", "val")]
+    rows = [r for r in ucsd_rows(shared) if r["split"] == "test"] + [
+        r for r in sars_rows(shared) if r["split"] in ("test", "val")
+    ]
     unique = [Path(row["path"]) for row in rows]
     paths = (unique * (args.n_files // len(unique) + 1))[: args.n_files]
     preprocessing = Preprocessing(crop_field=True, remove_annotations=True)  # covidct train's defaults
-    results = {"machine": machine_facts(), "n_files": len(paths), "batch_size": BATCH, "preprocessing": "224 px, annotation removal and body crop (the training defaults)", "runs": {}}
+    results = {
+        "machine": machine_facts(),
+        "n_files": len(paths),
+        "batch_size": BATCH,
+        "preprocessing": "224 px, annotation removal and body crop (the training defaults)",
+        "runs": {},
+    }
     for workers in range(len(os.sched_getaffinity(0)) + 1):
         start = time.perf_counter()
         first_batch_s, n_slices = None, 0
-        for batch in iter_slice_batches(paths, preprocessing=preprocessing, batch_size=BATCH, decode_workers=workers):
+        for batch in iter_slice_batches(
+            paths, preprocessing=preprocessing, batch_size=BATCH, decode_workers=workers
+        ):
             first_batch_s = first_batch_s or time.perf_counter() - start
             n_slices += len(batch.paths)
         seconds = time.perf_counter() - start
         results["runs"][f"decode_workers={workers}"] = {
-            "slices": n_slices, "seconds": round(seconds, 2), "first_batch_s": round(first_batch_s, 2),
-            "slices_per_s": round(n_slices / seconds, 1), "steady_slices_per_s": round((n_slices - BATCH) / (seconds - first_batch_s), 1),
+            "slices": n_slices,
+            "seconds": round(seconds, 2),
+            "first_batch_s": round(first_batch_s, 2),
+            "slices_per_s": round(n_slices / seconds, 1),
+            "steady_slices_per_s": round((n_slices - BATCH) / (seconds - first_batch_s), 1),
         }
         print(workers, results["runs"][f"decode_workers={workers}"], flush=True)
     base = results["runs"]["decode_workers=0"]["steady_slices_per_s"]
-    results["steady_ratio_to_thread"] = {name: round(run["steady_slices_per_s"] / base, 2) for name, run in results["runs"].items()}
+    results["steady_ratio_to_thread"] = {
+        name: round(run["steady_slices_per_s"] / base, 2) for name, run in results["runs"].items()
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

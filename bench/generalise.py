@@ -55,18 +55,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generalise.json")
-    parser.add_argument("--workdir", type=Path, default=None, help="where manifests, models and reports go (default: a temporary folder)")
-    parser.add_argument("--configs", default="none,crop,crop+annotations,all", help=f"comma-separated ablation rows, of: {', '.join(CONFIGS)}")
-    parser.add_argument("--train-sets", default="sars,ucsd,both", help="comma-separated, of: sars, ucsd, both")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where manifests, models and reports go (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--configs",
+        default="none,crop,crop+annotations,all",
+        help=f"comma-separated ablation rows, of: {', '.join(CONFIGS)}",
+    )
+    parser.add_argument(
+        "--train-sets", default="sars,ucsd,both", help="comma-separated, of: sars, ucsd, both"
+    )
     parser.add_argument("--max-minutes", type=float, default=20.0, help="training time budget per model")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many images per split and class (smoke tests only)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most this many images per split and class (smoke tests only)",
+    )
     parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples per metric")
-    parser.add_argument("--keep-measured", action="store_true", help="keep the rows already in --out (same recipe and limit) and train only the missing ones")
+    parser.add_argument(
+        "--keep-measured",
+        action="store_true",
+        help="keep the rows already in --out (same recipe and limit) and train only the missing ones",
+    )
     args = parser.parse_args()
     configs = _choose(args.configs, CONFIGS, "--configs")
     train_sets = _choose(args.train_sets, dict.fromkeys(TRAIN_SETS), "--train-sets")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-generalise-"))
-    rows = {"sars": _limited(sars_rows(args.shared), args.limit), "ucsd": _limited(ucsd_rows(args.shared), args.limit)}
+    rows = {
+        "sars": _limited(sars_rows(args.shared), args.limit),
+        "ucsd": _limited(ucsd_rows(args.shared), args.limit),
+    }
     rows["both"] = rows["sars"] + rows["ucsd"]
     manifests = {name: read_manifest(write_manifest(rows[name], workdir / f"{name}.csv")) for name in rows}
     pretrained = resolve_pretrained("auto")
@@ -82,13 +105,17 @@ def main() -> None:
         results = _measured(args.out, results)
     results["configs"] |= {name: list(CONFIGS[name]) for name in configs}
     for config_name in configs:
-        config = TrainConfig(max_minutes=args.max_minutes, **{step: step in CONFIGS[config_name] for step in STEPS})
+        config = TrainConfig(
+            max_minutes=args.max_minutes, **{step: step in CONFIGS[config_name] for step in STEPS}
+        )
         for train_name in train_sets:
             key = f"{config_name}: {train_name}"
             if key in results["runs"]:
                 print(f"{key}: kept from {args.out}", flush=True)
                 continue
-            results["runs"][key] = _train_and_test(config, config_name, train_name, manifests, pretrained, workdir, args.n_resamples)
+            results["runs"][key] = _train_and_test(
+                config, config_name, train_name, manifests, pretrained, workdir, args.n_resamples
+            )
             _write(args.out, results)  # after every model, so an interrupted run keeps what it measured
     order = [f"{config}: {train}" for config in CONFIGS for train in TRAIN_SETS]
     results["runs"] = dict(sorted(results["runs"].items(), key=lambda item: order.index(item[0])))
@@ -98,18 +125,43 @@ def main() -> None:
     print(f"wrote {args.out} (models and reports in {workdir})")
 
 
-def _train_and_test(config: TrainConfig, config_name: str, train_name: str, manifests: dict, pretrained, workdir: Path, n_resamples: int) -> dict:
+def _train_and_test(
+    config: TrainConfig,
+    config_name: str,
+    train_name: str,
+    manifests: dict,
+    pretrained,
+    workdir: Path,
+    n_resamples: int,
+) -> dict:
     tag = f"{config_name}-{train_name}".replace("+", "_")
     started = time.perf_counter()
-    trained = fit(manifests[train_name], workdir / f"model-{tag}", config, pretrained=pretrained, callbacks=EpochPrinter(tag))
+    trained = fit(
+        manifests[train_name],
+        workdir / f"model-{tag}",
+        config,
+        pretrained=pretrained,
+        callbacks=EpochPrinter(tag),
+    )
     record = {
-        "config": config_name, "train": train_name, "train_wall_time_s": round(time.perf_counter() - started, 1),
-        "epochs_run": trained.card.training["epochs_run"], "best_epoch": trained.card.training["best_epoch"],
-        "validation": trained.card.validation_metrics, "threshold": trained.card.decision.threshold, "temperature": trained.card.decision.temperature,
+        "config": config_name,
+        "train": train_name,
+        "train_wall_time_s": round(time.perf_counter() - started, 1),
+        "epochs_run": trained.card.training["epochs_run"],
+        "best_epoch": trained.card.training["best_epoch"],
+        "validation": trained.card.validation_metrics,
+        "threshold": trained.card.decision.threshold,
+        "temperature": trained.card.decision.temperature,
         "tests": {},
     }
     for test_name in ("sars", "ucsd"):
-        run = evaluate_model(trained.model_dir, manifests[test_name], workdir / f"eval-{tag}-on-{test_name}", split="test", n_resamples=n_resamples)
+        run = evaluate_model(
+            trained.model_dir,
+            manifests[test_name],
+            workdir / f"eval-{tag}-on-{test_name}",
+            split="test",
+            n_resamples=n_resamples,
+        )
         slice_level = run.result.slice_level.to_json_dict()
         record["tests"][test_name] = {
             "kind": "in-domain" if train_name in (test_name, "both") else "held-out source",
@@ -118,7 +170,10 @@ def _train_and_test(config: TrainConfig, config_name: str, train_name: str, mani
             "site_shift": None if run.site_shift is None else run.site_shift.to_json_dict(),
         }
         auc = slice_level["auc"]
-        print(f"{config_name}: {train_name} -> {test_name} test: ROC-AUC {auc['value']:.3f} {auc['ci95']}", flush=True)
+        print(
+            f"{config_name}: {train_name} -> {test_name} test: ROC-AUC {auc['value']:.3f} {auc['ci95']}",
+            flush=True,
+        )
     return record
 
 
@@ -129,7 +184,9 @@ def _measured(path: Path, fresh: dict) -> dict:
     earlier = json.loads(path.read_text(encoding="utf-8"))
     same = all(earlier.get(key) == fresh[key] for key in ("recipe", "limit", "imagenet_weights"))
     if not same:
-        raise SystemExit(f"{path} was measured with another recipe, limit or weights; drop --keep-measured or choose another --out")
+        raise SystemExit(
+            f"{path} was measured with another recipe, limit or weights; drop --keep-measured or choose another --out"
+        )
     return {**earlier, "machine": fresh["machine"]}
 
 
@@ -142,7 +199,11 @@ def markdown_table(runs: dict) -> str:
     for record in runs.values():
         for test_name, test in record["tests"].items():
             auc = test["auc"]
-            shift = "n/a" if test["site_shift"] is None else ("yes" if test["site_shift"]["likely_shift"] else "no")
+            shift = (
+                "n/a"
+                if test["site_shift"] is None
+                else ("yes" if test["site_shift"]["likely_shift"] else "no")
+            )
             lines.append(
                 f"| {record['config']} | {record['train']} -> {test_name} test | {test['kind']} | {_fmt(auc['value'])} [{_fmt(auc['ci95'][0])}, {_fmt(auc['ci95'][1])}] "
                 f"| {_fmt(test['sensitivity']['value'])} | {_fmt(test['specificity']['value'])} | {_fmt(test['ece']['value'])} | {shift} |"
@@ -158,7 +219,9 @@ def _limited(rows: list[dict], limit: int | None) -> list[dict]:
     for row in rows:
         cells.setdefault((row["split"], row["label"]), []).append(row)
     rng = random.Random(0)
-    return [row for cell in cells.values() for row in (rng.sample(cell, limit) if len(cell) > limit else cell)]
+    return [
+        row for cell in cells.values() for row in (rng.sample(cell, limit) if len(cell) > limit else cell)
+    ]
 
 
 def _choose(text: str, known: dict, option: str) -> list[str]:

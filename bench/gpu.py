@@ -52,15 +52,27 @@ PREDICT_FILES = 2000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="ImageNet ResNet-50 state dict, as 'covidct train --weights' takes it")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="ImageNet ResNet-50 state dict, as 'covidct train --weights' takes it",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu.json")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--steps", default=None, help="comma-separated subset of the steps (default: all; model_throughput and predict_end_to_end need demo)")
+    parser.add_argument(
+        "--steps",
+        default=None,
+        help="comma-separated subset of the steps (default: all; model_throughput and predict_end_to_end need demo)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark checks the GPU paths")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-gpu-"))
-    results: dict = {"machine": machine_facts(), "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    results: dict = {
+        "machine": machine_facts(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
     steps = {
         "demo": lambda: _demo(args.weights, workdir),
         "train_throughput": lambda: _train_throughput(args.weights, workdir),
@@ -87,7 +99,9 @@ def main() -> None:
 
 def _covidct(*arguments: str, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    done = subprocess.run(["covidct", *arguments], capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        ["covidct", *arguments], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"covidct {' '.join(arguments)} exited {done.returncode}: {done.stderr[-2000:]}")
     return time.perf_counter() - start, done
@@ -108,14 +122,34 @@ def _demo(weights: str, workdir: Path) -> dict:
 
 def _train_throughput(weights: str, workdir: Path) -> dict:
     manifest = _copied_training_manifest(workdir / "train-copies")
-    seconds, _ = _covidct("train", str(manifest), "--out", str(workdir / "model-copies"), "--epochs", "3", "--patience", "3", "--weights", weights, "--device", "cuda")
+    seconds, _ = _covidct(
+        "train",
+        str(manifest),
+        "--out",
+        str(workdir / "model-copies"),
+        "--epochs",
+        "3",
+        "--patience",
+        "3",
+        "--weights",
+        weights,
+        "--device",
+        "cuda",
+    )
     epochs = _epoch_seconds(workdir / "model-copies")
     n_train = 120 * TRAIN_COPIES
-    return {"wall_s": round(seconds, 1), "n_train_slices": n_train, "epoch_seconds": epochs, "train_slices_per_s": [round(n_train / s, 1) for s in epochs]}
+    return {
+        "wall_s": round(seconds, 1),
+        "n_train_slices": n_train,
+        "epoch_seconds": epochs,
+        "train_slices_per_s": [round(n_train / s, 1) for s in epochs],
+    }
 
 
 def _model_throughput(model_dir: Path) -> dict:
-    baseline, card = load_model_dir(model_dir)  # a model of its own: load_model folds the predictor's BatchNorms in place
+    baseline, card = load_model_dir(
+        model_dir
+    )  # a model of its own: load_model folds the predictor's BatchNorms in place
     paths = sorted((DEMO / "images").rglob("*.png"))
     decoded = torch.from_numpy(decode_slices(paths, card.preprocessing).images)
     slices = decoded.repeat((N_SLICES + len(decoded) - 1) // len(decoded), 1, 1)[:N_SLICES]
@@ -124,28 +158,51 @@ def _model_throughput(model_dir: Path) -> dict:
 
     def plain_script(batch: torch.Tensor) -> None:
         with torch.no_grad():
-            baseline(normalize(batch.float().unsqueeze(1).to(device), card.preprocessing)).softmax(dim=1).cpu()
+            baseline(normalize(batch.float().unsqueeze(1).to(device), card.preprocessing)).softmax(
+                dim=1
+            ).cpu()
 
-    predictor = load_model(model_dir, device="cuda")  # covidct's path: BatchNorm folded, channels_last, bf16 autocast
+    predictor = load_model(
+        model_dir, device="cuda"
+    )  # covidct's path: BatchNorm folded, channels_last, bf16 autocast
     engine = predictor.engine
     rows = {}
     for batch_size in BATCHES:
-        rows[f"baseline_fp32_nchw_b{batch_size}"] = _slices_per_second(lambda s, b=batch_size: [plain_script(s[i : i + b]) for i in range(0, len(s), b)], slices)
+        rows[f"baseline_fp32_nchw_b{batch_size}"] = _slices_per_second(
+            lambda s, b=batch_size: [plain_script(s[i : i + b]) for i in range(0, len(s), b)], slices
+        )
         for tta in (False, True):
             name = f"covidct_torch_bf16_cl{'_tta' if tta else ''}_b{batch_size}"
-            rows[name] = _slices_per_second(lambda s, b=batch_size, t=tta: engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=b, tta_hflip=t), slices)
+            rows[name] = _slices_per_second(
+                lambda s, b=batch_size, t=tta: engine.features_and_logits(
+                    s, preprocessing=card.preprocessing, batch_size=b, tta_hflip=t
+                ),
+                slices,
+            )
     # Where the batch-32 gap comes from (bf16 at 32 ran 0.68x the fp32 script on an H200): fp32 with the
     # engine's layout, and bf16 with cuDNN choosing its kernels by timing them.
     fp32_engine = TorchEngine(predictor.model, device=device, use_bf16=False)
-    rows["covidct_torch_fp32_cl_b32"] = _slices_per_second(lambda s: fp32_engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False), slices)
+    rows["covidct_torch_fp32_cl_b32"] = _slices_per_second(
+        lambda s: fp32_engine.features_and_logits(
+            s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False
+        ),
+        slices,
+    )
     torch.backends.cudnn.benchmark = True
     try:
-        rows["covidct_torch_bf16_cl_b32_cudnn_benchmark"] = _slices_per_second(lambda s: engine.features_and_logits(s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False), slices)
+        rows["covidct_torch_bf16_cl_b32_cudnn_benchmark"] = _slices_per_second(
+            lambda s: engine.features_and_logits(
+                s, preprocessing=card.preprocessing, batch_size=32, tta_hflip=False
+            ),
+            slices,
+        )
     finally:
         torch.backends.cudnn.benchmark = False
     for batch_size in BATCHES:
         base = rows[f"baseline_fp32_nchw_b{batch_size}"]
-        rows[f"ratio_1pass_vs_baseline_b{batch_size}"] = round(rows[f"covidct_torch_bf16_cl_b{batch_size}"] / base, 2)
+        rows[f"ratio_1pass_vs_baseline_b{batch_size}"] = round(
+            rows[f"covidct_torch_bf16_cl_b{batch_size}"] / base, 2
+        )
     return {"n_slices": N_SLICES, "slices_per_s": rows}
 
 
@@ -169,19 +226,58 @@ def _predict_end_to_end(workdir: Path) -> dict:
         shutil.copyfile(sources[index % len(sources)], folder / f"slice_{index:05d}.png")
     rows = {}
     # The default decode workers (half the cores with a GPU), and the single decoding thread for comparison.
-    for name, options in (("b32", ["--batch-size", "32"]), ("b256", ["--batch-size", "256"]), ("b256_decode_thread", ["--batch-size", "256", "--decode-workers", "0"])):
+    for name, options in (
+        ("b32", ["--batch-size", "32"]),
+        ("b256", ["--batch-size", "256"]),
+        ("b256_decode_thread", ["--batch-size", "256", "--decode-workers", "0"]),
+    ):
         out = workdir / f"predictions-{name}.csv"
-        seconds, _ = _covidct("predict", str(workdir / "demo" / "model"), str(folder), "--device", "cuda", *options, "--out", str(out))
+        seconds, _ = _covidct(
+            "predict",
+            str(workdir / "demo" / "model"),
+            str(folder),
+            "--device",
+            "cuda",
+            *options,
+            "--out",
+            str(out),
+        )
         with out.open(newline="") as handle:
             n_rows = sum(1 for _ in csv.DictReader(handle))
-        rows[name] = {"files": PREDICT_FILES, "rows": n_rows, "wall_s": round(seconds, 1), "files_per_s": round(PREDICT_FILES / seconds, 1)}
-    return {"cpu_cores": os.cpu_count(), **rows, "note": "process start, model load, PNG decoding and preprocessing on the CPU included"}
+        rows[name] = {
+            "files": PREDICT_FILES,
+            "rows": n_rows,
+            "wall_s": round(seconds, 1),
+            "files_per_s": round(PREDICT_FILES / seconds, 1),
+        }
+    return {
+        "cpu_cores": os.cpu_count(),
+        **rows,
+        "note": "process start, model load, PNG decoding and preprocessing on the CPU included",
+    }
 
 
 def _torchrun(weights: str, workdir: Path) -> dict:
     manifest = _copied_training_manifest(workdir / "train-copies")
     out = workdir / "model-torchrun"
-    command = ["torchrun", "--standalone", "--nproc-per-node", "1", "--no-python", "covidct", "train", str(manifest), "--out", str(out), "--epochs", "2", "--weights", weights, "--device", "cuda"]
+    command = [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "1",
+        "--no-python",
+        "covidct",
+        "train",
+        str(manifest),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--weights",
+        weights,
+        "--device",
+        "cuda",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     card = read_card(out) if (out / "model.json").is_file() else None
@@ -189,7 +285,12 @@ def _torchrun(weights: str, workdir: Path) -> dict:
         "exit_status": done.returncode,
         "wall_s": round(time.perf_counter() - start, 1),
         "model_dirs": sorted(p.name for p in workdir.glob("model-torchrun*")),
-        "card_training": None if card is None else {key: card.training.get(key) for key in ("device", "processes", "process_group", "global_batch_size")},
+        "card_training": None
+        if card is None
+        else {
+            key: card.training.get(key)
+            for key in ("device", "processes", "process_group", "global_batch_size")
+        },
         "validation_metrics": None if card is None else card.validation_metrics,
         "stderr_tail": done.stderr[-1500:] if done.returncode else "",
     }
@@ -209,7 +310,14 @@ def _copied_training_manifest(folder: Path) -> Path:
         for copy in range(copies):
             target = folder / f"{copy}_{Path(row['path']).name}"
             shutil.copyfile(DEMO / row["path"], target)
-            out_rows.append({"path": target.name, "label": row["label"], "patient_id": row["patient_id"], "split": row["split"]})
+            out_rows.append(
+                {
+                    "path": target.name,
+                    "label": row["label"],
+                    "patient_id": row["patient_id"],
+                    "split": row["split"],
+                }
+            )
     with manifest.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "label", "patient_id", "split"])
         writer.writeheader()

@@ -64,13 +64,27 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "src" / "covidct" / "demo"
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 TARGET_RSS_GROWTH = 0.10
-RSS_WINDOW = 100  # RSS is read after the first and after the last this many requests (a fifth of a shorter run)
+RSS_WINDOW = (
+    100  # RSS is read after the first and after the last this many requests (a fifth of a shorter run)
+)
 # kind -> share of the requests; bad kinds must all get a 4xx
 MIX = {
-    "slice": 0.43, "slice_cam": 0.05, "dicom": 0.10, "truncated_png": 0.06, "random_bytes": 0.06, "text": 0.04, "broken_dicom": 0.04,
-    "oversized": 0.06, "pixel_bomb": 0.04,
+    "slice": 0.43,
+    "slice_cam": 0.05,
+    "dicom": 0.10,
+    "truncated_png": 0.06,
+    "random_bytes": 0.06,
+    "text": 0.04,
+    "broken_dicom": 0.04,
+    "oversized": 0.06,
+    "pixel_bomb": 0.04,
     # hostile uploads (issue 15)
-    "black_pngs": 0.02, "deflate_bomb": 0.02, "nifti_bomb": 0.02, "nan_tiff": 0.02, "postscript": 0.02, "empty_nifti": 0.02,
+    "black_pngs": 0.02,
+    "deflate_bomb": 0.02,
+    "nifti_bomb": 0.02,
+    "nan_tiff": 0.02,
+    "postscript": 0.02,
+    "empty_nifti": 0.02,
 }
 PEAK_ALLOWANCE_MB = 1024 + DEFAULT_TOTAL_VOXELS * 4 / 2**20
 GOOD_KINDS = ("slice", "slice_cam", "dicom")
@@ -78,7 +92,9 @@ GOOD_KINDS = ("slice", "slice_cam", "dicom")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a model directory (default: a tiny 64 px model trained first)")
+    parser.add_argument(
+        "--model", type=Path, help="a model directory (default: a tiny 64 px model trained first)"
+    )
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "load.json")
@@ -105,9 +121,16 @@ def _tiny_model(workdir: Path) -> Path:
     print("training a tiny model on the demo slices ...", flush=True)
     torch.manual_seed(0)
     weights = workdir / "resnet50_random.safetensors"
-    save_file({name: tensor.contiguous() for name, tensor in resnet50(weights=None).state_dict().items()}, weights)
+    save_file(
+        {name: tensor.contiguous() for name, tensor in resnet50(weights=None).state_dict().items()}, weights
+    )
     config = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu")
-    return fit(read_manifest(DEMO / "manifest.csv"), workdir / "model", config, pretrained=resolve_pretrained(weights)).model_dir
+    return fit(
+        read_manifest(DEMO / "manifest.csv"),
+        workdir / "model",
+        config,
+        pretrained=resolve_pretrained(weights),
+    ).model_dir
 
 
 def _plan(n: int, rng: random.Random) -> list[str]:
@@ -125,12 +148,22 @@ def _free_port() -> int:
 
 def _start_server(model_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "COVIDCT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
-    command = [str(Path(sys.executable).parent / "covidct"), "serve", str(model_dir), "--port", str(port), "--device", "cpu"]
+    command = [
+        str(Path(sys.executable).parent / "covidct"),
+        "serve",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"covidct serve exited with {server.returncode}: {server.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(
+                f"covidct serve exited with {server.returncode}: {server.stderr.read().decode()[-2000:]}"
+            )
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return server
@@ -141,7 +174,11 @@ def _start_server(model_dir: Path, port: int) -> subprocess.Popen:
 
 
 def _body(
-    kind: str, slices: list[Path], dicom_sources: list[Path], hostile: dict[str, list[tuple[str, bytes]]], rng: random.Random
+    kind: str,
+    slices: list[Path],
+    dicom_sources: list[Path],
+    hostile: dict[str, list[tuple[str, bytes]]],
+    rng: random.Random,
 ) -> tuple[list[tuple[str, tuple[str, bytes, str]]], str]:
     """The multipart files and query string for one request of ``kind``."""
     png = rng.choice(slices)
@@ -164,7 +201,9 @@ def _body(
         files = [("bomb.png", _png_claiming(30_000, 30_000))]
     else:
         files = hostile[kind]
-    return [("files", (name, data, "application/octet-stream")) for name, data in files], "?cam=true" if kind == "slice_cam" else ""
+    return [
+        ("files", (name, data, "application/octet-stream")) for name, data in files
+    ], "?cam=true" if kind == "slice_cam" else ""
 
 
 def _hostile_uploads() -> dict[str, list[tuple[str, bytes]]]:
@@ -202,7 +241,6 @@ def _deflated_bomb() -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
 
 
 def _slice_hu(png: Path) -> np.ndarray:
@@ -248,7 +286,12 @@ def _png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -265,7 +308,9 @@ async def _fire(url: str, plan: list[str], slices: list[Path], n_clients: int, p
     # A PNG's gray levels are not HU: only slices that still show lung after the mapping make a valid series.
     dicom_sources = [png for png in slices if select_lung_slices(_slice_hu(png)[None])[0]]
     hostile = _hostile_uploads()
-    bodies = [_body(kind, slices, dicom_sources, hostile, rng) for kind in plan]  # made up front so client-side work is not timed
+    bodies = [
+        _body(kind, slices, dicom_sources, hostile, rng) for kind in plan
+    ]  # made up front so client-side work is not timed
     records: list[dict | None] = [None] * len(plan)
     next_index, done, rss = 0, 0, {}
     window = min(RSS_WINDOW, len(plan) // 5)
@@ -280,9 +325,19 @@ async def _fire(url: str, plan: list[str], slices: list[Path], n_clients: int, p
                 try:
                     response = await http.post(f"/api/v1/predict{query}", files=files)
                     detail = response.json().get("detail") if response.status_code >= 400 else None
-                    records[index] = {"kind": plan[index], "status": response.status_code, "detail": detail, "seconds": time.perf_counter() - start}
+                    records[index] = {
+                        "kind": plan[index],
+                        "status": response.status_code,
+                        "detail": detail,
+                        "seconds": time.perf_counter() - start,
+                    }
                 except httpx.TransportError as error:
-                    records[index] = {"kind": plan[index], "status": None, "error": type(error).__name__, "seconds": time.perf_counter() - start}
+                    records[index] = {
+                        "kind": plan[index],
+                        "status": None,
+                        "error": type(error).__name__,
+                        "seconds": time.perf_counter() - start,
+                    }
                 done += 1
                 if done == window:
                     rss["after_first_window"] = _rss_mb(pid)
@@ -299,11 +354,17 @@ async def _fire(url: str, plan: list[str], slices: list[Path], n_clients: int, p
 def _report(results: dict, plan: list[str], args: argparse.Namespace, model_dir: Path) -> dict:
     records = results["records"]
     by_kind = {kind: dict(Counter(str(r["status"]) for r in records if r["kind"] == kind)) for kind in MIX}
-    server_errors = [r for r in records if r["status"] is not None and r["status"] >= 500 and r["status"] != 503]
+    server_errors = [
+        r for r in records if r["status"] is not None and r["status"] >= 500 and r["status"] != 503
+    ]
     busy = [r for r in records if r["status"] == 503]
     dropped = [r for r in records if r["status"] is None]
     bad = [r for r in records if r["kind"] not in GOOD_KINDS]
-    bad_answered = [r for r in bad if r["status"] is not None and (400 <= r["status"] < 500 or r["status"] == 503) and r.get("detail")]
+    bad_answered = [
+        r
+        for r in bad
+        if r["status"] is not None and (400 <= r["status"] < 500 or r["status"] == 503) and r.get("detail")
+    ]
     good_failed = [r for r in records if r["kind"] in GOOD_KINDS and r["status"] != 200]
     latencies = sorted(r["seconds"] for r in records if r["kind"] == "slice" and r["status"] == 200)
     rss = results["rss_mb"]
@@ -312,23 +373,51 @@ def _report(results: dict, plan: list[str], args: argparse.Namespace, model_dir:
     card = read_card(model_dir)
     return {
         "machine": machine_facts(("torch", "torchvision", "fastapi", "uvicorn", "httpx", "covidct")),
-        "model": {"dir": str(model_dir), "image_size": card.preprocessing.image_size, "has_ood_guard": card.ood is not None, "tiny_trained_for_bench": args.model is None},
-        "setup": {"requests": len(plan), "clients": args.clients, "mix": MIX, "max_upload_bytes": MAX_UPLOAD_BYTES, "server": "covidct serve on 127.0.0.1, default workers and queue"},
+        "model": {
+            "dir": str(model_dir),
+            "image_size": card.preprocessing.image_size,
+            "has_ood_guard": card.ood is not None,
+            "tiny_trained_for_bench": args.model is None,
+        },
+        "setup": {
+            "requests": len(plan),
+            "clients": args.clients,
+            "mix": MIX,
+            "max_upload_bytes": MAX_UPLOAD_BYTES,
+            "server": "covidct serve on 127.0.0.1, default workers and queue",
+        },
         "status_by_kind": by_kind,
         "wall_s": round(results["wall_s"], 2),
         "requests_per_s": round(len(plan) / results["wall_s"], 1),
-        "single_slice_latency_s": {"n": len(latencies), "p50": round(statistics.median(latencies), 4), "p95": round(latencies[int(0.95 * (len(latencies) - 1))], 4)},
-        "rss_mb": {key: round(value, 1) for key, value in rss.items()} | {"window_requests": results["rss_window"], "growth_first_to_last_window": round(growth, 4)},
+        "single_slice_latency_s": {
+            "n": len(latencies),
+            "p50": round(statistics.median(latencies), 4),
+            "p95": round(latencies[int(0.95 * (len(latencies) - 1))], 4),
+        },
+        "rss_mb": {key: round(value, 1) for key, value in rss.items()}
+        | {"window_requests": results["rss_window"], "growth_first_to_last_window": round(growth, 4)},
         "bad_upload_examples": {r["kind"]: f"{r['status']} {r['detail']}" for r in bad if r.get("detail")},
         "busy_503": {"n": len(busy), "kinds": dict(Counter(r["kind"] for r in busy))},
-        "valid_upload_failures": [f"{r['kind']}: {r['status']} {r.get('detail') or r.get('error')}" for r in good_failed],
+        "valid_upload_failures": [
+            f"{r['kind']}: {r['status']} {r.get('detail') or r.get('error')}" for r in good_failed
+        ],
         "targets": {
             "zero_5xx": {"value": len(server_errors), "met": not server_errors},
             "zero_dropped_connections": {"value": len(dropped), "met": not dropped},
-            "every_bad_upload_4xx_with_message": {"value": f"{len(bad_answered)}/{len(bad)}", "met": len(bad_answered) == len(bad)},
-            "every_valid_upload_200": {"value": f"{len(records) - len(bad) - len(good_failed)}/{len(records) - len(bad)}", "met": not good_failed},
+            "every_bad_upload_4xx_with_message": {
+                "value": f"{len(bad_answered)}/{len(bad)}",
+                "met": len(bad_answered) == len(bad),
+            },
+            "every_valid_upload_200": {
+                "value": f"{len(records) - len(bad) - len(good_failed)}/{len(records) - len(bad)}",
+                "met": not good_failed,
+            },
             "rss_growth_under_10pct": {"value": round(growth, 4), "met": growth < TARGET_RSS_GROWTH},
-            "peak_rss_within_budget": {"value": round(rss["peak"], 1), "limit": round(peak_limit, 1), "met": rss["peak"] < peak_limit},
+            "peak_rss_within_budget": {
+                "value": round(rss["peak"], 1),
+                "limit": round(peak_limit, 1),
+                "met": rss["peak"] < peak_limit,
+            },
         },
     }
 

@@ -60,15 +60,29 @@ Images = Iterator[tuple[str, np.ndarray]]
 
 
 TEST_SETS = {"ucsd": "ucsd_test", "sars": "sars_block9"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", default=[], metavar="SOURCE=DIR", help="a model trained on SOURCE (ucsd or sars); repeatable (default: train one on UCSD, 4 epochs)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="SOURCE=DIR",
+        help="a model trained on SOURCE (ucsd or sars); repeatable (default: train one on UCSD, 4 epochs)",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ood.json")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the model and the generated images go (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the model and the generated images go (default: a temporary folder)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--rethreshold-guard", action="store_true",
+        "--rethreshold-guard",
+        action="store_true",
         help="set each --model's guard threshold again with this covidct's rule (its source's validation split) in a copy under --workdir; the detector itself is kept",
     )
     args = parser.parse_args()
@@ -76,25 +90,49 @@ def main() -> None:
     shared = args.shared.resolve()
     models = dict(_parse_model(text) for text in args.model) or {"ucsd": _train_ucsd(shared, workdir)}
     if args.rethreshold_guard:
-        models = {source: _rethresholded(source, folder, facts, shared, workdir) for source, (folder, facts) in models.items()}
-    ct_paths = {TEST_SETS["ucsd"]: _test_paths(ucsd_rows(shared)), TEST_SETS["sars"]: _test_paths(sars_rows(shared))}
-    non_ct_paths = {category: _write_images(make(np.random.default_rng(args.seed)), workdir / "non_ct" / category) for category, make in NON_CT_SETS.items()}
+        models = {
+            source: _rethresholded(source, folder, facts, shared, workdir)
+            for source, (folder, facts) in models.items()
+        }
+    ct_paths = {
+        TEST_SETS["ucsd"]: _test_paths(ucsd_rows(shared)),
+        TEST_SETS["sars"]: _test_paths(sars_rows(shared)),
+    }
+    non_ct_paths = {
+        category: _write_images(make(np.random.default_rng(args.seed)), workdir / "non_ct" / category)
+        for category, make in NON_CT_SETS.items()
+    }
     results = {"machine": machine_facts(), "models": {}}
     for source, (model_dir, facts) in models.items():
         predictor = load_model(model_dir)
-        entry = {"model": facts | {"ood": predictor.card.ood}, "threshold": predictor.detector.threshold, "non_ct": {}, "ct": {}}
+        entry = {
+            "model": facts | {"ood": predictor.card.ood},
+            "threshold": predictor.detector.threshold,
+            "non_ct": {},
+            "ct": {},
+        }
         for category, paths in non_ct_paths.items():
             entry["non_ct"][category] = _flag_rate(predictor, paths, is_ct=False)
         for test_set, paths in ct_paths.items():
-            entry["ct"][test_set] = _flag_rate(predictor, paths, is_ct=True) | {"held_out_same_source": test_set == TEST_SETS[source]}
+            entry["ct"][test_set] = _flag_rate(predictor, paths, is_ct=True) | {
+                "held_out_same_source": test_set == TEST_SETS[source]
+            }
         results["models"][source] = entry | {"summary": _summary(entry, own_test_set=TEST_SETS[source])}
         print(f"{source} model: {json.dumps(results['models'][source]['summary'])}", flush=True)
     results["summary"] = {
-        "meets_non_ct_target": all(entry["summary"]["meets_non_ct_target"] for entry in results["models"].values()),
+        "meets_non_ct_target": all(
+            entry["summary"]["meets_non_ct_target"] for entry in results["models"].values()
+        ),
         "meets_ct_target": all(entry["summary"]["meets_ct_target"] for entry in results["models"].values()),
-        "held_out_ct_flag_rate": {source: entry["summary"]["held_out_ct_flag_rate"] for source, entry in results["models"].items()},
-        "other_site_ct_flag_rate": {source: entry["summary"]["other_site_ct_flag_rate"] for source, entry in results["models"].items()},
-        "non_ct_flag_rate": {source: entry["summary"]["non_ct_flag_rate"] for source, entry in results["models"].items()},
+        "held_out_ct_flag_rate": {
+            source: entry["summary"]["held_out_ct_flag_rate"] for source, entry in results["models"].items()
+        },
+        "other_site_ct_flag_rate": {
+            source: entry["summary"]["other_site_ct_flag_rate"] for source, entry in results["models"].items()
+        },
+        "non_ct_flag_rate": {
+            source: entry["summary"]["non_ct_flag_rate"] for source, entry in results["models"].items()
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -107,7 +145,9 @@ def _parse_model(text: str) -> tuple[str, tuple[Path, dict]]:
     return source, (folder, {"given": str(folder)})
 
 
-def _rethresholded(source: str, model_dir: Path, facts: dict, shared: Path, workdir: Path) -> tuple[Path, dict]:
+def _rethresholded(
+    source: str, model_dir: Path, facts: dict, shared: Path, workdir: Path
+) -> tuple[Path, dict]:
     """A copy of ``model_dir`` whose guard threshold comes from ``threshold_on_validation`` on its source's validation split.
 
     The detector (class means, precision) depends only on the weights and the training slices, so it is
@@ -117,10 +157,17 @@ def _rethresholded(source: str, model_dir: Path, facts: dict, shared: Path, work
     shutil.copytree(model_dir, copy, dirs_exist_ok=True)
     predictor = load_model(copy)
     val_rows, decoded = decode_validation(SOURCE_ROWS[source](shared), predictor.card.preprocessing)
-    fitted = threshold_on_validation(predictor.detector, predictor.ood_scores(decoded.images), [row["patient_id"] for row in val_rows])
-    card = replace(predictor.card, ood=save_detector(copy, fitted.detector, n_train=predictor.card.ood["n_train"], **fitted.facts))
+    fitted = threshold_on_validation(
+        predictor.detector, predictor.ood_scores(decoded.images), [row["patient_id"] for row in val_rows]
+    )
+    card = replace(
+        predictor.card,
+        ood=save_detector(copy, fitted.detector, n_train=predictor.card.ood["n_train"], **fitted.facts),
+    )
     write_card(copy, card)
-    return copy, facts | {"guard_rethresholded": "this covidct's threshold rule on the validation split; detector from the original model"}
+    return copy, facts | {
+        "guard_rethresholded": "this covidct's threshold rule on the validation split; detector from the original model"
+    }
 
 
 def _test_paths(rows: list[dict]) -> list[Path]:
@@ -131,7 +178,9 @@ def _train_ucsd(shared: Path, workdir: Path) -> tuple[Path, dict]:
     config = TrainConfig(epochs=4)
     manifest = read_manifest(write_manifest(ucsd_rows(shared), workdir / "ucsd.csv"))
     stages = StageTimer()
-    trained = fit(manifest, workdir / "model-ucsd", config, pretrained=resolve_pretrained("auto"), callbacks=stages)
+    trained = fit(
+        manifest, workdir / "model-ucsd", config, pretrained=resolve_pretrained("auto"), callbacks=stages
+    )
     seconds = stages.seconds()
     facts = {
         "trained_by_bench": "UCSD official split, the default recipe except epochs=4",
@@ -169,7 +218,9 @@ def _flag_rate(predictor: Predictor, paths: list[Path], *, is_ct: bool) -> dict:
         "n": len(run.predictions),
         "flagged": len(flagged),
         "flag_rate": round(len(flagged) / len(run.predictions), 4),
-        "score_quantiles": {q: round(float(np.quantile(scores, float(q))), 2) for q in ("0.0", "0.05", "0.5", "0.95", "1.0")},
+        "score_quantiles": {
+            q: round(float(np.quantile(scores, float(q))), 2) for q in ("0.0", "0.05", "0.5", "0.95", "1.0")
+        },
         "errors": [Path(p.path).name for p in run.predictions if p.in_distribution != is_ct][:20],
     }
 
@@ -184,10 +235,15 @@ def _summary(entry: dict, *, own_test_set: str) -> dict:
         "non_ct_flag_rate_by_category": {name: item["flag_rate"] for name, item in entry["non_ct"].items()},
         "held_out_ct_flag_rate": held_out,
         "held_out_ct_n": entry["ct"][own_test_set]["n"],
-        "other_site_ct_flag_rate": {name: item["flag_rate"] for name, item in entry["ct"].items() if name != own_test_set},
+        "other_site_ct_flag_rate": {
+            name: item["flag_rate"] for name, item in entry["ct"].items() if name != own_test_set
+        },
         "meets_non_ct_target": non_ct_rate >= TARGET_NON_CT_FLAGGED,
         "meets_ct_target": held_out <= TARGET_CT_FLAGGED,
-        "targets": {"non_ct_flagged_at_least": TARGET_NON_CT_FLAGGED, "held_out_ct_flagged_at_most": TARGET_CT_FLAGGED},
+        "targets": {
+            "non_ct_flagged_at_least": TARGET_NON_CT_FLAGGED,
+            "held_out_ct_flagged_at_most": TARGET_CT_FLAGGED,
+        },
     }
 
 
@@ -229,18 +285,53 @@ def _with_crops(rng: np.random.Generator, name: str, image: np.ndarray, crops: i
 def natural_photos(rng: np.random.Generator) -> Images:
     """scikit-image's bundled photographs and graphics, whole and in 5 random crops each, plus 10 faces."""
     sources = {
-        "astronaut": skdata.astronaut(), "camera": skdata.camera(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea(),
-        "cat": skdata.cat(), "rocket": skdata.rocket(), "coins": skdata.coins(), "horse": skdata.horse(), "moon": skdata.moon(),
-        "hubble_deep_field": skdata.hubble_deep_field(), "brick": skdata.brick(), "grass": skdata.grass(), "gravel": skdata.gravel(),
-        "clock": skdata.clock(), "colorwheel": skdata.colorwheel(), "logo": skdata.logo()[..., :3], "motorcycle": skdata.stereo_motorcycle()[0],
+        "astronaut": skdata.astronaut(),
+        "camera": skdata.camera(),
+        "coffee": skdata.coffee(),
+        "chelsea": skdata.chelsea(),
+        "cat": skdata.cat(),
+        "rocket": skdata.rocket(),
+        "coins": skdata.coins(),
+        "horse": skdata.horse(),
+        "moon": skdata.moon(),
+        "hubble_deep_field": skdata.hubble_deep_field(),
+        "brick": skdata.brick(),
+        "grass": skdata.grass(),
+        "gravel": skdata.gravel(),
+        "clock": skdata.clock(),
+        "colorwheel": skdata.colorwheel(),
+        "logo": skdata.logo()[..., :3],
+        "motorcycle": skdata.stereo_motorcycle()[0],
     }
     for name, image in sources.items():
         yield from _with_crops(rng, name, image, crops=5)
     for index, face in enumerate(skdata.lfw_subset()[::20]):
-        yield f"face{index}", np.asarray(Image.fromarray(_to_uint8(face)).resize((128, 128), Image.Resampling.BILINEAR))
+        yield (
+            f"face{index}",
+            np.asarray(Image.fromarray(_to_uint8(face)).resize((128, 128), Image.Resampling.BILINEAR)),
+        )
 
 
-WORDS = ["the", "patient", "was", "admitted", "with", "fever", "and", "cough", "chest", "imaging", "showed", "bilateral", "findings", "table", "results", "method", "analysis", "figure"]
+WORDS = [
+    "the",
+    "patient",
+    "was",
+    "admitted",
+    "with",
+    "fever",
+    "and",
+    "cough",
+    "chest",
+    "imaging",
+    "showed",
+    "bilateral",
+    "findings",
+    "table",
+    "results",
+    "method",
+    "analysis",
+    "figure",
+]
 
 
 def _rendered_page(rng: np.random.Generator) -> np.ndarray:

@@ -29,7 +29,15 @@ def ucsd_rows(shared: Path) -> list[dict]:
     for record in csv.DictReader((root / "metadata.csv").open(newline="", encoding="utf-8")):
         if record["rel_path"].removeprefix("images/") in UCSD_CROSS_LABEL_DUPLICATES:
             continue
-        rows.append({"path": str(root / record["rel_path"]), "label": record["label_name"], "patient_id": record["patient_id"], "split": record["official_split"], "source": "ucsd"})
+        rows.append(
+            {
+                "path": str(root / record["rel_path"]),
+                "label": record["label_name"],
+                "patient_id": record["patient_id"],
+                "split": record["official_split"],
+                "source": "ucsd",
+            }
+        )
     return rows
 
 
@@ -40,7 +48,15 @@ def sars_rows(shared: Path) -> list[dict]:
     for record in csv.DictReader((root / "metadata.csv").open(newline="", encoding="utf-8")):
         block = int(record["contiguous_block10"])
         group = f"sars-{record['label_name']}-block{block}"
-        rows.append({"path": str(root / record["rel_path"]), "label": record["label_name"], "patient_id": group, "split": SARS_SPLIT_OF_BLOCK[block], "source": "sars"})
+        rows.append(
+            {
+                "path": str(root / record["rel_path"]),
+                "label": record["label_name"],
+                "patient_id": group,
+                "split": SARS_SPLIT_OF_BLOCK[block],
+                "source": "sars",
+            }
+        )
     return rows
 
 
@@ -60,7 +76,9 @@ def decode_validation(rows: list[dict], preprocessing: Preprocessing) -> tuple[l
     rows = [row for row in rows if row["split"] == "val"]
     decoded = decode_slices([Path(row["path"]) for row in rows], preprocessing)
     if decoded.failures:
-        raise SystemExit(f"{len(decoded.failures)} validation files failed to decode, e.g. {decoded.failures[0].path}: {decoded.failures[0].reason}")
+        raise SystemExit(
+            f"{len(decoded.failures)} validation files failed to decode, e.g. {decoded.failures[0].path}: {decoded.failures[0].reason}"
+        )
     return rows, decoded
 
 

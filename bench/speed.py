@@ -59,20 +59,33 @@ from covidct.preprocess.transforms import Preprocessing, normalize
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 32
 COVIDCT_ENGINES = ("torch", "torch-fp32", "onnx", "onnx-int8")
-SINGLE_PASS = "-1pass"  # the same engine with the card's mirror-image TTA turned off: one forward pass per slice
+SINGLE_PASS = (
+    "-1pass"  # the same engine with the card's mirror-image TTA turned off: one forward pass per slice
+)
 ENGINES = ("baseline", *COVIDCT_ENGINES, *(name + SINGLE_PASS for name in COVIDCT_ENGINES))
 AUC_REFERENCE = "torch-fp32"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a model directory written by 'covidct train'")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="a model directory written by 'covidct train'"
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     parser.add_argument("--n-slices", type=int, default=512)
-    parser.add_argument("--calibration", type=Path, default=None, help="data for the int8 export if model.int8.onnx is missing (default: the card's training data)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="data for the int8 export if model.int8.onnx is missing (default: the card's training data)",
+    )
     parser.add_argument("--rows", choices=("all", "in-process", "whole-process"), default="all")
-    parser.add_argument("--quick", action="store_true", help="one timed pass and 5 latency calls: a smoke run, not a measurement")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one timed pass and 5 latency calls: a smoke run, not a measurement",
+    )
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--slices", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -95,9 +108,24 @@ def main() -> None:
     card = read_card(args.model)
     results = {
         "machine": machine_facts(("torch", "torchvision", "onnxruntime", "onnx", "covidct")),
-        "model": {"dir": str(args.model), "image_size": card.preprocessing.image_size, "tta_hflip": card.decision.tta_hflip, "has_ood_guard": card.ood is not None, "checkpoint_sha256": card.checkpoint_sha256},
-        "slices": {"n": len(slices), "composition": composition, "auc_on": f"UCSD official test split ({sum(s['is_ucsd_test'] for s in slices)} slices)"},
-        "settings": {"batch_size": BATCH, "quick": args.quick, "timed_passes": 1 if args.quick else 3, "latency_calls": 5 if args.quick else 50},
+        "model": {
+            "dir": str(args.model),
+            "image_size": card.preprocessing.image_size,
+            "tta_hflip": card.decision.tta_hflip,
+            "has_ood_guard": card.ood is not None,
+            "checkpoint_sha256": card.checkpoint_sha256,
+        },
+        "slices": {
+            "n": len(slices),
+            "composition": composition,
+            "auc_on": f"UCSD official test split ({sum(s['is_ucsd_test'] for s in slices)} slices)",
+        },
+        "settings": {
+            "batch_size": BATCH,
+            "quick": args.quick,
+            "timed_passes": 1 if args.quick else 3,
+            "latency_calls": 5 if args.quick else 50,
+        },
         "exports": exports,
         "engines": _with_ratios(engines, card.decision.threshold) if engines else None,
         "whole_process": whole,
@@ -106,9 +134,11 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for name, entry in (results["engines"] or {}).items():
         agreement = entry["agreement_with_torch_fp32"]
-        print(f"{name:>17}: {entry['throughput_slices_per_s']:7.1f} slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
-              f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
-              f"labels {agreement['label_agreement']:.3f}, OOD flags {agreement['ood_flag_agreement']}")
+        print(
+            f"{name:>17}: {entry['throughput_slices_per_s']:7.1f} slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
+            f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
+            f"labels {agreement['label_agreement']:.3f}, OOD flags {agreement['ood_flag_agreement']}"
+        )
     for name, entry in ((whole or {}).get("rows") or {}).items():
         ratio = entry.get("speedup_vs_plain_script")
         extra = f", x{ratio} the plain script, AUC {entry['auc_ucsd_test']}" if ratio else ""
@@ -120,8 +150,12 @@ def main() -> None:
 def _select_slices(shared: Path, n_slices: int) -> tuple[list[dict], dict]:
     """UCSD test split (classes interleaved, so a prefix has both), then SARS block 9, then block 8, up to ``n_slices``."""
     ucsd_test = [r for r in ucsd_rows(shared) if r["split"] == "test"]
-    by_class = [[r for r in ucsd_test if r["label"] == label] for label in sorted({r["label"] for r in ucsd_test})]
-    interleaved = [r for group in zip(*by_class, strict=False) for r in group] + [r for group in by_class for r in group[min(map(len, by_class)):]]
+    by_class = [
+        [r for r in ucsd_test if r["label"] == label] for label in sorted({r["label"] for r in ucsd_test})
+    ]
+    interleaved = [r for group in zip(*by_class, strict=False) for r in group] + [
+        r for group in by_class for r in group[min(map(len, by_class)) :]
+    ]
     sars = sars_rows(shared)
     sources = {
         "ucsd_test": interleaved,
@@ -132,7 +166,10 @@ def _select_slices(shared: Path, n_slices: int) -> tuple[list[dict], dict]:
     for name, rows in sources.items():
         taken = rows[: max(0, n_slices - len(chosen))]
         composition[name] = len(taken)
-        chosen += [{"path": r["path"], "is_covid": r["label"] == "COVID", "is_ucsd_test": name == "ucsd_test"} for r in taken]
+        chosen += [
+            {"path": r["path"], "is_covid": r["label"] == "COVID", "is_ucsd_test": name == "ucsd_test"}
+            for r in taken
+        ]
     return chosen, composition
 
 
@@ -152,15 +189,35 @@ def _ensure_exports(model_dir: Path, calibration: Path | None, *, quick: bool) -
             continue
         print(f"no {path.name}: exporting it ...", flush=True)
         started = time.perf_counter()
-        manifest = read_manifest(calibration, positive_class=read_card(model_dir).positive_class) if calibration and engine is Engine.ONNX_INT8 else None
-        export_onnx(model_dir, int8=engine is Engine.ONNX_INT8, calibration=manifest, calibration_slices=8 if quick else DEFAULT_CALIBRATION_SLICES)
+        manifest = (
+            read_manifest(calibration, positive_class=read_card(model_dir).positive_class)
+            if calibration and engine is Engine.ONNX_INT8
+            else None
+        )
+        export_onnx(
+            model_dir,
+            int8=engine is Engine.ONNX_INT8,
+            calibration=manifest,
+            calibration_slices=8 if quick else DEFAULT_CALIBRATION_SLICES,
+        )
         facts[str(engine)] = {"exported_now": True, "export_seconds": round(time.perf_counter() - started, 1)}
     return facts
 
 
 def _measure_in_subprocess(engine: str, args: argparse.Namespace, workdir: Path) -> dict:
     result = workdir / f"{engine}.json"
-    command = [sys.executable, __file__, "--worker", engine, "--model", str(args.model), "--slices", str(workdir / "slices.json"), "--result", str(result)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--model",
+        str(args.model),
+        "--slices",
+        str(workdir / "slices.json"),
+        "--result",
+        str(result),
+    ]
     subprocess.run([*command, *(["--quick"] if args.quick else [])], check=True)
     return json.loads(result.read_text(encoding="utf-8"))
 
@@ -173,13 +230,17 @@ def _run_worker(args: argparse.Namespace) -> None:
     predict, description, predictor = _engine(args.worker, args.model)
     decoded = decode_slices(paths, card.preprocessing)
     if len(decoded.indices) != len(paths):
-        raise SystemExit(f"{len(paths) - len(decoded.indices)} benchmark slices failed to decode: {decoded.failures[:3]}")
+        raise SystemExit(
+            f"{len(paths) - len(decoded.indices)} benchmark slices failed to decode: {decoded.failures[:3]}"
+        )
     predict(decoded.images[:BATCH])  # warm-up: first-call allocations, oneDNN / onnxruntime kernel selection
     passes, latency_calls = (1, 5) if args.quick else (3, 50)
     seconds, prob_covid = [], None
     for _ in range(passes):
         started = time.perf_counter()
-        prob_covid = np.concatenate([predict(decoded.images[i : i + BATCH]) for i in range(0, len(paths), BATCH)])
+        prob_covid = np.concatenate(
+            [predict(decoded.images[i : i + BATCH]) for i in range(0, len(paths), BATCH)]
+        )
         seconds.append(time.perf_counter() - started)
     latencies = []
     for i in range(latency_calls):
@@ -209,25 +270,40 @@ def _engine(name: str, model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarr
         return (*_baseline(model_dir), None)
     single_pass = name.endswith(SINGLE_PASS)
     name = name.removesuffix(SINGLE_PASS)
-    predictor = load_model(model_dir, device="cpu", engine="torch" if name.startswith("torch") else name, batch_size=BATCH)
+    predictor = load_model(
+        model_dir, device="cpu", engine="torch" if name.startswith("torch") else name, batch_size=BATCH
+    )
     if single_pass:
         predictor.card = replace(predictor.card, decision=replace(predictor.card.decision, tta_hflip=False))
     if name == "torch-fp32":
         fp32 = TorchEngine(predictor.model, device=predictor.device, use_bf16=False)
-        predictor = Predictor(predictor.model, predictor.card, detector=predictor.detector, device="cpu", batch_size=BATCH, engine=fp32)
+        predictor = Predictor(
+            predictor.model,
+            predictor.card,
+            detector=predictor.detector,
+            device="cpu",
+            batch_size=BATCH,
+            engine=fp32,
+        )
     engine = predictor.engine
     description = (
         f"covidct {name}: {type(engine).__name__}, bf16 autocast {getattr(engine, 'use_bf16', False)}, threads {getattr(engine, 'threads', torch.get_num_threads())}, "
         f"TTA flip {predictor.card.decision.tta_hflip}, OOD guard {predictor.detector is not None}"
     )
-    return (lambda slices: predictor.probabilities(slices)[:, predictor.card.positive_index]), description, predictor
+    return (
+        (lambda slices: predictor.probabilities(slices)[:, predictor.card.positive_index]),
+        description,
+        predictor,
+    )
 
 
 def _per_slice(predictor: Predictor | None, slices: np.ndarray, prob_covid: np.ndarray) -> dict:
     """Each slice's prob_covid and, with a guard, whether it flags the slice (an untimed extra pass): for agreement between engines."""
     flagged = None
     if predictor is not None and predictor.detector is not None:
-        scores = np.concatenate([predictor.ood_scores(slices[i : i + BATCH]) for i in range(0, len(slices), BATCH)])
+        scores = np.concatenate(
+            [predictor.ood_scores(slices[i : i + BATCH]) for i in range(0, len(slices), BATCH)]
+        )
         flagged = (~predictor.detector.is_in_distribution(scores)).tolist()
     return {"prob_covid": prob_covid.tolist(), "ood_flagged": flagged}
 
@@ -243,10 +319,18 @@ def _baseline(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str]
             logits = model(normalize(torch.from_numpy(slices).float().unsqueeze(1), card.preprocessing))
         return torch.softmax(logits, dim=1)[:, card.positive_index].numpy()
 
-    return predict, f"torchvision resnet50, eager fp32 NCHW, torch.no_grad, batch {BATCH}, no TTA, softmax without the card's temperature, threads {torch.get_num_threads()}"
+    return (
+        predict,
+        f"torchvision resnet50, eager fp32 NCHW, torch.no_grad, batch {BATCH}, no TTA, softmax without the card's temperature, threads {torch.get_num_threads()}",
+    )
 
 
-def _end_to_end_seconds(predictor: Predictor | None, paths: list[Path], predict: Callable[[np.ndarray], np.ndarray], preprocessing: Preprocessing) -> float:
+def _end_to_end_seconds(
+    predictor: Predictor | None,
+    paths: list[Path],
+    predict: Callable[[np.ndarray], np.ndarray],
+    preprocessing: Preprocessing,
+) -> float:
     """Files to probabilities: covidct streams (decoding overlaps compute); the baseline decodes, then computes, batch after batch."""
     started = time.perf_counter()
     if predictor is None:
@@ -264,7 +348,9 @@ def _agreement(per_slice: dict, reference: dict, threshold: float) -> dict:
     return {
         "max_abs_prob_covid_diff": float(np.abs(prob - ref_prob).max()),
         "label_agreement": float(np.mean((prob >= threshold) == (ref_prob >= threshold))),
-        "ood_flag_agreement": None if flagged is None or ref_flagged is None else float(np.mean(np.array(flagged) == np.array(ref_flagged))),
+        "ood_flag_agreement": None
+        if flagged is None or ref_flagged is None
+        else float(np.mean(np.array(flagged) == np.array(ref_flagged))),
     }
 
 

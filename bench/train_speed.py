@@ -56,8 +56,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_speed.json")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="time cap per arm")
     parser.add_argument("--target-auc", type=float, default=0.93)
-    parser.add_argument("--weights", default="auto", help="ImageNet weights for both arms (covidct train --weights)")
-    parser.add_argument("--limit", type=int, default=None, help="keep this many random slices per split (smoke runs only)")
+    parser.add_argument(
+        "--weights", default="auto", help="ImageNet weights for both arms (covidct train --weights)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="keep this many random slices per split (smoke runs only)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="covidct-train-speed-"))
     rows = _limited(ucsd_rows(args.shared), args.limit)
@@ -72,28 +76,58 @@ def main() -> None:
     speedup = arms["baseline"]["time_to_target_s"] / arms["covidct"]["time_to_target_s"] if reached else None
     results = {
         "machine": machine_facts(),
-        "data": {"dataset": "UCSD-AI4H COVID-CT, official split", "train_slices": sum(r["split"] == "train" for r in rows), "val_slices": sum(r["split"] == "val" for r in rows), "limit_per_split": args.limit},
+        "data": {
+            "dataset": "UCSD-AI4H COVID-CT, official split",
+            "train_slices": sum(r["split"] == "train" for r in rows),
+            "val_slices": sum(r["split"] == "val" for r in rows),
+            "limit_per_split": args.limit,
+        },
         "target_val_auc": args.target_auc,
         "max_minutes_per_arm": args.max_minutes,
         "imagenet_weights": pretrained.provenance,
         "covidct_recipe": config.to_dict(),
-        "baseline_recipe": {"model": "torchvision resnet50, new 2-way fc", "precision": "fp32", "memory_format": "NCHW", "optimizer": "Adam", "lr": BASELINE_LR, "batch_size": BATCH, "augmentation": "RandomResizedCrop(224, scale 0.8-1) + horizontal flip"},
+        "baseline_recipe": {
+            "model": "torchvision resnet50, new 2-way fc",
+            "precision": "fp32",
+            "memory_format": "NCHW",
+            "optimizer": "Adam",
+            "lr": BASELINE_LR,
+            "batch_size": BATCH,
+            "augmentation": "RandomResizedCrop(224, scale 0.8-1) + horizontal flip",
+        },
         "arms": arms,
         "speedup": round(speedup, 2) if speedup else None,
         "speedup_target": SPEEDUP_TARGET,
         "meets_target": speedup >= SPEEDUP_TARGET if speedup else None,
-        "note": None if reached else "an arm did not reach the target AUC within the cap: no ratio; compare best_val_auc and the epoch curves",
+        "note": None
+        if reached
+        else "an arm did not reach the target AUC within the cap: no ratio; compare best_val_auc and the epoch curves",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({name: {k: arm[k] for k in ("time_to_target_s", "best_val_auc", "epochs")} for name, arm in arms.items()} | {"speedup": results["speedup"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                name: {k: arm[k] for k in ("time_to_target_s", "best_val_auc", "epochs")}
+                for name, arm in arms.items()
+            }
+            | {"speedup": results["speedup"]},
+            indent=2,
+        )
+    )
 
 
 def _limited(rows: list[dict], limit: int | None) -> list[dict]:
     if limit is None:
         return rows
     rng = random.Random(0)
-    return [row for split in ("train", "val", "test") for row in rng.sample([r for r in rows if r["split"] == split], min(limit, sum(r["split"] == split for r in rows)))]
+    return [
+        row
+        for split in ("train", "val", "test")
+        for row in rng.sample(
+            [r for r in rows if r["split"] == split], min(limit, sum(r["split"] == split for r in rows))
+        )
+    ]
 
 
 class _TargetReached(Exception):
@@ -113,7 +147,9 @@ class _Clock(TrainCallbacks):
 
     def record(self, epoch: int, val_auc: float) -> bool:
         """Log the epoch; True when the arm should stop (target reached or time cap passed)."""
-        self.curve.append({"epoch": epoch, "val_auc": round(val_auc, 4), "elapsed_s": round(self.elapsed(), 1)})
+        self.curve.append(
+            {"epoch": epoch, "val_auc": round(val_auc, 4), "elapsed_s": round(self.elapsed(), 1)}
+        )
         print(f"  epoch {epoch + 1}: val AUC {val_auc:.4f} at {self.elapsed():.0f} s", flush=True)
         return val_auc >= self.target_auc or self.elapsed() >= self.cap_s
 
@@ -136,7 +172,13 @@ def _covidct_arm(manifest_path: Path, workdir: Path, config: TrainConfig, pretra
     print("covidct default recipe ...", flush=True)
     clock = _Clock(args.target_auc, args.max_minutes)
     try:
-        fit(read_manifest(manifest_path), workdir / "model-covidct", config, pretrained=pretrained, callbacks=clock)
+        fit(
+            read_manifest(manifest_path),
+            workdir / "model-covidct",
+            config,
+            pretrained=pretrained,
+            callbacks=clock,
+        )
     except _TargetReached:
         pass
     return clock.summary()
@@ -147,10 +189,14 @@ def _baseline_arm(rows: list[dict], pretrained, args) -> dict:
     clock = _Clock(args.target_auc, args.max_minutes)
     torch.manual_seed(0)
     train, val = (_read_split(rows, split) for split in ("train", "val"))
-    model = build_resnet50(num_classes=2, stride_variant=pretrained.stride_variant)  # torchvision's ResNet-50, 2-way fc
+    model = build_resnet50(
+        num_classes=2, stride_variant=pretrained.stride_variant
+    )  # torchvision's ResNet-50, 2-way fc
     load_backbone_state(model, pretrained.state)
     optimizer = torch.optim.Adam(model.parameters(), lr=BASELINE_LR)
-    augment = v2.Compose([v2.RandomResizedCrop(224, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    augment = v2.Compose(
+        [v2.RandomResizedCrop(224, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    )
     for epoch in range(BASELINE_MAX_EPOCHS):
         model.train()
         for batch in torch.randperm(len(train[1])).split(BATCH):
@@ -167,8 +213,15 @@ def _baseline_arm(rows: list[dict], pretrained, args) -> dict:
 def _read_split(rows: list[dict], split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, 224, 224) float32 normalised images and (N,) labels (1 = COVID), decoded once with PIL."""
     chosen = [row for row in rows if row["split"] == split]
-    normalise = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    images = torch.stack([normalise(Image.open(row["path"]).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)) for row in chosen])
+    normalise = v2.Compose(
+        [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    images = torch.stack(
+        [
+            normalise(Image.open(row["path"]).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+            for row in chosen
+        ]
+    )
     return images, torch.tensor([int(row["label"] == "COVID") for row in chosen])
 
 

@@ -53,7 +53,9 @@ def tiny_dataset(tmp_path_factory) -> SyntheticDataset:
 
     Session-scoped and read-only: tests that need to change data copy it or make their own.
     """
-    return write_synthetic_dataset(tmp_path_factory.mktemp("tiny"), patients_per_class=8, slices_per_patient=3)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("tiny"), patients_per_class=8, slices_per_patient=3
+    )
 
 
 @pytest.fixture
@@ -69,7 +71,9 @@ def tiny_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
     """``fit`` on the tiny CSV dataset: 64 px, one epoch, random start weights (a few seconds on one core). Read-only."""
     config = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu")
     out = tmp_path_factory.mktemp("tiny-model") / "model"
-    return fit(read_manifest(tiny_dataset.csv), out, config, pretrained=resolve_pretrained(random_weights)).model_dir
+    return fit(
+        read_manifest(tiny_dataset.csv), out, config, pretrained=resolve_pretrained(random_weights)
+    ).model_dir
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +84,11 @@ def onnx_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
     """
     config = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu")
     out = tmp_path_factory.mktemp("onnx-model") / "model"
-    model_dir = fit(read_manifest(tiny_dataset.csv), out, config, pretrained=resolve_pretrained(random_weights)).model_dir
+    model_dir = fit(
+        read_manifest(tiny_dataset.csv), out, config, pretrained=resolve_pretrained(random_weights)
+    ).model_dir
     export_onnx(model_dir)
-    export_onnx(model_dir, int8=True)  # calibrated on the train split of the tiny dataset that model.json records
+    export_onnx(
+        model_dir, int8=True
+    )  # calibrated on the train split of the tiny dataset that model.json records
     return model_dir

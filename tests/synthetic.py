@@ -48,7 +48,9 @@ def synthetic_ct_slice(rng: np.random.Generator, *, is_covid: bool, size: int = 
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_synthetic_dataset(root: Path, *, patients_per_class: int, slices_per_patient: int, seed: int = 0) -> SyntheticDataset:
+def write_synthetic_dataset(
+    root: Path, *, patients_per_class: int, slices_per_patient: int, seed: int = 0
+) -> SyntheticDataset:
     """Write PNG slices under ``root/<class>/`` and ``root/manifest.csv`` (path, label, patient_id, split).
 
     Patients are split 50% train, 25% val, 25% test within each class, so every split has both classes
@@ -59,13 +61,26 @@ def write_synthetic_dataset(root: Path, *, patients_per_class: int, slices_per_p
     for label in CLASSES:
         (root / label).mkdir(parents=True, exist_ok=True)
         for patient in range(patients_per_class):
-            split = "train" if patient < patients_per_class // 2 else "val" if patient < 3 * patients_per_class // 4 else "test"
+            split = (
+                "train"
+                if patient < patients_per_class // 2
+                else "val"
+                if patient < 3 * patients_per_class // 4
+                else "test"
+            )
             patient_id = f"{'C' if label == 'COVID' else 'N'}{patient:02d}"
             for index in range(slices_per_patient):
                 path = root / label / f"{patient_id}_{index}.png"
                 Image.fromarray(synthetic_ct_slice(rng, is_covid=label == "COVID"), mode="L").save(path)
                 paths[label].append(path)
-                rows.append({"path": path.relative_to(root).as_posix(), "label": label, "patient_id": patient_id, "split": split})
+                rows.append(
+                    {
+                        "path": path.relative_to(root).as_posix(),
+                        "label": label,
+                        "patient_id": patient_id,
+                        "split": split,
+                    }
+                )
     manifest = root / "manifest.csv"
     write_csv(manifest, rows)
     return SyntheticDataset(root, manifest, paths)

@@ -17,7 +17,11 @@ from synthetic import SLICE_PX, synthetic_ct_slice
 
 from covidct.preprocess.window import LUNG_WINDOW, HuWindow
 
-PATIENT_ATTRIBUTES = {"PatientName": "Doe^Jane", "PatientID": "PID-SECRET-4711", "PatientBirthDate": "19610203"}
+PATIENT_ATTRIBUTES = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-SECRET-4711",
+    "PatientBirthDate": "19610203",
+}
 AIR_HU, TISSUE_HU, LUNG_HU = -1000.0, 40.0, -850.0
 
 
@@ -46,7 +50,9 @@ def chest_phantom(n_slices: int, size: int, lung_slices: Sequence[int], *, seed:
 TRAINING_LIKE_WINDOW = HuWindow(-145, 1854)
 
 
-def training_like_phantom(n_slices: int, lung_slices: Sequence[int], *, covid: bool = False, seed: int = 0) -> np.ndarray:
+def training_like_phantom(
+    n_slices: int, lung_slices: Sequence[int], *, covid: bool = False, seed: int = 0
+) -> np.ndarray:
     """(n_slices, 64, 64) float32 HU: ``chest_phantom`` without lungs, and on ``lung_slices`` a synthetic training slice in HU.
 
     The tiny test models are trained on ``synthetic.synthetic_ct_slice`` PNGs; read through
@@ -91,14 +97,18 @@ def write_dicom_series(
     study, series = generate_uid(), generate_uid()
     order = rng.permutation(len(hu))
     if multiframe:
-        dataset = _ct_dataset(study, series, stored[order], slope, intercept, is_signed, photometric, modality, spacing_mm)
+        dataset = _ct_dataset(
+            study, series, stored[order], slope, intercept, is_signed, photometric, modality, spacing_mm
+        )
         dataset.NumberOfFrames = len(hu)
         dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         dataset.PerFrameFunctionalGroupsSequence = [_frame_group(int(k), spacing_mm) for k in order]
         return [_save(dataset, folder / "multiframe.dcm", transfer_syntax)]
     paths = []
     for written, k in enumerate(order):
-        dataset = _ct_dataset(study, series, stored[k], slope, intercept, is_signed, photometric, modality, spacing_mm)
+        dataset = _ct_dataset(
+            study, series, stored[k], slope, intercept, is_signed, photometric, modality, spacing_mm
+        )
         dataset.InstanceNumber = int(k) + 1
         for keyword, value in (attributes or {}).items():
             setattr(dataset, keyword, value)
@@ -111,9 +121,17 @@ def write_dicom_series(
     return paths
 
 
-def write_nifti(path: Path, hu: np.ndarray, *, spacing_mm: tuple[float, float, float] = (2.5, 0.7, 0.7), orientation: str = "LPS") -> Path:
+def write_nifti(
+    path: Path,
+    hu: np.ndarray,
+    *,
+    spacing_mm: tuple[float, float, float] = (2.5, 0.7, 0.7),
+    orientation: str = "LPS",
+) -> Path:
     """Write (N, H, W) ``hu`` (slice 0 inferior, viewed as an axial CT) as NIfTI in LPS (DICOM-like) or RAS array order."""
-    data = np.transpose(hu, (2, 1, 0))  # (column: to the patient's left, row: to posterior, slice: to superior)
+    data = np.transpose(
+        hu, (2, 1, 0)
+    )  # (column: to the patient's left, row: to posterior, slice: to superior)
     z, y, x = spacing_mm
     affine = np.diag([-x, -y, z, 1.0])
     if orientation == "RAS":
@@ -122,7 +140,17 @@ def write_nifti(path: Path, hu: np.ndarray, *, spacing_mm: tuple[float, float, f
     return path
 
 
-def _ct_dataset(study: str, series: str, stored: np.ndarray, slope: float, intercept: float, is_signed: bool, photometric: str, modality: str, spacing_mm: tuple[float, float, float]) -> Dataset:
+def _ct_dataset(
+    study: str,
+    series: str,
+    stored: np.ndarray,
+    slope: float,
+    intercept: float,
+    is_signed: bool,
+    photometric: str,
+    modality: str,
+    spacing_mm: tuple[float, float, float],
+) -> Dataset:
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
@@ -133,7 +161,12 @@ def _ct_dataset(study: str, series: str, stored: np.ndarray, slope: float, inter
         setattr(dataset, keyword, value)
     dataset.Rows, dataset.Columns = stored.shape[-2:]
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, int(is_signed)
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = (
+        16,
+        16,
+        15,
+        int(is_signed),
+    )
     dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
     dataset.PixelSpacing, dataset.SliceThickness = [spacing_mm[1], spacing_mm[2]], spacing_mm[0]
     dataset.PixelData = np.ascontiguousarray(stored).tobytes()

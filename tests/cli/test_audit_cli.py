@@ -27,7 +27,9 @@ def write_folder_dataset(root: Path, *, per_class: int = 4) -> Path:
     for label, suffix, mode in (("COVID", ".png", "RGBA"), ("non-COVID", ".jpg", "L")):
         (root / label).mkdir(parents=True)
         for index in range(per_class):
-            coarse = Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+            coarse = Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).resize(
+                (64, 64), Image.Resampling.BICUBIC
+            )
             coarse.convert(mode).save(root / label / f"{index}{suffix}")
     broken = root / "COVID" / "[bold]broken[red].png"
     broken.write_bytes((root / "COVID" / "0.png").read_bytes()[:100])
@@ -49,24 +51,48 @@ def test_audit_prints_findings_writes_the_report_and_exits_zero(tmp_path):
 
     assert result.exit_code == 0, result.output
     output = " ".join(result.stdout.split())
-    assert "file format (as Pillow reads the bytes) alone predicts COVID (out-of-fold AUC 1.00 >= 0.70)" in output
+    assert (
+        "file format (as Pillow reads the bytes) alone predicts COVID (out-of-fold AUC 1.00 >= 0.70)"
+        in output
+    )
     assert "COVID/[bold]broken[red].png: cannot decode image" in output
     assert f"Report: {tmp_path / 'report' / 'audit.html'} (data in audit.json)" in output
     saved = json.loads((tmp_path / "report" / "audit.json").read_text(encoding="utf-8"))
-    assert {f["code"] for f in saved["findings"] if f["severity"] == "warning"} == {"shortcut", "unreadable", "missing_patient_ids"}
+    assert {f["code"] for f in saved["findings"] if f["severity"] == "warning"} == {
+        "shortcut",
+        "unreadable",
+        "missing_patient_ids",
+    }
 
 
 def test_audit_reads_csv_column_options(tmp_path):
     data = write_folder_dataset(tmp_path / "data")
     rows = [
-        {"file": f"{label}/{index}{suffix}", "diagnosis": label, "pid": f"P{index}", "part": "train" if (index < 2) == (label == "COVID") else "test"}
+        {
+            "file": f"{label}/{index}{suffix}",
+            "diagnosis": label,
+            "pid": f"P{index}",
+            "part": "train" if (index < 2) == (label == "COVID") else "test",
+        }
         for label, suffix in (("COVID", ".png"), ("non-COVID", ".jpg"))
         for index in range(4)
     ]
     csv_path = write_csv(data / "table.csv", rows)
 
-    result = invoke("audit", csv_path, "--out", tmp_path / "report", "--path-col", "file", "--label-col", "diagnosis",
-                    "--group-col", "pid", "--split-col", "part")
+    result = invoke(
+        "audit",
+        csv_path,
+        "--out",
+        tmp_path / "report",
+        "--path-col",
+        "file",
+        "--label-col",
+        "diagnosis",
+        "--group-col",
+        "pid",
+        "--split-col",
+        "part",
+    )
 
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "report" / "audit.json").read_text(encoding="utf-8"))
@@ -81,8 +107,11 @@ def test_audit_reads_csv_column_options(tmp_path):
     ("make_args", "message"),
     [
         pytest.param(lambda tmp: [tmp / "missing"], "missing: dataset not found", id="missing-data"),
-        pytest.param(lambda tmp: [write_folder_dataset(tmp / "data"), "--out", _a_file(tmp)],
-                     "taken: --out exists and is not a folder; name a new or existing folder for the audit", id="out-is-a-file"),
+        pytest.param(
+            lambda tmp: [write_folder_dataset(tmp / "data"), "--out", _a_file(tmp)],
+            "taken: --out exists and is not a folder; name a new or existing folder for the audit",
+            id="out-is-a-file",
+        ),
     ],
 )
 def test_audit_errors_are_one_line_and_exit_2(make_args, message, tmp_path):

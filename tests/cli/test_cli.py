@@ -23,8 +23,21 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 METRICS = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"]
 FIGURES = ["confusion.png", "pr.png", "reliability.png", "roc.png"]
 PREDICTION_COLUMNS = [
-    "path", "prob_covid", "label", "in_distribution", "ood_score", "message",
-    "kind", "study_key", "series_key", "slice", "slice_index", "n_slices_total", "n_slices_used", "aggregate", "plot",
+    "path",
+    "prob_covid",
+    "label",
+    "in_distribution",
+    "ood_score",
+    "message",
+    "kind",
+    "study_key",
+    "series_key",
+    "slice",
+    "slice_index",
+    "n_slices_total",
+    "n_slices_used",
+    "aggregate",
+    "plot",
 ]
 WIDE = {"COLUMNS": "250"}  # rich wraps at the terminal width; wide enough that paths stay on one line
 
@@ -72,14 +85,35 @@ def test_root_help_shows_the_research_use_statement():
 def trained(tiny_dataset, random_weights, tmp_path_factory) -> Path:
     """``covidct train`` on the CSV manifest (patient ids and splits): one epoch, 64 px, random start weights."""
     model_dir = tmp_path_factory.mktemp("cli") / "model"
-    result = invoke("train", tiny_dataset.csv, "--out", model_dir, "--image-size", 64, "--epochs", 1, "--batch-size", 16, "--weights", random_weights, "--device", "cpu")
+    result = invoke(
+        "train",
+        tiny_dataset.csv,
+        "--out",
+        model_dir,
+        "--image-size",
+        64,
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--weights",
+        random_weights,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert f"Model written to {model_dir}" in " ".join(result.stdout.split())
     return model_dir
 
 
 def test_train_writes_a_model_dir(trained):
-    assert sorted(p.name for p in trained.iterdir()) == [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in trained.iterdir()) == [
+        ".covidct-run.json",
+        "model.json",
+        "model.safetensors",
+        "ood.safetensors",
+        "train_log.csv",
+    ]
     card = json.loads((trained / "model.json").read_text())
     assert card["preprocessing"]["image_size"] == 64
     assert card["data"]["split_method"] == "split column"
@@ -88,7 +122,9 @@ def test_train_writes_a_model_dir(trained):
 @pytest.fixture(scope="module")
 def evaluated(trained, tiny_dataset) -> tuple[Path, typer.testing.Result]:
     out = trained.parent / "evaluation"
-    return out, invoke("evaluate", trained, tiny_dataset.csv, "--out", out, "--n-resamples", 50, "--device", "cpu")
+    return out, invoke(
+        "evaluate", trained, tiny_dataset.csv, "--out", out, "--n-resamples", 50, "--device", "cpu"
+    )
 
 
 def test_evaluate_succeeds_and_names_the_report(evaluated):
@@ -117,7 +153,9 @@ def test_metrics_json_keeps_its_fixed_shape(evaluated, trained):
 def test_evaluate_writes_the_report_figures_and_predictions(evaluated, tiny_dataset):
     out, _ = evaluated
 
-    assert sorted(p.name for p in out.iterdir()) == sorted([".covidct-run.json", "failures.csv", "metrics.json", "predictions.csv", "report.html", *FIGURES])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".covidct-run.json", "failures.csv", "metrics.json", "predictions.csv", "report.html", *FIGURES]
+    )
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert RESEARCH_USE_STATEMENT in (out / "report.html").read_text(encoding="utf-8")
@@ -129,7 +167,21 @@ def test_evaluate_writes_the_report_figures_and_predictions(evaluated, tiny_data
 
 
 def test_evaluate_on_every_row_of_a_folder_without_patient_ids(trained, tiny_dataset, tmp_path):
-    result = invoke("evaluate", trained, tiny_dataset.root, "--out", tmp_path, "--split", "all", "--aggregate", "max", "--n-resamples", 20, "--device", "cpu")
+    result = invoke(
+        "evaluate",
+        trained,
+        tiny_dataset.root,
+        "--out",
+        tmp_path,
+        "--split",
+        "all",
+        "--aggregate",
+        "max",
+        "--n-resamples",
+        20,
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -137,11 +189,17 @@ def test_evaluate_on_every_row_of_a_folder_without_patient_ids(trained, tiny_dat
     assert metrics["patient_level"] is None
 
 
-@pytest.mark.filterwarnings("ignore::covidct.errors.OptimisticMetricsWarning")  # also true here, not the point
+@pytest.mark.filterwarnings(
+    "ignore::covidct.errors.OptimisticMetricsWarning"
+)  # also true here, not the point
 def test_evaluate_warns_when_it_must_rebuild_a_split_on_other_data(trained, tiny_dataset, tmp_path):
     """The model was trained on the CSV; the folder holds the same images without its split column."""
-    with pytest.warns(CovidctWarning, match="differs from the training data, so the rebuilt 'test' split may overlap"):
-        result = invoke("evaluate", trained, tiny_dataset.root, "--out", tmp_path, "--n-resamples", 20, "--device", "cpu")
+    with pytest.warns(
+        CovidctWarning, match="differs from the training data, so the rebuilt 'test' split may overlap"
+    ):
+        result = invoke(
+            "evaluate", trained, tiny_dataset.root, "--out", tmp_path, "--n-resamples", 20, "--device", "cpu"
+        )
 
     assert result.exit_code == 0, result.output
     assert "differs from the training data" in (tmp_path / "report.html").read_text(encoding="utf-8")
@@ -167,7 +225,9 @@ def test_predict_writes_a_csv(trained, tiny_dataset, tmp_path):
 
 
 def test_predict_writes_json_with_the_notice(trained, tiny_dataset, tmp_path):
-    result = invoke("predict", trained, tiny_dataset.paths["COVID"][0], "--out", tmp_path / "x.json", "--device", "cpu")
+    result = invoke(
+        "predict", trained, tiny_dataset.paths["COVID"][0], "--out", tmp_path / "x.json", "--device", "cpu"
+    )
 
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "x.json").read_text())
@@ -203,7 +263,9 @@ def test_predict_exits_1_on_a_failed_input_and_reports_it(trained, tiny_dataset,
     if suffix == ".json":
         written = json.loads((tmp_path / "x.json").read_text())
         assert [p["path"] for p in written["predictions"]] == [str(good)]
-        assert written["failures"] == [{"path": str(broken), "reason": "not a readable PNG, JPEG, BMP or TIFF image"}]
+        assert written["failures"] == [
+            {"path": str(broken), "reason": "not a readable PNG, JPEG, BMP or TIFF image"}
+        ]
     else:
         assert [row["path"] for row in read_csv(tmp_path / "x.csv")] == [str(good)]
 
@@ -260,20 +322,34 @@ def white_png(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
-def test_a_blank_image_is_labelled_not_ct_without_probabilities(trained, tiny_dataset, white_png, tmp_path, suffix):
+def test_a_blank_image_is_labelled_not_ct_without_probabilities(
+    trained, tiny_dataset, white_png, tmp_path, suffix
+):
     ct_slice = tiny_dataset.paths["COVID"][0]
 
-    result = invoke("predict", trained, ct_slice, white_png, "--out", tmp_path / f"x{suffix}", "--device", "cpu")
+    result = invoke(
+        "predict", trained, ct_slice, white_png, "--out", tmp_path / f"x{suffix}", "--device", "cpu"
+    )
 
     assert result.exit_code == 0, result.output
-    rows = read_csv(tmp_path / "x.csv") if suffix == ".csv" else json.loads((tmp_path / "x.json").read_text())["predictions"]
+    rows = (
+        read_csv(tmp_path / "x.csv")
+        if suffix == ".csv"
+        else json.loads((tmp_path / "x.json").read_text())["predictions"]
+    )
     ct, white = rows
     empty = "" if suffix == ".csv" else None
     assert (white["label"], white["prob_covid"]) == ("not-ct", empty)
     assert str(white["in_distribution"]) == "False"
-    assert re.fullmatch(r"does not look like a chest CT slice the model was trained on \(OOD score [0-9.]+ > threshold [0-9.]+\)", white["message"])
+    assert re.fullmatch(
+        r"does not look like a chest CT slice the model was trained on \(OOD score [0-9.]+ > threshold [0-9.]+\)",
+        white["message"],
+    )
     assert float(white["ood_score"]) > float(ct["ood_score"])
-    assert (ct["label"], str(ct["in_distribution"]), ct["message"]) in (("COVID", "True", ""), ("non-COVID", "True", ""))
+    assert (ct["label"], str(ct["in_distribution"]), ct["message"]) in (
+        ("COVID", "True", ""),
+        ("non-COVID", "True", ""),
+    )
 
 
 def test_the_table_shows_the_message_instead_of_a_probability(trained, white_png):
@@ -281,7 +357,9 @@ def test_the_table_shows_the_message_instead_of_a_probability(trained, white_png
 
     assert result.exit_code == 0, result.output
     assert "not-ct" in result.stdout
-    assert "does not look like a chest CT slice the model was trained on (OOD score" in " ".join(result.stdout.split())
+    assert "does not look like a chest CT slice the model was trained on (OOD score" in " ".join(
+        result.stdout.split()
+    )
 
 
 def test_predict_cam_writes_one_overlay_per_input(trained, tiny_dataset, tmp_path):
@@ -290,7 +368,17 @@ def test_predict_cam_writes_one_overlay_per_input(trained, tiny_dataset, tmp_pat
         target.parent.mkdir()
         shutil.copy(source, target)
 
-    result = invoke("predict", trained, *inputs, "--cam", tmp_path / "cams", "--out", tmp_path / "x.csv", "--device", "cpu")
+    result = invoke(
+        "predict",
+        trained,
+        *inputs,
+        "--cam",
+        tmp_path / "cams",
+        "--out",
+        tmp_path / "x.csv",
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "cams").iterdir())
@@ -314,29 +402,95 @@ def test_the_report_has_a_grad_cam_gallery_and_the_ood_share(evaluated):
 
 
 def _other_classes(tmp_path: Path, dataset) -> Path:
-    rows = [{"path": str(path), "label": label} for label, name in (("A", "COVID"), ("B", "non-COVID")) for path in dataset.paths[name][:2]]
+    rows = [
+        {"path": str(path), "label": label}
+        for label, name in (("A", "COVID"), ("B", "non-COVID"))
+        for path in dataset.paths[name][:2]
+    ]
     return write_csv(tmp_path / "other.csv", rows)
 
 
 # (id, arguments from (tmp_path, trained model dir, dataset, weights), message)
 ERRORS = [
-    ("train-missing-data", lambda t, m, d, w: ["train", t / "absent", "--out", t / "m", "--weights", w], "absent: dataset not found"),
-    ("train-bad-epochs", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--epochs", 0, "--weights", w], "--epochs must be at least 1; got 0"),
-    ("train-missing-weights", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--weights", t / "none.safetensors"], "none.safetensors: no such file"),
-    ("train-missing-column", lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--path-col", "file", "--weights", w], "no column 'file'.*--path-col"),
-    ("predict-out-txt", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--out", t / "x.txt"], "--out must end in .csv or .json; got 'x.txt'"),
-    ("predict-batch-size", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--batch-size", 0], "--batch-size must be at least 1; got 0"),
-    ("predict-max-pixels", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--max-pixels", 0], "--max-pixels must be at least 1; got 0"),
-    ("predict-not-a-model", lambda t, m, d, w: ["predict", t, d.paths["COVID"][0]], "no model.json; expected a model directory"),
-    ("predict-cam-a-file", lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--cam", d.csv], r"--cam must be a folder; '.*manifest.csv' is a file"),
-    ("evaluate-unknown-split", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--split", "holdout"], "no rows in split 'holdout'"),
-    ("evaluate-other-classes", lambda t, m, d, w: ["evaluate", m, _other_classes(t, d), "--out", t / "e", "--positive-class", "A", "--split", "all"], r"classes \['A', 'B'\] differ from the model's \['COVID', 'non-COVID'\]"),
-    ("evaluate-positive-class", lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--positive-class", "COVID19"], r"did you mean 'COVID'\?"),
+    (
+        "train-missing-data",
+        lambda t, m, d, w: ["train", t / "absent", "--out", t / "m", "--weights", w],
+        "absent: dataset not found",
+    ),
+    (
+        "train-bad-epochs",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--epochs", 0, "--weights", w],
+        "--epochs must be at least 1; got 0",
+    ),
+    (
+        "train-missing-weights",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--weights", t / "none.safetensors"],
+        "none.safetensors: no such file",
+    ),
+    (
+        "train-missing-column",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--path-col", "file", "--weights", w],
+        "no column 'file'.*--path-col",
+    ),
+    (
+        "predict-out-txt",
+        lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--out", t / "x.txt"],
+        "--out must end in .csv or .json; got 'x.txt'",
+    ),
+    (
+        "predict-batch-size",
+        lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--batch-size", 0],
+        "--batch-size must be at least 1; got 0",
+    ),
+    (
+        "predict-max-pixels",
+        lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--max-pixels", 0],
+        "--max-pixels must be at least 1; got 0",
+    ),
+    (
+        "predict-not-a-model",
+        lambda t, m, d, w: ["predict", t, d.paths["COVID"][0]],
+        "no model.json; expected a model directory",
+    ),
+    (
+        "predict-cam-a-file",
+        lambda t, m, d, w: ["predict", m, d.paths["COVID"][0], "--cam", d.csv],
+        r"--cam must be a folder; '.*manifest.csv' is a file",
+    ),
+    (
+        "evaluate-unknown-split",
+        lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--split", "holdout"],
+        "no rows in split 'holdout'",
+    ),
+    (
+        "evaluate-other-classes",
+        lambda t, m, d, w: [
+            "evaluate",
+            m,
+            _other_classes(t, d),
+            "--out",
+            t / "e",
+            "--positive-class",
+            "A",
+            "--split",
+            "all",
+        ],
+        r"classes \['A', 'B'\] differ from the model's \['COVID', 'non-COVID'\]",
+    ),
+    (
+        "evaluate-positive-class",
+        lambda t, m, d, w: ["evaluate", m, d.csv, "--out", t / "e", "--positive-class", "COVID19"],
+        r"did you mean 'COVID'\?",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("arguments", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
-def test_user_errors_print_one_line_and_exit_2(trained, tiny_dataset, random_weights, tmp_path, arguments, message):
+@pytest.mark.parametrize(
+    ("arguments", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS]
+)
+def test_user_errors_print_one_line_and_exit_2(
+    trained, tiny_dataset, random_weights, tmp_path, arguments, message
+):
     result = invoke(*arguments(tmp_path, trained, tiny_dataset, random_weights))
 
     assert result.exit_code == 2, result.output
@@ -351,4 +505,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(trained, tiny_dataset
     result = invoke("predict", trained, tiny_dataset.paths["COVID"][0], "--device", "cuda")
 
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.exception!r}"
-    assert result.stderr.strip().splitlines()[-1] == "error: --device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "error: --device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto"
+    )

@@ -58,19 +58,40 @@ def studies(tmp_path_factory) -> dict[str, Path]:
 def test_each_study_gets_one_row_and_a_plot(model_dir, studies, tmp_path):
     out = tmp_path / "x.csv"
 
-    result = invoke("predict", model_dir, studies["dicom"], studies["nifti"], "--out", out, "--window", PHANTOM_WINDOW, "--device", "cpu")
+    result = invoke(
+        "predict",
+        model_dir,
+        studies["dicom"],
+        studies["nifti"],
+        "--out",
+        out,
+        "--window",
+        PHANTOM_WINDOW,
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 0, result.output
     rows = read_csv(out)
-    assert [(row["kind"], row["path"]) for row in rows] == [("study", str(studies["dicom"])), ("study", str(studies["nifti"]))]
+    assert [(row["kind"], row["path"]) for row in rows] == [
+        ("study", str(studies["dicom"])),
+        ("study", str(studies["nifti"])),
+    ]
     for row in rows:
-        assert (row["n_slices_total"], row["n_slices_used"], row["aggregate"], row["in_distribution"]) == ("9", "5", "top 25% mean", "True")
+        assert (row["n_slices_total"], row["n_slices_used"], row["aggregate"], row["in_distribution"]) == (
+            "9",
+            "5",
+            "top 25% mean",
+            "True",
+        )
         assert 0.0 <= float(row["prob_covid"]) <= 1.0
         assert row["label"] in ("COVID", "non-COVID")
         assert (row["slice"], row["slice_index"]) == ("", "")
         with Image.open(row["plot"]) as plot:
             assert plot.format == "PNG"
-    assert sorted(p.name for p in (tmp_path / "x_plots").iterdir()) == sorted(Path(row["plot"]).name for row in rows)
+    assert sorted(p.name for p in (tmp_path / "x_plots").iterdir()) == sorted(
+        Path(row["plot"]).name for row in rows
+    )
     assert "2 prediction(s) written to" in result.stdout
     assert "2 study plot(s) written to" in result.stdout
 
@@ -78,7 +99,18 @@ def test_each_study_gets_one_row_and_a_plot(model_dir, studies, tmp_path):
 def test_per_slice_rows_carry_their_study_key(model_dir, studies, tmp_path):
     out = tmp_path / "x.json"
 
-    result = invoke("predict", model_dir, studies["nifti"], "--out", out, "--per-slice", "--window", PHANTOM_WINDOW, "--device", "cpu")
+    result = invoke(
+        "predict",
+        model_dir,
+        studies["nifti"],
+        "--out",
+        out,
+        "--per-slice",
+        "--window",
+        PHANTOM_WINDOW,
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 0, result.output
     study, *slices = json.loads(out.read_text())["predictions"]
@@ -91,7 +123,9 @@ def test_per_slice_rows_carry_their_study_key(model_dir, studies, tmp_path):
 
 
 def test_the_table_lists_studies_and_slices(model_dir, studies):
-    result = invoke("predict", model_dir, studies["nifti"], "--per-slice", "--window", PHANTOM_WINDOW, "--device", "cpu")
+    result = invoke(
+        "predict", model_dir, studies["nifti"], "--per-slice", "--window", PHANTOM_WINDOW, "--device", "cpu"
+    )
 
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
@@ -101,8 +135,21 @@ def test_the_table_lists_studies_and_slices(model_dir, studies):
 
 
 def test_a_window_other_than_the_cards_is_warned_about(model_dir, studies, tmp_path):
-    with pytest.warns(UserWarning, match=r"--window -145,1854 differs from the window the model was trained with \(-600,1500\)"):
-        result = invoke("predict", model_dir, studies["nifti"], "--out", tmp_path / "x.csv", "--window", PHANTOM_WINDOW, "--device", "cpu")
+    with pytest.warns(
+        UserWarning,
+        match=r"--window -145,1854 differs from the window the model was trained with \(-600,1500\)",
+    ):
+        result = invoke(
+            "predict",
+            model_dir,
+            studies["nifti"],
+            "--out",
+            tmp_path / "x.csv",
+            "--window",
+            PHANTOM_WINDOW,
+            "--device",
+            "cpu",
+        )
 
     assert result.exit_code == 0, result.output
 
@@ -112,7 +159,19 @@ def test_studies_that_fail_are_reported_and_the_batch_goes_on(model_dir, studies
     broken = tmp_path / "broken.nii.gz"
     broken.write_text("not a NIfTI file")
 
-    result = invoke("predict", model_dir, head, broken, studies["nifti"], "--out", tmp_path / "x.json", "--window", PHANTOM_WINDOW, "--device", "cpu")
+    result = invoke(
+        "predict",
+        model_dir,
+        head,
+        broken,
+        studies["nifti"],
+        "--out",
+        tmp_path / "x.json",
+        "--window",
+        PHANTOM_WINDOW,
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 1, result.output
     written = json.loads((tmp_path / "x.json").read_text())
@@ -125,7 +184,17 @@ def test_studies_that_fail_are_reported_and_the_batch_goes_on(model_dir, studies
 
 
 def test_cam_writes_the_most_suspicious_slice_of_a_study(model_dir, studies, tmp_path):
-    result = invoke("predict", model_dir, studies["nifti"], "--cam", tmp_path / "cams", "--window", PHANTOM_WINDOW, "--device", "cpu")
+    result = invoke(
+        "predict",
+        model_dir,
+        studies["nifti"],
+        "--cam",
+        tmp_path / "cams",
+        "--window",
+        PHANTOM_WINDOW,
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 0, result.output
     (overlay,) = (tmp_path / "cams").iterdir()
@@ -145,34 +214,65 @@ def test_no_patient_attribute_reaches_any_output(model_dir, studies, tmp_path):
     for suffix in (".csv", ".json"):
         out = tmp_path / f"x{suffix}"
         result = invoke(
-            "predict", model_dir, studies["dicom"], "--out", out, "--per-slice", "--cam", tmp_path / "cams",
-            "--plots", tmp_path / "plots", "--window", PHANTOM_WINDOW, "--device", "cpu",
+            "predict",
+            model_dir,
+            studies["dicom"],
+            "--out",
+            out,
+            "--per-slice",
+            "--cam",
+            tmp_path / "cams",
+            "--plots",
+            tmp_path / "plots",
+            "--window",
+            PHANTOM_WINDOW,
+            "--device",
+            "cpu",
         )
         assert result.exit_code == 0, result.output
         outputs += [result.stdout.encode(), result.stderr.encode(), out.read_bytes()]
-    table = invoke("predict", model_dir, studies["dicom"], "--per-slice", "--window", PHANTOM_WINDOW, "--device", "cpu")
+    table = invoke(
+        "predict", model_dir, studies["dicom"], "--per-slice", "--window", PHANTOM_WINDOW, "--device", "cpu"
+    )
     outputs += [table.stdout.encode(), table.stderr.encode()]
     outputs += [path.read_bytes() for folder in ("cams", "plots") for path in (tmp_path / folder).iterdir()]
 
     assert len(outputs) == 10
-    assert SECRETS["PatientID"].encode() in next(studies["dicom"].iterdir()).read_bytes()  # the files do carry them
+    assert (
+        SECRETS["PatientID"].encode() in next(studies["dicom"].iterdir()).read_bytes()
+    )  # the files do carry them
     for secret in SECRETS.values():
         for text in (secret, secret.replace("^", " ")):
             assert not any(text.encode() in output for output in outputs), text
 
 
-
-def test_max_pixels_refuses_images_and_series_over_the_cap_and_the_batch_goes_on(model_dir, studies, tmp_path):
+def test_max_pixels_refuses_images_and_series_over_the_cap_and_the_batch_goes_on(
+    model_dir, studies, tmp_path
+):
     small = tmp_path / "small.png"
     Image.fromarray(np.full((40, 40), 90, np.uint8)).save(small)  # 1,600 pixels: under the cap
     large = tmp_path / "large.png"
     Image.fromarray(np.full((64, 64), 90, np.uint8)).save(large)  # 4,096 pixels: over it
 
-    result = invoke("predict", model_dir, small, large, studies["dicom"], "--max-pixels", 2000, "--out", tmp_path / "x.json", "--device", "cpu")
+    result = invoke(
+        "predict",
+        model_dir,
+        small,
+        large,
+        studies["dicom"],
+        "--max-pixels",
+        2000,
+        "--out",
+        tmp_path / "x.json",
+        "--device",
+        "cpu",
+    )
 
     assert result.exit_code == 1, result.output
     written = json.loads((tmp_path / "x.json").read_text())
     assert [row["path"] for row in written["predictions"]] == [str(small)]
     reasons = {Path(failure["path"]).name: failure["reason"] for failure in written["failures"]}
     assert reasons["large.png"] == "image is 64x64 pixels, over the 2,000-pixel limit"
-    assert [reason for name, reason in reasons.items() if name != "large.png"] == ["slices are 64x64 pixels, over the 2,000-pixel limit"]
+    assert [reason for name, reason in reasons.items() if name != "large.png"] == [
+        "slices are 64x64 pixels, over the 2,000-pixel limit"
+    ]

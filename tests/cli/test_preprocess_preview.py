@@ -24,10 +24,16 @@ def invoke(*args):
     [
         pytest.param([], 6, id="default-n-takes-all-six"),
         pytest.param(["--n", "4"], 4, id="sample-of-four"),
-        pytest.param(["--n", "4", "--no-crop-field", "--no-remove-annotations", "--no-standardise-intensity"], 4, id="steps-off"),
+        pytest.param(
+            ["--n", "4", "--no-crop-field", "--no-remove-annotations", "--no-standardise-intensity"],
+            4,
+            id="steps-off",
+        ),
     ],
 )
-def test_preview_writes_one_side_by_side_png_per_sampled_slice_and_an_index(tiny_dataset, tmp_path, options, expected_pairs):
+def test_preview_writes_one_side_by_side_png_per_sampled_slice_and_an_index(
+    tiny_dataset, tmp_path, options, expected_pairs
+):
     data = tmp_path / "data"
     data.mkdir()
     for path in tiny_dataset.paths["COVID"][:6]:
@@ -44,8 +50,16 @@ def test_preview_writes_one_side_by_side_png_per_sampled_slice_and_an_index(tiny
 def test_preview_after_half_differs_from_before_half_only_when_a_step_is_on(tiny_dataset, tmp_path):
     data = tiny_dataset.paths["COVID"][0]
     halves = {}
-    for name, options in (("on", []), ("off", ["--no-crop-field", "--no-remove-annotations", "--no-standardise-intensity"])):
-        assert invoke("preprocess-preview", data, "--out", tmp_path / name, "--image-size", 32, *options).exit_code == 0
+    for name, options in (
+        ("on", []),
+        ("off", ["--no-crop-field", "--no-remove-annotations", "--no-standardise-intensity"]),
+    ):
+        assert (
+            invoke(
+                "preprocess-preview", data, "--out", tmp_path / name, "--image-size", 32, *options
+            ).exit_code
+            == 0
+        )
         pixels = np.asarray(Image.open(next((tmp_path / name).glob("*.png"))), np.int16)
         halves[name] = (pixels[:, :32], pixels[:, 36:])
     assert np.array_equal(*halves["off"])
@@ -53,7 +67,9 @@ def test_preview_after_half_differs_from_before_half_only_when_a_step_is_on(tiny
 
 
 def test_preview_samples_the_rows_of_a_csv_manifest(tiny_dataset, tmp_path):
-    result = invoke("preprocess-preview", tiny_dataset.csv, "--out", tmp_path / "out", "--image-size", 32, "--n", 5)
+    result = invoke(
+        "preprocess-preview", tiny_dataset.csv, "--out", tmp_path / "out", "--image-size", 32, "--n", 5
+    )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "out").glob("*.png"))) == 5
     assert str(tiny_dataset.root) in (tmp_path / "out" / "index.html").read_text()
@@ -75,8 +91,18 @@ def test_preview_lists_a_file_that_fails_and_goes_on(tiny_dataset, tmp_path):
     ("make_data", "options", "message"),
     [
         pytest.param(lambda root: root, [], "no image file or volume found", id="empty-folder"),
-        pytest.param(lambda root: root / "missing", [], "missing: not found; expected a folder of CT slice images or volumes, one file or a CSV manifest", id="missing"),
-        pytest.param(lambda root: root, ["--n", "0"], "Invalid value for '--n': Input should be greater than or equal to 1", id="n-zero"),
+        pytest.param(
+            lambda root: root / "missing",
+            [],
+            "missing: not found; expected a folder of CT slice images or volumes, one file or a CSV manifest",
+            id="missing",
+        ),
+        pytest.param(
+            lambda root: root,
+            ["--n", "0"],
+            "Invalid value for '--n': Input should be greater than or equal to 1",
+            id="n-zero",
+        ),
     ],
 )
 def test_preview_errors_say_what_is_wrong(tmp_path, make_data, options, message):
@@ -97,5 +123,9 @@ def test_preview_shows_a_dicom_series_and_a_nifti_volume_by_their_middle_lung_sl
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     index = re.sub(r"\s+", " ", (tmp_path / "out" / "index.html").read_text())
-    assert "series (lung slice 5 of 9)" in index and "scan.nii.gz (lung slice 3 of 5)" in index and "slice.png" in index
+    assert (
+        "series (lung slice 5 of 9)" in index
+        and "scan.nii.gz (lung slice 3 of 5)" in index
+        and "slice.png" in index
+    )
     assert "head.nii.gz" in index and "none of its 4 slices shows lung" in index

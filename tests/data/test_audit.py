@@ -36,8 +36,18 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 SPLIT_OF_INDEX = ("train", "train", "train", "val", "test", "test")
 PNG_L = ("PNG", "L", ".png")
 JSON_KEYS = {
-    "dataset", "n_images", "n_unreadable", "classes", "positive_class", "split_source", "thresholds", "findings",
-    "attributes", "class_balance", "duplicate_clusters", "unreadable",
+    "dataset",
+    "n_images",
+    "n_unreadable",
+    "classes",
+    "positive_class",
+    "split_source",
+    "thresholds",
+    "findings",
+    "attributes",
+    "class_balance",
+    "duplicate_clusters",
+    "unreadable",
 }
 
 
@@ -74,8 +84,13 @@ def balanced(per_class: int = 6, *, stored_as: dict[str, tuple[str, str, str]] |
     """``per_class`` unrelated pictures per class, one patient each, spread over train/val/test."""
     stored_as = stored_as or {}
     return [
-        Img(label, seed=offset + index, split=SPLIT_OF_INDEX[index % len(SPLIT_OF_INDEX)], patient=f"{label[0].upper()}{index}",
-            stored_as=stored_as.get(label, PNG_L))
+        Img(
+            label,
+            seed=offset + index,
+            split=SPLIT_OF_INDEX[index % len(SPLIT_OF_INDEX)],
+            patient=f"{label[0].upper()}{index}",
+            stored_as=stored_as.get(label, PNG_L),
+        )
         for offset, label in ((0, "COVID"), (100, "non-COVID"))
         for index in range(per_class)
     ]
@@ -131,7 +146,12 @@ def test_near_copies_hash_within_the_threshold_and_unrelated_pictures_far_outsid
 
 CATEGORICAL_CASES = [
     pytest.param(["PNG"] * 10 + ["JPEG"] * 10, [1] * 10 + [0] * 10, 1.0, id="category-equals-label"),
-    pytest.param([f"{i}x{i}" for i in range(20)], [1] * 10 + [0] * 10, 0.5, id="unique-category-per-image-is-not-a-shortcut"),
+    pytest.param(
+        [f"{i}x{i}" for i in range(20)],
+        [1] * 10 + [0] * 10,
+        0.5,
+        id="unique-category-per-image-is-not-a-shortcut",
+    ),
     pytest.param(["PNG"] * 20, [1] * 10 + [0] * 10, 0.5, id="one-category"),
     pytest.param(["PNG"] * 9 + ["JPEG"] * 11, [1] * 9 + [0] * 9 + [1, 0], 0.95, id="nearly-equals-label"),
     pytest.param(["PNG", "JPEG"] * 10, [1] * 10 + [0] * 10, 0.5, id="category-independent-of-label"),
@@ -168,7 +188,9 @@ def test_numeric_shortcut_auc_is_max_of_auc_and_its_complement(values, labels, e
 
 
 def png_rgba_covid_and_jpeg_non_covid(root: Path) -> Path:
-    return write_dataset(root, balanced(stored_as={"COVID": ("PNG", "RGBA", ".png"), "non-COVID": ("JPEG", "L", ".jpg")}))
+    return write_dataset(
+        root, balanced(stored_as={"COVID": ("PNG", "RGBA", ".png"), "non-COVID": ("JPEG", "L", ".jpg")})
+    )
 
 
 def covid_png_files_holding_jpeg(root: Path) -> Path:
@@ -177,15 +199,21 @@ def covid_png_files_holding_jpeg(root: Path) -> Path:
 
 def same_file_in_both_classes(root: Path) -> Path:
     images = balanced()
-    return write_dataset(root, [*images, Img("non-COVID", seed=images[0].seed, patient="N99", name="copy<b>&.png")])
+    return write_dataset(
+        root, [*images, Img("non-COVID", seed=images[0].seed, patient="N99", name="copy<b>&.png")]
+    )
 
 
 def near_copy_in_another_split(root: Path) -> Path:
-    return write_dataset(root, [*balanced(), Img("COVID", seed=0, split="test", patient="C99", edit=brighter_and_resized)])
+    return write_dataset(
+        root, [*balanced(), Img("COVID", seed=0, split="test", patient="C99", edit=brighter_and_resized)]
+    )
 
 
 def near_copy_in_the_same_split(root: Path) -> Path:
-    return write_dataset(root, [*balanced(), Img("COVID", seed=0, split="train", patient="C0", edit=brighter_and_resized)])
+    return write_dataset(
+        root, [*balanced(), Img("COVID", seed=0, split="train", patient="C0", edit=brighter_and_resized)]
+    )
 
 
 def patient_in_train_and_test(root: Path) -> Path:
@@ -198,11 +226,15 @@ def no_patient_ids(root: Path) -> Path:
 
 def some_patient_ids_missing(root: Path) -> Path:
     images = balanced()
-    return write_dataset(root, [Img(i.label, i.seed, i.split, None if n < 2 else i.patient) for n, i in enumerate(images)])
+    return write_dataset(
+        root, [Img(i.label, i.seed, i.split, None if n < 2 else i.patient) for n, i in enumerate(images)]
+    )
 
 
 def a_truncated_file(root: Path) -> Path:
-    return write_dataset(root, [*balanced(), Img("COVID", seed=60, patient="C60", name="broken.png", is_truncated=True)])
+    return write_dataset(
+        root, [*balanced(), Img("COVID", seed=60, patient="C60", name="broken.png", is_truncated=True)]
+    )
 
 
 def four_covid_per_non_covid_in_train(root: Path) -> Path:
@@ -211,30 +243,93 @@ def four_covid_per_non_covid_in_train(root: Path) -> Path:
 
 
 FINDING_CASES = [
-    pytest.param(png_rgba_covid_and_jpeg_non_covid, Severity.WARNING, "shortcut",
-                 r"^file format \(as Pillow reads the bytes\) alone predicts COVID \(out-of-fold AUC 1\.00 >= 0\.70\): "
-                 r"JPEG: 0 COVID / 6 non-COVID; PNG: 6 COVID / 0 non-COVID; .*decode and resize every class alike", id="format"),
-    pytest.param(png_rgba_covid_and_jpeg_non_covid, Severity.WARNING, "shortcut", r"^colour mode alone predicts COVID .*RGBA: 6 COVID / 0 non-COVID", id="mode"),
-    pytest.param(covid_png_files_holding_jpeg, Severity.WARNING, "shortcut", r"^file format .*AUC 1\.00.*JPEG: 6 COVID / 0 non-COVID", id="png-holding-jpeg"),
-    pytest.param(same_file_in_both_classes, Severity.WARNING, "cross_label_duplicate",
-                 r"^1 duplicate cluster\(s\) \(1 exact, 0 near; 2 images\) hold images of more than one class; .*drop or relabel them: "
-                 r"COVID/COVID_0\.png \(COVID, train\) = non-COVID/copy<b>&\.png \(non-COVID, train\)$", id="cross-label"),
-    pytest.param(near_copy_in_another_split, Severity.WARNING, "cross_split_duplicate",
-                 r"^1 duplicate cluster\(s\) \(0 exact, 1 near; 2 images\) span splits, so test images have copies in training.*"
-                 r"COVID/COVID_0\.png \(COVID, train\) = COVID/COVID_12\.png \(COVID, test\)$", id="cross-split"),
-    pytest.param(near_copy_in_the_same_split, Severity.INFO, "duplicate",
-                 r"^1 duplicate cluster\(s\) \(0 exact, 1 near; 2 images\) stay within one class and split", id="within-split"),
-    pytest.param(patient_in_train_and_test, Severity.WARNING, "patient_in_several_splits",
-                 r"^1 patient\(s\) are in more than one split \(e\.g\. N0 in train and test\); fix the split column or drop --split-col", id="leak"),
-    pytest.param(no_patient_ids, Severity.WARNING, "missing_patient_ids",
-                 r"^no image has a patient id, so slices of one patient can sit in train and test.*\(--group-col\)$", id="no-ids"),
-    pytest.param(some_patient_ids_missing, Severity.WARNING, "missing_patient_ids", r"^2 of 12 images have no patient id, so slices", id="some-ids"),
-    pytest.param(a_truncated_file, Severity.WARNING, "unreadable",
-                 r"^COVID/broken\.png: cannot decode image \(.*\); left out of these checks and of training$", id="truncated"),
-    pytest.param(four_covid_per_non_covid_in_train, Severity.WARNING, "class_imbalance",
-                 r"^the train split has 4\.0 COVID images per non-COVID image \(12 COVID / 3 non-COVID\); .*sensitivity and specificity$", id="imbalance"),
-    pytest.param(no_patient_ids, Severity.INFO, "class_balance",
-                 r"^images per class: all 6 COVID / 6 non-COVID; train 3 COVID / 3 non-COVID; val 1 COVID / 1 non-COVID; test 2 COVID / 2 non-COVID$", id="balance"),
+    pytest.param(
+        png_rgba_covid_and_jpeg_non_covid,
+        Severity.WARNING,
+        "shortcut",
+        r"^file format \(as Pillow reads the bytes\) alone predicts COVID \(out-of-fold AUC 1\.00 >= 0\.70\): "
+        r"JPEG: 0 COVID / 6 non-COVID; PNG: 6 COVID / 0 non-COVID; .*decode and resize every class alike",
+        id="format",
+    ),
+    pytest.param(
+        png_rgba_covid_and_jpeg_non_covid,
+        Severity.WARNING,
+        "shortcut",
+        r"^colour mode alone predicts COVID .*RGBA: 6 COVID / 0 non-COVID",
+        id="mode",
+    ),
+    pytest.param(
+        covid_png_files_holding_jpeg,
+        Severity.WARNING,
+        "shortcut",
+        r"^file format .*AUC 1\.00.*JPEG: 6 COVID / 0 non-COVID",
+        id="png-holding-jpeg",
+    ),
+    pytest.param(
+        same_file_in_both_classes,
+        Severity.WARNING,
+        "cross_label_duplicate",
+        r"^1 duplicate cluster\(s\) \(1 exact, 0 near; 2 images\) hold images of more than one class; .*drop or relabel them: "
+        r"COVID/COVID_0\.png \(COVID, train\) = non-COVID/copy<b>&\.png \(non-COVID, train\)$",
+        id="cross-label",
+    ),
+    pytest.param(
+        near_copy_in_another_split,
+        Severity.WARNING,
+        "cross_split_duplicate",
+        r"^1 duplicate cluster\(s\) \(0 exact, 1 near; 2 images\) span splits, so test images have copies in training.*"
+        r"COVID/COVID_0\.png \(COVID, train\) = COVID/COVID_12\.png \(COVID, test\)$",
+        id="cross-split",
+    ),
+    pytest.param(
+        near_copy_in_the_same_split,
+        Severity.INFO,
+        "duplicate",
+        r"^1 duplicate cluster\(s\) \(0 exact, 1 near; 2 images\) stay within one class and split",
+        id="within-split",
+    ),
+    pytest.param(
+        patient_in_train_and_test,
+        Severity.WARNING,
+        "patient_in_several_splits",
+        r"^1 patient\(s\) are in more than one split \(e\.g\. N0 in train and test\); fix the split column or drop --split-col",
+        id="leak",
+    ),
+    pytest.param(
+        no_patient_ids,
+        Severity.WARNING,
+        "missing_patient_ids",
+        r"^no image has a patient id, so slices of one patient can sit in train and test.*\(--group-col\)$",
+        id="no-ids",
+    ),
+    pytest.param(
+        some_patient_ids_missing,
+        Severity.WARNING,
+        "missing_patient_ids",
+        r"^2 of 12 images have no patient id, so slices",
+        id="some-ids",
+    ),
+    pytest.param(
+        a_truncated_file,
+        Severity.WARNING,
+        "unreadable",
+        r"^COVID/broken\.png: cannot decode image \(.*\); left out of these checks and of training$",
+        id="truncated",
+    ),
+    pytest.param(
+        four_covid_per_non_covid_in_train,
+        Severity.WARNING,
+        "class_imbalance",
+        r"^the train split has 4\.0 COVID images per non-COVID image \(12 COVID / 3 non-COVID\); .*sensitivity and specificity$",
+        id="imbalance",
+    ),
+    pytest.param(
+        no_patient_ids,
+        Severity.INFO,
+        "class_balance",
+        r"^images per class: all 6 COVID / 6 non-COVID; train 3 COVID / 3 non-COVID; val 1 COVID / 1 non-COVID; test 2 COVID / 2 non-COVID$",
+        id="balance",
+    ),
 ]
 
 
@@ -252,7 +347,9 @@ def test_a_clean_dataset_has_no_warnings_and_no_shortcut(tmp_path):
 
     assert result.warnings == ()
     assert [f.code for f in result.findings] == ["class_balance"]
-    assert {a.name: a.auc for a in result.attributes if a.kind == "categorical"} == dict.fromkeys(("format", "extension", "mode", "bit_depth"), 0.5)
+    assert {a.name: a.auc for a in result.attributes if a.kind == "categorical"} == dict.fromkeys(
+        ("format", "extension", "mode", "bit_depth"), 0.5
+    )
     assert result.clusters == ()
 
 
@@ -263,7 +360,10 @@ def test_format_shortcut_has_auc_one_and_a_png_of_jpeg_bytes_counts_as_jpeg(tmp_
     assert aucs["format"] == 1.0
     assert aucs["extension"] == 0.5
     assert {a.name for a in result.attributes if a.is_shortcut} == {"format"}
-    assert result.attributes[0].counts == {"JPEG": {"COVID": 6, "non-COVID": 0}, "PNG": {"COVID": 0, "non-COVID": 6}}
+    assert result.attributes[0].counts == {
+        "JPEG": {"COVID": 6, "non-COVID": 0},
+        "PNG": {"COVID": 0, "non-COVID": 6},
+    }
 
 
 def test_a_cross_label_copy_is_one_exact_cluster_first_in_the_list(tmp_path):
@@ -292,7 +392,10 @@ def test_a_ct_volume_row_is_listed_as_not_audited_and_the_images_still_are(tmp_p
     result = audit_csv(csv_path)
 
     assert [(Path(f.path).name, f.reason) for f in result.failures] == [
-        ("case.nii.gz", "a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited")
+        (
+            "case.nii.gz",
+            "a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited",
+        )
     ]
     assert result.n_images == 13
 
@@ -301,9 +404,24 @@ def test_a_ct_volume_row_is_listed_as_not_audited_and_the_images_still_are(tmp_p
     ("per_class", "has_splits", "source"),
     [
         pytest.param(6, True, r"^the manifest's splits$", id="split-column"),
-        pytest.param(40, False, r"^made as covidct makes them without a split column \(15% val, 15% test, seed 0\)$", id="assigned"),
-        pytest.param(3, False, r"^none \(covidct could not split this data: class COVID has only 3 patients/groups; a stratified 15% hold-out needs at least 7", id="too-few-groups"),
-        pytest.param(4, False, r"^none \(covidct could not split this data: class \S+ has only \d+ patients/groups", id="class-smaller-than-folds"),
+        pytest.param(
+            40,
+            False,
+            r"^made as covidct makes them without a split column \(15% val, 15% test, seed 0\)$",
+            id="assigned",
+        ),
+        pytest.param(
+            3,
+            False,
+            r"^none \(covidct could not split this data: class COVID has only 3 patients/groups; a stratified 15% hold-out needs at least 7",
+            id="too-few-groups",
+        ),
+        pytest.param(
+            4,
+            False,
+            r"^none \(covidct could not split this data: class \S+ has only \d+ patients/groups",
+            id="class-smaller-than-folds",
+        ),
     ],
 )
 def test_the_result_says_where_the_splits_came_from(per_class, has_splits, source, tmp_path):
@@ -315,7 +433,10 @@ def test_the_result_says_where_the_splits_came_from(per_class, has_splits, sourc
 
 def test_progress_is_reported_per_image(tmp_path):
     calls = []
-    audit_manifest(read_manifest(write_dataset(tmp_path, balanced(2))), progress=lambda done, total: calls.append((done, total)))
+    audit_manifest(
+        read_manifest(write_dataset(tmp_path, balanced(2))),
+        progress=lambda done, total: calls.append((done, total)),
+    )
 
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
@@ -334,8 +455,18 @@ def test_audit_json_has_its_fixed_keys_and_matches_the_result(cross_label_audit,
     saved = json.loads(json_path.read_text(encoding="utf-8"))
     assert set(saved) == JSON_KEYS
     assert saved == json.loads(json.dumps(cross_label_audit.to_json_dict()))
-    assert saved["duplicate_clusters"][0]["members"][1] == {"path": "non-COVID/copy<b>&.png", "label": "non-COVID", "split": "train", "group": "N99"}
-    assert saved["thresholds"] == {"shortcut_auc": 0.7, "hash_bits": 256, "near_duplicate_bits": 32, "imbalance_ratio": 3.0}
+    assert saved["duplicate_clusters"][0]["members"][1] == {
+        "path": "non-COVID/copy<b>&.png",
+        "label": "non-COVID",
+        "split": "train",
+        "group": "N99",
+    }
+    assert saved["thresholds"] == {
+        "shortcut_auc": 0.7,
+        "hash_bits": 256,
+        "near_duplicate_bits": 32,
+        "imbalance_ratio": 3.0,
+    }
 
 
 def test_audit_html_is_self_contained_escaped_and_shows_thumbnails(cross_label_audit, tmp_path):
@@ -346,31 +477,51 @@ def test_audit_html_is_self_contained_escaped_and_shows_thumbnails(cross_label_a
     assert "copy&lt;b&gt;&amp;.png" in page and "copy<b>" not in page
     assert page.count("src='data:image/png;base64,") == 2
     assert not re.search(r"https?://|<script|<link|src='(?!data:)", page)
-    for heading in ("Findings", "Attributes that could predict the label (shortcuts)", "Class balance per split", "Duplicate clusters"):
+    for heading in (
+        "Findings",
+        "Attributes that could predict the label (shortcuts)",
+        "Class balance per split",
+        "Duplicate clusters",
+    ):
         assert f"<h2>{heading}</h2>" in page
 
 
 def test_write_audit_refuses_an_out_path_that_is_a_file(cross_label_audit, tmp_path):
     (tmp_path / "taken").write_text("")
 
-    with pytest.raises(OptionError, match=r"taken: --out exists and is not a folder; name a new or existing folder"):
+    with pytest.raises(
+        OptionError, match=r"taken: --out exists and is not a folder; name a new or existing folder"
+    ):
         write_audit(tmp_path / "taken", cross_label_audit)
 
 
 # --- the shared UCSD data -----------------------------------------------------------------------------
 
-UCSD_CROSS_LABEL = {"CT_COVID/kjr-21-e24-p5-29.png", "CT_COVID/kjr-21-e24-p5-31.png", "CT_NonCOVID/71%0.jpg", "CT_NonCOVID/71%1.jpg"}
+UCSD_CROSS_LABEL = {
+    "CT_COVID/kjr-21-e24-p5-29.png",
+    "CT_COVID/kjr-21-e24-p5-31.png",
+    "CT_NonCOVID/71%0.jpg",
+    "CT_NonCOVID/71%1.jpg",
+}
 
 
 @pytest.mark.shared_data
 def test_ucsd_audit_finds_the_four_cross_label_copies_and_the_format_shortcut(shared_data):
-    manifest = read_manifest(shared_data / "ucsd_covid_ct" / "metadata.csv", columns=Columns("rel_path", "label_name", "patient_id", "official_split"))
+    manifest = read_manifest(
+        shared_data / "ucsd_covid_ct" / "metadata.csv",
+        columns=Columns("rel_path", "label_name", "patient_id", "official_split"),
+    )
 
     started = time.perf_counter()
     result = audit_manifest(manifest)
     print(f"audit of {len(manifest.samples)} UCSD images: {time.perf_counter() - started:.1f} s")
 
-    cross_label = {result.display_path(p).removeprefix("images/") for c in result.clusters if c.spans_labels for p in c.paths}
+    cross_label = {
+        result.display_path(p).removeprefix("images/")
+        for c in result.clusters
+        if c.spans_labels
+        for p in c.paths
+    }
     assert cross_label == UCSD_CROSS_LABEL
     assert {"format", "extension"} & {a.name for a in result.attributes if a.is_shortcut}
     assert {f.code for f in result.warnings} >= {"shortcut", "cross_label_duplicate", "cross_split_duplicate"}

@@ -35,7 +35,10 @@ def test_folder_layout_finds_images_in_nested_folders_and_ignores_other_files(tm
 
     manifest = read_manifest(tmp_path)
 
-    assert [s.path.relative_to(tmp_path).as_posix() for s in manifest.samples] == ["COVID/scan_1/slice.png", "non-COVID/scan_1/slice.png"]
+    assert [s.path.relative_to(tmp_path).as_posix() for s in manifest.samples] == [
+        "COVID/scan_1/slice.png",
+        "non-COVID/scan_1/slice.png",
+    ]
 
 
 @pytest.mark.parametrize("linked", ["class-folder", "scan-folder"])
@@ -70,12 +73,17 @@ def test_csv_layout_reads_paths_relative_to_the_csv_with_patients_and_splits(tin
 
 
 def test_csv_columns_can_be_renamed(tmp_path):
-    write_csv(tmp_path / "m.csv", [
-        {"file": "a.png", "diagnosis": "COVID", "subject": "P1", "fold": "train"},
-        {"file": "b.png", "diagnosis": "normal", "subject": "P2", "fold": "test"},
-    ])
+    write_csv(
+        tmp_path / "m.csv",
+        [
+            {"file": "a.png", "diagnosis": "COVID", "subject": "P1", "fold": "train"},
+            {"file": "b.png", "diagnosis": "normal", "subject": "P2", "fold": "test"},
+        ],
+    )
 
-    manifest = read_manifest(tmp_path / "m.csv", columns=Columns(path="file", label="diagnosis", group="subject", split="fold"))
+    manifest = read_manifest(
+        tmp_path / "m.csv", columns=Columns(path="file", label="diagnosis", group="subject", split="fold")
+    )
 
     assert [(s.path, s.label, s.group, s.split) for s in manifest.samples] == [
         (tmp_path / "a.png", 0, "P1", "train"),
@@ -84,7 +92,9 @@ def test_csv_columns_can_be_renamed(tmp_path):
 
 
 def test_csv_without_group_or_split_columns_has_neither(tmp_path):
-    write_csv(tmp_path / "m.csv", [{"path": "a.png", "label": "COVID"}, {"path": "b.png", "label": "non-COVID"}])
+    write_csv(
+        tmp_path / "m.csv", [{"path": "a.png", "label": "COVID"}, {"path": "b.png", "label": "non-COVID"}]
+    )
 
     manifest = read_manifest(tmp_path / "m.csv")
 
@@ -107,17 +117,29 @@ def test_csv_without_group_or_split_columns_has_neither(tmp_path):
     ids=lambda value: repr(value) if isinstance(value, str) else None,
 )
 def test_split_aliases(tmp_path, written, expected):
-    write_csv(tmp_path / "m.csv", [{"path": "a.png", "label": "COVID", "split": written}, {"path": "b.png", "label": "non-COVID", "split": "train"}])
+    write_csv(
+        tmp_path / "m.csv",
+        [
+            {"path": "a.png", "label": "COVID", "split": written},
+            {"path": "b.png", "label": "non-COVID", "split": "train"},
+        ],
+    )
 
     assert read_manifest(tmp_path / "m.csv").samples[0].split == expected
 
 
 def test_positive_class_sets_the_positive_index(tmp_path):
-    write_csv(tmp_path / "m.csv", [{"path": "a.png", "label": "pneumonia"}, {"path": "b.png", "label": "normal"}])
+    write_csv(
+        tmp_path / "m.csv", [{"path": "a.png", "label": "pneumonia"}, {"path": "b.png", "label": "normal"}]
+    )
 
     manifest = read_manifest(tmp_path / "m.csv", positive_class="pneumonia")
 
-    assert (manifest.classes, manifest.positive_index, manifest.positive_class) == (("normal", "pneumonia"), 1, "pneumonia")
+    assert (manifest.classes, manifest.positive_index, manifest.positive_class) == (
+        ("normal", "pneumonia"),
+        1,
+        "pneumonia",
+    )
 
 
 def test_sha256_does_not_depend_on_where_the_data_lives(tmp_path, tiny_dataset):
@@ -138,7 +160,10 @@ def test_select_keeps_one_split(tiny_dataset):
     assert (val.classes, val.positive_index) == (manifest.classes, manifest.positive_index)
 
 
-ROWS = [{"path": "a.png", "label": "COVID", "split": "train"}, {"path": "b.png", "label": "non-COVID", "split": "test"}]
+ROWS = [
+    {"path": "a.png", "label": "COVID", "split": "train"},
+    {"path": "b.png", "label": "non-COVID", "split": "test"},
+]
 
 
 def _csv(tmp_path: Path, rows: list[dict]) -> Path:
@@ -164,33 +189,113 @@ def _empty_class_folders(tmp_path: Path) -> Path:
 
 # (id, make the dataset, read_manifest options, error, message)
 ERRORS = [
-    ("missing-path-column", lambda t: _csv(t, [{"file": "a.png", "label": "COVID"}]), {}, InputError, r"no column 'path' \(columns: \['file', 'label'\]\); name yours with --path-col"),
-    ("missing-renamed-path-column", lambda t: _csv(t, ROWS), {"columns": Columns(path="rel_path")}, InputError, "no column 'rel_path'.*--path-col"),
-    ("missing-label-column", lambda t: _csv(t, [{"path": "a.png", "diagnosis": "COVID"}]), {}, InputError, "no column 'label'.*name yours with --label-col"),
-    ("empty-label", lambda t: _csv(t, [ROWS[0], {"path": "c.png", "label": " ", "split": "val"}]), {}, InputError, "line 3: empty label in column 'label'"),
-    ("short-row", lambda t: _text(t, "m.csv", "label,path\nCOVID,a.png\nnon-COVID\n"), {}, InputError, "line 3: empty path in column 'path'"),
-    ("empty-path", lambda t: _text(t, "m.csv", "path,label\n,COVID\nb.png,non-COVID\n"), {}, InputError, "line 2: empty path in column 'path'"),
-    ("bad-split", lambda t: _csv(t, [ROWS[0], {**ROWS[1], "split": "holdout"}]), {}, InputError, "line 3: split 'holdout' is not one of train, val, test"),
-    ("empty-split", lambda t: _csv(t, [{**ROWS[0], "split": ""}, ROWS[1]]), {}, InputError, "line 2: split '' is not one of train, val, test"),
     (
-        "unknown-positive-class-wrong-case", lambda t: _csv(t, ROWS), {"positive_class": "covid"},
-        OptionError, r"^positive_class 'covid' is not one of the classes \['COVID', 'non-COVID'\] "
+        "missing-path-column",
+        lambda t: _csv(t, [{"file": "a.png", "label": "COVID"}]),
+        {},
+        InputError,
+        r"no column 'path' \(columns: \['file', 'label'\]\); name yours with --path-col",
+    ),
+    (
+        "missing-renamed-path-column",
+        lambda t: _csv(t, ROWS),
+        {"columns": Columns(path="rel_path")},
+        InputError,
+        "no column 'rel_path'.*--path-col",
+    ),
+    (
+        "missing-label-column",
+        lambda t: _csv(t, [{"path": "a.png", "diagnosis": "COVID"}]),
+        {},
+        InputError,
+        "no column 'label'.*name yours with --label-col",
+    ),
+    (
+        "empty-label",
+        lambda t: _csv(t, [ROWS[0], {"path": "c.png", "label": " ", "split": "val"}]),
+        {},
+        InputError,
+        "line 3: empty label in column 'label'",
+    ),
+    (
+        "short-row",
+        lambda t: _text(t, "m.csv", "label,path\nCOVID,a.png\nnon-COVID\n"),
+        {},
+        InputError,
+        "line 3: empty path in column 'path'",
+    ),
+    (
+        "empty-path",
+        lambda t: _text(t, "m.csv", "path,label\n,COVID\nb.png,non-COVID\n"),
+        {},
+        InputError,
+        "line 2: empty path in column 'path'",
+    ),
+    (
+        "bad-split",
+        lambda t: _csv(t, [ROWS[0], {**ROWS[1], "split": "holdout"}]),
+        {},
+        InputError,
+        "line 3: split 'holdout' is not one of train, val, test",
+    ),
+    (
+        "empty-split",
+        lambda t: _csv(t, [{**ROWS[0], "split": ""}, ROWS[1]]),
+        {},
+        InputError,
+        "line 2: split '' is not one of train, val, test",
+    ),
+    (
+        "unknown-positive-class-wrong-case",
+        lambda t: _csv(t, ROWS),
+        {"positive_class": "covid"},
+        OptionError,
+        r"^positive_class 'covid' is not one of the classes \['COVID', 'non-COVID'\] "
         r"\(did you mean 'COVID'\?\)",
     ),
-    ("unknown-positive-class-typo", lambda t: _csv(t, ROWS), {"positive_class": "COVID-19"}, OptionError, r"\(did you mean 'COVID'\?\)"),
     (
-        "unknown-positive-class-far", lambda t: _csv(t, ROWS), {"positive_class": "pneumonia"}, OptionError,
+        "unknown-positive-class-typo",
+        lambda t: _csv(t, ROWS),
+        {"positive_class": "COVID-19"},
+        OptionError,
+        r"\(did you mean 'COVID'\?\)",
+    ),
+    (
+        "unknown-positive-class-far",
+        lambda t: _csv(t, ROWS),
+        {"positive_class": "pneumonia"},
+        OptionError,
         r"^positive_class 'pneumonia' is not one of the classes \['COVID', 'non-COVID'\]$",
     ),
-    ("missing-dataset", lambda t: t / "absent", {}, InputError, "dataset not found; expected a folder of class subfolders or a CSV manifest"),
-    ("not-csv", lambda t: _text(t, "list.txt", "a.png,COVID\n"), {}, InputError, "expected a folder of class subfolders or a .csv manifest"),
+    (
+        "missing-dataset",
+        lambda t: t / "absent",
+        {},
+        InputError,
+        "dataset not found; expected a folder of class subfolders or a CSV manifest",
+    ),
+    (
+        "not-csv",
+        lambda t: _text(t, "list.txt", "a.png,COVID\n"),
+        {},
+        InputError,
+        "expected a folder of class subfolders or a .csv manifest",
+    ),
     ("header-only-csv", lambda t: _text(t, "m.csv", "path,label\n"), {}, InputError, "no images found"),
     ("empty-folders", _empty_class_folders, {}, InputError, "no images found"),
-    ("single-class", _one_class_folder, {}, InputError, r"found a single class \('COVID',\); training and evaluation need at least two"),
+    (
+        "single-class",
+        _one_class_folder,
+        {},
+        InputError,
+        r"found a single class \('COVID',\); training and evaluation need at least two",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("make", "options", "error", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
+@pytest.mark.parametrize(
+    ("make", "options", "error", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS]
+)
 def test_manifest_errors(tmp_path, make, options, error, message):
     data = make(tmp_path)
 

@@ -16,10 +16,17 @@ from covidct.errors import InputError, OptimisticMetricsWarning, SplitLeakError
 CLASSES = ("COVID", "non-COVID")
 
 
-def make_manifest(labels_per_patient: list[int], *, slices: int = 3, has_ids: bool = True, splits: list[str] | None = None) -> Manifest:
+def make_manifest(
+    labels_per_patient: list[int], *, slices: int = 3, has_ids: bool = True, splits: list[str] | None = None
+) -> Manifest:
     """One row per slice; patient i has label ``labels_per_patient[i]`` and, if given, split ``splits[i]``."""
     samples = tuple(
-        Sample(Path(f"P{patient:03d}_{index}.png"), label, f"P{patient:03d}" if has_ids else None, None if splits is None else splits[patient])
+        Sample(
+            Path(f"P{patient:03d}_{index}.png"),
+            label,
+            f"P{patient:03d}" if has_ids else None,
+            None if splits is None else splits[patient],
+        )
         for patient, label in enumerate(labels_per_patient)
         for index in range(slices)
     )
@@ -67,7 +74,9 @@ def test_the_same_seed_gives_the_same_split(seed):
 
 
 def test_another_seed_gives_another_split():
-    assert splits_by_path(assign_splits(make_manifest(BALANCED), seed=0)) != splits_by_path(assign_splits(make_manifest(BALANCED), seed=1))
+    assert splits_by_path(assign_splits(make_manifest(BALANCED), seed=0)) != splits_by_path(
+        assign_splits(make_manifest(BALANCED), seed=1)
+    )
 
 
 def test_labels_and_paths_are_kept():
@@ -75,11 +84,15 @@ def test_labels_and_paths_are_kept():
 
     assigned = assign_splits(manifest)
 
-    assert [(s.path, s.label, s.group) for s in assigned.samples] == [(s.path, s.label, s.group) for s in manifest.samples]
+    assert [(s.path, s.label, s.group) for s in assigned.samples] == [
+        (s.path, s.label, s.group) for s in manifest.samples
+    ]
 
 
 def test_without_patient_ids_it_warns_that_metrics_are_optimistic():
-    with pytest.warns(OptimisticMetricsWarning, match="no patient ids.*metrics will be optimistic.*--group-col"):
+    with pytest.warns(
+        OptimisticMetricsWarning, match="no patient ids.*metrics will be optimistic.*--group-col"
+    ):
         assigned = assign_splits(make_manifest(BALANCED, slices=1, has_ids=False))
 
     assert {s.split for s in assigned.samples} == set(SPLITS)
@@ -98,16 +111,28 @@ def test_a_split_column_is_used_as_given():
     assert assign_splits(manifest, seed=3) is manifest
 
 
-LEAKY = [{"path": f"{p}_{i}.png", "label": label, "patient_id": p, "split": split} for p, label, split in [
-    ("P1", "COVID", "train"), ("P2", "non-COVID", "train"), ("P3", "COVID", "test"), ("P4", "non-COVID", "test"),
-] for i in range(2)] + [{"path": "P1_9.png", "label": "COVID", "patient_id": "P1", "split": "test"}]
+LEAKY = [
+    {"path": f"{p}_{i}.png", "label": label, "patient_id": p, "split": split}
+    for p, label, split in [
+        ("P1", "COVID", "train"),
+        ("P2", "non-COVID", "train"),
+        ("P3", "COVID", "test"),
+        ("P4", "non-COVID", "test"),
+    ]
+    for i in range(2)
+] + [{"path": "P1_9.png", "label": "COVID", "patient_id": "P1", "split": "test"}]
 
 
-@pytest.mark.parametrize("check", [check_no_patient_leak, assign_splits], ids=["check_no_patient_leak", "assign_splits"])
+@pytest.mark.parametrize(
+    "check", [check_no_patient_leak, assign_splits], ids=["check_no_patient_leak", "assign_splits"]
+)
 def test_a_split_column_that_puts_a_patient_in_train_and_test_is_refused(tmp_path, check):
     manifest = read_manifest(write_csv(tmp_path / "leaky.csv", LEAKY))
 
-    with pytest.raises(SplitLeakError, match=r"patient P1 is in both train and test \(1 leaking patients in all\); fix the split column, or remove it from the CSV") as raised:
+    with pytest.raises(
+        SplitLeakError,
+        match=r"patient P1 is in both train and test \(1 leaking patients in all\); fix the split column, or remove it from the CSV",
+    ) as raised:
         check(manifest)
 
     assert raised.value.path == str(tmp_path / "leaky.csv")
@@ -120,9 +145,17 @@ def test_leak_check_passes_a_clean_split_column(tiny_dataset):
 @pytest.mark.parametrize(
     ("labels", "slices", "message"),
     [
-        pytest.param([0, 1, 0, 1, 0], 4, r"class COVID has only 3 patients/groups; a stratified 15% hold-out needs at least 7: add data or give a split column", id="too-few-patients"),
         pytest.param(
-            [0] + [1] * 20, 2, r"class COVID has only 1 patients/groups; a stratified 15% hold-out needs at least 7", id="one-positive-patient"
+            [0, 1, 0, 1, 0],
+            4,
+            r"class COVID has only 3 patients/groups; a stratified 15% hold-out needs at least 7: add data or give a split column",
+            id="too-few-patients",
+        ),
+        pytest.param(
+            [0] + [1] * 20,
+            2,
+            r"class COVID has only 1 patients/groups; a stratified 15% hold-out needs at least 7",
+            id="one-positive-patient",
         ),
     ],
 )
@@ -136,7 +169,10 @@ def test_split_errors(labels, slices, message):
     [
         (make_manifest(BALANCED, splits=["train"] * 40), "split column"),
         (make_manifest(BALANCED), "stratified, grouped by patient id"),
-        (make_manifest(BALANCED, has_ids=False), "stratified by image (no patient ids: metrics are optimistic)"),
+        (
+            make_manifest(BALANCED, has_ids=False),
+            "stratified by image (no patient ids: metrics are optimistic)",
+        ),
     ],
     ids=["split-column", "patient-ids", "no-ids"],
 )

@@ -52,14 +52,21 @@ def write_volume(root, name: str, hu: np.ndarray, kind: str, seed: int):
 def test_each_lung_slice_of_a_volume_is_a_sample_of_its_row(tmp_path):
     hu = patient_volume(0, is_covid=True)
     no_lung_file = write_dicom_series(tmp_path / "c", hu[:1])[0]
-    paths = [write_volume(tmp_path, "a", hu, "series", 0), write_volume(tmp_path, "b", hu, "nifti", 0), no_lung_file]
+    paths = [
+        write_volume(tmp_path, "a", hu, "series", 0),
+        write_volume(tmp_path, "b", hu, "nifti", 0),
+        no_lung_file,
+    ]
     window = HuWindow(-500, 1200)
 
     decoded = decode_slices(paths, Preprocessing(image_size=64, hu_window=window))
 
     assert decoded.indices.tolist() == [0, 0, 0, 1, 1, 1]
     assert [(f.path, f.reason.split(";")[0]) for f in decoded.failures] == [
-        (str(paths[2]), "none of its 1 slices shows lung (too few pixels in the lung HU range inside the body)")
+        (
+            str(paths[2]),
+            "none of its 1 slices shows lung (too few pixels in the lung HU range inside the body)",
+        )
     ]
     expected = [prepare_slice(window_hu(hu[k], window), Preprocessing(image_size=64)) for k in LUNG_SLICES]
     np.testing.assert_allclose(decoded.images[3:].astype(np.float32), np.stack(expected), atol=2e-3)  # fp16
@@ -73,8 +80,14 @@ def test_a_class_folder_of_volumes_gives_one_row_per_nifti_file_and_per_dicom_fo
 
     manifest = read_manifest(tmp_path)
 
-    rows = sorted((s.path.relative_to(tmp_path).as_posix(), manifest.classes[s.label]) for s in manifest.samples)
-    assert rows == [(f"{label}/{name}", label) for label in ("COVID", "non-COVID") for name in ("p1", "p2.nii.gz", "p3/mf")]
+    rows = sorted(
+        (s.path.relative_to(tmp_path).as_posix(), manifest.classes[s.label]) for s in manifest.samples
+    )
+    assert rows == [
+        (f"{label}/{name}", label)
+        for label in ("COVID", "non-COVID")
+        for name in ("p1", "p2.nii.gz", "p3/mf")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -86,36 +99,83 @@ def volume_dataset(tmp_path_factory):
         for patient in range(8):
             seed = patient + (100 if label == "COVID" else 0)
             kind = ("series", "multiframe", "nifti")[patient % 3]
-            path = write_volume(root / label, f"P{patient}", patient_volume(seed, is_covid=label == "COVID"), kind, seed)
+            path = write_volume(
+                root / label, f"P{patient}", patient_volume(seed, is_covid=label == "COVID"), kind, seed
+            )
             split = "train" if patient < 4 else "val" if patient < 6 else "test"
-            rows.append({"path": path.relative_to(root).as_posix(), "label": label, "patient_id": f"{label}-{patient}", "split": split})
+            rows.append(
+                {
+                    "path": path.relative_to(root).as_posix(),
+                    "label": label,
+                    "patient_id": f"{label}-{patient}",
+                    "split": split,
+                }
+            )
     write_nifti(root / "abdomen.nii", chest_phantom(3, 64, lung_slices=[]))
     rows.append({"path": "abdomen.nii", "label": "COVID", "patient_id": "X", "split": "train"})
     return write_csv(root / "manifest.csv", rows)
 
 
-def test_train_and_evaluate_run_on_a_manifest_of_dicom_and_nifti_volumes(volume_dataset, random_weights, tmp_path):
+def test_train_and_evaluate_run_on_a_manifest_of_dicom_and_nifti_volumes(
+    volume_dataset, random_weights, tmp_path
+):
     invoke = CliRunner().invoke
     model_dir = tmp_path / "model"
 
-    trained = invoke(app, ["train", str(volume_dataset), "--out", str(model_dir), "--image-size", "64", "--epochs", "1", "--batch-size", "16",
-                           "--weights", str(random_weights), "--device", "cpu", "--window", "-550,1400"])
+    trained = invoke(
+        app,
+        [
+            "train",
+            str(volume_dataset),
+            "--out",
+            str(model_dir),
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--weights",
+            str(random_weights),
+            "--device",
+            "cpu",
+            "--window",
+            "-550,1400",
+        ],
+    )
 
     assert trained.exit_code == 0, trained.output
     assert "abdomen.nii" in trained.output  # the row without lung is reported, not silently dropped
     card = json.loads((model_dir / "model.json").read_text())
     assert card["preprocessing"]["hu_window"] == "-550,1400"
 
-    evaluated = invoke(app, ["evaluate", str(model_dir), str(volume_dataset), "--out", str(tmp_path / "eval"), "--n-resamples", "20", "--device", "cpu"])
+    evaluated = invoke(
+        app,
+        [
+            "evaluate",
+            str(model_dir),
+            str(volume_dataset),
+            "--out",
+            str(tmp_path / "eval"),
+            "--n-resamples",
+            "20",
+            "--device",
+            "cpu",
+        ],
+    )
 
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["slice_level"]["n"] == 2 * 2 * len(LUNG_SLICES)  # 2 test patients per class, 3 lung slices each
+    assert metrics["slice_level"]["n"] == 2 * 2 * len(
+        LUNG_SLICES
+    )  # 2 test patients per class, 3 lung slices each
     assert metrics["patient_level"]["n"] == 4  # the slices of a volume keep their row's patient id
 
 
 def test_a_bad_window_option_is_refused(volume_dataset, tmp_path):
-    result = CliRunner().invoke(app, ["train", str(volume_dataset), "--out", str(tmp_path / "m"), "--window", "lung"])
+    result = CliRunner().invoke(
+        app, ["train", str(volume_dataset), "--out", str(tmp_path / "m"), "--window", "lung"]
+    )
 
     assert result.exit_code != 0
     assert "--window must be LEVEL,WIDTH in HU, for example -600,1500; got 'lung'" in result.output

@@ -45,11 +45,15 @@ def test_topk_count_is_not_inflated_by_floating_point():
 
 def test_patient_with_both_labels_is_named_in_the_error():
     with pytest.raises(InputError, match="Patient P042 has slices labelled both 0 and 1"):
-        aggregate_by_group(np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1]), ["P042", "P042", "P7"], Aggregate.MEAN)
+        aggregate_by_group(
+            np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1]), ["P042", "P042", "P7"], Aggregate.MEAN
+        )
 
 
 def test_unknown_rule_suggests_the_close_one():
-    with pytest.raises(OptionError, match=r"--aggregate must be mean, max or topk; got 'maen' \(did you mean 'mean'\?\)"):
+    with pytest.raises(
+        OptionError, match=r"--aggregate must be mean, max or topk; got 'maen' \(did you mean 'mean'\?\)"
+    ):
         aggregate_by_group(np.array([0.1]), np.array([0]), ["P"], "maen")
 
 
@@ -83,5 +87,7 @@ def test_one_study_is_aggregated_like_a_patient(rule, fraction, expected, descri
     slices = np.array([0.1, 0.9, 0.3, 0.5])
 
     assert aggregate_slices(slices, rule, topk_fraction=fraction) == pytest.approx(expected)
-    assert aggregate_by_group(slices, np.ones(4, int), ["S"] * 4, rule, topk_fraction=fraction).prob[0] == pytest.approx(expected)
+    assert aggregate_by_group(slices, np.ones(4, int), ["S"] * 4, rule, topk_fraction=fraction).prob[
+        0
+    ] == pytest.approx(expected)
     assert describe_rule(rule, fraction) == described

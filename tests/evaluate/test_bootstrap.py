@@ -134,7 +134,9 @@ def test_resamples_split_over_many_chunks_keep_their_statistics(monkeypatch, sep
     monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 1)
     y = np.repeat([1, 0], 10)
     prob = np.repeat([0.8, 0.3], 10)
-    result = bootstrap_ci(y, prob, 0.5, groups=["pos"] * 10 + ["neg"] * 10, n_resamples=400, seed=0, min_groups=1)
+    result = bootstrap_ci(
+        y, prob, 0.5, groups=["pos"] * 10 + ["neg"] * 10, n_resamples=400, seed=0, min_groups=1
+    )
     assert result.n_resamples == 400
     assert 150 < result.n_dropped["auc"] < 250
     y, prob = separated
@@ -145,8 +147,12 @@ def test_resamples_split_over_many_chunks_keep_their_statistics(monkeypatch, sep
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        pytest.param({"n_resamples": 0}, "n_resamples must be a positive integer; got 0", id="zero-resamples"),
-        pytest.param({"confidence": 1.0}, r"confidence must be in \(0, 1\), e.g. 0.95; got 1.0", id="confidence-one"),
+        pytest.param(
+            {"n_resamples": 0}, "n_resamples must be a positive integer; got 0", id="zero-resamples"
+        ),
+        pytest.param(
+            {"confidence": 1.0}, r"confidence must be in \(0, 1\), e.g. 0.95; got 1.0", id="confidence-one"
+        ),
     ],
 )
 def test_invalid_options_raise_option_error(options, message):

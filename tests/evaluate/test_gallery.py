@@ -37,7 +37,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("y", "prob", "per_kind", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("y", "prob", "per_kind", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_pick_gallery_cases(y, prob, per_kind, expected):
     cases = pick_gallery_cases(y, prob, 0.5, per_kind=per_kind)
 
@@ -49,9 +51,18 @@ def test_pick_gallery_cases(y, prob, per_kind, expected):
 def random_model_and_card():
     torch.manual_seed(0)
     card = ModelCard(
-        classes=("COVID", "non-COVID"), positive_class="COVID", stride_variant=StrideVariant.V1_5, preprocessing=Preprocessing(image_size=32),
-        decision=Decision(threshold=0.5, threshold_rule="youden_j"), weights={}, data={}, training={}, validation_metrics={}, environment={},
-        covidct_version="0.1.0", created="2025-01-01T00:00:00+00:00",
+        classes=("COVID", "non-COVID"),
+        positive_class="COVID",
+        stride_variant=StrideVariant.V1_5,
+        preprocessing=Preprocessing(image_size=32),
+        decision=Decision(threshold=0.5, threshold_rule="youden_j"),
+        weights={},
+        data={},
+        training={},
+        validation_metrics={},
+        environment={},
+        covidct_version="0.1.0",
+        created="2025-01-01T00:00:00+00:00",
     )
     return build_resnet50(num_classes=2).eval(), card
 
@@ -61,22 +72,34 @@ def test_build_gallery_makes_one_png_overlay_per_picked_case(random_model_and_ca
     slices = torch.rand(len(Y), 32, 32)
     paths = [f"scans/slice_{i}.png" for i in range(len(Y))]
 
-    images = build_gallery(model, card, slices, paths=paths, y_true=Y, prob=PROB, device=torch.device("cpu"), per_kind=1)
+    images = build_gallery(
+        model, card, slices, paths=paths, y_true=Y, prob=PROB, device=torch.device("cpu"), per_kind=1
+    )
 
-    assert [(image.kind, image.caption) for image in images] == [(TRUE_POSITIVES, "slice_0.png"), (FALSE_POSITIVES, "slice_3.png"), (FALSE_NEGATIVES, "slice_2.png")]
+    assert [(image.kind, image.caption) for image in images] == [
+        (TRUE_POSITIVES, "slice_0.png"),
+        (FALSE_POSITIVES, "slice_3.png"),
+        (FALSE_NEGATIVES, "slice_2.png"),
+    ]
     for image in images:
         with Image.open(io.BytesIO(image.png)) as overlay:
             assert (overlay.format, overlay.mode, overlay.width) == ("PNG", "RGB", 256)
 
 
 def test_the_gallery_section_names_every_kind_and_escapes_captions():
-    images = [GalleryImage(TRUE_POSITIVES, "<b>a.png</b>", b"\x89PNG"), GalleryImage(FALSE_NEGATIVES, "c.png", b"\x89PNG")]
+    images = [
+        GalleryImage(TRUE_POSITIVES, "<b>a.png</b>", b"\x89PNG"),
+        GalleryImage(FALSE_NEGATIVES, "c.png", b"\x89PNG"),
+    ]
 
     section = gallery_section(images)
 
     assert "<h2>Grad-CAM gallery</h2>" in section
     assert "<h3>True positives (1)</h3>" in section and "<h3>False negatives (1)</h3>" in section
-    assert "<h3>False positives (0)</h3><p class='small'>No false positives in this split.</p>" in section.replace("\n", "")
+    assert (
+        "<h3>False positives (0)</h3><p class='small'>No false positives in this split.</p>"
+        in section.replace("\n", "")
+    )
     assert section.count("<figure class='cam'>") == 2
     assert "&lt;b&gt;a.png&lt;/b&gt;" in section and "<b>a.png" not in section
 
@@ -84,7 +107,21 @@ def test_the_gallery_section_names_every_kind_and_escapes_captions():
 def test_write_report_places_the_gallery_after_the_figures(tmp_path):
     result = evaluation_metrics(Y, PROB, 0.5, n_resamples=10)
 
-    path = write_report(tmp_path, result, y_true=Y, prob=PROB, threshold=0.5, model_card={}, title="t", class_names=("a", "b"), gallery_html=gallery_section([]))
+    path = write_report(
+        tmp_path,
+        result,
+        y_true=Y,
+        prob=PROB,
+        threshold=0.5,
+        model_card={},
+        title="t",
+        class_names=("a", "b"),
+        gallery_html=gallery_section([]),
+    )
     page = path.read_text(encoding="utf-8")
 
-    assert page.index("<h2>Figures (slice level)</h2>") < page.index("<h2>Grad-CAM gallery</h2>") < page.index("<h2>Model card</h2>")
+    assert (
+        page.index("<h2>Figures (slice level)</h2>")
+        < page.index("<h2>Grad-CAM gallery</h2>")
+        < page.index("<h2>Model card</h2>")
+    )

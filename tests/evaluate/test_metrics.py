@@ -43,7 +43,18 @@ HAND_COMPUTED = {
 
 
 def test_metric_names_are_the_documented_ones():
-    assert set(METRIC_NAMES) == {"auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"}
+    assert set(METRIC_NAMES) == {
+        "auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "f1",
+        "pr_auc",
+        "brier",
+        "ece",
+    }
     assert len(METRIC_NAMES) == 10
 
 
@@ -98,7 +109,9 @@ def test_ece_of_an_overconfident_model():
 def test_ece_sampling_floor_is_what_calibrated_labels_show_and_shrinks_with_more_slices():
     rng = np.random.default_rng(1)
     small, large = rng.uniform(0, 1, 200), rng.uniform(0, 1, 20_000)
-    calibrated = [expected_calibration_error((rng.random(200) < small).astype(int), small) for _ in range(300)]
+    calibrated = [
+        expected_calibration_error((rng.random(200) < small).astype(int), small) for _ in range(300)
+    ]
 
     floor = ece_sampling_floor(small)
 
@@ -131,7 +144,9 @@ def test_weighted_metrics_equal_binary_metrics_on_repeated_samples():
     for r in range(weights.shape[0]):
         single = binary_metrics(np.repeat(y, weights[r]), np.repeat(p, weights[r]), 0.5)
         for name in METRIC_NAMES:
-            np.testing.assert_allclose(batched[name][r], single[name], rtol=1e-12, atol=1e-12, err_msg=f"{name}, row {r}")
+            np.testing.assert_allclose(
+                batched[name][r], single[name], rtol=1e-12, atol=1e-12, err_msg=f"{name}, row {r}"
+            )
     assert math.isnan(batched["auc"][0])
 
 
@@ -139,7 +154,9 @@ INVALID_INPUTS = [
     pytest.param([], [], InputError, "no samples", id="empty"),
     pytest.param([0, 1], [0.5], InputError, "2 labels but 1 probabilities", id="length-mismatch"),
     pytest.param([0, 2], [0.5, 0.5], InputError, r"labels must be 0 .* found \[2\]", id="bad-label"),
-    pytest.param([0, 1], [0.5, 1.5], InputError, "in \\[0, 1\\].*Pass probabilities, not logits", id="prob-above-one"),
+    pytest.param(
+        [0, 1], [0.5, 1.5], InputError, "in \\[0, 1\\].*Pass probabilities, not logits", id="prob-above-one"
+    ),
     pytest.param([0, 1], [0.5, np.nan], InputError, "1 not finite", id="prob-nan"),
 ]
 

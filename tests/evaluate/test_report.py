@@ -17,7 +17,19 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.decision import Aggregate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LEVEL_KEYS = {"n", "auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "brier", "ece"}
+LEVEL_KEYS = {
+    "n",
+    "auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "f1",
+    "pr_auc",
+    "brier",
+    "ece",
+}
 SCRIPT = "<script>alert('card')</script>"
 
 
@@ -88,20 +100,30 @@ def test_a_report_says_when_runs_of_slices_stood_in_for_too_few_patients(slices,
     blocks = np.where(y == 1, "covid-block9", "normal-block9")  # SARS-CoV-2: one group id per class
     result = evaluation_metrics(y, prob, 0.5, groups=blocks, n_resamples=50)
 
-    write_report(tmp_path, result, y_true=y, prob=prob, threshold=0.5, model_card={}, title="t", class_names=("a", "b"))
+    write_report(
+        tmp_path, result, y_true=y, prob=prob, threshold=0.5, model_card={}, title="t", class_names=("a", "b")
+    )
 
     assert result.slice_level.runs_from_groups == 2 and result.slice_level.n_units == 10
-    assert "resamples of the 10 runs of consecutive slices (only 2 patient ids, too few to resample" in (tmp_path / "report.html").read_text()
+    assert (
+        "resamples of the 10 runs of consecutive slices (only 2 patient ids, too few to resample"
+        in (tmp_path / "report.html").read_text()
+    )
 
 
 def test_undefined_metrics_are_written_as_null(tmp_path):
     y, prob = np.zeros(8, int), np.linspace(0.05, 0.95, 8)
     result = evaluation_metrics(y, prob, 0.5, n_resamples=20)
-    write_report(tmp_path, result, y_true=y, prob=prob, threshold=0.5, model_card={}, title="t", class_names=("a", "b"))
+    write_report(
+        tmp_path, result, y_true=y, prob=prob, threshold=0.5, model_card={}, title="t", class_names=("a", "b")
+    )
     text = (tmp_path / "metrics.json").read_text()
     assert "NaN" not in text
     assert json.loads(text)["slice_level"]["auc"] == {"value": None, "ci95": [None, None]}
-    assert "ROC-AUC</td><td>undefined</td><td>undefined</td><td>20</td>" in (tmp_path / "report.html").read_text()
+    assert (
+        "ROC-AUC</td><td>undefined</td><td>undefined</td><td>20</td>"
+        in (tmp_path / "report.html").read_text()
+    )
 
 
 def test_report_writes_every_file_as_png_or_html(written):
@@ -143,7 +165,16 @@ def test_report_rejects_a_threshold_other_than_the_evaluated_one(slices, tmp_pat
     y, prob, _ = slices
     result = evaluation_metrics(y, prob, 0.5, n_resamples=10)
     with pytest.raises(OptionError, match="threshold 0.4 differs from the evaluated threshold 0.5"):
-        write_report(tmp_path, result, y_true=y, prob=prob, threshold=0.4, model_card={}, title="t", class_names=("a", "b"))
+        write_report(
+            tmp_path,
+            result,
+            y_true=y,
+            prob=prob,
+            threshold=0.4,
+            model_card={},
+            title="t",
+            class_names=("a", "b"),
+        )
 
 
 def test_curves_of_a_single_class_are_drawn_with_a_note_not_an_error(tmp_path):

@@ -24,8 +24,31 @@ from covidct.model.card import read_card, write_card
 from covidct.model.checkpoint import file_sha256, load_model_dir
 from covidct.preprocess.transforms import Preprocessing
 
-SETTINGS_KEYS = ["agreement_with_torch", "covidct_version", "created", "engine", "exporter", "file", "graph", "intended_use", "precision", "quantization", "sha256", "size_bytes", "source"]
-CALIBRATION_KEYS = ["data", "is_training_data", "manifest_sha256", "n_failed", "n_slices", "n_train_slices", "sampling", "split"]
+SETTINGS_KEYS = [
+    "agreement_with_torch",
+    "covidct_version",
+    "created",
+    "engine",
+    "exporter",
+    "file",
+    "graph",
+    "intended_use",
+    "precision",
+    "quantization",
+    "sha256",
+    "size_bytes",
+    "source",
+]
+CALIBRATION_KEYS = [
+    "data",
+    "is_training_data",
+    "manifest_sha256",
+    "n_failed",
+    "n_slices",
+    "n_train_slices",
+    "sampling",
+    "split",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +64,9 @@ def outputs(engine, card, slices) -> tuple[np.ndarray, np.ndarray]:
 
 def test_fp32_export_reproduces_the_torch_logits(onnx_model_dir, slices):
     model, card = load_model_dir(onnx_model_dir)
-    torch_features, torch_logits = outputs(TorchEngine(model, device=torch.device("cpu"), use_bf16=False), card, slices)
+    torch_features, torch_logits = outputs(
+        TorchEngine(model, device=torch.device("cpu"), use_bf16=False), card, slices
+    )
 
     features, logits = outputs(OnnxEngine(onnx_model_dir / "model.onnx"), card, slices)
 
@@ -58,7 +83,9 @@ def test_int8_export_gives_probabilities_close_to_torch(onnx_model_dir, slices):
 
     difference = np.abs(card.decision.probabilities(logits) - card.decision.probabilities(torch_logits)).max()
     assert difference < 0.1
-    assert (onnx_model_dir / "model.int8.onnx").stat().st_size < (onnx_model_dir / "model.onnx").stat().st_size / 3
+    assert (onnx_model_dir / "model.int8.onnx").stat().st_size < (
+        onnx_model_dir / "model.onnx"
+    ).stat().st_size / 3
 
 
 def test_int8_keeps_the_image_convolution_and_the_head_in_fp32(onnx_model_dir):
@@ -74,16 +101,24 @@ def test_int8_keeps_the_image_convolution_and_the_head_in_fp32(onnx_model_dir):
     heads = [node for node in graph.node if node.op_type in {"Gemm", "MatMul"}]
     assert len(stem) == 1 and stem[0].input[1] in initializers and not weight_is_quantized(stem[0])
     assert heads and not any(weight_is_quantized(node) for node in heads)
-    assert sum(weight_is_quantized(node) for node in convs) == len(convs) - 1  # every other convolution is int8
+    assert (
+        sum(weight_is_quantized(node) for node in convs) == len(convs) - 1
+    )  # every other convolution is int8
 
 
-@pytest.mark.parametrize(("engine", "precision"), [(Engine.ONNX, "fp32"), (Engine.ONNX_INT8, "int8")], ids=["fp32", "int8"])
+@pytest.mark.parametrize(
+    ("engine", "precision"), [(Engine.ONNX, "fp32"), (Engine.ONNX_INT8, "int8")], ids=["fp32", "int8"]
+)
 def test_the_settings_file_records_hash_source_and_method(onnx_model_dir, engine, precision):
     path = onnx_model_dir / engine.onnx_file
     settings = json.loads(settings_path(path).read_text())
 
     assert sorted(settings) == SETTINGS_KEYS
-    assert settings["file"] == engine.onnx_file and settings["engine"] == str(engine) and settings["precision"] == precision
+    assert (
+        settings["file"] == engine.onnx_file
+        and settings["engine"] == str(engine)
+        and settings["precision"] == precision
+    )
     assert settings["sha256"] == file_sha256(path)
     assert settings["source"]["checkpoint_sha256"] == read_card(onnx_model_dir).checkpoint_sha256
     assert settings["graph"]["input"]["shape"] == ["N", 3, 64, 64]
@@ -96,15 +131,24 @@ def test_the_settings_file_records_hash_source_and_method(onnx_model_dir, engine
         calibration = settings["quantization"]["calibration"]
         assert sorted(calibration) == CALIBRATION_KEYS
         # the tiny dataset's train split: 4 patients x 3 slices per class, all of them (fewer than 32)
-        assert (calibration["split"], calibration["n_train_slices"], calibration["n_slices"], calibration["is_training_data"]) == ("train", 24, 24, True)
+        assert (
+            calibration["split"],
+            calibration["n_train_slices"],
+            calibration["n_slices"],
+            calibration["is_training_data"],
+        ) == ("train", 24, 24, True)
         assert settings["quantization"]["format"] == "QDQ" and settings["quantization"]["per_channel"] is True
         assert settings["quantization"]["calibrate_method"] == "Percentile"
 
 
-@pytest.mark.filterwarnings("ignore::covidct.errors.OptimisticMetricsWarning")  # also true here, not the point
+@pytest.mark.filterwarnings(
+    "ignore::covidct.errors.OptimisticMetricsWarning"
+)  # also true here, not the point
 def test_calibration_samples_only_the_train_split_and_warns_on_other_data(onnx_model_dir, tiny_dataset):
     card = read_card(onnx_model_dir)
-    folder = read_manifest(tiny_dataset.root)  # the same images without the split column: the split is rebuilt
+    folder = read_manifest(
+        tiny_dataset.root
+    )  # the same images without the split column: the split is rebuilt
 
     with pytest.warns(CovidctWarning, match="not the data this model was trained on"):
         calibrated = calibration_set(folder, card, n_slices=5)
@@ -125,30 +169,72 @@ def _model_dir_without_exports(onnx_model_dir, tmp_path, **card_changes):
 
 
 def _other_classes(tmp_path, tiny_dataset):
-    rows = [{"path": str(p), "label": label, "split": "train"} for label, name in (("A", "COVID"), ("COVID", "non-COVID")) for p in tiny_dataset.paths[name][:2]]
+    rows = [
+        {"path": str(p), "label": label, "split": "train"}
+        for label, name in (("A", "COVID"), ("COVID", "non-COVID"))
+        for p in tiny_dataset.paths[name][:2]
+    ]
     return read_manifest(write_csv(tmp_path / "other.csv", rows))
 
 
 # (id, export arguments from (tmp_path, tiny_dataset), card changes, error, message)
 ERRORS = [
-    ("out-not-onnx", lambda t, d: {"out": t / "model.txt"}, {}, OptionError,
-     "^out must end in .onnx; got 'model.txt'$"),
-    ("int8-origin-gone", lambda t, d: {"int8": True}, {"data": {"origin": "/nowhere/train.csv"}}, OptionError,
-     r"--int8 calibrates on training slices, but the training data recorded in .*model.json \(/nowhere/train.csv\) is not there; pass --calibration DATA"),
-    ("int8-no-origin", lambda t, d: {"int8": True}, {"data": {}}, OptionError, r"model.json records no training data; pass --calibration DATA"),
-    ("int8-zero-slices", lambda t, d: {"int8": True, "calibration_slices": 0}, {}, OptionError, "--calibration-slices must be at least 1; got 0"),
-    ("int8-other-classes", lambda t, d: {"int8": True, "calibration": _other_classes(t, d)}, {}, InputError, r"classes \['A', 'COVID'\] differ from the model's \['COVID', 'non-COVID'\]"),
+    (
+        "out-not-onnx",
+        lambda t, d: {"out": t / "model.txt"},
+        {},
+        OptionError,
+        "^out must end in .onnx; got 'model.txt'$",
+    ),
+    (
+        "int8-origin-gone",
+        lambda t, d: {"int8": True},
+        {"data": {"origin": "/nowhere/train.csv"}},
+        OptionError,
+        r"--int8 calibrates on training slices, but the training data recorded in .*model.json \(/nowhere/train.csv\) is not there; pass --calibration DATA",
+    ),
+    (
+        "int8-no-origin",
+        lambda t, d: {"int8": True},
+        {"data": {}},
+        OptionError,
+        r"model.json records no training data; pass --calibration DATA",
+    ),
+    (
+        "int8-zero-slices",
+        lambda t, d: {"int8": True, "calibration_slices": 0},
+        {},
+        OptionError,
+        "--calibration-slices must be at least 1; got 0",
+    ),
+    (
+        "int8-other-classes",
+        lambda t, d: {"int8": True, "calibration": _other_classes(t, d)},
+        {},
+        InputError,
+        r"classes \['A', 'COVID'\] differ from the model's \['COVID', 'non-COVID'\]",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("arguments", "card_changes", "error", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
-def test_export_errors_name_the_option_and_the_fix(onnx_model_dir, tiny_dataset, tmp_path, arguments, card_changes, error, message):
+@pytest.mark.parametrize(
+    ("arguments", "card_changes", "error", "message"),
+    [case[1:] for case in ERRORS],
+    ids=[case[0] for case in ERRORS],
+)
+def test_export_errors_name_the_option_and_the_fix(
+    onnx_model_dir, tiny_dataset, tmp_path, arguments, card_changes, error, message
+):
     model_dir = _model_dir_without_exports(onnx_model_dir, tmp_path, **card_changes)
 
     with pytest.raises(error, match=message):
         export_onnx(model_dir, **arguments(tmp_path, tiny_dataset))
 
-    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.safetensors", "ood.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "model.json",
+        "model.safetensors",
+        "ood.safetensors",
+    ]
 
 
 def test_an_export_that_disagrees_with_torch_is_refused_and_not_kept(onnx_model_dir, tmp_path, monkeypatch):

@@ -31,15 +31,21 @@ def torch_run(onnx_model_dir, slices):
     """The torch engine in fp32 (no bf16 autocast, which this CPU may support): the reference the exports must match."""
     loaded = load_model(onnx_model_dir, device="cpu")
     fp32 = TorchEngine(loaded.model, device=loaded.device, use_bf16=False)
-    return Predictor(loaded.model, loaded.card, detector=loaded.detector, device="cpu", engine=fp32).predict(slices)
+    return Predictor(loaded.model, loaded.card, detector=loaded.detector, device="cpu", engine=fp32).predict(
+        slices
+    )
 
 
 # (engine, tolerance on calibrated probabilities, relative tolerance on the OOD score)
 ENGINES = [(Engine.ONNX, 1e-4, 1e-3), (Engine.ONNX_INT8, 0.1, 0.5)]
 
 
-@pytest.mark.parametrize(("engine", "prob_tolerance", "score_tolerance"), ENGINES, ids=[str(case[0]) for case in ENGINES])
-def test_onnx_engines_agree_with_torch(onnx_model_dir, slices, torch_run, engine, prob_tolerance, score_tolerance):
+@pytest.mark.parametrize(
+    ("engine", "prob_tolerance", "score_tolerance"), ENGINES, ids=[str(case[0]) for case in ENGINES]
+)
+def test_onnx_engines_agree_with_torch(
+    onnx_model_dir, slices, torch_run, engine, prob_tolerance, score_tolerance
+):
     predictor = load_model(onnx_model_dir, device="cpu", engine=engine)
 
     run = predictor.predict(slices)
@@ -49,7 +55,9 @@ def test_onnx_engines_agree_with_torch(onnx_model_dir, slices, torch_run, engine
     assert [p.path for p in run.predictions] == [p.path for p in torch_run.predictions]
     for onnx_p, torch_p in zip(run.predictions, torch_run.predictions, strict=True):
         assert onnx_p.probabilities == pytest.approx(torch_p.probabilities, abs=prob_tolerance)
-        assert onnx_p.ood_score == pytest.approx(torch_p.ood_score, rel=score_tolerance)  # the guard reads the engine's features
+        assert onnx_p.ood_score == pytest.approx(
+            torch_p.ood_score, rel=score_tolerance
+        )  # the guard reads the engine's features
         if engine is Engine.ONNX:
             assert onnx_p.label == torch_p.label
 
@@ -71,18 +79,64 @@ def _link_model(onnx_model_dir, target, *, onnx_files=(), settings=None):
 
 # (id, setup from (fixture model dir, new folder), engine, device, error, message)
 ERRORS = [
-    ("no-model-onnx", lambda m, t: _link_model(m, t), "onnx", "cpu", ModelDirError, r"no model.onnx for --engine onnx; create it with 'covidct export .*model --format onnx'"),
-    ("no-int8", lambda m, t: _link_model(m, t), "onnx-int8", "cpu", ModelDirError, r"no model.int8.onnx for --engine onnx-int8; create it with 'covidct export .*model --format onnx --int8'"),
-    ("no-settings", lambda m, t: _link_model(m, t, onnx_files=["model.onnx"]), "onnx", "cpu", ModelDirError, "no model.onnx.json beside model.onnx; export it again"),
-    ("modified-file", lambda m, t: _link_model(m, t, onnx_files=["model.onnx"], settings={"sha256": "0" * 64}), "onnx", "cpu", ModelDirError,
-     "model.onnx does not match the sha256 in model.onnx.json; the file was modified: export it again"),
-    ("other-weights", lambda m, t: _link_model(m, t, onnx_files=["model.onnx"], settings={"source": {"checkpoint_sha256": "1" * 64}}), "onnx", "cpu", ModelDirError,
-     r"model.onnx was exported from other weights than this directory's model.safetensors; export it again with 'covidct export"),
-    ("onnx-on-cuda", lambda m, t: _link_model(m, t), "onnx", "cuda", OptionError, r"--engine onnx runs on the CPU \(onnxruntime's CPU provider\); use --device cpu or auto"),
+    (
+        "no-model-onnx",
+        lambda m, t: _link_model(m, t),
+        "onnx",
+        "cpu",
+        ModelDirError,
+        r"no model.onnx for --engine onnx; create it with 'covidct export .*model --format onnx'",
+    ),
+    (
+        "no-int8",
+        lambda m, t: _link_model(m, t),
+        "onnx-int8",
+        "cpu",
+        ModelDirError,
+        r"no model.int8.onnx for --engine onnx-int8; create it with 'covidct export .*model --format onnx --int8'",
+    ),
+    (
+        "no-settings",
+        lambda m, t: _link_model(m, t, onnx_files=["model.onnx"]),
+        "onnx",
+        "cpu",
+        ModelDirError,
+        "no model.onnx.json beside model.onnx; export it again",
+    ),
+    (
+        "modified-file",
+        lambda m, t: _link_model(m, t, onnx_files=["model.onnx"], settings={"sha256": "0" * 64}),
+        "onnx",
+        "cpu",
+        ModelDirError,
+        "model.onnx does not match the sha256 in model.onnx.json; the file was modified: export it again",
+    ),
+    (
+        "other-weights",
+        lambda m, t: _link_model(
+            m, t, onnx_files=["model.onnx"], settings={"source": {"checkpoint_sha256": "1" * 64}}
+        ),
+        "onnx",
+        "cpu",
+        ModelDirError,
+        r"model.onnx was exported from other weights than this directory's model.safetensors; export it again with 'covidct export",
+    ),
+    (
+        "onnx-on-cuda",
+        lambda m, t: _link_model(m, t),
+        "onnx",
+        "cuda",
+        OptionError,
+        r"--engine onnx runs on the CPU \(onnxruntime's CPU provider\); use --device cpu or auto",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("setup", "engine", "device", "error", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
+@pytest.mark.parametrize(
+    ("setup", "engine", "device", "error", "message"),
+    [case[1:] for case in ERRORS],
+    ids=[case[0] for case in ERRORS],
+)
 def test_engine_errors_say_what_to_run(onnx_model_dir, tmp_path, setup, engine, device, error, message):
     model_dir = setup(onnx_model_dir, tmp_path / "model")
 
@@ -90,7 +144,13 @@ def test_engine_errors_say_what_to_run(onnx_model_dir, tmp_path, setup, engine, 
         load_model(model_dir, engine=engine, device=device)
 
 
-@pytest.mark.parametrize(("name", "message"), [("onnx_int8", r"got 'onnx_int8' \(did you mean 'onnx-int8'\?\)"), ("tensorrt", "--engine must be torch, onnx or onnx-int8; got 'tensorrt'$")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("onnx_int8", r"got 'onnx_int8' \(did you mean 'onnx-int8'\?\)"),
+        ("tensorrt", "--engine must be torch, onnx or onnx-int8; got 'tensorrt'$"),
+    ],
+)
 def test_an_unknown_engine_is_an_option_error(onnx_model_dir, name, message):
     with pytest.raises(OptionError, match=message):
         load_model(onnx_model_dir, engine=name)
@@ -106,19 +166,29 @@ def test_a_file_that_is_not_onnx_is_a_model_dir_error(tmp_path):
 
 def test_an_export_with_other_outputs_is_refused(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["logits"])], "identity",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
     )
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
 
-    with pytest.raises(ModelDirError, match=r"expected input 'input' and outputs \['features', 'logits'\]; found \['input'\] and \['logits'\]"):
+    with pytest.raises(
+        ModelDirError,
+        match=r"expected input 'input' and outputs \['features', 'logits'\]; found \['input'\] and \['logits'\]",
+    ):
         OnnxEngine(tmp_path / "other.onnx")
 
 
 def test_an_empty_batch_gives_empty_outputs(onnx_model_dir):
     predictor = load_model(onnx_model_dir, device="cpu", engine="onnx")
 
-    features, logits = predictor.engine.features_and_logits(torch.empty(0, 64, 64, dtype=torch.float16), preprocessing=predictor.card.preprocessing, batch_size=4, tta_hflip=True)
+    features, logits = predictor.engine.features_and_logits(
+        torch.empty(0, 64, 64, dtype=torch.float16),
+        preprocessing=predictor.card.preprocessing,
+        batch_size=4,
+        tta_hflip=True,
+    )
 
     assert (tuple(features.shape), tuple(logits.shape)) == ((0, 2048), (0, 2))
 

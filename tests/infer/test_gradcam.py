@@ -21,11 +21,19 @@ def predictor(tiny_model_dir):
 @pytest.fixture(scope="module")
 def slices(tiny_dataset, predictor) -> torch.Tensor:
     """(6, 64, 64) float16 slices, 3 COVID then 3 non-COVID, prepared as the model's card says."""
-    return decode_slices(tiny_dataset.paths["COVID"][:3] + tiny_dataset.paths["non-COVID"][:3], predictor.card.preprocessing).images
+    return decode_slices(
+        tiny_dataset.paths["COVID"][:3] + tiny_dataset.paths["non-COVID"][:3], predictor.card.preprocessing
+    ).images
 
 
 def heatmaps_of(predictor, slices):
-    return gradcam_heatmaps(predictor.model, slices, preprocessing=predictor.card.preprocessing, target_index=predictor.card.positive_index, device=predictor.device)
+    return gradcam_heatmaps(
+        predictor.model,
+        slices,
+        preprocessing=predictor.card.preprocessing,
+        target_index=predictor.card.positive_index,
+        device=predictor.device,
+    )
 
 
 def test_heatmaps_are_one_float32_map_in_0_1_per_slice(predictor, slices):
@@ -41,7 +49,13 @@ def test_the_heatmap_of_a_trained_model_is_not_constant(predictor, slices):
     heatmaps = [
         heatmap
         for target in range(len(predictor.card.classes))
-        for heatmap in gradcam_heatmaps(predictor.model, slices, preprocessing=predictor.card.preprocessing, target_index=target, device=predictor.device)
+        for heatmap in gradcam_heatmaps(
+            predictor.model,
+            slices,
+            preprocessing=predictor.card.preprocessing,
+            target_index=target,
+            device=predictor.device,
+        )
     ]
 
     assert any(heatmap.max() == pytest.approx(1.0, abs=1e-3) and heatmap.std() > 0.05 for heatmap in heatmaps)
@@ -64,7 +78,9 @@ def test_an_overlay_blends_the_slice_with_the_jet_colormap_above_a_caption_band(
     image = render_overlay(gray, heatmap, "COVID  P(COVID) = 0.970")
     pixels = np.asarray(image).astype(int)
 
-    assert image.mode == "RGB" and image.width == 256 and image.height > 256  # 64 px enlarged 4x, caption below
+    assert (
+        image.mode == "RGB" and image.width == 256 and image.height > 256
+    )  # 64 px enlarged 4x, caption below
     # 0.55 x gray 0.5 + 0.45 x jet: dark red (0.5, 0, 0) where the heatmap is 1, dark blue (0, 0, 0.5) where it is 0
     assert pixels[10, 128].tolist() == pytest.approx([127, 70, 70], abs=2)
     assert pixels[250, 128].tolist() == pytest.approx([70, 70, 127], abs=2)
@@ -76,7 +92,11 @@ NAMES = [
     ("distinct", ["a/x.png", "a/y.png"], ["x_cam.png", "y_cam.png"]),
     ("same-stem-two-folders", ["a/x.png", "b/x.png", "c/x.png"], ["x_cam.png", "x_2_cam.png", "x_3_cam.png"]),
     ("same-stem-two-types", ["x.png", "x.jpg"], ["x_cam.png", "x_2_cam.png"]),
-    ("a-stem-that-looks-numbered", ["x_2.png", "x.png", "b/x.png"], ["x_2_cam.png", "x_cam.png", "x_3_cam.png"]),
+    (
+        "a-stem-that-looks-numbered",
+        ["x_2.png", "x.png", "b/x.png"],
+        ["x_2_cam.png", "x_cam.png", "x_3_cam.png"],
+    ),
 ]
 
 

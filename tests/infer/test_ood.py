@@ -26,11 +26,30 @@ from covidct.model.ood import (
 )
 from covidct.train.ood_fit import fit_detector
 
-OOD_SECTION_KEYS = sorted(["feature_dim", "features", "file", "method", "n_train", "n_val", "n_val_groups", "sha256", "target_pass_rate", "threshold", "threshold_rule", "val_quantile", "val_pass_rate", "estimated_new_group_flag_rate"])
+OOD_SECTION_KEYS = sorted(
+    [
+        "feature_dim",
+        "features",
+        "file",
+        "method",
+        "n_train",
+        "n_val",
+        "n_val_groups",
+        "sha256",
+        "target_pass_rate",
+        "threshold",
+        "threshold_rule",
+        "val_quantile",
+        "val_pass_rate",
+        "estimated_new_group_flag_rate",
+    ]
+)
 NO_GUARD_WARNING = r"model.json has no out-of-distribution detector \(trained with an older covidct\), so no input is flagged as not a chest CT slice; retrain"
 
 
-def gaussian_classes(rng: np.random.Generator, n_per_class: int, *, dim: int = 16, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_classes(
+    rng: np.random.Generator, n_per_class: int, *, dim: int = 16, offset: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Two classes of correlated Gaussian features (means +-2 on the first axis), shifted by ``offset`` on every axis."""
     mixing = np.eye(dim) + 0.3 * np.random.default_rng(99).normal(size=(dim, dim))
     labels = np.repeat([0, 1], n_per_class)
@@ -48,7 +67,9 @@ def gaussian_detector() -> OodDetector:
 
 
 def test_the_detector_is_the_mahalanobis_distance_to_the_nearest_class_mean():
-    detector = OodDetector(means=np.array([[0.0, 0.0], [10.0, 0.0]]), precision=np.diag([1.0, 0.25]), threshold=3.0)
+    detector = OodDetector(
+        means=np.array([[0.0, 0.0], [10.0, 0.0]]), precision=np.diag([1.0, 0.25]), threshold=3.0
+    )
     points = np.array([[0.0, 0.0], [0.0, 4.0], [9.0, 0.0], [5.0, 0.0]])
 
     scores = detector.scores(points)
@@ -85,20 +106,37 @@ def test_the_threshold_lets_at_least_the_asked_share_of_validation_scores_pass(p
 
 # (id, call, message)
 FIT_ERRORS = [
-    ("one-sample", lambda: fit_detector(np.zeros((1, 4)), np.zeros(1)), r"needs \(N, D\) features with N >= 2 and one label each; got features \(1, 4\) and labels \(1,\)"),
-    ("labels-mismatch", lambda: fit_detector(np.zeros((5, 4)), np.zeros(3)), r"got features \(5, 4\) and labels \(3,\)"),
-    ("no-validation", lambda: with_threshold(OodDetector(np.zeros((1, 2)), np.eye(2)), np.array([])), "the OOD threshold needs at least one validation slice"),
+    (
+        "one-sample",
+        lambda: fit_detector(np.zeros((1, 4)), np.zeros(1)),
+        r"needs \(N, D\) features with N >= 2 and one label each; got features \(1, 4\) and labels \(1,\)",
+    ),
+    (
+        "labels-mismatch",
+        lambda: fit_detector(np.zeros((5, 4)), np.zeros(3)),
+        r"got features \(5, 4\) and labels \(3,\)",
+    ),
+    (
+        "no-validation",
+        lambda: with_threshold(OodDetector(np.zeros((1, 2)), np.eye(2)), np.array([])),
+        "the OOD threshold needs at least one validation slice",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("call", "message"), [case[1:] for case in FIT_ERRORS], ids=[case[0] for case in FIT_ERRORS])
+@pytest.mark.parametrize(
+    ("call", "message"), [case[1:] for case in FIT_ERRORS], ids=[case[0] for case in FIT_ERRORS]
+)
 def test_fitting_on_unusable_data_is_an_input_error(call, message):
     with pytest.raises(InputError, match=message):
         call()
 
 
 def test_the_message_of_a_flagged_input():
-    assert not_ct_message(45.06, 30.2) == "does not look like a chest CT slice the model was trained on (OOD score 45.1 > threshold 30.2)"
+    assert (
+        not_ct_message(45.06, 30.2)
+        == "does not look like a chest CT slice the model was trained on (OOD score 45.1 > threshold 30.2)"
+    )
 
 
 # --- the detector in a model directory ---
@@ -109,14 +147,21 @@ def test_training_writes_the_detector_and_its_card_section(tiny_model_dir):
 
     assert (tiny_model_dir / OOD_FILE).is_file()
     assert sorted(card.ood) == OOD_SECTION_KEYS
-    assert (card.ood["method"], card.ood["feature_dim"], card.ood["file"], card.ood["target_pass_rate"]) == ("mahalanobis", FEATURE_DIM, OOD_FILE, 0.95)
+    assert (card.ood["method"], card.ood["feature_dim"], card.ood["file"], card.ood["target_pass_rate"]) == (
+        "mahalanobis",
+        FEATURE_DIM,
+        OOD_FILE,
+        0.95,
+    )
     assert card.ood["val_pass_rate"] >= card.ood["val_quantile"] >= 0.95
     assert (card.ood["n_train"], card.ood["n_val"]) == (24, 12)  # the tiny dataset's train and val splits
 
 
 def test_the_detector_round_trips_through_the_model_dir(tiny_model_dir, tmp_path):
     rng = np.random.default_rng(1)
-    detector = OodDetector(rng.normal(size=(2, FEATURE_DIM)), np.diag(rng.uniform(0.5, 2.0, FEATURE_DIM)), 12.5)
+    detector = OodDetector(
+        rng.normal(size=(2, FEATURE_DIM)), np.diag(rng.uniform(0.5, 2.0, FEATURE_DIM)), 12.5
+    )
     card = dataclasses.replace(read_card(tiny_model_dir), ood=save_detector(tmp_path, detector, n_train=3))
     features = rng.normal(size=(4, FEATURE_DIM))
 
@@ -142,12 +187,22 @@ def _rewrite_detector(model_dir):
 
 # (id, damage, message)
 BROKEN_GUARDS = [
-    ("missing-file", lambda d: (d / OOD_FILE).unlink(), "no ood.safetensors beside model.json, whose 'ood' section names it; copy the whole model directory"),
-    ("other-file", _rewrite_detector, "ood.safetensors does not match the hash in model.json; the directory was modified or mixes two models"),
+    (
+        "missing-file",
+        lambda d: (d / OOD_FILE).unlink(),
+        "no ood.safetensors beside model.json, whose 'ood' section names it; copy the whole model directory",
+    ),
+    (
+        "other-file",
+        _rewrite_detector,
+        "ood.safetensors does not match the hash in model.json; the directory was modified or mixes two models",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("damage", "message"), [case[1:] for case in BROKEN_GUARDS], ids=[case[0] for case in BROKEN_GUARDS])
+@pytest.mark.parametrize(
+    ("damage", "message"), [case[1:] for case in BROKEN_GUARDS], ids=[case[0] for case in BROKEN_GUARDS]
+)
 def test_a_broken_detector_is_a_model_dir_error(tiny_model_dir, tmp_path, damage, message):
     model_dir = _copy(tiny_model_dir, tmp_path)
     damage(model_dir)
@@ -162,7 +217,9 @@ def _card_for(model_dir, tiny_model_dir, detector: OodDetector):
 
 
 def test_an_unreadable_detector_file_is_a_model_dir_error(tiny_model_dir, tmp_path):
-    card = _card_for(tmp_path, tiny_model_dir, OodDetector(np.zeros((2, FEATURE_DIM)), np.eye(FEATURE_DIM), 1.0))
+    card = _card_for(
+        tmp_path, tiny_model_dir, OodDetector(np.zeros((2, FEATURE_DIM)), np.eye(FEATURE_DIM), 1.0)
+    )
     (tmp_path / OOD_FILE).write_bytes(b"not safetensors")
     card = dataclasses.replace(card, ood={**card.ood, "sha256": file_sha256(tmp_path / OOD_FILE)})
 
@@ -173,7 +230,10 @@ def test_an_unreadable_detector_file_is_a_model_dir_error(tiny_model_dir, tmp_pa
 def test_a_detector_for_other_features_is_a_model_dir_error(tiny_model_dir, tmp_path):
     card = _card_for(tmp_path, tiny_model_dir, OodDetector(np.zeros((2, 8)), np.eye(8), 1.0))
 
-    with pytest.raises(ModelDirError, match=r"ood.safetensors holds means \(2, 8\) and precision \(8, 8\); expected \(2048,\) features"):
+    with pytest.raises(
+        ModelDirError,
+        match=r"ood.safetensors holds means \(2, 8\) and precision \(8, 8\); expected \(2048,\) features",
+    ):
         load_detector(tmp_path, card)
 
 
@@ -208,7 +268,12 @@ def test_a_blank_white_image_is_not_ct(predictor, tmp_path):
 
     [prediction] = predictor.predict([white]).predictions
 
-    assert (prediction.label, prediction.prob_covid, prediction.probabilities, prediction.in_distribution) == ("not-ct", None, {}, False)
+    assert (
+        prediction.label,
+        prediction.prob_covid,
+        prediction.probabilities,
+        prediction.in_distribution,
+    ) == ("not-ct", None, {}, False)
     assert prediction.ood_score > predictor.detector.threshold
     assert prediction.message == not_ct_message(prediction.ood_score, predictor.detector.threshold)
 

@@ -33,8 +33,13 @@ def save_random_model(model_dir, classes: tuple[str, ...], *, threshold: float =
         stride_variant=StrideVariant.V1_5,
         preprocessing=Preprocessing(image_size=32),
         decision=Decision(threshold=threshold, threshold_rule="youden_j", temperature=2.0, tta_hflip=True),
-        weights={}, data={}, training={}, validation_metrics={}, environment={},
-        covidct_version="0.1.0", created="2025-01-01T00:00:00+00:00",
+        weights={},
+        data={},
+        training={},
+        validation_metrics={},
+        environment={},
+        covidct_version="0.1.0",
+        created="2025-01-01T00:00:00+00:00",
     )
     save_model_dir(model_dir, build_resnet50(num_classes=len(classes)), card)
     return model_dir
@@ -42,7 +47,9 @@ def save_random_model(model_dir, classes: tuple[str, ...], *, threshold: float =
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    return load_model(save_random_model(tmp_path_factory.mktemp("model"), ("COVID", "non-COVID")), device="cpu")
+    return load_model(
+        save_random_model(tmp_path_factory.mktemp("model"), ("COVID", "non-COVID")), device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +71,15 @@ def test_predictions_are_calibrated_probabilities(predictor, slices):
         assert prediction.label == ("COVID" if prediction.prob_covid >= predictor.threshold else "non-COVID")
 
 
-@pytest.mark.parametrize(("threshold", "label"), [(0.0, "COVID"), (1.0, "non-COVID")], ids=["threshold-0-all-positive", "threshold-1-all-negative"])
+@pytest.mark.parametrize(
+    ("threshold", "label"),
+    [(0.0, "COVID"), (1.0, "non-COVID")],
+    ids=["threshold-0-all-positive", "threshold-1-all-negative"],
+)
 def test_labels_follow_the_card_threshold(predictor, slices, threshold, label):
-    card = dataclasses.replace(predictor.card, decision=dataclasses.replace(predictor.card.decision, threshold=threshold))
+    card = dataclasses.replace(
+        predictor.card, decision=dataclasses.replace(predictor.card.decision, threshold=threshold)
+    )
 
     run = Predictor(predictor.model, card, device="cpu").predict(slices)
 
@@ -74,7 +87,10 @@ def test_labels_follow_the_card_threshold(predictor, slices, threshold, label):
 
 
 def test_below_threshold_the_label_is_the_likeliest_other_class(tmp_path, slices):
-    predictor = load_model(save_random_model(tmp_path / "model", ("COVID", "non-COVID", "pneumonia"), threshold=1.0), device="cpu")
+    predictor = load_model(
+        save_random_model(tmp_path / "model", ("COVID", "non-COVID", "pneumonia"), threshold=1.0),
+        device="cpu",
+    )
 
     run = predictor.predict(slices)
 
@@ -85,8 +101,12 @@ def test_below_threshold_the_label_is_the_likeliest_other_class(tmp_path, slices
 
 
 def test_the_card_drives_calibration_and_preprocessing(predictor, slices):
-    hot = dataclasses.replace(predictor.card, decision=dataclasses.replace(predictor.card.decision, temperature=1000.0))
-    leaning = dataclasses.replace(hot, decision=dataclasses.replace(hot.decision, class_bias=(0.0, math.log(3.0))))
+    hot = dataclasses.replace(
+        predictor.card, decision=dataclasses.replace(predictor.card.decision, temperature=1000.0)
+    )
+    leaning = dataclasses.replace(
+        hot, decision=dataclasses.replace(hot.decision, class_bias=(0.0, math.log(3.0)))
+    )
 
     run = Predictor(predictor.model, hot, device="cpu").predict(slices)
     leaning_run = Predictor(predictor.model, leaning, device="cpu").predict(slices)
@@ -105,10 +125,12 @@ def test_bad_inputs_become_failures_and_the_rest_is_predicted(predictor, slices,
     run = predictor.predict([slices[0], corrupt, missing, slices[1]])
 
     assert [p.path for p in run.predictions] == [str(slices[0]), str(slices[1])]
-    assert sorted((f.path, f.reason) for f in run.failures) == sorted([
-        (str(corrupt), NOT_AN_IMAGE),
-        (str(missing), "no such file or folder"),
-    ])
+    assert sorted((f.path, f.reason) for f in run.failures) == sorted(
+        [
+            (str(corrupt), NOT_AN_IMAGE),
+            (str(missing), "no such file or folder"),
+        ]
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
@@ -117,7 +139,9 @@ def test_results_do_not_depend_on_batching_or_failures_in_a_batch(predictor, sli
     corrupt.write_text("text")
     alone = {p.path: p.prob_covid for p in predictor.predict(slices).predictions}  # one batch of 6
 
-    batched = Predictor(predictor.model, predictor.card, device="cpu", batch_size=batch_size).predict([slices[0], corrupt, *slices[1:]])
+    batched = Predictor(predictor.model, predictor.card, device="cpu", batch_size=batch_size).predict(
+        [slices[0], corrupt, *slices[1:]]
+    )
 
     assert {p.path: p.prob_covid for p in batched.predictions} == pytest.approx(alone, abs=1e-5)
     assert [f.path for f in batched.failures] == [str(corrupt)]
@@ -134,15 +158,23 @@ def test_folders_are_expanded(predictor, tiny_dataset, tmp_path):
     run = predictor.predict([folder])
 
     # a folder's own files come before its subfolders' (os.walk order), each level sorted
-    assert [p.path for p in run.predictions] == [str(folder / "top.png"), str(folder / "patient_1" / "slice_0.png"), str(folder / "patient_1" / "slice_1.png")]
-    assert [(s.path, s.reason) for s in run.skipped] == [(str(folder / "notes.txt"), "not an image file type (.txt)")]
+    assert [p.path for p in run.predictions] == [
+        str(folder / "top.png"),
+        str(folder / "patient_1" / "slice_0.png"),
+        str(folder / "patient_1" / "slice_1.png"),
+    ]
+    assert [(s.path, s.reason) for s in run.skipped] == [
+        (str(folder / "notes.txt"), "not an image file type (.txt)")
+    ]
     assert run.failures == []
 
 
 def test_progress_reports_every_image(predictor, slices):
     seen = []
 
-    Predictor(predictor.model, predictor.card, device="cpu", batch_size=4).predict(slices, progress=lambda done, total: seen.append((done, total)))
+    Predictor(predictor.model, predictor.card, device="cpu", batch_size=4).predict(
+        slices, progress=lambda done, total: seen.append((done, total))
+    )
 
     assert seen == [(4, 6), (6, 6)]
 
@@ -153,7 +185,9 @@ def test_batch_size_must_be_positive(predictor):
 
 
 def test_load_model_on_a_folder_without_a_model(tmp_path):
-    with pytest.raises(ModelDirError, match="no model.json; expected a model directory written by 'covidct train'"):
+    with pytest.raises(
+        ModelDirError, match="no model.json; expected a model directory written by 'covidct train'"
+    ):
         load_model(tmp_path)
 
 

@@ -15,7 +15,13 @@ from covidct.io.failures import InputFailure
 
 FIELDS = ["path", "prob_covid", "label"]
 BATCHES = [
-    ([{"path": "a.png", "prob_covid": 0.9, "label": "COVID"}, {"path": "b.png", "prob_covid": 0.1, "label": "non-COVID"}], []),
+    (
+        [
+            {"path": "a.png", "prob_covid": 0.9, "label": "COVID"},
+            {"path": "b.png", "prob_covid": 0.1, "label": "non-COVID"},
+        ],
+        [],
+    ),
     ([], [InputFailure("bad.png", "empty file")]),
     ([{"path": "c.png", "prob_covid": None, "label": "not-ct"}], []),
 ]

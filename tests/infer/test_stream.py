@@ -35,11 +35,22 @@ class ConstantEngine(InferenceEngine):
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     card = ModelCard(
-        classes=("COVID", "non-COVID"), positive_class="COVID", stride_variant=StrideVariant.V1_5, preprocessing=Preprocessing(image_size=32),
-        decision=Decision(threshold=0.5, threshold_rule="youden_j"), weights={}, data={}, training={}, validation_metrics={}, environment={},
-        covidct_version="0.1.0", created="2025-01-01T00:00:00+00:00",
+        classes=("COVID", "non-COVID"),
+        positive_class="COVID",
+        stride_variant=StrideVariant.V1_5,
+        preprocessing=Preprocessing(image_size=32),
+        decision=Decision(threshold=0.5, threshold_rule="youden_j"),
+        weights={},
+        data={},
+        training={},
+        validation_metrics={},
+        environment={},
+        covidct_version="0.1.0",
+        created="2025-01-01T00:00:00+00:00",
     )
-    return Predictor(build_resnet50(num_classes=2), card, device="cpu", batch_size=32, engine=ConstantEngine())
+    return Predictor(
+        build_resnet50(num_classes=2), card, device="cpu", batch_size=32, engine=ConstantEngine()
+    )
 
 
 def write_slices(root, n: int, *, per_folder: int = 100) -> None:
@@ -64,9 +75,16 @@ def mixed_folder(tmp_path):
 
 
 def test_batches_keep_the_walk_order_with_failures_and_skipped_files_in_their_batch(mixed_folder):
-    batches = list(iter_slice_batches([mixed_folder], preprocessing=Preprocessing(image_size=32), batch_size=2))
+    batches = list(
+        iter_slice_batches([mixed_folder], preprocessing=Preprocessing(image_size=32), batch_size=2)
+    )
 
-    assert [[p.name for p in b.paths] for b in batches] == [["a0.png", "a1.png"], ["a2.png", "b3.png"], ["c4.png"], []]
+    assert [[p.name for p in b.paths] for b in batches] == [
+        ["a0.png", "a1.png"],
+        ["a2.png", "b3.png"],
+        ["c4.png"],
+        [],
+    ]
     assert [[f.path for f in b.failures] for b in batches] == [[], [], [str(mixed_folder / "bad.png")], []]
     assert [[s.path for s in b.skipped] for b in batches] == [[], [], [], [str(mixed_folder / "notes.txt")]]
     assert [b.n_images_seen for b in batches] == [2, 4, 6, 6]
@@ -77,9 +95,18 @@ def test_batches_keep_the_walk_order_with_failures_and_skipped_files_in_their_ba
 def test_iter_predict_yields_each_batch_and_predict_collects_the_same(predictor, mixed_folder):
     seen = []
 
-    runs = list(predictor.iter_predict([mixed_folder], batch_size=2, progress=lambda done, total: seen.append((done, total))))
+    runs = list(
+        predictor.iter_predict(
+            [mixed_folder], batch_size=2, progress=lambda done, total: seen.append((done, total))
+        )
+    )
 
-    assert [[p.path.rsplit("/", 1)[1] for p in run.predictions] for run in runs] == [["a0.png", "a1.png"], ["a2.png", "b3.png"], ["c4.png"], []]
+    assert [[p.path.rsplit("/", 1)[1] for p in run.predictions] for run in runs] == [
+        ["a0.png", "a1.png"],
+        ["a2.png", "b3.png"],
+        ["c4.png"],
+        [],
+    ]
     collected = predictor.predict([mixed_folder])
     assert [p for run in runs for p in run.predictions] == collected.predictions
     assert [f for run in runs for f in run.failures] == collected.failures
@@ -136,7 +163,9 @@ def test_memory_stays_flat_from_500_to_5000_files(predictor, tmp_path):
     n_large, peak_large = streamed_peak_bytes(predictor, tmp_path / "large")
 
     assert (n_small, n_large) == (500, 5000)
-    assert peak_large < peak_small * 1.2 + 200_000, f"peak {peak_small:,} B for 500 files, {peak_large:,} B for 5,000"
+    assert peak_large < peak_small * 1.2 + 200_000, (
+        f"peak {peak_small:,} B for 500 files, {peak_large:,} B for 5,000"
+    )
 
 
 # --- decoding in worker processes ---
@@ -144,11 +173,20 @@ def test_memory_stays_flat_from_500_to_5000_files(predictor, tmp_path):
 
 def test_worker_processes_decode_the_same_slices_and_failures_as_the_thread(mixed_folder):
     def batches(workers: int) -> list:
-        return list(iter_slice_batches([mixed_folder], preprocessing=Preprocessing(image_size=32, crop_field=True, remove_annotations=True), batch_size=2, decode_workers=workers))
+        return list(
+            iter_slice_batches(
+                [mixed_folder],
+                preprocessing=Preprocessing(image_size=32, crop_field=True, remove_annotations=True),
+                batch_size=2,
+                decode_workers=workers,
+            )
+        )
 
     in_thread, in_processes = batches(0), batches(2)
 
-    assert [b.paths for b in in_processes] == [b.paths for b in in_thread] and sum(len(b.paths) for b in in_thread) == 5
+    assert [b.paths for b in in_processes] == [b.paths for b in in_thread] and sum(
+        len(b.paths) for b in in_thread
+    ) == 5
     for threaded, pooled in zip(in_thread, in_processes, strict=True):
         assert np.array_equal(pooled.images, threaded.images)
         assert pooled.failures == threaded.failures and pooled.skipped == threaded.skipped
@@ -157,7 +195,16 @@ def test_worker_processes_decode_the_same_slices_and_failures_as_the_thread(mixe
 
 @pytest.mark.parametrize(
     ("device", "cores", "workers"),
-    [("cpu", 2, 0), ("cpu", 4, 0), ("cpu", 8, 2), ("cpu", 64, 4), ("cuda", 2, 0), ("cuda", 6, 3), ("cuda", 16, 8), ("cuda", 64, 8)],
+    [
+        ("cpu", 2, 0),
+        ("cpu", 4, 0),
+        ("cpu", 8, 2),
+        ("cpu", 64, 4),
+        ("cuda", 2, 0),
+        ("cuda", 6, 3),
+        ("cuda", 16, 8),
+        ("cuda", 64, 8),
+    ],
 )
 def test_default_decode_workers_use_the_cores_the_network_leaves(device, cores, workers):
     assert stream.default_decode_workers(device, cores) == workers

@@ -32,16 +32,27 @@ def phantom_volume(*, n_slices: int, lung, covid: bool = False, source: str = "p
 
 def _card(**decision) -> ModelCard:
     return ModelCard(
-        classes=("COVID", "non-COVID"), positive_class="COVID", stride_variant=StrideVariant.V1_5, preprocessing=Preprocessing(image_size=32),
-        decision=Decision(**{"threshold": 0.5, "threshold_rule": "youden_j", **decision}), weights={}, data={}, training={},
-        validation_metrics={}, environment={}, covidct_version="test", created="2026-01-01T00:00:00+00:00",
+        classes=("COVID", "non-COVID"),
+        positive_class="COVID",
+        stride_variant=StrideVariant.V1_5,
+        preprocessing=Preprocessing(image_size=32),
+        decision=Decision(**{"threshold": 0.5, "threshold_rule": "youden_j", **decision}),
+        weights={},
+        data={},
+        training={},
+        validation_metrics={},
+        environment={},
+        covidct_version="test",
+        created="2026-01-01T00:00:00+00:00",
     )
 
 
 def _slices(probs: list[float | None]) -> list[Prediction]:
     """One fake slice prediction per entry; None is a slice the guard flagged."""
     return [
-        Prediction(f"s{i}.dcm", p, "not-ct" if p is None else "?", {}, p is not None, 99.0 if p is None else 1.0)
+        Prediction(
+            f"s{i}.dcm", p, "not-ct" if p is None else "?", {}, p is not None, 99.0 if p is None else 1.0
+        )
         for i, p in enumerate(probs)
     ]
 
@@ -49,20 +60,46 @@ def _slices(probs: list[float | None]) -> list[Prediction]:
 PROBS = [0.1, 0.9, 0.5, 0.3]
 STUDY_CASES = [
     # (card decision, slice probabilities, expected prob_covid, label, n used, message start)
-    pytest.param({"study_aggregate": "mean", "study_topk_fraction": None}, PROBS, 0.45, "non-COVID", 4, "", id="mean-below-threshold"),
-    pytest.param({"study_aggregate": "max", "study_topk_fraction": None}, PROBS, 0.9, "COVID", 4, "", id="max"),
-    pytest.param({"study_aggregate": "topk", "study_topk_fraction": 0.5}, PROBS, 0.7, "COVID", 4, "", id="top-half"),
+    pytest.param(
+        {"study_aggregate": "mean", "study_topk_fraction": None},
+        PROBS,
+        0.45,
+        "non-COVID",
+        4,
+        "",
+        id="mean-below-threshold",
+    ),
+    pytest.param(
+        {"study_aggregate": "max", "study_topk_fraction": None}, PROBS, 0.9, "COVID", 4, "", id="max"
+    ),
+    pytest.param(
+        {"study_aggregate": "topk", "study_topk_fraction": 0.5}, PROBS, 0.7, "COVID", 4, "", id="top-half"
+    ),
     pytest.param({}, PROBS, 0.9, "COVID", 4, "", id="card-default-top-quarter"),
     pytest.param(
-        {"study_aggregate": "mean", "study_topk_fraction": None}, [0.1, None, 0.5, 0.3], 0.3, "non-COVID", 3,
-        "1 of 4 lung slices do not look like the chest CT slices the model was trained on and were left out", id="flagged-slice-left-out",
+        {"study_aggregate": "mean", "study_topk_fraction": None},
+        [0.1, None, 0.5, 0.3],
+        0.3,
+        "non-COVID",
+        3,
+        "1 of 4 lung slices do not look like the chest CT slices the model was trained on and were left out",
+        id="flagged-slice-left-out",
     ),
     pytest.param(
-        {"study_aggregate": "max", "study_topk_fraction": None}, [None, None, 0.5, 0.3], 0.5, "COVID", 2,
-        "2 of 4 lung slices", id="half-flagged-still-scored",
+        {"study_aggregate": "max", "study_topk_fraction": None},
+        [None, None, 0.5, 0.3],
+        0.5,
+        "COVID",
+        2,
+        "2 of 4 lung slices",
+        id="half-flagged-still-scored",
     ),
     pytest.param(
-        {"study_aggregate": "max", "study_topk_fraction": None}, [None, None, None, 0.3], None, "not-ct", 0,
+        {"study_aggregate": "max", "study_topk_fraction": None},
+        [None, None, None, 0.3],
+        None,
+        "not-ct",
+        0,
         "3 of 4 lung slices do not look like the chest CT slices the model was trained on (out-of-distribution guard), so the study gets no COVID probability",
         id="mostly-flagged-is-not-ct",
     ),
@@ -76,14 +113,25 @@ def test_study_prediction_aggregates_by_the_card_rule(decision, probs, expected,
     study = study_prediction(volume.origin, [1, 2, 3, 4], _slices(probs), _card(**decision))
 
     assert study.prob_covid == (None if expected is None else pytest.approx(expected))
-    assert (study.label, study.n_slices_used, study.n_slices_total, study.in_distribution) == (label, n_used, 6, expected is not None)
+    assert (study.label, study.n_slices_used, study.n_slices_total, study.in_distribution) == (
+        label,
+        n_used,
+        6,
+        expected is not None,
+    )
     assert study.message.startswith(message)
     assert [s.index for s in study.slices] == [1, 2, 3, 4]
-    assert (study.source, study.study_key, study.series_key) == (volume.source, volume.study_key, volume.series_key)
+    assert (study.source, study.study_key, study.series_key) == (
+        volume.source,
+        volume.study_key,
+        volume.series_key,
+    )
 
 
 def test_study_ood_score_is_the_median_over_lung_slices():
-    study = study_prediction(phantom_volume(n_slices=3, lung=range(3)).origin, [0, 1, 2], _slices([0.2, None, 0.4]), _card())
+    study = study_prediction(
+        phantom_volume(n_slices=3, lung=range(3)).origin, [0, 1, 2], _slices([0.2, None, 0.4]), _card()
+    )
 
     assert study.ood_score == pytest.approx(1.0)
 
@@ -99,7 +147,10 @@ def test_suspicious_slices_are_the_highest_scored_ones_first():
 def test_a_volume_without_lung_fails_with_the_file_named(tiny_model_dir):
     volume = phantom_volume(n_slices=4, lung=(), source="head_ct.nii.gz")
 
-    with pytest.raises(InputError, match=r"head_ct\.nii\.gz: none of its 4 slices shows lung .* not a localizer, head or abdomen series"):
+    with pytest.raises(
+        InputError,
+        match=r"head_ct\.nii\.gz: none of its 4 slices shows lung .* not a localizer, head or abdomen series",
+    ):
         load_model(tiny_model_dir, device="cpu").predict_volume(volume)
 
 
@@ -111,9 +162,16 @@ def test_predict_volume_scores_only_lung_slices(tiny_model_dir):
 
     assert [s.index for s in study.slices] == [2, 3, 4, 5, 6]
     assert [s.name for s in study.slices] == list(volume.slice_names[2:7])
-    assert (study.n_slices_total, study.n_slices_used, study.in_distribution, study.message) == (9, 5, True, "")
+    assert (study.n_slices_total, study.n_slices_used, study.in_distribution, study.message) == (
+        9,
+        5,
+        True,
+        "",
+    )
     # The tiny dataset has too few validation patients to choose a rule, so the card has the default, top 25%: 2 of 5 slices.
-    assert predictor.card.decision.study_rule_source.startswith("default (top 25% mean): validation has 2 positive and 2 negative")
+    assert predictor.card.decision.study_rule_source.startswith(
+        "default (top 25% mean): validation has 2 positive and 2 negative"
+    )
     assert study.prob_covid == pytest.approx(np.mean(sorted(s.prob_covid for s in study.slices)[-2:]))
     assert study.label == ("COVID" if study.prob_covid >= predictor.threshold else "non-COVID")
     assert study.cam_heatmap is None
@@ -124,7 +182,12 @@ def test_a_volume_the_guard_flags_gets_no_probability(tiny_model_dir):
     predictor = load_model(tiny_model_dir, device="cpu", window=HuWindow(-1500, 10))
     study = predictor.predict_volume(phantom_volume(n_slices=3, lung=range(3)))
 
-    assert (study.prob_covid, study.label, study.n_slices_used, study.in_distribution) == (None, "not-ct", 0, False)
+    assert (study.prob_covid, study.label, study.n_slices_used, study.in_distribution) == (
+        None,
+        "not-ct",
+        0,
+        False,
+    )
     assert study.message.startswith("3 of 3 lung slices do not look like")
 
 
@@ -140,11 +203,24 @@ def test_predict_volume_explained_has_the_top_slice_heatmap(tiny_model_dir):
 
 def _study(source: str, study_key: str, series_key: str, probs: list[float | None]) -> StudyPrediction:
     slices = tuple(SlicePrediction(f"s{i}", i + 1, p, "?", p is not None, 1.0) for i, p in enumerate(probs))
-    return StudyPrediction(source, study_key, series_key, 0.6, "COVID", 0.5, len(probs) + 2, sum(p is not None for p in probs), "max", slices)
+    return StudyPrediction(
+        source,
+        study_key,
+        series_key,
+        0.6,
+        "COVID",
+        0.5,
+        len(probs) + 2,
+        sum(p is not None for p in probs),
+        "max",
+        slices,
+    )
 
 
 def test_plot_study_writes_a_png(tmp_path):
-    path = plot_study(_study("/data/case 1.nii.gz", "a" * 16, "b" * 16, [0.1, 0.7, None, 0.4]), tmp_path / "plot.png")
+    path = plot_study(
+        _study("/data/case 1.nii.gz", "a" * 16, "b" * 16, [0.1, 0.7, None, 0.4]), tmp_path / "plot.png"
+    )
 
     with Image.open(path) as image:
         assert image.format == "PNG"
@@ -163,5 +239,3 @@ def test_plot_file_names_come_from_the_path_and_hashed_keys():
         "series_folder_cccccccc_dddddddd.png",
         "series_folder_cccccccc_eeeeeeee.png",
     ]
-
-

@@ -52,9 +52,27 @@ FILES: list[tuple[str, str, Callable[[Path], bytes], Callable[[Path], object], C
     ("png", "slice.png", lambda t: _image_bytes("PNG"), read_grayscale, _check_gray),
     ("jpeg", "slice.jpg", lambda t: _image_bytes("JPEG"), read_grayscale, _check_gray),
     ("dicom", "slice.dcm", _dicom_bytes, lambda p: read_dicom_series([p]), _check_volume),
-    ("dicom-rle", "slice.dcm", lambda t: _dicom_bytes(t, transfer_syntax=RLELossless), lambda p: read_dicom_series([p]), _check_volume),
-    ("nifti", "ct.nii", lambda t: write_nifti(t / "valid.nii", PHANTOM).read_bytes(), read_nifti, _check_volume),
-    ("nifti-gz", "ct.nii.gz", lambda t: write_nifti(t / "valid.nii.gz", PHANTOM).read_bytes(), read_nifti, _check_volume),
+    (
+        "dicom-rle",
+        "slice.dcm",
+        lambda t: _dicom_bytes(t, transfer_syntax=RLELossless),
+        lambda p: read_dicom_series([p]),
+        _check_volume,
+    ),
+    (
+        "nifti",
+        "ct.nii",
+        lambda t: write_nifti(t / "valid.nii", PHANTOM).read_bytes(),
+        read_nifti,
+        _check_volume,
+    ),
+    (
+        "nifti-gz",
+        "ct.nii.gz",
+        lambda t: write_nifti(t / "valid.nii.gz", PHANTOM).read_bytes(),
+        read_nifti,
+        _check_volume,
+    ),
 ]
 
 
@@ -71,7 +89,9 @@ def variants(data: bytes, seed: int) -> list[tuple[str, bytes]]:
     return damaged
 
 
-@pytest.mark.parametrize(("name", "make", "read", "check"), [case[1:] for case in FILES], ids=[case[0] for case in FILES])
+@pytest.mark.parametrize(
+    ("name", "make", "read", "check"), [case[1:] for case in FILES], ids=[case[0] for case in FILES]
+)
 def test_every_damaged_copy_reads_or_raises_input_error(tmp_path, name, make, read, check):
     data = make(tmp_path)
     check(read(_write(tmp_path / name, data)))  # the undamaged file is valid
@@ -79,7 +99,9 @@ def test_every_damaged_copy_reads_or_raises_input_error(tmp_path, name, make, re
     for label, damaged in variants(data, seed=len(name)):
         path = _write(tmp_path / f"damaged_{name}", damaged)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom and nibabel warn about what they repair; only the outcome matters here
+            warnings.simplefilter(
+                "ignore"
+            )  # pydicom and nibabel warn about what they repair; only the outcome matters here
             try:
                 result = read(path)
             except InputError as error:
@@ -91,9 +113,13 @@ def test_every_damaged_copy_reads_or_raises_input_error(tmp_path, name, make, re
     assert outcomes["refused"] >= 2  # at least the empty and 1-byte copies
 
 
-@pytest.mark.parametrize(("name", "make"), [(case[1], case[2]) for case in FILES], ids=[case[0] for case in FILES])
+@pytest.mark.parametrize(
+    ("name", "make"), [(case[1], case[2]) for case in FILES], ids=[case[0] for case in FILES]
+)
 def test_damaged_uploads_never_stop_the_upload(tmp_path, name, make):
-    uploads = [(f"{index}_{name}", damaged) for index, (_, damaged) in enumerate(variants(make(tmp_path), seed=7))]
+    uploads = [
+        (f"{index}_{name}", damaged) for index, (_, damaged) in enumerate(variants(make(tmp_path), seed=7))
+    ]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,7 +127,9 @@ def test_damaged_uploads_never_stop_the_upload(tmp_path, name, make):
 
     names = {upload_name for upload_name, _ in uploads}
     used = len(upload.images) + len(upload.volumes) + len(upload.failures)
-    assert used >= 1 and len(upload.failures) >= 1  # DICOM variants share a series, so several files may give one result
+    assert (
+        used >= 1 and len(upload.failures) >= 1
+    )  # DICOM variants share a series, so several files may give one result
     assert all(failure.path in names or failure.path.startswith("0_") for failure in upload.failures)
 
 

@@ -43,7 +43,9 @@ def test_a_bundled_ct_slice_reads_as_hounsfield_units():
     volume = read_dicom_series([path])
 
     assert volume.hu.shape == (1, 128, 128) and volume.hu.dtype == np.float32
-    np.testing.assert_array_equal(volume.hu[0], reference.pixel_array * 1.0 - 1024.0)  # RescaleSlope 1, RescaleIntercept -1024
+    np.testing.assert_array_equal(
+        volume.hu[0], reference.pixel_array * 1.0 - 1024.0
+    )  # RescaleSlope 1, RescaleIntercept -1024
     assert volume.slice_names == ("CT_small.dcm",)
     assert volume.source == str(path)
     assert volume.study_key == privacy_key(reference.StudyInstanceUID)
@@ -72,8 +74,12 @@ def test_a_written_series_reads_back_in_hu_and_in_slice_order(tmp_path, options,
 
     volume = read_dicom_series(files)
 
-    np.testing.assert_allclose(volume.hu, PHANTOM, atol=1.0 + 1e-3)  # the largest random slope is 2: rounding is within 1 HU
-    assert volume.source == str(files[0] if len(files) == 1 else tmp_path / "series")  # a multi-frame series is one file
+    np.testing.assert_allclose(
+        volume.hu, PHANTOM, atol=1.0 + 1e-3
+    )  # the largest random slope is 2: rounding is within 1 HU
+    assert volume.source == str(
+        files[0] if len(files) == 1 else tmp_path / "series"
+    )  # a multi-frame series is one file
     if options.get("geometry") in (None, "position"):
         np.testing.assert_allclose(volume.slice_positions_mm, np.arange(6) * 2.5)
     else:
@@ -86,13 +92,17 @@ def test_a_written_series_reads_back_in_hu_and_in_slice_order(tmp_path, options,
 def test_a_series_written_from_real_slices_windows_back_to_them(shared_data, tmp_path, options):
     """Real CT slices (PNG, already windowed) -> inverse lung window to HU -> DICOM -> HU -> lung window: the same pixels."""
     pngs = sorted((shared_data / "sars_cov2_ct" / "images" / "non-COVID").glob("*.png"))[:5]
-    gray = np.stack([np.asarray(Image.fromarray(read_grayscale(path)).resize((64, 48)), np.float32) for path in pngs]).clip(0, 1)
+    gray = np.stack(
+        [np.asarray(Image.fromarray(read_grayscale(path)).resize((64, 48)), np.float32) for path in pngs]
+    ).clip(0, 1)
     files = write_dicom_series(tmp_path / "series", gray_to_hu(gray), seed=7, **options)
 
     volume = read_dicom_series(files)
 
     assert volume.hu.shape == (5, 48, 64)
-    np.testing.assert_allclose(window_hu(volume.hu), gray, atol=1.0 / 1500 + 1e-5)  # within 1 HU (the largest slope is 2)
+    np.testing.assert_allclose(
+        window_hu(volume.hu), gray, atol=1.0 / 1500 + 1e-5
+    )  # within 1 HU (the largest slope is 2)
 
 
 def test_monochrome1_with_rescale_tags_gives_the_same_hu_as_monochrome2(tmp_path):
@@ -130,7 +140,9 @@ def test_jpeg_ls_lossless_decodes(tmp_path):
 
     volume = read_dicom_series([tmp_path / "jls.dcm"])
 
-    np.testing.assert_array_equal(volume.hu[0], pydicom.dcmread(bundled("MR_small.dcm")).pixel_array.astype(np.float32))
+    np.testing.assert_array_equal(
+        volume.hu[0], pydicom.dcmread(bundled("MR_small.dcm")).pixel_array.astype(np.float32)
+    )
 
 
 def test_jpeg_lossless_pixel_data_decodes_with_the_installed_plugins():
@@ -161,7 +173,9 @@ def test_no_patient_attribute_reaches_the_volume(tmp_path):
     text = repr(volume) + "".join(volume.slice_names) + volume.source
     for value in PATIENT_ATTRIBUTES.values():
         assert value not in text
-    assert volume.study_key == privacy_key(pydicom.dcmread(tmp_path / "series" / "IM0000.dcm").StudyInstanceUID)
+    assert volume.study_key == privacy_key(
+        pydicom.dcmread(tmp_path / "series" / "IM0000.dcm").StudyInstanceUID
+    )
 
 
 def _relabelled(tmp_path: Path, name: str, **changes) -> Path:
@@ -183,25 +197,82 @@ def _write(tmp_path: Path, name: str, content: bytes) -> Path:
 
 # (id, make the files from tmp_path, read options, expected message)
 BAD_INPUT = [
-    ("no-pixel-data", lambda t: [bundled("rtstruct.dcm")], {}, r"rtstruct\.dcm: no pixel data \(RT Structure Set Storage\); expected a CT image slice"),
-    ("other-modality", lambda t: [bundled("MR_small.dcm")], {}, r"MR_small\.dcm: modality is MR \(MR Image Storage\); expected CT"),
-    ("colour", lambda t: [_relabelled(t, "SC_rgb_jpeg_gdcm.dcm", Modality="CT")], {}, r"3 samples per pixel \(RGB\); expected a grayscale CT image"),
-    ("monochrome1-without-rescale", lambda t: [_relabelled(t, "CT_small.dcm", PhotometricInterpretation="MONOCHROME1", RescaleSlope=None, RescaleIntercept=None)], {},
-     r"MONOCHROME1 without RescaleSlope/RescaleIntercept; cannot tell Hounsfield units"),
+    (
+        "no-pixel-data",
+        lambda t: [bundled("rtstruct.dcm")],
+        {},
+        r"rtstruct\.dcm: no pixel data \(RT Structure Set Storage\); expected a CT image slice",
+    ),
+    (
+        "other-modality",
+        lambda t: [bundled("MR_small.dcm")],
+        {},
+        r"MR_small\.dcm: modality is MR \(MR Image Storage\); expected CT",
+    ),
+    (
+        "colour",
+        lambda t: [_relabelled(t, "SC_rgb_jpeg_gdcm.dcm", Modality="CT")],
+        {},
+        r"3 samples per pixel \(RGB\); expected a grayscale CT image",
+    ),
+    (
+        "monochrome1-without-rescale",
+        lambda t: [
+            _relabelled(
+                t,
+                "CT_small.dcm",
+                PhotometricInterpretation="MONOCHROME1",
+                RescaleSlope=None,
+                RescaleIntercept=None,
+            )
+        ],
+        {},
+        r"MONOCHROME1 without RescaleSlope/RescaleIntercept; cannot tell Hounsfield units",
+    ),
     ("empty-file", lambda t: [_write(t, "empty.dcm", b"")], {}, r"empty\.dcm: empty file"),
-    ("text-file", lambda t: [_write(t, "notes.dcm", b"patient notes, not an image\n" * 20)], {}, r"notes\.dcm: not a DICOM file"),
-    ("truncated-header", lambda t: [_write(t, "cut.dcm", bundled("CT_small.dcm").read_bytes()[:700])], {},
-     r"cut\.dcm: no pixel data \(CT Image Storage, so the file is probably truncated\)"),
-    ("truncated-pixels", lambda t: [_write(t, "cut.dcm", bundled("CT_small.dcm").read_bytes()[:20000])], {},
-     r"cut\.dcm: cannot decode pixel data \(Explicit VR Little Endian: .*less than expected"),
-    ("under-32-px", lambda t: write_dicom_series(t / "s", chest_phantom(2, 16, [0])), {}, r"slices are 16x16 pixels; expected at least 32 on each side"),
-    ("over-pixel-cap", lambda t: [bundled("CT_small.dcm")], {"max_pixels": 10_000}, r"slices are 128x128 pixels, over the 10,000-pixel limit"),
-    ("sizes-differ", lambda t: write_dicom_series(t / "a", PHANTOM[:2]) + [bundled("CT_small.dcm")], {}, r"slices differ in size \(IM0000\.dcm: 40x40, .*CT_small\.dcm: 128x128\)"),
+    (
+        "text-file",
+        lambda t: [_write(t, "notes.dcm", b"patient notes, not an image\n" * 20)],
+        {},
+        r"notes\.dcm: not a DICOM file",
+    ),
+    (
+        "truncated-header",
+        lambda t: [_write(t, "cut.dcm", bundled("CT_small.dcm").read_bytes()[:700])],
+        {},
+        r"cut\.dcm: no pixel data \(CT Image Storage, so the file is probably truncated\)",
+    ),
+    (
+        "truncated-pixels",
+        lambda t: [_write(t, "cut.dcm", bundled("CT_small.dcm").read_bytes()[:20000])],
+        {},
+        r"cut\.dcm: cannot decode pixel data \(Explicit VR Little Endian: .*less than expected",
+    ),
+    (
+        "under-32-px",
+        lambda t: write_dicom_series(t / "s", chest_phantom(2, 16, [0])),
+        {},
+        r"slices are 16x16 pixels; expected at least 32 on each side",
+    ),
+    (
+        "over-pixel-cap",
+        lambda t: [bundled("CT_small.dcm")],
+        {"max_pixels": 10_000},
+        r"slices are 128x128 pixels, over the 10,000-pixel limit",
+    ),
+    (
+        "sizes-differ",
+        lambda t: write_dicom_series(t / "a", PHANTOM[:2]) + [bundled("CT_small.dcm")],
+        {},
+        r"slices differ in size \(IM0000\.dcm: 40x40, .*CT_small\.dcm: 128x128\)",
+    ),
     ("no-files", lambda t: [], {}, r"no DICOM files in this series"),
 ]
 
 
-@pytest.mark.parametrize(("make", "options", "message"), [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("make", "options", "message"), [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT]
+)
 def test_bad_input_gets_a_specific_error(tmp_path, make, options, message):
     with pytest.raises(InputError, match=message):
         read_dicom_series(make(tmp_path), **options)
@@ -215,10 +286,17 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
         read_dicom_series([path])
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"NumberOfFrames": 2_000_000_000}, r"2000000000 slices of 128x128 pixels are over the 536,870,912-voxel limit"),
-    ({"NumberOfFrames": 0}, r"NumberOfFrames is 0; expected a positive integer"),
-], ids=["billions-of-frames", "no-frames"])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"NumberOfFrames": 2_000_000_000},
+            r"2000000000 slices of 128x128 pixels are over the 536,870,912-voxel limit",
+        ),
+        ({"NumberOfFrames": 0}, r"NumberOfFrames is 0; expected a positive integer"),
+    ],
+    ids=["billions-of-frames", "no-frames"],
+)
 def test_bad_header_values_are_refused_naming_the_file(tmp_path, changes, message):
     path = _relabelled(tmp_path, "CT_small.dcm", **changes)
 
@@ -228,7 +306,11 @@ def test_bad_header_values_are_refused_naming_the_file(tmp_path, changes, messag
 
 def test_a_corrupt_header_value_is_refused_naming_the_file(tmp_path):
     """RescaleSlope (0028,1053) "1 " patched to "x " in the bytes: pydicom reads it, converting it fails."""
-    data = bundled("CT_small.dcm").read_bytes().replace(b"\x28\x00\x53\x10DS\x02\x001 ", b"\x28\x00\x53\x10DS\x02\x00x ")
+    data = (
+        bundled("CT_small.dcm")
+        .read_bytes()
+        .replace(b"\x28\x00\x53\x10DS\x02\x001 ", b"\x28\x00\x53\x10DS\x02\x00x ")
+    )
     path = _write(tmp_path, "bad_slope.dcm", data)
 
     with pytest.raises(InputError, match=r"bad_slope\.dcm: invalid value in the DICOM header \(ValueError"):
@@ -248,13 +330,16 @@ def test_files_are_grouped_by_series_and_unreadable_ones_reported(tmp_path):
     assert failures[0].reason == "not a DICOM file (no 'DICM' marker and no DICOM header)"
 
 
-@pytest.mark.parametrize(("name", "content", "expected"), [
-    ("slice.dcm", b"", True),  # the name decides; the reader then says it is empty
-    ("1.2.840.113619.2.55", b"\0" * 128 + b"DICM" + b"\0" * 16, True),
-    ("IM0001", b"\0" * 128 + b"DICM", True),
-    ("README", b"just text" * 30, False),
-    ("short", b"DICM", False),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("slice.dcm", b"", True),  # the name decides; the reader then says it is empty
+        ("1.2.840.113619.2.55", b"\0" * 128 + b"DICM" + b"\0" * 16, True),
+        ("IM0001", b"\0" * 128 + b"DICM", True),
+        ("README", b"just text" * 30, False),
+        ("short", b"DICM", False),
+    ],
+)
 def test_dicom_files_are_recognised_by_name_or_marker(tmp_path, name, content, expected):
     path = _write(tmp_path, name, content)
 

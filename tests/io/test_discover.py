@@ -37,7 +37,13 @@ def test_folders_are_walked_recursively_in_sorted_order(tmp_path):
 
     found = discover_images([tmp_path])
 
-    assert names(found.paths, tmp_path) == ["a/0.tiff", "a/1.png", "a/sub/3.JPG", "b/2.png", "c/deep/er/4.bmp"]
+    assert names(found.paths, tmp_path) == [
+        "a/0.tiff",
+        "a/1.png",
+        "a/sub/3.JPG",
+        "b/2.png",
+        "c/deep/er/4.bmp",
+    ]
     assert found.failures == []
 
 
@@ -118,7 +124,10 @@ def test_images_behind_a_symlinked_folder_are_found_or_reported(tmp_path):
 
 def test_dicom_series_in_a_folder_become_one_volume_each_beside_images_and_nifti(tmp_path):
     first = write_dicom_series(tmp_path / "study", PHANTOM, seed=0)
-    second = [path.rename(path.with_name(f"B{path.name}")) for path in write_dicom_series(tmp_path / "other", PHANTOM[:2], seed=1)]
+    second = [
+        path.rename(path.with_name(f"B{path.name}"))
+        for path in write_dicom_series(tmp_path / "other", PHANTOM[:2], seed=1)
+    ]
     for path in second:
         path.rename(tmp_path / "study" / path.name)
     write_nifti(tmp_path / "study" / "ct.nii.gz", PHANTOM)
@@ -129,8 +138,12 @@ def test_dicom_series_in_a_folder_become_one_volume_each_beside_images_and_nifti
     folder = str(tmp_path / "study")
     assert found.paths == [tmp_path / "study" / "overview.png"]
     assert found.volumes == [
-        VolumeInput(VolumeKind.NIFTI, str(tmp_path / "study" / "ct.nii.gz"), (tmp_path / "study" / "ct.nii.gz",)),
-        VolumeInput(VolumeKind.DICOM, f"{folder} (series 1 of 2)", tuple(tmp_path / "study" / p.name for p in second)),
+        VolumeInput(
+            VolumeKind.NIFTI, str(tmp_path / "study" / "ct.nii.gz"), (tmp_path / "study" / "ct.nii.gz",)
+        ),
+        VolumeInput(
+            VolumeKind.DICOM, f"{folder} (series 1 of 2)", tuple(tmp_path / "study" / p.name for p in second)
+        ),
         VolumeInput(VolumeKind.DICOM, f"{folder} (series 2 of 2)", tuple(first)),
     ]
     assert [s.path for s in found.skipped] == [str(tmp_path / "study" / "notes.txt")]
@@ -152,7 +165,10 @@ def test_dicom_files_named_one_by_one_are_grouped_into_their_series(tmp_path):
 
     items = list(iter_inputs([*files, tmp_path / "slice.png"]))
 
-    assert items == [tmp_path / "slice.png", VolumeInput(VolumeKind.DICOM, str(tmp_path / "series"), tuple(files))]
+    assert items == [
+        tmp_path / "slice.png",
+        VolumeInput(VolumeKind.DICOM, str(tmp_path / "series"), tuple(files)),
+    ]
 
 
 def test_a_named_nifti_file_is_a_volume(tmp_path):

@@ -48,14 +48,24 @@ FORMATS: list[tuple[str, str, Callable[[np.ndarray], Image.Image], dict, float]]
     ("png-I16", "slice.png", lambda g: Image.fromarray(g.astype(np.uint16) * 257), {}, 1e-6),
     ("png-LA", "slice.png", lambda g: Image.fromarray(_opaque(g, 1), mode="LA"), {}, 1 / 255 + 1e-6),
     ("jpeg", "slice.jpg", lambda g: Image.fromarray(g, mode="L"), {"quality": 95}, 0.08),
-    ("jpeg-RGB", "slice.jpeg", lambda g: Image.fromarray(np.dstack([g] * 3), mode="RGB"), {"quality": 95}, 0.08),
+    (
+        "jpeg-RGB",
+        "slice.jpeg",
+        lambda g: Image.fromarray(np.dstack([g] * 3), mode="RGB"),
+        {"quality": 95},
+        0.08,
+    ),
     ("bmp", "slice.bmp", lambda g: Image.fromarray(g, mode="L"), {}, 1e-6),
     ("tiff", "slice.tif", lambda g: Image.fromarray(g, mode="L"), {}, 1e-6),
     ("tiff-RGB", "slice.tiff", lambda g: Image.fromarray(np.dstack([g] * 3), mode="RGB"), {}, 1 / 255 + 1e-6),
 ]
 
 
-@pytest.mark.parametrize(("name", "make", "options", "tolerance"), [case[1:] for case in FORMATS], ids=[case[0] for case in FORMATS])
+@pytest.mark.parametrize(
+    ("name", "make", "options", "tolerance"),
+    [case[1:] for case in FORMATS],
+    ids=[case[0] for case in FORMATS],
+)
 def test_every_format_gives_the_same_unit_gray_array(tmp_path, name, make, options, tolerance):
     gray = gray_content()
     path = tmp_path / name
@@ -92,7 +102,9 @@ def test_transparent_pixels_are_composited_on_black(tmp_path):
 def test_16_bit_images_are_scaled_by_their_type_range_not_per_image(tmp_path):
     Image.fromarray(np.full((HEIGHT, WIDTH), 6553, np.uint16)).save(tmp_path / "dim16.png")
 
-    assert read_grayscale(tmp_path / "dim16.png") == pytest.approx(np.full((HEIGHT, WIDTH), 0.1, np.float32), abs=1e-4)
+    assert read_grayscale(tmp_path / "dim16.png") == pytest.approx(
+        np.full((HEIGHT, WIDTH), 0.1, np.float32), abs=1e-4
+    )
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -102,12 +114,19 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _png_header(width: int, height: int) -> bytes:
     """A 100-byte PNG whose 8-bit grayscale IHDR claims ``width`` x ``height`` (its IDAT holds one row)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _truncated_png() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8), mode="L").save(
+        buffer, format="PNG"
+    )
     data = buffer.getvalue()
     return data[: len(data) // 2]
 
@@ -122,15 +141,27 @@ def _tiny_png() -> bytes:
 BAD_FILES = [
     ("empty-file", "empty.png", b"", "empty file"),
     ("truncated-png", "cut.png", _truncated_png(), "cannot decode image"),
-    ("text-named-png", "notes.png", b"patient notes, not an image\n", "not a readable PNG, JPEG, BMP or TIFF image"),
+    (
+        "text-named-png",
+        "notes.png",
+        b"patient notes, not an image\n",
+        "not a readable PNG, JPEG, BMP or TIFF image",
+    ),
     ("under-32-px", "tiny.png", _tiny_png(), "20x31 pixels; expected at least 32 on each side"),
-    ("over-pixel-limit", "huge.png", _png_header(9000, 9000), "9000x9000 pixels, over the 64,000,000-pixel limit"),
+    (
+        "over-pixel-limit",
+        "huge.png",
+        _png_header(9000, 9000),
+        "9000x9000 pixels, over the 64,000,000-pixel limit",
+    ),
     ("decompression-bomb", "bomb.png", _png_header(100_000, 100_000), "10000000000 pixels"),
     ("missing-file", "absent.png", None, "file not found"),
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [case[1:] for case in BAD_FILES], ids=[case[0] for case in BAD_FILES])
+@pytest.mark.parametrize(
+    ("name", "content", "message"), [case[1:] for case in BAD_FILES], ids=[case[0] for case in BAD_FILES]
+)
 def test_bad_files_raise_input_error_naming_the_file(tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
@@ -153,7 +184,9 @@ def test_accepts_str_paths(tmp_path):
     assert read_grayscale(str(tmp_path / "slice.png")).shape == (HEIGHT, WIDTH)
 
 
-@pytest.mark.parametrize(("width", "height"), [(9000, 9000), (100_000, 100_000)], ids=["over-pixel-limit", "decompression-bomb"])
+@pytest.mark.parametrize(
+    ("width", "height"), [(9000, 9000), (100_000, 100_000)], ids=["over-pixel-limit", "decompression-bomb"]
+)
 def test_huge_headers_are_refused_before_decoding(tmp_path, monkeypatch, width, height):
     """The size is checked from the header: decoding a 10-gigapixel image would not return in time or memory."""
     path = tmp_path / "huge.png"
@@ -167,7 +200,11 @@ def test_huge_headers_are_refused_before_decoding(tmp_path, monkeypatch, width, 
         read_grayscale(path)
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [case[1:] for case in BAD_FILES if case[2] is not None], ids=[case[0] for case in BAD_FILES if case[2] is not None])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [case[1:] for case in BAD_FILES if case[2] is not None],
+    ids=[case[0] for case in BAD_FILES if case[2] is not None],
+)
 def test_uploaded_bytes_get_the_same_errors_as_files(name, content, message):
     with pytest.raises(InputError, match=message) as raised:
         read_grayscale((name, content))
@@ -178,7 +215,10 @@ def test_uploaded_bytes_get_the_same_errors_as_files(name, content, message):
 def test_uploaded_bytes_decode_like_the_file(tmp_path):
     Image.fromarray(gray_content(), mode="L").save(tmp_path / "slice.png")
 
-    np.testing.assert_array_equal(read_grayscale(("slice.png", (tmp_path / "slice.png").read_bytes())), read_grayscale(tmp_path / "slice.png"))
+    np.testing.assert_array_equal(
+        read_grayscale(("slice.png", (tmp_path / "slice.png").read_bytes())),
+        read_grayscale(tmp_path / "slice.png"),
+    )
 
 
 def test_the_pixel_cap_is_configurable(tmp_path):

@@ -47,7 +47,9 @@ def test_a_4d_volume_with_one_timepoint_is_read_as_3d(tmp_path):
 
 
 def test_scaling_in_the_header_is_applied(tmp_path):
-    image = nib.Nifti1Image(np.transpose((PHANTOM + 1024) / 2, (2, 1, 0)).astype(np.int16), np.diag([-0.7, -0.7, 2.5, 1.0]))
+    image = nib.Nifti1Image(
+        np.transpose((PHANTOM + 1024) / 2, (2, 1, 0)).astype(np.int16), np.diag([-0.7, -0.7, 2.5, 1.0])
+    )
     image.header.set_slope_inter(2.0, -1024.0)
     nib.save(image, tmp_path / "scaled.nii")
 
@@ -76,19 +78,56 @@ def _write(tmp_path, name, content):
 
 # (id, make the file from tmp_path, read options, expected message)
 BAD_VOLUMES = [
-    ("4d", lambda t: _save(t, "fmri.nii", np.zeros((40, 40, 5, 3), np.int16)), {}, r"fmri\.nii: 4-D volume of shape \(40, 40, 5, 3\); expected one 3-D CT volume"),
-    ("2d", lambda t: _save(t, "flat.nii", np.zeros((40, 40), np.int16)), {}, r"flat\.nii: 2-D volume of shape \(40, 40\)"),
-    ("not-hu", lambda t: _save(t, "mr.nii.gz", np.full((40, 40, 5), 300, np.int16)), {}, r"mr\.nii\.gz: values from 300 to 300 .* do not look like CT Hounsfield units"),
-    ("under-32-px", lambda t: _save(t, "small.nii", np.full((16, 40, 5), -1000, np.int16)), {}, r"slices are 16x40 pixels; expected at least 32 on each side"),
-    ("over-pixel-cap", lambda t: _save(t, "big.nii", np.full((40, 40, 2), -1000, np.int16)), {"max_pixels": 1000}, r"big\.nii: slices are 40x40 pixels, over the 1,000-pixel limit"),
+    (
+        "4d",
+        lambda t: _save(t, "fmri.nii", np.zeros((40, 40, 5, 3), np.int16)),
+        {},
+        r"fmri\.nii: 4-D volume of shape \(40, 40, 5, 3\); expected one 3-D CT volume",
+    ),
+    (
+        "2d",
+        lambda t: _save(t, "flat.nii", np.zeros((40, 40), np.int16)),
+        {},
+        r"flat\.nii: 2-D volume of shape \(40, 40\)",
+    ),
+    (
+        "not-hu",
+        lambda t: _save(t, "mr.nii.gz", np.full((40, 40, 5), 300, np.int16)),
+        {},
+        r"mr\.nii\.gz: values from 300 to 300 .* do not look like CT Hounsfield units",
+    ),
+    (
+        "under-32-px",
+        lambda t: _save(t, "small.nii", np.full((16, 40, 5), -1000, np.int16)),
+        {},
+        r"slices are 16x40 pixels; expected at least 32 on each side",
+    ),
+    (
+        "over-pixel-cap",
+        lambda t: _save(t, "big.nii", np.full((40, 40, 2), -1000, np.int16)),
+        {"max_pixels": 1000},
+        r"big\.nii: slices are 40x40 pixels, over the 1,000-pixel limit",
+    ),
     ("empty", lambda t: _write(t, "empty.nii", b""), {}, r"empty\.nii: not a readable NIfTI volume"),
-    ("text", lambda t: _write(t, "notes.nii", b"not a volume\n" * 40), {}, r"notes\.nii: not a readable NIfTI volume"),
-    ("truncated-gz", lambda t: _write(t, "cut.nii.gz", gzip.compress(b"\x5c\x01" + b"\0" * 2000)[:60]), {}, r"cut\.nii\.gz: not a readable NIfTI volume"),
+    (
+        "text",
+        lambda t: _write(t, "notes.nii", b"not a volume\n" * 40),
+        {},
+        r"notes\.nii: not a readable NIfTI volume",
+    ),
+    (
+        "truncated-gz",
+        lambda t: _write(t, "cut.nii.gz", gzip.compress(b"\x5c\x01" + b"\0" * 2000)[:60]),
+        {},
+        r"cut\.nii\.gz: not a readable NIfTI volume",
+    ),
     ("missing", lambda t: t / "absent.nii", {}, r"absent\.nii: file not found"),
 ]
 
 
-@pytest.mark.parametrize(("make", "options", "message"), [case[1:] for case in BAD_VOLUMES], ids=[case[0] for case in BAD_VOLUMES])
+@pytest.mark.parametrize(
+    ("make", "options", "message"), [case[1:] for case in BAD_VOLUMES], ids=[case[0] for case in BAD_VOLUMES]
+)
 def test_bad_volumes_get_a_specific_error(tmp_path, make, options, message):
     with pytest.raises(InputError, match=message):
         read_nifti(make(tmp_path), **options)
@@ -101,7 +140,10 @@ def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path):
     header.set_data_dtype(np.int16)
     data = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1000)
 
-    with pytest.raises(InputError, match=r"bomb\.nii\.gz: 4000 slices of 4000x4000 pixels are over the 536,870,912-voxel limit"):
+    with pytest.raises(
+        InputError,
+        match=r"bomb\.nii\.gz: 4000 slices of 4000x4000 pixels are over the 536,870,912-voxel limit",
+    ):
         read_nifti(("bomb.nii.gz", data))
 
 

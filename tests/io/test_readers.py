@@ -27,7 +27,9 @@ PHANTOM = chest_phantom(4, 40, lung_slices=[1, 2])
 
 def png_bytes(size: int = 40) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.linspace(0, 255, size * size).reshape(size, size).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(np.linspace(0, 255, size * size).reshape(size, size).astype(np.uint8), mode="L").save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
@@ -52,7 +54,11 @@ def test_every_reader_keeps_the_same_contract(tmp_path, kind):
         assert gray.dtype == np.float32 and gray.shape == (40, 40) and 0.0 <= gray.min() and gray.max() <= 1.0
         return
     if kind == "dicom":
-        volume = read_volume(VolumeInput(VolumeKind.DICOM, str(tmp_path / "s"), tuple(write_dicom_series(tmp_path / "s", PHANTOM))))
+        volume = read_volume(
+            VolumeInput(
+                VolumeKind.DICOM, str(tmp_path / "s"), tuple(write_dicom_series(tmp_path / "s", PHANTOM))
+            )
+        )
     else:
         path = write_nifti(tmp_path / "ct.nii", PHANTOM)
         volume = read_volume(VolumeInput(VolumeKind.NIFTI, str(path), (path,)))
@@ -65,7 +71,9 @@ def test_every_reader_keeps_the_same_contract(tmp_path, kind):
 
 def test_a_manifest_path_may_be_a_series_folder_a_dicom_file_or_a_nifti_file(tmp_path):
     files = write_dicom_series(tmp_path / "series", PHANTOM)
-    write_dicom_series(tmp_path / "series" / "nested", PHANTOM[:2], seed=3)  # another study below: not read with this row
+    write_dicom_series(
+        tmp_path / "series" / "nested", PHANTOM[:2], seed=3
+    )  # another study below: not read with this row
     nifti = write_nifti(tmp_path / "ct.nii", PHANTOM)
 
     assert [v.n_slices for v in read_path_volumes(tmp_path / "series")] == [4]
@@ -78,7 +86,9 @@ def test_a_manifest_path_may_be_a_series_folder_a_dicom_file_or_a_nifti_file(tmp
 def test_a_folder_without_dicom_files_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
 
-    with pytest.raises(InputError, match=r"empty: no DICOM files in this folder \(subfolders are not searched\)"):
+    with pytest.raises(
+        InputError, match=r"empty: no DICOM files in this folder \(subfolders are not searched\)"
+    ):
         read_path_volumes(tmp_path / "empty")
 
 
@@ -98,14 +108,26 @@ def test_an_upload_is_sorted_into_images_volumes_and_failures(tmp_path):
     series = write_dicom_series(tmp_path / "a", PHANTOM, transfer_syntax=RLELossless)
     other = write_dicom_series(tmp_path / "b", PHANTOM[:2], seed=5)
     nifti = write_nifti(tmp_path / "ct.nii.gz", PHANTOM)
-    uploads = [("slice.png", png_bytes())] + [(f"a_{p.name}", p.read_bytes()) for p in series] + [("ct.nii.gz", nifti.read_bytes())]
-    uploads += [(f"b_{p.name}", p.read_bytes()) for p in other] + [("empty.png", b""), ("cut.dcm", series[0].read_bytes()[:500]), ("tiny.png", png_bytes(8))]
+    uploads = (
+        [("slice.png", png_bytes())]
+        + [(f"a_{p.name}", p.read_bytes()) for p in series]
+        + [("ct.nii.gz", nifti.read_bytes())]
+    )
+    uploads += [(f"b_{p.name}", p.read_bytes()) for p in other] + [
+        ("empty.png", b""),
+        ("cut.dcm", series[0].read_bytes()[:500]),
+        ("tiny.png", png_bytes(8)),
+    ]
 
     upload = read_upload(uploads)
 
     assert [name for name, _ in upload.images] == ["slice.png"]
     assert upload.images[0][1].shape == (40, 40)
-    assert [(v.source, v.n_slices) for v in upload.volumes] == [("ct.nii.gz", 4), ("a_IM0000.dcm (+3 files of its series)", 4), ("b_IM0000.dcm (+1 files of its series)", 2)]
+    assert [(v.source, v.n_slices) for v in upload.volumes] == [
+        ("ct.nii.gz", 4),
+        ("a_IM0000.dcm (+3 files of its series)", 4),
+        ("b_IM0000.dcm (+1 files of its series)", 2),
+    ]
     assert {(f.path, f.reason.split(";")[0]) for f in upload.failures} == {
         ("empty.png", "empty file"),
         ("tiny.png", "image is 8x8 pixels"),
@@ -117,7 +139,11 @@ def test_an_upload_is_sorted_into_images_volumes_and_failures(tmp_path):
 
 def test_the_upload_pixel_cap_applies_to_every_kind(tmp_path):
     series = write_dicom_series(tmp_path / "a", PHANTOM)
-    uploads = [("slice.png", png_bytes()), ("s.dcm", series[0].read_bytes()), ("ct.nii", write_nifti(tmp_path / "ct.nii", PHANTOM).read_bytes())]
+    uploads = [
+        ("slice.png", png_bytes()),
+        ("s.dcm", series[0].read_bytes()),
+        ("ct.nii", write_nifti(tmp_path / "ct.nii", PHANTOM).read_bytes()),
+    ]
 
     upload = read_upload(uploads, max_pixels=1000)
 

@@ -34,8 +34,28 @@ CARD_KEYS = [
     "validation_metrics",
     "weights",
 ]
-DECISION_KEYS = ["class_bias", "study_aggregate", "study_rule_source", "study_topk_fraction", "temperature", "threshold", "threshold_rule", "tta_hflip"]
-PREPROCESSING_KEYS = ["channels", "crop_field", "fill_padding", "hu_window", "image_size", "mean", "remove_annotations", "resize", "standardise_intensity", "std"]
+DECISION_KEYS = [
+    "class_bias",
+    "study_aggregate",
+    "study_rule_source",
+    "study_topk_fraction",
+    "temperature",
+    "threshold",
+    "threshold_rule",
+    "tta_hflip",
+]
+PREPROCESSING_KEYS = [
+    "channels",
+    "crop_field",
+    "fill_padding",
+    "hu_window",
+    "image_size",
+    "mean",
+    "remove_annotations",
+    "resize",
+    "standardise_intensity",
+    "std",
+]
 ARCHITECTURE_KEYS = ["head", "input", "name", "stride_variant"]
 
 
@@ -107,7 +127,11 @@ def test_card_round_trips_through_model_json(tmp_path):
 
     assert read.to_dict() == card.to_dict()
     assert (read.classes, read.positive_index, read.stride_variant, read.preprocessing, read.decision) == (
-        card.classes, 0, StrideVariant.V1, card.preprocessing, card.decision,
+        card.classes,
+        0,
+        StrideVariant.V1,
+        card.preprocessing,
+        card.decision,
     )
 
 
@@ -170,34 +194,99 @@ def _replace_weights(model_dir, content: bytes):
 
 # (id, how the directory is damaged, message)
 BROKEN_DIRS = [
-    ("tampered-weights", _tamper_weights, r"model.safetensors does not match the hash in model.json \([0-9a-f]{12}\.\.\.\); the directory was modified or mixes two models"),
-    ("missing-card", lambda d: (d / "model.json").unlink(), "no model.json; expected a model directory written by 'covidct train'"),
-    ("missing-weights", lambda d: (d / "model.safetensors").unlink(), "no model.safetensors beside model.json"),
+    (
+        "tampered-weights",
+        _tamper_weights,
+        r"model.safetensors does not match the hash in model.json \([0-9a-f]{12}\.\.\.\); the directory was modified or mixes two models",
+    ),
+    (
+        "missing-card",
+        lambda d: (d / "model.json").unlink(),
+        "no model.json; expected a model directory written by 'covidct train'",
+    ),
+    (
+        "missing-weights",
+        lambda d: (d / "model.safetensors").unlink(),
+        "no model.safetensors beside model.json",
+    ),
     ("card-not-json", lambda d: (d / "model.json").write_text("{not json"), "not a valid covidct model card"),
-    ("card-without-classes", lambda d: (d / "model.json").write_text('{"positive_class": "COVID"}'), "not a valid covidct model card"),
+    (
+        "card-without-classes",
+        lambda d: (d / "model.json").write_text('{"positive_class": "COVID"}'),
+        "not a valid covidct model card",
+    ),
     ("bad-stride-variant", _edit_card(stride_variant="v2"), "not a valid covidct model card"),
-    ("bad-study-rule", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "median"}), r"study_aggregate must be mean, max or topk; got 'median'"),
-    ("topk-without-fraction", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "topk", "study_topk_fraction": None}), r"study_topk_fraction must be in \(0, 1\] for topk; got None"),
-    ("bias-per-class-mismatch", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [0.0, 0.1, 0.2]}), r"class_bias needs one value per class \(2\); got \[0.0, 0.1, 0.2\]"),
-    ("weights-not-safetensors", lambda d: _replace_weights(d, b"not safetensors"), r"cannot read model.safetensors \("),
+    (
+        "bad-study-rule",
+        _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "study_aggregate": "median"}),
+        r"study_aggregate must be mean, max or topk; got 'median'",
+    ),
+    (
+        "topk-without-fraction",
+        _edit_card(
+            decision={
+                "threshold": 0.4,
+                "threshold_rule": "youden_j",
+                "study_aggregate": "topk",
+                "study_topk_fraction": None,
+            }
+        ),
+        r"study_topk_fraction must be in \(0, 1\] for topk; got None",
+    ),
+    (
+        "bias-per-class-mismatch",
+        _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [0.0, 0.1, 0.2]}),
+        r"class_bias needs one value per class \(2\); got \[0.0, 0.1, 0.2\]",
+    ),
+    (
+        "weights-not-safetensors",
+        lambda d: _replace_weights(d, b"not safetensors"),
+        r"cannot read model.safetensors \(",
+    ),
     # A tampered card (issue 15): a blank hash would skip the weights check; NaN and odd sizes must not load.
-    ("blank-hash", _edit_card(checkpoint_sha256=""),
-     r"checkpoint_sha256 in model.json is ''; expected the 64 hex digits of the SHA-256 of model.safetensors"),
-    ("short-hash", _edit_card(checkpoint_sha256="abc"), r"checkpoint_sha256 in model.json is 'abc'; expected the 64 hex digits"),
-    ("nan-class-bias", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [float("nan"), 0.0]}),
-     r"not a valid covidct model card \(NaN is not a number a model card may hold\)"),
-    ("infinite-temperature", _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "temperature": float("inf")}),
-     r"not a valid covidct model card \(Infinity is not a number a model card may hold\)"),
-    ("image-size-zero", _edit_preprocessing(image_size=0),
-     r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got 0"),
-    ("image-size-text", _edit_preprocessing(image_size="224"),
-     r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got '224'"),
-    ("image-size-huge", _edit_preprocessing(image_size=100_000),
-     r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got 100000"),
+    (
+        "blank-hash",
+        _edit_card(checkpoint_sha256=""),
+        r"checkpoint_sha256 in model.json is ''; expected the 64 hex digits of the SHA-256 of model.safetensors",
+    ),
+    (
+        "short-hash",
+        _edit_card(checkpoint_sha256="abc"),
+        r"checkpoint_sha256 in model.json is 'abc'; expected the 64 hex digits",
+    ),
+    (
+        "nan-class-bias",
+        _edit_card(
+            decision={"threshold": 0.4, "threshold_rule": "youden_j", "class_bias": [float("nan"), 0.0]}
+        ),
+        r"not a valid covidct model card \(NaN is not a number a model card may hold\)",
+    ),
+    (
+        "infinite-temperature",
+        _edit_card(decision={"threshold": 0.4, "threshold_rule": "youden_j", "temperature": float("inf")}),
+        r"not a valid covidct model card \(Infinity is not a number a model card may hold\)",
+    ),
+    (
+        "image-size-zero",
+        _edit_preprocessing(image_size=0),
+        r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got 0",
+    ),
+    (
+        "image-size-text",
+        _edit_preprocessing(image_size="224"),
+        r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got '224'",
+    ),
+    (
+        "image-size-huge",
+        _edit_preprocessing(image_size=100_000),
+        r"preprocessing.image_size must be a whole number of pixels from 32 to 1024; got 100000",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("damage", "message"), [case[1:] for case in BROKEN_DIRS], ids=[case[0] for case in BROKEN_DIRS])
+@pytest.mark.parametrize(
+    ("damage", "message"), [case[1:] for case in BROKEN_DIRS], ids=[case[0] for case in BROKEN_DIRS]
+)
 def test_broken_model_dirs_raise_model_dir_error(saved, tmp_path, damage, message):
     model_dir = copy_model_dir(saved, tmp_path)
     damage(model_dir)
@@ -217,10 +306,14 @@ def test_three_class_card_on_two_class_weights_names_both_numbers(saved, tmp_pat
     model_dir = copy_model_dir(saved, tmp_path)
     _edit_card(classes=["COVID", "non-COVID", "pneumonia"])(model_dir)
 
-    with pytest.raises(ModelDirError, match="model.json names 3 classes but model.safetensors has a 2-class head") as raised:
+    with pytest.raises(
+        ModelDirError, match="model.json names 3 classes but model.safetensors has a 2-class head"
+    ) as raised:
         load_model_dir(model_dir)
 
-    assert re.search(r"\b2\b", raised.value.reason), f"the weights' class count (2) is not named: {raised.value.reason}"
+    assert re.search(r"\b2\b", raised.value.reason), (
+        f"the weights' class count (2) is not named: {raised.value.reason}"
+    )
 
 
 def test_a_positive_class_missing_from_the_classes_is_a_model_dir_error(saved, tmp_path):

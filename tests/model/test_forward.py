@@ -46,9 +46,25 @@ def test_prepared_model_predicts_like_the_trained_one_in_fp32():
     model = trained_looking_resnet()
     slices = torch.rand(5, 64, 64, dtype=torch.float16)
     preprocessing = Preprocessing(image_size=64)
-    expected = predict_logits(copy.deepcopy(model), slices, preprocessing=preprocessing, device=torch.device("cpu"), use_bf16=False, batch_size=2, tta_hflip=True)
+    expected = predict_logits(
+        copy.deepcopy(model),
+        slices,
+        preprocessing=preprocessing,
+        device=torch.device("cpu"),
+        use_bf16=False,
+        batch_size=2,
+        tta_hflip=True,
+    )
 
     prepared = prepare_for_inference(model, torch.device("cpu"))
-    got = predict_logits(prepared, slices, preprocessing=preprocessing, device=torch.device("cpu"), use_bf16=False, batch_size=2, tta_hflip=True)
+    got = predict_logits(
+        prepared,
+        slices,
+        preprocessing=preprocessing,
+        device=torch.device("cpu"),
+        use_bf16=False,
+        batch_size=2,
+        tta_hflip=True,
+    )
 
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -26,7 +26,9 @@ from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 KERAS_EPS = 1e-3
 
 
-def keras_conv2d(x_nhwc: np.ndarray, kernel_hwio: np.ndarray, bias: np.ndarray, *, stride: int, pad: int) -> np.ndarray:
+def keras_conv2d(
+    x_nhwc: np.ndarray, kernel_hwio: np.ndarray, bias: np.ndarray, *, stride: int, pad: int
+) -> np.ndarray:
     """Keras Conv2D after ZeroPadding2D(pad): (N, H, W, I) -> (N, Ho, Wo, O), float64."""
     x = np.pad(x_nhwc.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     k_h, k_w = kernel_hwio.shape[:2]
@@ -57,7 +59,9 @@ def random_bn(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
 def torch_conv_bn(converted: dict[str, np.ndarray], *, stride: int, pad: int) -> nn.Sequential:
     """A torchvision-style conv (no bias) + BatchNorm2d (eps 1e-5) holding converted tensors."""
     out_c, in_c, k, _ = converted["conv.weight"].shape
-    block = nn.Sequential(nn.Conv2d(in_c, out_c, k, stride=stride, padding=pad, bias=False), nn.BatchNorm2d(out_c))
+    block = nn.Sequential(
+        nn.Conv2d(in_c, out_c, k, stride=stride, padding=pad, bias=False), nn.BatchNorm2d(out_c)
+    )
     block[0].weight.data = torch.from_numpy(converted["conv.weight"])
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(block[1], name).data = torch.from_numpy(converted[f"bn.{name}"])
@@ -69,7 +73,9 @@ def run_nhwc(block: nn.Module, x_nchw: np.ndarray) -> np.ndarray:
         return block(torch.from_numpy(x_nchw.astype(np.float32))).permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.parametrize(("kernel", "stride", "pad"), [(1, 1, 0), (1, 2, 0), (3, 1, 1)], ids=["1x1", "1x1-stride2", "3x3-same"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "pad"), [(1, 1, 0), (1, 2, 0), (3, 1, 1)], ids=["1x1", "1x1-stride2", "3x3-same"]
+)
 def test_conv_bn_matches_keras(kernel: int, stride: int, pad: int) -> None:
     rng = np.random.default_rng(0)
     kernel_hwio = rng.normal(0, 0.3, (kernel, kernel, 4, 5)).astype(np.float32)
@@ -146,7 +152,9 @@ def keras_from_torch(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         weights[f"{keras_bn}/gamma"] = state[f"{torch_bn}.weight"]
         weights[f"{keras_bn}/beta"] = state[f"{torch_bn}.bias"]
         weights[f"{keras_bn}/moving_mean"] = state[f"{torch_bn}.running_mean"] + bias
-        weights[f"{keras_bn}/moving_variance"] = state[f"{torch_bn}.running_var"] - np.float32(KERAS_EPS - 1e-5)
+        weights[f"{keras_bn}/moving_variance"] = state[f"{torch_bn}.running_var"] - np.float32(
+            KERAS_EPS - 1e-5
+        )
     weights["fc1000/kernel"] = state["fc.weight"].T
     weights["fc1000/bias"] = state["fc.bias"]
     return weights
@@ -165,8 +173,12 @@ def fake_model_json(weights: dict[str, np.ndarray], *, downsample_stride: int = 
     for keras_conv, keras_bn, _, _ in keras_conv_bn_pairs()[1:]:
         strides = [downsample_stride] * 2 if keras_conv in _V1_STRIDED else [1, 1]
         layers.append({"class_name": "Conv2D", "config": {"name": keras_conv, "strides": strides}})
-        layers.append({"class_name": "BatchNormalization", "config": {"name": keras_bn, "epsilon": KERAS_EPS}})
-    entries = [{"name": name, "shape": list(array.shape), "dtype": "float32"} for name, array in weights.items()]
+        layers.append(
+            {"class_name": "BatchNormalization", "config": {"name": keras_bn, "epsilon": KERAS_EPS}}
+        )
+    entries = [
+        {"name": name, "shape": list(array.shape), "dtype": "float32"} for name, array in weights.items()
+    ]
     return {
         "format": "layers-model",
         "modelTopology": {"model_config": {"class_name": "Model", "config": {"layers": layers}}},
@@ -211,15 +223,28 @@ def without(weights: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda w: (fake_model_json(without(w, "res4b_branch2b/bias")), weight_bytes(without(w, "res4b_branch2b/bias"))),
-         r"model.json has no weight 'res4b_branch2b/bias'"),
-        (lambda w: (fake_model_json({**w, "extra/kernel": np.zeros(3, np.float32)}),
-                    weight_bytes({**w, "extra/kernel": np.zeros(3, np.float32)})),
-         r"1 weights in model.json were not used: \['extra/kernel'\]"),
-        (lambda w: (fake_model_json(w), weight_bytes(w)[:-4]),
-         r"weight shards hold \d+ bytes; the manifest describes \d+"),
-        (lambda w: (fake_model_json(w, downsample_stride=1), weight_bytes(w)),
-         r"model.json is not Keras ResNet50 v1: found \{'res3a_branch2a': \[1, 1\]"),
+        (
+            lambda w: (
+                fake_model_json(without(w, "res4b_branch2b/bias")),
+                weight_bytes(without(w, "res4b_branch2b/bias")),
+            ),
+            r"model.json has no weight 'res4b_branch2b/bias'",
+        ),
+        (
+            lambda w: (
+                fake_model_json({**w, "extra/kernel": np.zeros(3, np.float32)}),
+                weight_bytes({**w, "extra/kernel": np.zeros(3, np.float32)}),
+            ),
+            r"1 weights in model.json were not used: \['extra/kernel'\]",
+        ),
+        (
+            lambda w: (fake_model_json(w), weight_bytes(w)[:-4]),
+            r"weight shards hold \d+ bytes; the manifest describes \d+",
+        ),
+        (
+            lambda w: (fake_model_json(w, downsample_stride=1), weight_bytes(w)),
+            r"model.json is not Keras ResNet50 v1: found \{'res3a_branch2a': \[1, 1\]",
+        ),
     ],
     ids=["missing-weight", "unused-weight", "short-shards", "v1.5-topology"],
 )
@@ -231,6 +256,10 @@ def test_conversion_errors(keras_weights, edit, match: str) -> None:
 
 def test_quantised_weights_are_refused(keras_weights) -> None:
     model_json = fake_model_json(keras_weights)
-    model_json["weightsManifest"][0]["weights"][0]["quantization"] = {"dtype": "uint8", "scale": 1.0, "min": 0.0}
+    model_json["weightsManifest"][0]["weights"][0]["quantization"] = {
+        "dtype": "uint8",
+        "scale": 1.0,
+        "min": 0.0,
+    }
     with pytest.raises(WeightsError, match=r"quantised: True\); expected plain float32"):
         convert_keras_resnet50(model_json, weight_bytes(keras_weights))

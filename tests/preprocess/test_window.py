@@ -15,7 +15,9 @@ from covidct.preprocess.transforms import Preprocessing
 from covidct.preprocess.window import LUNG_WINDOW, HuWindow, window_hu
 
 
-@pytest.mark.parametrize(("hu", "expected"), [(-2000, 0.0), (-1350, 0.0), (-600, 0.5), (150, 1.0), (3000, 1.0), (-975, 0.25)])
+@pytest.mark.parametrize(
+    ("hu", "expected"), [(-2000, 0.0), (-1350, 0.0), (-600, 0.5), (150, 1.0), (3000, 1.0), (-975, 0.25)]
+)
 def test_the_lung_window_maps_minus_1350_to_150_hu_onto_0_to_1(hu, expected):
     out = window_hu(np.array([hu], dtype=np.int16))
 
@@ -23,19 +25,25 @@ def test_the_lung_window_maps_minus_1350_to_150_hu_onto_0_to_1(hu, expected):
     assert out[0] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("text", "window"), [("-600,1500", LUNG_WINDOW), ("40,400", HuWindow(40, 400)), (" -500 , 1400.5 ", HuWindow(-500, 1400.5))])
+@pytest.mark.parametrize(
+    ("text", "window"),
+    [("-600,1500", LUNG_WINDOW), ("40,400", HuWindow(40, 400)), (" -500 , 1400.5 ", HuWindow(-500, 1400.5))],
+)
 def test_window_text_parses_and_prints_back(text, window):
     assert HuWindow.parse(text) == window
     assert HuWindow.parse(str(window)) == window
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("-600", r"^window must be LEVEL,WIDTH in HU, for example -600,1500; got '-600'$"),
-    ("lung", r"^window must be LEVEL,WIDTH in HU, for example -600,1500; got 'lung'$"),
-    ("-600,1500,3", r"got '-600,1500,3'"),
-    ("-600,0", r"^window width must be positive; got 0$"),
-    ("-600,-10", r"^window width must be positive; got -10$"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-600", r"^window must be LEVEL,WIDTH in HU, for example -600,1500; got '-600'$"),
+        ("lung", r"^window must be LEVEL,WIDTH in HU, for example -600,1500; got 'lung'$"),
+        ("-600,1500,3", r"got '-600,1500,3'"),
+        ("-600,0", r"^window width must be positive; got 0$"),
+        ("-600,-10", r"^window width must be positive; got -10$"),
+    ],
+)
 def test_a_bad_window_is_refused_with_the_option_named(text, message):
     with pytest.raises(OptionError, match=message):
         HuWindow.parse(text)

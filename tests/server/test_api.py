@@ -31,7 +31,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A ~100-byte PNG whose header claims ``width`` x ``height`` pixels: a decompression bomb's shape."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def test_healthz_is_ok(client):
@@ -42,9 +47,15 @@ def test_model_endpoint_serves_the_card(client, predictor, onnx_model_dir):
     info = client.get("/api/v1/model").json()
 
     card = predictor.card
-    assert (info["classes"], info["positive_class"], info["threshold"]) == (list(card.classes), card.positive_class, card.decision.threshold)
+    assert (info["classes"], info["positive_class"], info["threshold"]) == (
+        list(card.classes),
+        card.positive_class,
+        card.decision.threshold,
+    )
     assert (info["image_size"], info["has_ood_guard"], info["engine"]) == (64, True, "torch")
-    card_as_written = ModelCard.from_dict(json.loads((onnx_model_dir / "model.json").read_text(encoding="utf-8")))
+    card_as_written = ModelCard.from_dict(
+        json.loads((onnx_model_dir / "model.json").read_text(encoding="utf-8"))
+    )
     assert info["card"] == json.loads(json.dumps(public_card(card_as_written)))
     assert info["research_use"] == RESEARCH_USE_STATEMENT
 
@@ -84,7 +95,12 @@ def test_several_slices_are_one_study_and_bad_files_are_listed(client, tiny_data
     assert answer["aggregate"] in ("mean", "max") or answer["aggregate"].startswith("top ")
     assert [s["name"] for s in answer["slices"]] == [p.name for p in paths]
     assert answer["cam_slice"] in [p.name for p in paths] and answer["overlay_png"]
-    assert answer["failures"] == [{"name": "notes.txt", "reason": "unsupported file type (content starting b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"}]
+    assert answer["failures"] == [
+        {
+            "name": "notes.txt",
+            "reason": "unsupported file type (content starting b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI",
+        }
+    ]
 
 
 def test_a_slice_the_guard_flags_gets_no_probability(make_client, predictor, ct_png):
@@ -99,24 +115,100 @@ def test_a_slice_the_guard_flags_gets_no_probability(make_client, predictor, ct_
 
 # (id, request keyword arguments, settings overrides, status, expected detail pattern)
 BAD_REQUESTS = [
-    ("unsupported-type", {"files": upload(("notes.txt", b"patient notes"))}, {}, 415, r"^notes\.txt: unsupported file type \(content starting b'patient '\); expected PNG, JPEG"),
-    ("empty-file", {"files": upload(("empty.bin", b""))}, {}, 415, r"^empty\.bin: unsupported file type \(an empty file\)"),
+    (
+        "unsupported-type",
+        {"files": upload(("notes.txt", b"patient notes"))},
+        {},
+        415,
+        r"^notes\.txt: unsupported file type \(content starting b'patient '\); expected PNG, JPEG",
+    ),
+    (
+        "empty-file",
+        {"files": upload(("empty.bin", b""))},
+        {},
+        415,
+        r"^empty\.bin: unsupported file type \(an empty file\)",
+    ),
     ("empty-png", {"files": upload(("empty.png", b""))}, {}, 422, r"^empty\.png: empty file$"),
-    ("corrupt-png", {"files": upload(("cut.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40))}, {}, 422, r"^cut\.png: (cannot decode image|not a readable PNG)"),
-    ("too-small", {"files": upload(("tiny.png", png_bytes(np.zeros((20, 31), np.uint8))))}, {}, 422, r"^tiny\.png: image is 31x20 pixels; expected at least 32 on each side"),
+    (
+        "corrupt-png",
+        {"files": upload(("cut.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40))},
+        {},
+        422,
+        r"^cut\.png: (cannot decode image|not a readable PNG)",
+    ),
+    (
+        "too-small",
+        {"files": upload(("tiny.png", png_bytes(np.zeros((20, 31), np.uint8))))},
+        {},
+        422,
+        r"^tiny\.png: image is 31x20 pixels; expected at least 32 on each side",
+    ),
     ("broken-dicom", {"files": upload(("scan.dcm", b"\0" * 200))}, {}, 422, r"^scan\.dcm: "),
-    ("not-multipart", {"json": {"image": "x"}}, {}, 415, r"^request body is application/json; expected multipart/form-data"),
-    ("form-field", {"data": {"note": "hello"}, "files": upload(("a.png", b"x"))}, {}, 422, r"^form field 'note' is not a file"),
-    ("no-file", {"content": b"--b--\r\n", "headers": {"content-type": "multipart/form-data; boundary=b"}}, {}, 422, r"^no file in the upload"),
-    ("bad-cam", {"params": {"cam": "maybe"}, "files": upload(("a.png", b"x"))}, {}, 422, r"^query cam: Input should be a valid boolean"),
-    ("body-too-large", {"files": upload(("big.png", b"\x89PNG" + b"\0" * 5000))}, {"max_upload_bytes": 1000}, 413, r"^upload is [\d,]+ bytes, over the 1,000-byte limit"),
-    ("too-many-files", {"files": upload(("a.png", b"1"), ("b.png", b"2"), ("c.png", b"3"))}, {"max_files": 2}, 413, r"^more than 2 files in one upload"),
-    ("over-pixel-limit", {"files": upload(("big.png", png_claiming(5000, 5000)))}, {}, 413, r"^big\.png: image is 5000x5000 pixels, over the server's 16,777,216-pixel limit"),
-    ("pixel-bomb", {"files": upload(("bomb.png", png_claiming(30_000, 30_000)))}, {}, 413, r"^bomb\.png: image is over the server's 16,777,216-pixel limit \(Image size \(900000000 pixels\)"),
+    (
+        "not-multipart",
+        {"json": {"image": "x"}},
+        {},
+        415,
+        r"^request body is application/json; expected multipart/form-data",
+    ),
+    (
+        "form-field",
+        {"data": {"note": "hello"}, "files": upload(("a.png", b"x"))},
+        {},
+        422,
+        r"^form field 'note' is not a file",
+    ),
+    (
+        "no-file",
+        {"content": b"--b--\r\n", "headers": {"content-type": "multipart/form-data; boundary=b"}},
+        {},
+        422,
+        r"^no file in the upload",
+    ),
+    (
+        "bad-cam",
+        {"params": {"cam": "maybe"}, "files": upload(("a.png", b"x"))},
+        {},
+        422,
+        r"^query cam: Input should be a valid boolean",
+    ),
+    (
+        "body-too-large",
+        {"files": upload(("big.png", b"\x89PNG" + b"\0" * 5000))},
+        {"max_upload_bytes": 1000},
+        413,
+        r"^upload is [\d,]+ bytes, over the 1,000-byte limit",
+    ),
+    (
+        "too-many-files",
+        {"files": upload(("a.png", b"1"), ("b.png", b"2"), ("c.png", b"3"))},
+        {"max_files": 2},
+        413,
+        r"^more than 2 files in one upload",
+    ),
+    (
+        "over-pixel-limit",
+        {"files": upload(("big.png", png_claiming(5000, 5000)))},
+        {},
+        413,
+        r"^big\.png: image is 5000x5000 pixels, over the server's 16,777,216-pixel limit",
+    ),
+    (
+        "pixel-bomb",
+        {"files": upload(("bomb.png", png_claiming(30_000, 30_000)))},
+        {},
+        413,
+        r"^bomb\.png: image is over the server's 16,777,216-pixel limit \(Image size \(900000000 pixels\)",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("request_kwargs", "overrides", "status", "detail"), [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("request_kwargs", "overrides", "status", "detail"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
 def test_client_mistakes_are_4xx_with_the_reason(make_client, request_kwargs, overrides, status, detail):
     response = make_client(**overrides).post("/api/v1/predict", **request_kwargs)
 
@@ -127,9 +219,17 @@ def test_client_mistakes_are_4xx_with_the_reason(make_client, request_kwargs, ov
 
 def test_a_streamed_body_without_length_is_cut_at_the_limit(make_client):
     client = make_client(max_upload_bytes=1000)
-    body = b"--b\r\nContent-Disposition: form-data; name=files; filename=a.png\r\n\r\n" + b"\0" * 5000 + b"\r\n--b--\r\n"
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=files; filename=a.png\r\n\r\n"
+        + b"\0" * 5000
+        + b"\r\n--b--\r\n"
+    )
 
-    response = client.post("/api/v1/predict", content=iter([body[:500], body[500:]]), headers={"content-type": "multipart/form-data; boundary=b"})
+    response = client.post(
+        "/api/v1/predict",
+        content=iter([body[:500], body[500:]]),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
 
     assert response.status_code == 413
     assert response.json()["detail"] == "upload is over the 1,000-byte limit; send fewer or smaller files"

@@ -64,7 +64,10 @@ def test_explained_and_plain_requests_run_as_separate_calls():
 
     async def scenario():
         async with InferencePool(predictor, workers=1, queue_size=8, max_batch=16) as pool:
-            requests = [lambda: pool.predict(["plain"], [gray(1)]), lambda: pool.predict(["cam"], [gray(2)], explain=True)]
+            requests = [
+                lambda: pool.predict(["plain"], [gray(1)]),
+                lambda: pool.predict(["cam"], [gray(2)], explain=True),
+            ]
             return await _while_first_call_blocks(predictor, pool, requests)
 
     _, results = asyncio.run(scenario())
@@ -78,7 +81,9 @@ def test_a_batch_stops_growing_at_max_batch_slices():
 
     async def scenario():
         async with InferencePool(predictor, workers=1, queue_size=8, max_batch=2) as pool:
-            return await _while_first_call_blocks(predictor, pool, [lambda i=i: pool.predict([f"s{i}"], [gray(i)]) for i in range(3)])
+            return await _while_first_call_blocks(
+                predictor, pool, [lambda i=i: pool.predict([f"s{i}"], [gray(i)]) for i in range(3)]
+            )
 
     asyncio.run(scenario())
 
@@ -90,12 +95,16 @@ def test_a_full_queue_refuses_at_once():
 
     async def scenario():
         async with InferencePool(predictor, workers=1, queue_size=2, max_batch=16) as pool:
-            return await _while_first_call_blocks(predictor, pool, [lambda i=i: pool.predict([f"s{i}"], [gray(i)]) for i in range(3)])
+            return await _while_first_call_blocks(
+                predictor, pool, [lambda i=i: pool.predict([f"s{i}"], [gray(i)]) for i in range(3)]
+            )
 
     _, results = asyncio.run(scenario())
 
     assert results[:2] == [["s0:0"], ["s1:1"]]
-    with pytest.raises(ServerBusyError, match=r"^the server is busy \(2 requests waiting\); retry in a few seconds$"):
+    with pytest.raises(
+        ServerBusyError, match=r"^the server is busy \(2 requests waiting\); retry in a few seconds$"
+    ):
         raise results[2]
 
 
@@ -104,7 +113,9 @@ def test_an_error_reaches_every_request_of_the_batch():
 
     async def scenario():
         async with InferencePool(predictor, workers=1, queue_size=8, max_batch=16) as pool:
-            task = asyncio.gather(pool.predict(["a"], [gray(1)]), pool.predict(["b"], [gray(2)]), return_exceptions=True)
+            task = asyncio.gather(
+                pool.predict(["a"], [gray(1)]), pool.predict(["b"], [gray(2)]), return_exceptions=True
+            )
             await asyncio.to_thread(predictor.started.wait, 10)
             predictor.release.set()
             return await task

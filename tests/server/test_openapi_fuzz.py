@@ -34,6 +34,8 @@ def test_no_request_gets_a_server_error(api_schema, label):
     @given(case=operation.as_strategy())
     @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def check(case):
-        case.call_and_validate(checks=[not_a_server_error, status_code_conformance, response_schema_conformance])
+        case.call_and_validate(
+            checks=[not_a_server_error, status_code_conformance, response_schema_conformance]
+        )
 
     check()

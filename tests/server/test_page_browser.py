@@ -10,7 +10,15 @@ import pytest
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 # No sandbox (containers), no GPU, and nothing that would call out to the internet.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_or_skip() -> str:
@@ -45,12 +53,21 @@ def browser():
         browser.close()
 
 
-def test_uploading_a_slice_shows_probability_threshold_and_heatmap(browser, live_server, tiny_dataset, predictor, tmp_path):
+def test_uploading_a_slice_shows_probability_threshold_and_heatmap(
+    browser, live_server, tiny_dataset, predictor, tmp_path
+):
     slice_path = tiny_dataset.paths["COVID"][2]
     expected = predictor.predict([slice_path]).predictions[0]
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     requests_outside = []
-    page.on("request", lambda request: None if request.url.startswith((live_server, "data:", "blob:")) else requests_outside.append(request.url))
+    page.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith((live_server, "data:", "blob:"))
+            else requests_outside.append(request.url)
+        ),
+    )
 
     page.goto(live_server)
     page.set_input_files("#files", str(slice_path))
@@ -60,7 +77,9 @@ def test_uploading_a_slice_shows_probability_threshold_and_heatmap(browser, live
     assert page.inner_text("#result-title") == slice_path.name
     assert page.inner_text("#probability") == f"P(COVID) = {expected.prob_covid:.3f}"
     assert page.inner_text("#label") == expected.label
-    assert re.match(rf"^Threshold {predictor.threshold:.3f}: (at or above|below) it\.", page.inner_text("#threshold"))
+    assert re.match(
+        rf"^Threshold {predictor.threshold:.3f}: (at or above|below) it\.", page.inner_text("#threshold")
+    )
     assert page.is_visible("#overlay") and page.is_visible("#preview")
     assert page.evaluate("document.getElementById('overlay').naturalWidth") == 256  # the base64 PNG decoded
     assert page.inner_text("#ruo") == RESEARCH_USE_STATEMENT
@@ -78,7 +97,10 @@ def test_a_bad_upload_shows_the_reason(browser, live_server, tmp_path):
     page.set_input_files("#files", str(notes))
     page.wait_for_selector("#status.error", timeout=30_000)
 
-    assert page.inner_text("#status") == "Error 415: notes.txt: unsupported file type (content starting b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
+    assert (
+        page.inner_text("#status")
+        == "Error 415: notes.txt: unsupported file type (content starting b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
+    )
     assert page.is_hidden("#result")
     page.close()
 
@@ -86,11 +108,20 @@ def test_a_bad_upload_shows_the_reason(browser, live_server, tmp_path):
 def test_the_api_docs_render_offline(browser, live_server):
     page = browser.new_page()
     requests_outside = []
-    page.on("request", lambda request: None if request.url.startswith((live_server, "data:")) else requests_outside.append(request.url))
+    page.on(
+        "request",
+        lambda request: (
+            None if request.url.startswith((live_server, "data:")) else requests_outside.append(request.url)
+        ),
+    )
 
     page.goto(f"{live_server}/docs")
     page.wait_for_selector(".opblock-summary-path", timeout=30_000)
 
-    assert sorted(page.locator(".opblock-summary-path").all_inner_texts()) == ["/api/v1/model", "/api/v1/predict", "/healthz"]
+    assert sorted(page.locator(".opblock-summary-path").all_inner_texts()) == [
+        "/api/v1/model",
+        "/api/v1/predict",
+        "/healthz",
+    ]
     assert requests_outside == []
     page.close()

@@ -23,7 +23,17 @@ KEY = "s3cret-key"
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("ct-server.hospital.local", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("ct-server.hospital.local", False),
+    ],
 )
 def test_loopback_hosts(host, expected):
     assert is_loopback(host) is expected
@@ -31,7 +41,10 @@ def test_loopback_hosts(host, expected):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::"])
 def test_a_non_loopback_host_needs_an_api_key(make_settings, host):
-    with pytest.raises(OptionError, match=rf"^--host {re.escape(host)} lets other machines connect, so it needs an API key: pass --api-key KEY or set COVIDCT_API_KEY"):
+    with pytest.raises(
+        OptionError,
+        match=rf"^--host {re.escape(host)} lets other machines connect, so it needs an API key: pass --api-key KEY or set COVIDCT_API_KEY",
+    ):
         check_exposure(make_settings(host=host))
     with pytest.raises(OptionError, match="needs an API key"):
         create_app(make_settings(host=host, api_key=""))
@@ -55,7 +68,9 @@ AUTH_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("authorization", "status"), [case[1:] for case in AUTH_CASES], ids=[case[0] for case in AUTH_CASES])
+@pytest.mark.parametrize(
+    ("authorization", "status"), [case[1:] for case in AUTH_CASES], ids=[case[0] for case in AUTH_CASES]
+)
 @pytest.mark.parametrize("endpoint", ["model", "predict"])
 def test_the_api_needs_the_right_key(make_client, ct_png, authorization, status, endpoint):
     client = make_client(api_key=KEY)
@@ -69,7 +84,9 @@ def test_the_api_needs_the_right_key(make_client, ct_png, authorization, status,
     assert response.status_code == status
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
-        assert response.json() == {"detail": "missing or wrong API key; send the header 'Authorization: Bearer <key>' with the key the server was started with"}
+        assert response.json() == {
+            "detail": "missing or wrong API key; send the header 'Authorization: Bearer <key>' with the key the server was started with"
+        }
 
 
 def test_the_key_is_compared_in_constant_time(make_client, monkeypatch):
@@ -87,7 +104,9 @@ def test_health_page_and_docs_load_without_a_key(make_client, path):
 
 
 def test_cors_is_closed_by_default(client):
-    response = client.options("/api/v1/model", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+    response = client.options(
+        "/api/v1/model", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+    )
 
     assert "access-control-allow-origin" not in response.headers
 

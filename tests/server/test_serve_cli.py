@@ -35,7 +35,17 @@ def test_serve_starts_uvicorn_on_loopback_by_default(onnx_model_dir, started):
 
 
 def test_serve_takes_the_api_key_from_the_environment(onnx_model_dir, started):
-    result = invoke("serve", onnx_model_dir, "--device", "cpu", "--host", "0.0.0.0", "--port", "9000", env={"COVIDCT_API_KEY": "k3y"})
+    result = invoke(
+        "serve",
+        onnx_model_dir,
+        "--device",
+        "cpu",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        env={"COVIDCT_API_KEY": "k3y"},
+    )
 
     assert result.exit_code == 0, result.output
     assert started[0][0].state.settings.api_key.get_secret_value() == "k3y"
@@ -43,13 +53,25 @@ def test_serve_takes_the_api_key_from_the_environment(onnx_model_dir, started):
 
 # (id, extra arguments, environment, expected one-line error)
 REFUSED = [
-    ("open-host-without-key", ["--host", "0.0.0.0"], {}, "error: --host 0.0.0.0 lets other machines connect, so it needs an API key"),
-    ("bad-limit", [], {"COVIDCT_MAX_FILES": "many"}, "error: invalid server setting: max_files: Input should be a valid integer"),
+    (
+        "open-host-without-key",
+        ["--host", "0.0.0.0"],
+        {},
+        "error: --host 0.0.0.0 lets other machines connect, so it needs an API key",
+    ),
+    (
+        "bad-limit",
+        [],
+        {"COVIDCT_MAX_FILES": "many"},
+        "error: invalid server setting: max_files: Input should be a valid integer",
+    ),
     ("bad-engine", ["--engine", "onnx8"], {}, "Invalid value for '--engine'"),
 ]
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [case[1:] for case in REFUSED], ids=[case[0] for case in REFUSED])
+@pytest.mark.parametrize(
+    ("args", "env", "message"), [case[1:] for case in REFUSED], ids=[case[0] for case in REFUSED]
+)
 def test_serve_refuses_unsafe_or_invalid_settings(onnx_model_dir, started, args, env, message):
     result = invoke("serve", onnx_model_dir, "--device", "cpu", *args, env=env)
 

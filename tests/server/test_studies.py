@@ -29,14 +29,20 @@ def _files(paths):
 
 def test_a_dicom_series_gets_one_study_answer(make_client, predictor, dicom_series):
     permissive = copy.copy(predictor)
-    permissive.detector = dataclasses.replace(predictor.detector, threshold=float("inf"))  # the guard flags no phantom slice
+    permissive.detector = dataclasses.replace(
+        predictor.detector, threshold=float("inf")
+    )  # the guard flags no phantom slice
 
     response = make_client(served=permissive).post("/api/v1/predict?cam=true", files=_files(dicom_series))
 
     answer = response.json()
     study_uid = dcmread(dicom_series[0]).StudyInstanceUID
     assert response.status_code == 200
-    assert (answer["is_study"], answer["n_slices_total"], answer["study_key"]) == (True, 6, privacy_key(study_uid))
+    assert (answer["is_study"], answer["n_slices_total"], answer["study_key"]) == (
+        True,
+        6,
+        privacy_key(study_uid),
+    )
     assert len(answer["slices"]) == len(LUNG_SLICES)  # only lung slices are scored
     assert answer["threshold"] == predictor.threshold
     assert answer["in_distribution"] and answer["overlay_png"]
@@ -52,7 +58,11 @@ def test_the_api_answers_a_study_as_predict_volume_does(client, predictor, dicom
     answer = client.post("/api/v1/predict", files=_files(dicom_series)).json()
 
     assert answer["prob_covid"] == pytest.approx(expected.prob_covid, abs=1e-6)
-    assert (answer["label"], answer["aggregate"], answer["n_slices_used"]) == (expected.label, expected.aggregate, expected.n_slices_used)
+    assert (answer["label"], answer["aggregate"], answer["n_slices_used"]) == (
+        expected.label,
+        expected.aggregate,
+        expected.n_slices_used,
+    )
 
 
 def test_a_nifti_volume_gets_one_study_answer(client, tmp_path):
@@ -60,7 +70,11 @@ def test_a_nifti_volume_gets_one_study_answer(client, tmp_path):
 
     answer = client.post("/api/v1/predict", files=upload((path.name, path.read_bytes()))).json()
 
-    assert (answer["is_study"], answer["n_slices_total"], len(answer["slices"])) == (True, 6, len(LUNG_SLICES))
+    assert (answer["is_study"], answer["n_slices_total"], len(answer["slices"])) == (
+        True,
+        6,
+        len(LUNG_SLICES),
+    )
 
 
 def test_no_patient_attribute_reaches_the_response_or_the_logs(client, dicom_series, caplog):
@@ -80,7 +94,10 @@ def test_several_series_in_one_request_are_refused(client, dicom_series, tmp_pat
     response = client.post("/api/v1/predict", files=_files([*dicom_series, *other]))
 
     assert response.status_code == 422
-    assert re.match(r"^the upload holds 2 studies or series: .+ \(6 slices\); .+ \(5 slices\); send the files of one series per request$", response.json()["detail"])
+    assert re.match(
+        r"^the upload holds 2 studies or series: .+ \(6 slices\); .+ \(5 slices\); send the files of one series per request$",
+        response.json()["detail"],
+    )
 
 
 def test_a_series_without_lung_is_a_422_naming_it(client, tmp_path):
@@ -89,4 +106,7 @@ def test_a_series_without_lung_is_a_422_naming_it(client, tmp_path):
     response = client.post("/api/v1/predict", files=_files(paths))
 
     assert response.status_code == 422
-    assert re.search(r": none of its 3 slices shows lung .* expected a chest CT series through the lungs", response.json()["detail"])
+    assert re.search(
+        r": none of its 3 slices shows lung .* expected a chest CT series through the lungs",
+        response.json()["detail"],
+    )

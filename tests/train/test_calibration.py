@@ -11,7 +11,9 @@ from covidct.model.card import calibrated_probabilities
 from covidct.train.calibration import choose_threshold, fit_calibration
 
 
-def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 0, true_bias: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_with_temperature(
+    true_temperature: float, n: int = 4000, seed: int = 0, true_bias: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits whose labels are drawn from softmax(logits / true_temperature + (0, true_bias)): the NLL optimum is that T and bias."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, 2, generator=generator) * 4
@@ -20,7 +22,9 @@ def logits_with_temperature(true_temperature: float, n: int = 4000, seed: int = 
     return logits, labels
 
 
-@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.5], ids=["under-confident", "calibrated", "over-confident"])
+@pytest.mark.parametrize(
+    "true_temperature", [0.5, 1.0, 2.5], ids=["under-confident", "calibrated", "over-confident"]
+)
 def test_temperature_recovers_a_known_temperature(true_temperature):
     logits, labels = logits_with_temperature(true_temperature)
 
@@ -86,7 +90,7 @@ def test_target_sensitivity_rule_reaches_the_target_on_the_data(target):
 
 
 def test_target_sensitivity_rule_picks_the_most_specific_point():
-    """"The highest threshold whose validation sensitivity reaches the target", even on collinear ROC points.
+    """ "The highest threshold whose validation sensitivity reaches the target", even on collinear ROC points.
 
     Tied scores (0.8 and 0.7 are each held by a positive and a negative) put three ROC points on one
     line; a ROC curve that drops such intermediate points skips the 0.8 point and settles for 0.7.

@@ -83,7 +83,9 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("options", "message"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+@pytest.mark.parametrize(
+    ("options", "message"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID]
+)
 def test_invalid_options_raise_option_error(options, message):
     with pytest.raises(OptionError, match=f"^{message}$"):
         TrainConfig(**options)
@@ -91,8 +93,22 @@ def test_invalid_options_raise_option_error(options, message):
 
 @pytest.mark.parametrize(
     "options",
-    [{"image_size": 32}, {"image_size": 1024}, {"backbone_lr_factor": 1.0}, {"weight_decay": 0.0}, {"batch_size": 2}, {"target_sensitivity": 0.99}],
-    ids=["image-size-32", "image-size-1024", "backbone-lr-factor-1", "weight-decay-0", "batch-size-2", "target-sensitivity-0.99"],
+    [
+        {"image_size": 32},
+        {"image_size": 1024},
+        {"backbone_lr_factor": 1.0},
+        {"weight_decay": 0.0},
+        {"batch_size": 2},
+        {"target_sensitivity": 0.99},
+    ],
+    ids=[
+        "image-size-32",
+        "image-size-1024",
+        "backbone-lr-factor-1",
+        "weight-decay-0",
+        "batch-size-2",
+        "target-sensitivity-0.99",
+    ],
 )
 def test_boundary_values_are_accepted(options):
     TrainConfig(**options)

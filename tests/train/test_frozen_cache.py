@@ -31,7 +31,10 @@ from covidct.train.trainer import fit
 SIZE = 64
 CPU = torch.device("cpu")
 PREPROCESSING = Preprocessing(image_size=SIZE)
-TRUNK_SHAPES = {TrainLayers.LAYER4: (1024, SIZE // 16, SIZE // 16), TrainLayers.LAYER3: (512, SIZE // 8, SIZE // 8)}
+TRUNK_SHAPES = {
+    TrainLayers.LAYER4: (1024, SIZE // 16, SIZE // 16),
+    TrainLayers.LAYER3: (512, SIZE // 8, SIZE // 8),
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,16 @@ def test_trunk_then_tail_is_the_whole_network(model, slices, train_layers):
 
 @pytest.mark.parametrize("train_layers", [TrainLayers.LAYER4, TrainLayers.LAYER3])
 def test_cached_validation_gives_the_uncached_logits(model, slices, train_layers):
-    cached = trunk_outputs(model, slices, train_layers=train_layers, preprocessing=PREPROCESSING, device=CPU, use_bf16=False)
+    cached = trunk_outputs(
+        model, slices, train_layers=train_layers, preprocessing=PREPROCESSING, device=CPU, use_bf16=False
+    )
     uncached = predict_logits(model, slices, preprocessing=PREPROCESSING, device=CPU, use_bf16=False)
 
     assert cached.dtype == torch.float32
-    torch.testing.assert_close(tail_logits(model, cached, train_layers=train_layers, device=CPU, use_bf16=False, batch_size=2), uncached)
+    torch.testing.assert_close(
+        tail_logits(model, cached, train_layers=train_layers, device=CPU, use_bf16=False, batch_size=2),
+        uncached,
+    )
 
 
 @pytest.mark.parametrize("train_layers", [TrainLayers.LAYER4, TrainLayers.LAYER3])
@@ -71,13 +79,32 @@ def test_the_trunk_holds_exactly_the_frozen_parameters(slices, train_layers):
     TrainableTail(model, train_layers)(trunk).sum().backward()
 
     assert not trunk.requires_grad, "the trunk used a trainable parameter"
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad), "a trainable parameter is outside the tail"
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad), (
+        "a trainable parameter is outside the tail"
+    )
 
 
 def test_cache_holds_the_asked_number_of_distinct_augmented_views(model, slices):
     torch.manual_seed(0)
-    views = cache_frozen_views(model, slices, views=3, train_layers=TrainLayers.LAYER4, preprocessing=PREPROCESSING, device=CPU, use_bf16=False, batch_size=2, world=World(CPU))
-    plain = trunk_outputs(model, slices, train_layers=TrainLayers.LAYER4, preprocessing=PREPROCESSING, device=CPU, use_bf16=False)
+    views = cache_frozen_views(
+        model,
+        slices,
+        views=3,
+        train_layers=TrainLayers.LAYER4,
+        preprocessing=PREPROCESSING,
+        device=CPU,
+        use_bf16=False,
+        batch_size=2,
+        world=World(CPU),
+    )
+    plain = trunk_outputs(
+        model,
+        slices,
+        train_layers=TrainLayers.LAYER4,
+        preprocessing=PREPROCESSING,
+        device=CPU,
+        use_bf16=False,
+    )
 
     assert views.shape == (3, 5, *TRUNK_SHAPES[TrainLayers.LAYER4])
     assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
@@ -96,8 +123,21 @@ def test_each_slice_shows_every_view_once_in_as_many_epochs():
 
 
 def test_a_cache_that_does_not_fit_in_memory_is_refused(model, slices):
-    with pytest.raises(OptionError, match=r"--frozen-views 1000000000 would cache .* GiB of frozen-layer outputs for 5 training slices at 64 px, more than half of this machine's .* GiB; lower --frozen-views or leave it at 0"):
-        cache_frozen_views(model, slices, views=10**9, train_layers=TrainLayers.LAYER4, preprocessing=PREPROCESSING, device=CPU, use_bf16=False, batch_size=2, world=World(CPU))
+    with pytest.raises(
+        OptionError,
+        match=r"--frozen-views 1000000000 would cache .* GiB of frozen-layer outputs for 5 training slices at 64 px, more than half of this machine's .* GiB; lower --frozen-views or leave it at 0",
+    ):
+        cache_frozen_views(
+            model,
+            slices,
+            views=10**9,
+            train_layers=TrainLayers.LAYER4,
+            preprocessing=PREPROCESSING,
+            device=CPU,
+            use_bf16=False,
+            batch_size=2,
+            world=World(CPU),
+        )
 
 
 @pytest.mark.parametrize(
@@ -127,8 +167,15 @@ def test_frozen_views_options_are_checked(options, message):
 
 
 def test_a_run_with_frozen_views_trains_the_tail_and_says_so(tiny_dataset, random_weights, tmp_path):
-    config = TrainConfig(image_size=SIZE, epochs=2, batch_size=16, device="cpu", train_layers="layer4", frozen_views=2)
-    result = fit(read_manifest(tiny_dataset.csv), tmp_path / "model", config, pretrained=resolve_pretrained(random_weights))
+    config = TrainConfig(
+        image_size=SIZE, epochs=2, batch_size=16, device="cpu", train_layers="layer4", frozen_views=2
+    )
+    result = fit(
+        read_manifest(tiny_dataset.csv),
+        tmp_path / "model",
+        config,
+        pretrained=resolve_pretrained(random_weights),
+    )
     trained, start = load_file(result.model_dir / "model.safetensors"), load_file(random_weights)
 
     assert result.card.training["frozen_views"] == 2

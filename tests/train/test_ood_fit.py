@@ -13,7 +13,9 @@ from covidct.train.ood_fit import (
 )
 
 
-def scan_scores(rng: np.random.Generator, n_scans: int, slices_per_scan: int, scan_spread: float) -> tuple[np.ndarray, np.ndarray]:
+def scan_scores(
+    rng: np.random.Generator, n_scans: int, slices_per_scan: int, scan_spread: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Guard scores where slices of one scan share an offset (``scan_spread`` its standard deviation), as real scans do."""
     offsets = rng.normal(0.0, scan_spread, n_scans)
     scores = np.concatenate([60 + offset + rng.gamma(4.0, 3.0, slices_per_scan) for offset in offsets])
@@ -44,7 +46,10 @@ def test_independent_slices_keep_the_target_quantile():
 
 
 def test_one_group_cannot_be_left_out_so_the_target_stands():
-    assert group_calibrated_pass_rate(np.arange(30.0), np.zeros(30, dtype=int), target=0.95) == (0.95, pytest.approx(0.05))
+    assert group_calibrated_pass_rate(np.arange(30.0), np.zeros(30, dtype=int), target=0.95) == (
+        0.95,
+        pytest.approx(0.05),
+    )
 
 
 def test_patients_are_the_groups_when_there_are_enough():

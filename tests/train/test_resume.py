@@ -29,7 +29,16 @@ def training_parts() -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_s
 
 def save(folder, net, optimizer, scheduler, *, epoch: int, is_best: bool) -> None:
     progress = Progress(next_epoch=epoch + 1, best_epoch=epoch if is_best else 0)
-    save_resume_state(folder, modules={"net": net}, best=net, optimizer=optimizer, scheduler=scheduler, progress=progress, config=CONFIG, is_best=is_best)
+    save_resume_state(
+        folder,
+        modules={"net": net},
+        best=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        progress=progress,
+        config=CONFIG,
+        is_best=is_best,
+    )
 
 
 def test_only_the_files_the_state_names_are_kept(tmp_path):
@@ -37,7 +46,11 @@ def test_only_the_files_the_state_names_are_kept(tmp_path):
     save(tmp_path, net, optimizer, scheduler, epoch=0, is_best=True)
     save(tmp_path, net, optimizer, scheduler, epoch=1, is_best=False)
 
-    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["best-0.safetensors", "last-1.safetensors", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == [
+        "best-0.safetensors",
+        "last-1.safetensors",
+        "state.json",
+    ]
 
 
 def test_a_crash_before_the_state_is_replaced_leaves_the_previous_epoch_whole(tmp_path, monkeypatch):
@@ -61,7 +74,9 @@ def test_a_crash_before_the_state_is_replaced_leaves_the_previous_epoch_whole(tm
     fresh, fresh_optimizer, fresh_scheduler = training_parts()
     with torch.no_grad():
         fresh.weight.zero_()
-    progress = load_resume_state(tmp_path, modules={"net": fresh}, optimizer=fresh_optimizer, scheduler=fresh_scheduler, config=CONFIG)
+    progress = load_resume_state(
+        tmp_path, modules={"net": fresh}, optimizer=fresh_optimizer, scheduler=fresh_scheduler, config=CONFIG
+    )
 
     assert progress.next_epoch == 1
     assert torch.equal(fresh.weight, weights_after_epoch_0)

@@ -54,7 +54,11 @@ def test_the_best_validation_rule_is_chosen(scores, expected):
 
 FALLBACK_CASES = [
     pytest.param(None, "default (top 25% mean): validation slices have no patient ids", id="no-patient-ids"),
-    pytest.param(["P0"] * 39 + [None], "default (top 25% mean): validation slices have no patient ids", id="one-id-missing"),
+    pytest.param(
+        ["P0"] * 39 + [None],
+        "default (top 25% mean): validation slices have no patient ids",
+        id="one-id-missing",
+    ),
     pytest.param(
         [f"P{i // 4}" for i in range(20)] + [f"Q{i // 20}" for i in range(20)],
         f"validation has 5 positive and 1 negative patients; need {MIN_PATIENTS_PER_CLASS} of each",

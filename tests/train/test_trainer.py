@@ -30,7 +30,9 @@ from covidct.train.callbacks import TrainCallbacks
 from covidct.train.config import TrainConfig
 from covidct.train.trainer import fit
 
-pytestmark = pytest.mark.filterwarnings("ignore::covidct.errors.OptimisticMetricsWarning")  # folder data has no patient ids
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::covidct.errors.OptimisticMetricsWarning"
+)  # folder data has no patient ids
 
 CONFIG = TrainConfig(image_size=64, epochs=2, batch_size=16, device="cpu", train_layers="layer3")
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
@@ -55,11 +57,22 @@ def pretrained(random_weights):
 def folder_run(tiny_dataset, pretrained, tmp_path_factory):
     """One fine-tuning run on the class-folder dataset (no patient ids, so covidct splits by image)."""
     with pytest.warns(OptimisticMetricsWarning, match="no patient ids"):
-        return fit(read_manifest(tiny_dataset.root), tmp_path_factory.mktemp("run") / "model", CONFIG, pretrained=pretrained)
+        return fit(
+            read_manifest(tiny_dataset.root),
+            tmp_path_factory.mktemp("run") / "model",
+            CONFIG,
+            pretrained=pretrained,
+        )
 
 
 def test_fit_writes_a_complete_model_dir(folder_run):
-    assert sorted(p.name for p in folder_run.model_dir.iterdir()) == [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in folder_run.model_dir.iterdir()) == [
+        ".covidct-run.json",
+        "model.json",
+        "model.safetensors",
+        "ood.safetensors",
+        "train_log.csv",
+    ]
     assert folder_run.failures == []
 
 
@@ -97,7 +110,9 @@ def test_saved_model_loads_and_keeps_frozen_layers(folder_run, random_weights):
 
     assert card.checkpoint_sha256 == folder_run.card.checkpoint_sha256
     for name in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.3.bn3.running_var"):
-        assert torch.equal(trained[name], start[name]), f"{name} changed although it is frozen (--train-layers layer3)"
+        assert torch.equal(trained[name], start[name]), (
+            f"{name} changed although it is frozen (--train-layers layer3)"
+        )
     assert not torch.equal(trained["layer4.2.conv3.weight"], start["layer4.2.conv3.weight"])
 
 
@@ -151,11 +166,20 @@ def test_ctrl_c_leaves_a_resumable_state(resume_story):
     assert str(resume_story.interrupted).endswith(
         "interrupted after 1 completed epoch(s); run the same command with --resume to continue"
     )
-    assert resume_story.left_after_interrupt == [".covidct-run.json", "resume", "resume/best-0.safetensors", "resume/last-0.safetensors", "resume/state.json"]
+    assert resume_story.left_after_interrupt == [
+        ".covidct-run.json",
+        "resume",
+        "resume/best-0.safetensors",
+        "resume/last-0.safetensors",
+        "resume/state.json",
+    ]
 
 
 def test_resume_with_other_options_is_refused(resume_story):
-    assert resume_story.refused.reason == "--resume with different options than the interrupted run: ['lr', 'seed']; use the same options"
+    assert (
+        resume_story.refused.reason
+        == "--resume with different options than the interrupted run: ['lr', 'seed']; use the same options"
+    )
 
 
 def test_a_resumed_run_finishes_like_an_uninterrupted_one(folder_run, resume_story):
@@ -165,11 +189,19 @@ def test_a_resumed_run_finishes_like_an_uninterrupted_one(folder_run, resume_sto
     assert learned(log) == learned(read_log(folder_run.model_dir))
     assert resume_story.resumed.card.training["epochs_run"] == 2
     assert resume_story.resumed.card.decision == folder_run.card.decision
-    assert sorted(p.name for p in resume_story.out.iterdir()) == [".covidct-run.json", "model.json", "model.safetensors", "ood.safetensors", "train_log.csv"]
+    assert sorted(p.name for p in resume_story.out.iterdir()) == [
+        ".covidct-run.json",
+        "model.json",
+        "model.safetensors",
+        "ood.safetensors",
+        "train_log.csv",
+    ]
 
 
 def test_resume_without_saved_state_is_refused(tiny_dataset, pretrained, tmp_path):
-    with pytest.raises(ModelDirError, match=r"nothing to resume \(no resume/state.json\); start without --resume"):
+    with pytest.raises(
+        ModelDirError, match=r"nothing to resume \(no resume/state.json\); start without --resume"
+    ):
         fit(read_manifest(tiny_dataset.csv), tmp_path / "fresh", CONFIG, pretrained=pretrained, resume=True)
 
 
@@ -186,7 +218,9 @@ def linear_run_with_a_corrupt_file(tiny_dataset, pretrained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("corrupt")
     broken = folder / "broken.png"
     broken.write_text("this is not a PNG")
-    manifest_path = _csv_with_extra_rows(tiny_dataset, folder, [{"path": str(broken), "label": "COVID", "patient_id": "C99", "split": "train"}])
+    manifest_path = _csv_with_extra_rows(
+        tiny_dataset, folder, [{"path": str(broken), "label": "COVID", "patient_id": "C99", "split": "train"}]
+    )
     config = dataclasses.replace(CONFIG, mode="linear")
     return fit(read_manifest(manifest_path), folder / "model", config, pretrained=pretrained), broken
 
@@ -197,7 +231,10 @@ def test_a_corrupt_training_file_is_reported_and_training_completes(linear_run_w
 
     assert result.failures == [expected]
     assert result.card.data["unusable_files"] == [{"path": expected.path, "reason": expected.reason}]
-    assert json.loads((result.model_dir / "model.json").read_text())["data"]["unusable_files"] == result.card.data["unusable_files"]
+    assert (
+        json.loads((result.model_dir / "model.json").read_text())["data"]["unusable_files"]
+        == result.card.data["unusable_files"]
+    )
     assert len(read_log(result.model_dir)) == 2
 
 
@@ -209,7 +246,12 @@ def test_linear_mode_trains_only_the_head(linear_run_with_a_corrupt_file, random
 
     assert card.training["mode"] == "linear"
     assert card.data["split_method"] == "split column" and card.data["has_patient_ids"] is True
-    for name in ("conv1.weight", "layer3.0.conv2.weight", "layer4.2.conv3.weight", "layer4.2.bn3.running_mean"):
+    for name in (
+        "conv1.weight",
+        "layer3.0.conv2.weight",
+        "layer4.2.conv3.weight",
+        "layer4.2.bn3.running_mean",
+    ):
         assert torch.equal(trained[name], start[name]), f"{name} changed in linear mode"
     assert trained["fc.weight"].shape == (2, 2048)
 
@@ -219,8 +261,13 @@ def test_a_split_without_usable_images_of_a_class_is_refused(tiny_dataset, pretr
     broken.write_bytes(b"")
     with tiny_dataset.csv.open(newline="") as handle:
         rows = [{**row, "path": str(tiny_dataset.root / row["path"])} for row in csv.DictReader(handle)]
-    rows = [{**row, "path": str(broken)} if (row["split"], row["label"]) == ("val", "COVID") else row for row in rows]
+    rows = [
+        {**row, "path": str(broken)} if (row["split"], row["label"]) == ("val", "COVID") else row
+        for row in rows
+    ]
     manifest = read_manifest(write_csv(tmp_path / "manifest.csv", rows))
 
-    with pytest.raises(InputError, match=r"the val split has no usable images of class \['COVID'\] \(6 failed to decode\)"):
+    with pytest.raises(
+        InputError, match=r"the val split has no usable images of class \['COVID'\] \(6 failed to decode\)"
+    ):
         fit(manifest, tmp_path / "model", CONFIG, pretrained=pretrained)

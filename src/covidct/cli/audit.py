@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 @reports_errors
 def audit(
     data: DataArg,
-    out: Annotated[Path, typer.Option("--out", help="Folder for audit.json and audit.html.")] = Path("covidct-audit"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for audit.json and audit.html.")] = Path(
+        "covidct-audit"
+    ),
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
     group_col: GroupCol = None,
@@ -42,7 +44,14 @@ def audit(
     from covidct.data.audit import audit_manifest
     from covidct.data.audit_report import write_audit
 
-    manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
+    manifest = load_dataset(
+        data,
+        path_col=path_col,
+        label_col=label_col,
+        group_col=group_col,
+        split_col=split_col,
+        positive_class=positive_class,
+    )
     with progress_callback("reading images") as progress:
         result = audit_manifest(manifest, progress=progress)
     json_path, html_path = write_audit(out, result)

@@ -24,7 +24,9 @@ def demo_manifest_path() -> Path:
 
 @reports_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the model, the evaluation and the predictions.")] = Path("covidct-demo"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the model, the evaluation and the predictions.")
+    ] = Path("covidct-demo"),
     epochs: Annotated[int, typer.Option(help="Training epochs on the 120-slice training split.")] = 8,
     weights: WeightsOpt = "auto",
 ) -> None:
@@ -34,11 +36,15 @@ def demo(
 
     console.print(f"[bold]{RESEARCH_USE_STATEMENT}[/]")
     manifest = read_manifest(demo_manifest_path())
-    console.print(f"Demo data: {len(manifest.samples)} slices from the SARS-CoV-2 CT-scan dataset (CC BY-NC-SA 4.0), split by scan block.")
+    console.print(
+        f"Demo data: {len(manifest.samples)} slices from the SARS-CoV-2 CT-scan dataset (CC BY-NC-SA 4.0), split by scan block."
+    )
     result = run_training(manifest, out / "model", TrainConfig(epochs=epochs), weights=weights, resume=False)
     print_training_summary(result)
     with progress_callback("evaluating on the held-out test blocks") as progress:
-        evaluation = evaluate_model(out / "model", manifest, out / "evaluation", split="test", progress=progress)
+        evaluation = evaluate_model(
+            out / "model", manifest, out / "evaluation", split="test", progress=progress
+        )
     print_evaluation(evaluation)
     test_paths = [s.path for s in manifest.select("test").samples]
     examples = test_paths[:3] + test_paths[-3:]

@@ -39,10 +39,20 @@ if TYPE_CHECKING:
 def evaluate(
     model_dir: ModelDirArg,
     data: DataArg,
-    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, the figures, predictions.csv and report.html.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for metrics.json, the figures, predictions.csv and report.html."),
+    ],
     split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
-    aggregate: Annotated[Aggregate | None, typer.Option(help="Patient probability from its slices: mean, max or topk (mean of the top 25%) (default: the model card's study rule).")] = None,
-    n_resamples: Annotated[int, typer.Option("--n-resamples", help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    aggregate: Annotated[
+        Aggregate | None,
+        typer.Option(
+            help="Patient probability from its slices: mean, max or topk (mean of the top 25%) (default: the model card's study rule)."
+        ),
+    ] = None,
+    n_resamples: Annotated[
+        int, typer.Option("--n-resamples", help="Bootstrap resamples for the 95% CIs.")
+    ] = 1000,
     device: DeviceOpt = Device.AUTO,
     engine: EngineOpt = Engine.TORCH,
     path_col: PathCol = "path",
@@ -50,11 +60,14 @@ def evaluate(
     group_col: GroupCol = None,
     split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite",
-        help="Write into a non-empty --out that is not a covidct evaluation (files of the names covidct writes are "
-        "replaced; others are left alone).",
-    )] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out that is not a covidct evaluation (files of the names covidct writes are "
+            "replaced; others are left alone).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate MODEL_DIR on a split of DATA (the test split by default; never used in training).
 
@@ -63,11 +76,26 @@ def evaluate(
     """
     from covidct.evaluate.run import evaluate_model
 
-    manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
+    manifest = load_dataset(
+        data,
+        path_col=path_col,
+        label_col=label_col,
+        group_col=group_col,
+        split_col=split_col,
+        positive_class=positive_class,
+    )
     with progress_callback(f"scoring the {split} split") as progress:
         run = evaluate_model(
-            model_dir, manifest, out, split=split, aggregate=aggregate, device=device, engine=engine,
-            n_resamples=n_resamples, progress=progress, overwrite=overwrite,
+            model_dir,
+            manifest,
+            out,
+            split=split,
+            aggregate=aggregate,
+            device=device,
+            engine=engine,
+            n_resamples=n_resamples,
+            progress=progress,
+            overwrite=overwrite,
         )
     print_evaluation(run)
 

@@ -11,12 +11,33 @@ from covidct.data.manifest import Columns, Manifest, read_manifest
 from covidct.infer.engines import Engine
 from covidct.model.device import Device
 
-DataArg = Annotated[Path, typer.Argument(help="A folder with one subfolder per class, or a CSV manifest (path, label[, patient_id, split]).")]
-PathCol = Annotated[str, typer.Option("--path-col", help="CSV column with image paths (relative to the CSV).")]
+DataArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A folder with one subfolder per class, or a CSV manifest (path, label[, patient_id, split])."
+    ),
+]
+PathCol = Annotated[
+    str, typer.Option("--path-col", help="CSV column with image paths (relative to the CSV).")
+]
 LabelCol = Annotated[str, typer.Option("--label-col", help="CSV column with class names.")]
-GroupCol = Annotated[str | None, typer.Option("--group-col", help="CSV column with patient (group) ids; splits never share a patient. [default: patient_id, if present]")]
-SplitCol = Annotated[str | None, typer.Option("--split-col", help="CSV column with train/val/test; without one covidct splits by patient. [default: split, if present]")]
-PositiveClass = Annotated[str, typer.Option("--positive-class", help="The class whose probability is reported as prob_covid.")]
+GroupCol = Annotated[
+    str | None,
+    typer.Option(
+        "--group-col",
+        help="CSV column with patient (group) ids; splits never share a patient. [default: patient_id, if present]",
+    ),
+]
+SplitCol = Annotated[
+    str | None,
+    typer.Option(
+        "--split-col",
+        help="CSV column with train/val/test; without one covidct splits by patient. [default: split, if present]",
+    ),
+]
+PositiveClass = Annotated[
+    str, typer.Option("--positive-class", help="The class whose probability is reported as prob_covid.")
+]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present, else the CPU.")]
 EngineOpt = Annotated[
     Engine,
@@ -27,9 +48,27 @@ EngineOpt = Annotated[
     ),
 ]
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 'covidct train'.")]
-CropFieldOpt = Annotated[bool, typer.Option("--crop-field/--no-crop-field", help="Crop each slice to the body (largest bright components plus a margin) before resizing.")]
-RemoveAnnotationsOpt = Annotated[bool, typer.Option("--remove-annotations/--no-remove-annotations", help="Blank bright marks outside the body (letters, arrows, the table).")]
-StandardiseIntensityOpt = Annotated[bool, typer.Option("--standardise-intensity/--no-standardise-intensity", help="Map the body's 1st/99th intensity percentiles to black and white.")]
+CropFieldOpt = Annotated[
+    bool,
+    typer.Option(
+        "--crop-field/--no-crop-field",
+        help="Crop each slice to the body (largest bright components plus a margin) before resizing.",
+    ),
+]
+RemoveAnnotationsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--remove-annotations/--no-remove-annotations",
+        help="Blank bright marks outside the body (letters, arrows, the table).",
+    ),
+]
+StandardiseIntensityOpt = Annotated[
+    bool,
+    typer.Option(
+        "--standardise-intensity/--no-standardise-intensity",
+        help="Map the body's 1st/99th intensity percentiles to black and white.",
+    ),
+]
 FillPaddingOpt = Annotated[
     bool,
     typer.Option(
@@ -39,6 +78,16 @@ FillPaddingOpt = Annotated[
 ]
 
 
-def load_dataset(data: Path, *, path_col: str, label_col: str, group_col: str | None, split_col: str | None, positive_class: str) -> Manifest:
+def load_dataset(
+    data: Path,
+    *,
+    path_col: str,
+    label_col: str,
+    group_col: str | None,
+    split_col: str | None,
+    positive_class: str,
+) -> Manifest:
     """Read DATA with the column names the user gave."""
-    return read_manifest(data, columns=Columns(path_col, label_col, group_col, split_col), positive_class=positive_class)
+    return read_manifest(
+        data, columns=Columns(path_col, label_col, group_col, split_col), positive_class=positive_class
+    )

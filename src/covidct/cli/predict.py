@@ -36,23 +36,65 @@ if TYPE_CHECKING:  # runtime imports sit in the functions that use them: --help 
 @reports_errors
 def predict(
     model_dir: ModelDirArg,
-    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG/JPEG: already windowed), DICOM files, NIfTI files, and folders (walked recursively; one result per DICOM series).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Write the results to FILE.csv or FILE.json instead of a table.")] = None,
-    cam: Annotated[Path | None, typer.Option("--cam", help="Also write a Grad-CAM overlay per image, or per most suspicious slice of a study, to DIR (slower: one backward pass each).")] = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write each study's probability-along-the-slices PNG to DIR (default: FILE_plots/ beside --out FILE; none without --out).")] = None,
-    per_slice: Annotated[bool, typer.Option("--per-slice", help="Also give one row per scored slice of each study (kind 'slice').")] = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse an image (or a DICOM/NIfTI slice) whose header claims more pixels than this, before decoding it (decompression bombs).")] = MAX_PIXELS,
-    max_voxels: Annotated[int, typer.Option(
-        "--max-voxels",
-        help="Refuse a DICOM series or NIfTI volume whose headers claim more voxels than this, before decoding it "
-        "(its memory: 4 bytes a voxel).",
-    )] = DEFAULT_REQUEST_VOXELS,
-    window: Annotated[str | None, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI, e.g. -600,1500 (default: the model's, from model.json).")] = None,
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files (PNG/JPEG: already windowed), DICOM files, NIfTI files, and folders (walked recursively; one result per DICOM series)."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the results to FILE.csv or FILE.json instead of a table."),
+    ] = None,
+    cam: Annotated[
+        Path | None,
+        typer.Option(
+            "--cam",
+            help="Also write a Grad-CAM overlay per image, or per most suspicious slice of a study, to DIR (slower: one backward pass each).",
+        ),
+    ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(
+            "--plots",
+            help="Write each study's probability-along-the-slices PNG to DIR (default: FILE_plots/ beside --out FILE; none without --out).",
+        ),
+    ] = None,
+    per_slice: Annotated[
+        bool,
+        typer.Option("--per-slice", help="Also give one row per scored slice of each study (kind 'slice')."),
+    ] = False,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels",
+            help="Refuse an image (or a DICOM/NIfTI slice) whose header claims more pixels than this, before decoding it (decompression bombs).",
+        ),
+    ] = MAX_PIXELS,
+    max_voxels: Annotated[
+        int,
+        typer.Option(
+            "--max-voxels",
+            help="Refuse a DICOM series or NIfTI volume whose headers claim more voxels than this, before decoding it "
+            "(its memory: 4 bytes a voxel).",
+        ),
+    ] = DEFAULT_REQUEST_VOXELS,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            "--window",
+            help="HU window LEVEL,WIDTH for DICOM/NIfTI, e.g. -600,1500 (default: the model's, from model.json).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     device: DeviceOpt = Device.AUTO,
     engine: EngineOpt = Engine.TORCH,
     decode_workers: Annotated[
-        int | None, typer.Option("--decode-workers", help="Processes that decode files (0: one thread beside the network). Default: half the cores (up to 8) when torch runs on a GPU; on the CPU (and for the onnx engines), none below 8 cores, else a quarter (up to 4).")
+        int | None,
+        typer.Option(
+            "--decode-workers",
+            help="Processes that decode files (0: one thread beside the network). Default: half the cores (up to 8) when torch runs on a GPU; on the CPU (and for the onnx engines), none below 8 cores, else a quarter (up to 4).",
+        ),
     ] = None,
 ) -> None:
     """Predict COVID-19 probability for each image and each study; exits 1 if any input failed (all others are still predicted).
@@ -72,16 +114,27 @@ def predict(
     if out is not None:
         check_prediction_path(out)
     predictor = load_model(
-        model_dir, device=device, batch_size=batch_size, engine=engine, window=None if window is None else HuWindow.parse(window), max_pixels=max_pixels,
+        model_dir,
+        device=device,
+        batch_size=batch_size,
+        engine=engine,
+        window=None if window is None else HuWindow.parse(window),
+        max_pixels=max_pixels,
         max_voxels=max_voxels,
-        decode_workers=default_decode_workers(resolve_device(device).type if engine is Engine.TORCH else "cpu") if decode_workers is None else decode_workers,
+        decode_workers=default_decode_workers(
+            resolve_device(device).type if engine is Engine.TORCH else "cpu"
+        )
+        if decode_workers is None
+        else decode_workers,
     )
     warn_if_window_differs(predictor)
     plots = plots if plots is not None or out is None else out.with_name(f"{out.stem}_plots")
     with progress_callback("explaining" if cam else "predicting") as progress:
         if cam is not None:
             explained = predictor.explain(inputs, progress=progress)
-            run = PredictionRun(explained.predictions, explained.failures, explained.skipped, explained.studies)
+            run = PredictionRun(
+                explained.predictions, explained.failures, explained.skipped, explained.studies
+            )
         elif out is None:
             run = predictor.predict(inputs, progress=progress)
         else:  # streamed: each batch's rows are written as soon as it is done, so memory stays flat however many files
@@ -201,6 +254,14 @@ def write_overlays(explanations: list[Explanation], cam_dir: Path) -> list[Path]
     paths = []
     for explanation, name in zip(explanations, overlay_names([e.path for e in explanations]), strict=True):
         path = cam_dir / name
-        render_overlay(explanation.slice, explanation.heatmap, overlay_caption(explanation.prediction.label, explanation.prediction.prob_covid, explanation.prediction.ood_score)).save(path)
+        render_overlay(
+            explanation.slice,
+            explanation.heatmap,
+            overlay_caption(
+                explanation.prediction.label,
+                explanation.prediction.prob_covid,
+                explanation.prediction.ood_score,
+            ),
+        ).save(path)
         paths.append(path)
     return paths

@@ -24,9 +24,19 @@ from covidct.cli.options import (
 
 @reports_errors
 def preprocess_preview(
-    data: Annotated[Path, typer.Argument(help="A folder of CT slice images or DICOM/NIfTI volumes (searched recursively), one file, or a CSV manifest (path, label, ...).")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of CT slice images or DICOM/NIfTI volumes (searched recursively), one file, or a CSV manifest (path, label, ...)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for the before|after PNGs and index.html.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="How many inputs to sample (a volume is shown by its middle lung slice).")] = 16,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n", min=1, help="How many inputs to sample (a volume is shown by its middle lung slice)."
+        ),
+    ] = 16,
     image_size: Annotated[int, typer.Option("--image-size", min=32, max=1024)] = 224,
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
@@ -39,10 +49,16 @@ def preprocess_preview(
     from covidct.preprocess.transforms import Preprocessing
 
     preprocessing = Preprocessing(
-        image_size=image_size, crop_field=crop_field, remove_annotations=remove_annotations,
-        standardise_intensity=standardise_intensity, fill_padding=fill_padding,
+        image_size=image_size,
+        crop_field=crop_field,
+        remove_annotations=remove_annotations,
+        standardise_intensity=standardise_intensity,
+        fill_padding=fill_padding,
     )
     with progress_callback("preparing slices") as progress:
         preview = write_preview(data, out, preprocessing, n=n, seed=seed, progress=progress)
     print_failures(preview.failures, title="Files that could not be previewed")
-    console.print(f"{len(preview.pairs)} before|after pairs: open [bold]{escape(str(preview.index_path))}[/]", highlight=False)
+    console.print(
+        f"{len(preview.pairs)} before|after pairs: open [bold]{escape(str(preview.index_path))}[/]",
+        highlight=False,
+    )

@@ -41,23 +41,63 @@ if TYPE_CHECKING:
     from covidct.data.audit import AuditResult
     from covidct.train.trainer import TrainResult
 
-WeightsOpt = Annotated[str, typer.Option("--weights", help="auto | torchvision | keras-npm, or a local ResNet-50 state dict (.safetensors or torch file).")]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="auto | torchvision | keras-npm, or a local ResNet-50 state dict (.safetensors or torch file).",
+    ),
+]
 
 
 @reports_errors
 def train(
     data: DataArg,
-    out: Annotated[Path, typer.Option("--out", help="Model directory to write (model.safetensors, model.json, train_log.csv).")],
-    mode: Annotated[Mode, typer.Option(help="finetune (default, recommended) or linear (frozen backbone).")] = Mode.FINETUNE,
-    train_layers: Annotated[TrainLayers, typer.Option("--train-layers", help="finetune depth: layer4, layer3 or all (default).")] = TrainLayers.ALL,
-    frozen_views: Annotated[int, typer.Option("--frozen-views", help="With --train-layers layer4/layer3: run the frozen layers once on this many augmented views per slice and reuse them (faster epochs; the views repeat after that many epochs). 0: fresh augmentation every epoch.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (default 20 for finetune, 100 for linear).")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Model directory to write (model.safetensors, model.json, train_log.csv)."
+        ),
+    ],
+    mode: Annotated[
+        Mode, typer.Option(help="finetune (default, recommended) or linear (frozen backbone).")
+    ] = Mode.FINETUNE,
+    train_layers: Annotated[
+        TrainLayers, typer.Option("--train-layers", help="finetune depth: layer4, layer3 or all (default).")
+    ] = TrainLayers.ALL,
+    frozen_views: Annotated[
+        int,
+        typer.Option(
+            "--frozen-views",
+            help="With --train-layers layer4/layer3: run the frozen layers once on this many augmented views per slice and reuse them (faster epochs; the views repeat after that many epochs). 0: fresh augmentation every epoch.",
+        ),
+    ] = 0,
+    epochs: Annotated[
+        int | None, typer.Option(help="Maximum epochs (default 20 for finetune, 100 for linear).")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor.")] = 1e-3,
+    lr: Annotated[
+        float,
+        typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor."),
+    ] = 1e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor")] = 0.1,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation ROC-AUC.")] = 8,
-    ema_epochs: Annotated[float | None, typer.Option("--ema-epochs", help="Validate and keep an exponential moving average of the weights over about this many epochs (0 turns it off).")] = 1.0,
-    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).")] = None,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without a better validation ROC-AUC.")
+    ] = 8,
+    ema_epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--ema-epochs",
+            help="Validate and keep an exponential moving average of the weights over about this many epochs (0 turns it off).",
+        ),
+    ] = 1.0,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--max-minutes",
+            help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).",
+        ),
+    ] = None,
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
@@ -71,18 +111,41 @@ def train(
             "circular field of view with gray or black padding.",
         ),
     ] = TrainConfig.vary_export,
-    window: Annotated[str, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG are already windowed); stored in the model card.")] = str(LUNG_WINDOW),
+    window: Annotated[
+        str,
+        typer.Option(
+            "--window",
+            help="HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG are already windowed); stored in the model card.",
+        ),
+    ] = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
     device: DeviceOpt = Device.AUTO,
-    target_sensitivity: Annotated[float | None, typer.Option("--target-sensitivity", help="Choose the threshold for this validation sensitivity instead of Youden's J.")] = None,
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average each slice with its mirror image at inference (twice the time; no validation gain measured here).")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite",
-        help="Write into a non-empty --out that is not a covidct training run (files of the names covidct writes are "
-        "replaced; others are left alone).",
-    )] = False,
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(
+            "--target-sensitivity",
+            help="Choose the threshold for this validation sensitivity instead of Youden's J.",
+        ),
+    ] = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Average each slice with its mirror image at inference (twice the time; no validation gain measured here).",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out that is not a covidct training run (files of the names covidct writes are "
+            "replaced; others are left alone).",
+        ),
+    ] = False,
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
     group_col: GroupCol = None,
@@ -91,12 +154,36 @@ def train(
 ) -> None:
     """Fine-tune an ImageNet ResNet-50 on DATA; threshold and calibration are chosen on validation data."""
     config = TrainConfig(
-        mode=mode, train_layers=train_layers, frozen_views=frozen_views, epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor,
-        patience=patience, ema_epochs=ema_epochs or None, max_minutes=max_minutes, image_size=image_size,
-        crop_field=crop_field, remove_annotations=remove_annotations, standardise_intensity=standardise_intensity,
-        fill_padding=fill_padding, vary_export=vary_export, hu_window=window, seed=seed, device=device, target_sensitivity=target_sensitivity, tta_hflip=tta,
+        mode=mode,
+        train_layers=train_layers,
+        frozen_views=frozen_views,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        backbone_lr_factor=backbone_lr_factor,
+        patience=patience,
+        ema_epochs=ema_epochs or None,
+        max_minutes=max_minutes,
+        image_size=image_size,
+        crop_field=crop_field,
+        remove_annotations=remove_annotations,
+        standardise_intensity=standardise_intensity,
+        fill_padding=fill_padding,
+        vary_export=vary_export,
+        hu_window=window,
+        seed=seed,
+        device=device,
+        target_sensitivity=target_sensitivity,
+        tta_hflip=tta,
     )
-    manifest = load_dataset(data, path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col, positive_class=positive_class)
+    manifest = load_dataset(
+        data,
+        path_col=path_col,
+        label_col=label_col,
+        group_col=group_col,
+        split_col=split_col,
+        positive_class=positive_class,
+    )
     result = run_training(manifest, out, config, weights=weights, resume=resume, overwrite=overwrite)
     if result is not None:
         print_training_summary(result)
@@ -120,7 +207,15 @@ def run_training(
         pretrained = resolve_pretrained(weights, progress=progress)
     with new_progress() as bars:
         callbacks = RichTrainCallbacks(bars)
-        return fit(manifest, out, config, pretrained=pretrained, resume=resume, callbacks=callbacks, overwrite=overwrite)
+        return fit(
+            manifest,
+            out,
+            config,
+            pretrained=pretrained,
+            resume=resume,
+            callbacks=callbacks,
+            overwrite=overwrite,
+        )
 
 
 def print_training_summary(result: TrainResult) -> None:
@@ -149,7 +244,9 @@ class RichTrainCallbacks(TrainCallbacks):
     def on_audit(self, audit: AuditResult) -> None:
         if audit.warnings:
             print_findings(audit, warnings_only=True)
-            err_console.print("Training goes on; run 'covidct audit DATA --out DIR' for the full audit report.")
+            err_console.print(
+                "Training goes on; run 'covidct audit DATA --out DIR' for the full audit report."
+            )
 
     def decode_progress(self, description: str):
         task = self.bars.add_task(description, total=None, status="")

@@ -9,7 +9,9 @@ import typer
 from covidct.cli.console import console, progress_callback, reports_errors
 from covidct.model.weight_source import WeightSource
 
-app = typer.Typer(help="ImageNet ResNet-50 weights: fetch once, then use from the cache.", no_args_is_help=True)
+app = typer.Typer(
+    help="ImageNet ResNet-50 weights: fetch once, then use from the cache.", no_args_is_help=True
+)
 
 
 @app.command("fetch")
@@ -25,5 +27,7 @@ def fetch(
 
     with progress_callback("fetching ImageNet weights") as progress:
         weights = fetch_imagenet_weights(source, progress=progress)
-    console.print(f"ImageNet weights ({weights.source}, stride variant {weights.stride_variant}): {weights.path}")
+    console.print(
+        f"ImageNet weights ({weights.source}, stride variant {weights.stride_variant}): {weights.path}"
+    )
     console.print(f"sha256 {weights.sha256}")

@@ -162,19 +162,37 @@ class AuditResult:
             "positive_class": self.positive_class,
             "split_source": self.split_source,
             "thresholds": {
-                "shortcut_auc": SHORTCUT_AUC, "hash_bits": HASH_BITS, "near_duplicate_bits": NEAR_DUPLICATE_BITS, "imbalance_ratio": IMBALANCE_RATIO,
+                "shortcut_auc": SHORTCUT_AUC,
+                "hash_bits": HASH_BITS,
+                "near_duplicate_bits": NEAR_DUPLICATE_BITS,
+                "imbalance_ratio": IMBALANCE_RATIO,
             },
-            "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message} for f in self.findings],
+            "findings": [
+                {"severity": f.severity.value, "code": f.code, "message": f.message} for f in self.findings
+            ],
             "attributes": [
-                {"name": a.name, "description": _ATTRIBUTE_NAMES[a.name], "kind": a.kind, "auc": None if math.isnan(a.auc) else round(a.auc, 4),
-                 "is_shortcut": a.is_shortcut, "counts": a.counts, "medians": a.medians}
+                {
+                    "name": a.name,
+                    "description": _ATTRIBUTE_NAMES[a.name],
+                    "kind": a.kind,
+                    "auc": None if math.isnan(a.auc) else round(a.auc, 4),
+                    "is_shortcut": a.is_shortcut,
+                    "counts": a.counts,
+                    "medians": a.medians,
+                }
                 for a in self.attributes
             ],
             "class_balance": self.class_balance,
             "duplicate_clusters": [
-                {"kind": "exact" if c.is_exact else "near", "spans_labels": c.spans_labels, "spans_splits": c.spans_splits,
-                 "members": [{"path": self.display_path(p), "label": label, "split": split, "group": group}
-                             for p, label, split, group in zip(c.paths, c.labels, c.splits, c.groups, strict=True)]}
+                {
+                    "kind": "exact" if c.is_exact else "near",
+                    "spans_labels": c.spans_labels,
+                    "spans_splits": c.spans_splits,
+                    "members": [
+                        {"path": self.display_path(p), "label": label, "split": split, "group": group}
+                        for p, label, split, group in zip(c.paths, c.labels, c.splits, c.groups, strict=True)
+                    ],
+                }
                 for c in self.clusters
             ],
             "unreadable": [{"path": self.display_path(f.path), "reason": f.reason} for f in self.failures],
@@ -209,7 +227,11 @@ def audit_manifest(manifest: Manifest, *, progress: Callable[[int, int], None] |
     balance = _class_balance(manifest, splits)
     root = manifest.origin if manifest.origin.is_dir() else manifest.origin.parent
     findings = [
-        Finding(Severity.WARNING, "unreadable", f"{_relative(f.path, root)}: {f.reason}; left out of these checks and of training")
+        Finding(
+            Severity.WARNING,
+            "unreadable",
+            f"{_relative(f.path, root)}: {f.reason}; left out of these checks and of training",
+        )
         for f in failures
     ]
     findings += [_shortcut_finding(a, manifest) for a in attributes if a.is_shortcut]
@@ -217,8 +239,18 @@ def audit_manifest(manifest: Manifest, *, progress: Callable[[int, int], None] |
     findings += _patient_findings(manifest, splits)
     findings += _balance_findings(balance)
     findings.sort(key=lambda finding: finding.severity is not Severity.WARNING)
-    return AuditResult(root, len(manifest.samples), manifest.classes, manifest.positive_class, split_source, balance,
-                       tuple(attributes), tuple(clusters), tuple(failures), tuple(findings))
+    return AuditResult(
+        root,
+        len(manifest.samples),
+        manifest.classes,
+        manifest.positive_class,
+        split_source,
+        balance,
+        tuple(attributes),
+        tuple(clusters),
+        tuple(failures),
+        tuple(findings),
+    )
 
 
 def perceptual_hash(gray: np.ndarray) -> np.ndarray:
@@ -231,8 +263,12 @@ def perceptual_hash(gray: np.ndarray) -> np.ndarray:
     trimming 3% off each side changes 54-90 bits, so re-cropped copies are found only when the crops
     differ by a percent or two (the UCSD cross-label copies do).
     """
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32)).resize(
-        (_HASH_INPUT_PX, _HASH_INPUT_PX), Image.Resampling.BOX), dtype=np.float64)
+    small = np.asarray(
+        Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32)).resize(
+            (_HASH_INPUT_PX, _HASH_INPUT_PX), Image.Resampling.BOX
+        ),
+        dtype=np.float64,
+    )
     n = _HASH_INPUT_PX
     frequency, position = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     dct = np.cos(np.pi * (2 * position + 1) * frequency / (2 * n))
@@ -298,15 +334,23 @@ def _inspect_all(manifest: Manifest, progress) -> tuple[list[_ImageFacts | None]
 def _inspect(path: Path) -> _ImageFacts:
     if is_volume_path(path):
         # File attributes and perceptual hashes describe 2-D image files; a volume's slices are windowed from HU.
-        raise InputError("a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited", path=path)
+        raise InputError(
+            "a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited",
+            path=path,
+        )
     gray = read_grayscale(path)
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as image:
         (width, height), mode, file_format = image.size, image.mode, image.format or "unknown"
     attributes = {
-        "format": file_format, "extension": path.suffix.lower() or "(none)", "mode": mode,
-        "bit_depth": str(_BITS_PER_CHANNEL.get(mode, 8)), "width": float(width), "height": float(height),
-        "pixels": float(width * height), "aspect_ratio": width / height,
+        "format": file_format,
+        "extension": path.suffix.lower() or "(none)",
+        "mode": mode,
+        "bit_depth": str(_BITS_PER_CHANNEL.get(mode, 8)),
+        "width": float(width),
+        "height": float(height),
+        "pixels": float(width * height),
+        "aspect_ratio": width / height,
     }
     pixels = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
     return _ImageFacts(attributes, hashlib.sha256(data).hexdigest(), pixels, perceptual_hash(gray))
@@ -322,7 +366,9 @@ def _splits_of(manifest: Manifest) -> tuple[list[str | None], str]:
             assigned = assign_splits(manifest)
     except InputError as error:
         return [None] * len(manifest.samples), f"none (covidct could not split this data: {error.reason})"
-    return [sample.split for sample in assigned.samples], "made as covidct makes them without a split column (15% val, 15% test, seed 0)"
+    return [
+        sample.split for sample in assigned.samples
+    ], "made as covidct makes them without a split column (15% val, 15% test, seed 0)"
 
 
 def _score_attributes(manifest: Manifest, facts: list[_ImageFacts], indices: list[int]) -> list[AttributeAuc]:
@@ -339,12 +385,26 @@ def _score_attributes(manifest: Manifest, facts: list[_ImageFacts], indices: lis
             scored.append(AttributeAuc(name, "categorical", auc, dict(sorted(counts.items())), {}))
         else:
             array, label_array = np.array(values, dtype=np.float64), np.array(labels)
-            medians = {c: round(float(np.median(array[label_array == c])), 4) for c in manifest.classes if (label_array == c).any()}
-            scored.append(AttributeAuc(name, "numeric", numeric_shortcut_auc(array, is_positive) if facts else math.nan, {}, medians))
+            medians = {
+                c: round(float(np.median(array[label_array == c])), 4)
+                for c in manifest.classes
+                if (label_array == c).any()
+            }
+            scored.append(
+                AttributeAuc(
+                    name,
+                    "numeric",
+                    numeric_shortcut_auc(array, is_positive) if facts else math.nan,
+                    {},
+                    medians,
+                )
+            )
     return scored
 
 
-def _duplicate_clusters(manifest: Manifest, facts: list[_ImageFacts | None], readable: list[int], splits: list[str | None]) -> list[DuplicateCluster]:
+def _duplicate_clusters(
+    manifest: Manifest, facts: list[_ImageFacts | None], readable: list[int], splits: list[str | None]
+) -> list[DuplicateCluster]:
     """Single-linkage clusters: identical file bytes or decoded pixels, or hashes within NEAR_DUPLICATE_BITS."""
     exact, near = _UnionFind(len(facts)), _UnionFind(len(facts))
     for key in ("file_sha256", "pixel_sha256"):
@@ -353,9 +413,11 @@ def _duplicate_clusters(manifest: Manifest, facts: list[_ImageFacts | None], rea
             first = first_with.setdefault(getattr(facts[index], key), index)
             exact.union(first, index)
             near.union(first, index)
-    hashes = np.stack([facts[i].phash for i in readable]) if readable else np.zeros((0, HASH_BITS // 8), np.uint8)
+    hashes = (
+        np.stack([facts[i].phash for i in readable]) if readable else np.zeros((0, HASH_BITS // 8), np.uint8)
+    )
     for row in range(len(readable) - 1):
-        for offset in np.flatnonzero(hamming_bits(hashes[row], hashes[row + 1:]) <= NEAR_DUPLICATE_BITS):
+        for offset in np.flatnonzero(hamming_bits(hashes[row], hashes[row + 1 :]) <= NEAR_DUPLICATE_BITS):
             near.union(readable[row], readable[row + 1 + int(offset)])
     members = defaultdict(list)
     for index in readable:
@@ -363,10 +425,15 @@ def _duplicate_clusters(manifest: Manifest, facts: list[_ImageFacts | None], rea
     clusters = []
     for indices in (group for group in members.values() if len(group) > 1):
         samples = [manifest.samples[i] for i in indices]
-        clusters.append(DuplicateCluster(
-            tuple(s.path for s in samples), tuple(manifest.classes[s.label] for s in samples), tuple(splits[i] for i in indices),
-            tuple(s.group for s in samples), is_exact=len({exact.find(i) for i in indices}) == 1,
-        ))
+        clusters.append(
+            DuplicateCluster(
+                tuple(s.path for s in samples),
+                tuple(manifest.classes[s.label] for s in samples),
+                tuple(splits[i] for i in indices),
+                tuple(s.group for s in samples),
+                is_exact=len({exact.find(i) for i in indices}) == 1,
+            )
+        )
     return sorted(clusters, key=lambda c: (not c.spans_labels, not c.spans_splits, -len(c.paths)))
 
 
@@ -399,42 +466,68 @@ def _shortcut_finding(attribute: AttributeAuc, manifest: Manifest) -> Finding:
     name = _ATTRIBUTE_NAMES[attribute.name]
     if attribute.kind == "categorical":
         biggest = sorted(attribute.counts.items(), key=lambda item: -sum(item[1].values()))
-        shown = "; ".join(f"{category}: " + " / ".join(f"{n} {c}" for c, n in counts.items()) for category, counts in biggest[:4])
+        shown = "; ".join(
+            f"{category}: " + " / ".join(f"{n} {c}" for c, n in counts.items())
+            for category, counts in biggest[:4]
+        )
         detail = shown + (f"; {len(biggest) - 4} more" if len(biggest) > 4 else "")
         how = "out-of-fold AUC"
     else:
         detail = "median " + " vs ".join(f"{value:g} for {c}" for c, value in attribute.medians.items())
         how = "AUC"
-    return Finding(Severity.WARNING, "shortcut",
-                   f"{name} alone predicts {manifest.positive_class} ({how} {attribute.auc:.2f} >= {SHORTCUT_AUC:.2f}): {detail}; "
-                   "a model can learn this instead of the anatomy, so decode and resize every class alike or balance it")
+    return Finding(
+        Severity.WARNING,
+        "shortcut",
+        f"{name} alone predicts {manifest.positive_class} ({how} {attribute.auc:.2f} >= {SHORTCUT_AUC:.2f}): {detail}; "
+        "a model can learn this instead of the anatomy, so decode and resize every class alike or balance it",
+    )
 
 
 def _duplicate_findings(clusters: list[DuplicateCluster], root: Path) -> list[Finding]:
     def members(cluster: DuplicateCluster) -> str:
         shown = zip(cluster.paths[:3], cluster.labels, cluster.splits, strict=False)
-        text = " = ".join(f"{_relative(path, root)} ({label}, {split or 'no split'})" for path, label, split in shown)
+        text = " = ".join(
+            f"{_relative(path, root)} ({label}, {split or 'no split'})" for path, label, split in shown
+        )
         return text + (f" and {len(cluster.paths) - 3} more" if len(cluster.paths) > 3 else "")
 
     def summary(chosen: list[DuplicateCluster], what: str) -> str:
         n_exact = sum(c.is_exact for c in chosen)
         examples = "; ".join(members(cluster) for cluster in chosen[:3])
         more = f"; {len(chosen) - 3} more clusters in audit.json" if len(chosen) > 3 else ""
-        return (f"{len(chosen)} duplicate cluster(s) ({n_exact} exact, {len(chosen) - n_exact} near; "
-                f"{sum(len(c.paths) for c in chosen)} images) {what}: {examples}{more}")
+        return (
+            f"{len(chosen)} duplicate cluster(s) ({n_exact} exact, {len(chosen) - n_exact} near; "
+            f"{sum(len(c.paths) for c in chosen)} images) {what}: {examples}{more}"
+        )
 
     findings = []
     across_labels = [c for c in clusters if c.spans_labels]
     if across_labels:
-        what = "hold images of more than one class; the same image cannot carry two labels, drop or relabel them"
+        what = (
+            "hold images of more than one class; the same image cannot carry two labels, drop or relabel them"
+        )
         findings.append(Finding(Severity.WARNING, "cross_label_duplicate", summary(across_labels, what)))
     across_splits = [c for c in clusters if c.spans_splits]
     if across_splits:
-        findings.append(Finding(Severity.WARNING, "cross_split_duplicate",
-                                summary(across_splits, "span splits, so test images have copies in training and test metrics are inflated")))
+        findings.append(
+            Finding(
+                Severity.WARNING,
+                "cross_split_duplicate",
+                summary(
+                    across_splits,
+                    "span splits, so test images have copies in training and test metrics are inflated",
+                ),
+            )
+        )
     within = [c for c in clusters if not c.spans_labels and not c.spans_splits]
     if within:
-        findings.append(Finding(Severity.INFO, "duplicate", summary(within, "stay within one class and split; they add weight, not leakage")))
+        findings.append(
+            Finding(
+                Severity.INFO,
+                "duplicate",
+                summary(within, "stay within one class and split; they add weight, not leakage"),
+            )
+        )
     return findings
 
 
@@ -442,10 +535,19 @@ def _patient_findings(manifest: Manifest, splits: list[str | None]) -> list[Find
     findings = []
     missing = sum(sample.group is None for sample in manifest.samples)
     if missing:
-        scope = "no image has a" if missing == len(manifest.samples) else f"{missing} of {len(manifest.samples)} images have no"
-        findings.append(Finding(Severity.WARNING, "missing_patient_ids",
-                                f"{scope} patient id, so slices of one patient can sit in train and test and the metrics are "
-                                "optimistic; give a patient id column (--group-col)"))
+        scope = (
+            "no image has a"
+            if missing == len(manifest.samples)
+            else f"{missing} of {len(manifest.samples)} images have no"
+        )
+        findings.append(
+            Finding(
+                Severity.WARNING,
+                "missing_patient_ids",
+                f"{scope} patient id, so slices of one patient can sit in train and test and the metrics are "
+                "optimistic; give a patient id column (--group-col)",
+            )
+        )
     splits_of = defaultdict(set)
     for sample, split in zip(manifest.samples, splits, strict=True):
         if sample.group is not None and split is not None:
@@ -454,9 +556,14 @@ def _patient_findings(manifest: Manifest, splits: list[str | None]) -> list[Find
     if leaks:
         group, found = leaks[0]
         ordered = " and ".join(split for split in SPLITS if split in found)
-        findings.append(Finding(Severity.WARNING, "patient_in_several_splits",
-                                f"{len(leaks)} patient(s) are in more than one split (e.g. {group} in {ordered}); "
-                                "fix the split column or drop --split-col to let covidct split by patient"))
+        findings.append(
+            Finding(
+                Severity.WARNING,
+                "patient_in_several_splits",
+                f"{len(leaks)} patient(s) are in more than one split (e.g. {group} in {ordered}); "
+                "fix the split column or drop --split-col to let covidct split by patient",
+            )
+        )
     return findings
 
 
@@ -466,11 +573,22 @@ def _balance_findings(balance: dict[str, dict[str, int]]) -> list[Finding]:
         smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
         where = "the dataset" if split == "all" else f"the {split} split"
         if counts[smallest] == 0:
-            findings.append(Finding(Severity.WARNING, "class_imbalance", f"{where} has no {smallest} images ({_counts_text(counts)})"))
+            findings.append(
+                Finding(
+                    Severity.WARNING,
+                    "class_imbalance",
+                    f"{where} has no {smallest} images ({_counts_text(counts)})",
+                )
+            )
         elif counts[largest] / counts[smallest] >= IMBALANCE_RATIO:
-            findings.append(Finding(Severity.WARNING, "class_imbalance",
-                                    f"{where} has {counts[largest] / counts[smallest]:.1f} {largest} images per {smallest} image "
-                                    f"({_counts_text(counts)}); accuracy there mostly reflects {largest}, so read sensitivity and specificity"))
+            findings.append(
+                Finding(
+                    Severity.WARNING,
+                    "class_imbalance",
+                    f"{where} has {counts[largest] / counts[smallest]:.1f} {largest} images per {smallest} image "
+                    f"({_counts_text(counts)}); accuracy there mostly reflects {largest}, so read sensitivity and specificity",
+                )
+            )
     shown = "; ".join(f"{split} {_counts_text(counts)}" for split, counts in balance.items())
     findings.append(Finding(Severity.INFO, "class_balance", f"images per class: {shown}"))
     return findings

@@ -36,14 +36,21 @@ def write_audit(out_dir: str | Path, result: AuditResult) -> tuple[Path, Path]:
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise OptionError("--out exists and is not a folder; name a new or existing folder for the audit", path=out_dir)
+        raise OptionError(
+            "--out exists and is not a folder; name a new or existing folder for the audit", path=out_dir
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out_dir / "audit.json", out_dir / "audit.html"
-    json_path.write_text(json.dumps(result.to_json_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    json_path.write_text(
+        json.dumps(result.to_json_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     body = _BODY.substitute(
         dataset=html.escape(str(result.root)),
-        summary=html.escape(f"{result.n_images} images, {len(result.failures)} unreadable; classes {', '.join(result.classes)} "
-                            f"(positive: {result.positive_class}); splits: {result.split_source}."),
+        summary=html.escape(
+            f"{result.n_images} images, {len(result.failures)} unreadable; classes {', '.join(result.classes)} "
+            f"(positive: {result.positive_class}); splits: {result.split_source}."
+        ),
         findings=_findings_table(result),
         attributes=_attributes_table(result),
         balance=_balance_table(result),
@@ -67,7 +74,10 @@ def _attributes_table(result: AuditResult) -> str:
     for attribute in result.attributes:
         auc = "undefined" if math.isnan(attribute.auc) else f"{attribute.auc:.3f}"
         if attribute.kind == "categorical":
-            detail = "; ".join(f"{category}: " + ", ".join(f"{n} {c}" for c, n in counts.items()) for category, counts in attribute.counts.items())
+            detail = "; ".join(
+                f"{category}: " + ", ".join(f"{n} {c}" for c, n in counts.items())
+                for category, counts in attribute.counts.items()
+            )
         else:
             detail = "median " + ", ".join(f"{value:g} ({c})" for c, value in attribute.medians.items())
         flag = "shortcut" if attribute.is_shortcut else ""
@@ -84,7 +94,9 @@ def _attributes_table(result: AuditResult) -> str:
 def _balance_table(result: AuditResult) -> str:
     header = "".join(f"<th>{html.escape(name)}</th>" for name in result.classes)
     rows = "".join(
-        f"<tr><td>{html.escape(split)}</td>" + "".join(f"<td>{counts[name]}</td>" for name in result.classes) + "</tr>"
+        f"<tr><td>{html.escape(split)}</td>"
+        + "".join(f"<td>{counts[name]}</td>" for name in result.classes)
+        + "</tr>"
         for split, counts in result.class_balance.items()
     )
     return f"<table><tr><th>Split</th>{header}</tr>{rows}</table>"
@@ -103,9 +115,13 @@ def _cluster_html(result: AuditResult, cluster: DuplicateCluster) -> str:
     tags = ["exact" if cluster.is_exact else "near"]
     tags += ["spans classes"] * cluster.spans_labels + ["spans splits"] * cluster.spans_splits
     figures = []
-    for path, label, split in list(zip(cluster.paths, cluster.labels, cluster.splits, strict=True))[:_THUMBNAILS_PER_CLUSTER]:
+    for path, label, split in list(zip(cluster.paths, cluster.labels, cluster.splits, strict=True))[
+        :_THUMBNAILS_PER_CLUSTER
+    ]:
         caption = f"{result.display_path(path)} ({label}, {split or 'no split'})"
-        figures.append(f"<figure>{_thumbnail_html(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+        figures.append(
+            f"<figure>{_thumbnail_html(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     more = len(cluster.paths) - _THUMBNAILS_PER_CLUSTER
     extra = f"<p class='small'>and {more} more images</p>" if more > 0 else ""
     return f"<div class='cluster'><h3>{html.escape(', '.join(tags))} ({len(cluster.paths)} images)</h3>{''.join(figures)}{extra}</div>"

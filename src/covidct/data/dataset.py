@@ -32,7 +32,12 @@ class DecodedSlices:
 
 
 def decode_slices(
-    paths: Sequence[Path], preprocessing: Preprocessing, *, progress: Progress | None = None, max_pixels: int = MAX_PIXELS, pool: Executor | None = None
+    paths: Sequence[Path],
+    preprocessing: Preprocessing,
+    *,
+    progress: Progress | None = None,
+    max_pixels: int = MAX_PIXELS,
+    pool: Executor | None = None,
 ) -> DecodedSlices:
     """Decode every path once and prepare it as ``preprocessing`` says; a file that fails is recorded and the rest go on.
 
@@ -46,7 +51,9 @@ def decode_slices(
     With a ``pool`` (see ``decode_pool``) the files are decoded in its worker processes, in order.
     """
     decode = partial(decode_path, preprocessing=preprocessing, max_pixels=max_pixels)
-    results = pool.map(decode, paths) if pool else map(decode, paths)  # one file per task: decoding (~10 ms) outweighs the hand-off
+    results = (
+        pool.map(decode, paths) if pool else map(decode, paths)
+    )  # one file per task: decoding (~10 ms) outweighs the hand-off
     images, indices, failures = [], [], []
     for index, (prepared, failure) in enumerate(results):
         if failure is not None:
@@ -55,10 +62,14 @@ def decode_slices(
         indices.extend([index] * len(prepared))
         if progress:
             progress(index + 1, len(paths))
-    return DecodedSlices(stack_prepared(images, preprocessing.image_size), np.asarray(indices, dtype=np.int64), failures)
+    return DecodedSlices(
+        stack_prepared(images, preprocessing.image_size), np.asarray(indices, dtype=np.int64), failures
+    )
 
 
-def decode_path(path: Path, *, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> tuple[list[np.ndarray], InputFailure | None]:
+def decode_path(
+    path: Path, *, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS
+) -> tuple[list[np.ndarray], InputFailure | None]:
     """The prepared (S, S) slices of one file, or no slice and why it failed.
 
     A module-level function returning its failure instead of raising, so a process pool can run it and

@@ -12,7 +12,14 @@ from covidct.errors import CovidctWarning, InputError, OptionError, did_you_mean
 from covidct.io.discover import VolumeInput, VolumeKind, discover_images
 
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 DEFAULT_GROUP_COLUMN = "patient_id"
@@ -84,10 +91,14 @@ class Manifest:
 
     def select(self, split: str) -> Manifest:
         """The same manifest restricted to one split."""
-        return Manifest(tuple(s for s in self.samples if s.split == split), self.classes, self.positive_index, self.origin)
+        return Manifest(
+            tuple(s for s in self.samples if s.split == split), self.classes, self.positive_index, self.origin
+        )
 
 
-def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_class: str = "COVID") -> Manifest:
+def read_manifest(
+    data: str | Path, *, columns: Columns = Columns(), positive_class: str = "COVID"
+) -> Manifest:
     """Read ``data``: a folder with one subfolder per class, or a CSV manifest (paths relative to the CSV).
 
     A row's path may be a 2-D image, or a CT volume: a DICOM file, a folder of DICOM files (its
@@ -102,7 +113,9 @@ def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_cl
     """
     data = Path(data)
     if not data.exists():
-        raise InputError("dataset not found; expected a folder of class subfolders or a CSV manifest", path=data)
+        raise InputError(
+            "dataset not found; expected a folder of class subfolders or a CSV manifest", path=data
+        )
     if data.is_dir():
         rows = _rows_from_folder(data)
     elif data.suffix.lower() == ".csv":
@@ -113,9 +126,13 @@ def read_manifest(data: str | Path, *, columns: Columns = Columns(), positive_cl
         raise InputError("no images found", path=data)
     classes = tuple(sorted({row[1] for row in rows}))
     if len(classes) < 2:
-        raise InputError(f"found a single class {classes}; training and evaluation need at least two", path=data)
+        raise InputError(
+            f"found a single class {classes}; training and evaluation need at least two", path=data
+        )
     positive_index = _positive_index(classes, positive_class)
-    samples = tuple(Sample(path, classes.index(label), group, split, source) for path, label, group, split, source in rows)
+    samples = tuple(
+        Sample(path, classes.index(label), group, split, source) for path, label, group, split, source in rows
+    )
     return Manifest(samples, classes, positive_index, data)
 
 
@@ -133,7 +150,9 @@ def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None, None]]:
     rows = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = discover_images([class_dir])
-        rows += [(path, class_dir.name, None, None, None) for path in found.paths + _volume_paths(found.volumes)]
+        rows += [
+            (path, class_dir.name, None, None, None) for path in found.paths + _volume_paths(found.volumes)
+        ]
         for unused in found.failures + found.skipped:
             warnings.warn(f"{unused.path}: {unused.reason}; not used", CovidctWarning, stacklevel=4)
     return rows
@@ -141,20 +160,28 @@ def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None, None]]:
 
 def _volume_paths(volumes: list[VolumeInput]) -> list[Path]:
     """One sample path per NIfTI file and per folder of DICOM series (a folder's series are read together)."""
-    paths = [volume.files[0] if volume.kind is VolumeKind.NIFTI else volume.files[0].parent for volume in volumes]
+    paths = [
+        volume.files[0] if volume.kind is VolumeKind.NIFTI else volume.files[0].parent for volume in volumes
+    ]
     return list(dict.fromkeys(paths))
 
 
-def _rows_from_csv(csv_path: Path, columns: Columns) -> list[tuple[Path, str, str | None, str | None, str | None]]:
+def _rows_from_csv(
+    csv_path: Path, columns: Columns
+) -> list[tuple[Path, str, str | None, str | None, str | None]]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         for required, option in ((columns.path, "--path-col"), (columns.label, "--label-col")):
             if required not in header:
-                raise InputError(f"no column '{required}' (columns: {header}); name yours with {option}", path=csv_path)
+                raise InputError(
+                    f"no column '{required}' (columns: {header}); name yours with {option}", path=csv_path
+                )
         for named, option in ((columns.group, "--group-col"), (columns.split, "--split-col")):
             if named is not None and named not in header:
-                raise InputError(f"no column '{named}' (columns: {header}); fix {option} or leave it out", path=csv_path)
+                raise InputError(
+                    f"no column '{named}' (columns: {header}); fix {option} or leave it out", path=csv_path
+                )
         group_col = columns.group or (DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in header else None)
         split_col = columns.split or (DEFAULT_SPLIT_COLUMN if DEFAULT_SPLIT_COLUMN in header else None)
         source_col = DEFAULT_SOURCE_COLUMN if DEFAULT_SOURCE_COLUMN in header else None

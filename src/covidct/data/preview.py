@@ -36,7 +36,15 @@ class Preview:
     skipped: list[InputFailure]
 
 
-def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n: int = 16, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> Preview:
+def write_preview(
+    data: Path,
+    out_dir: Path,
+    preprocessing: Preprocessing,
+    *,
+    n: int = 16,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Preview:
     """Sample ``n`` inputs of ``data`` (a folder, a file or a CSV manifest); write before|after PNGs and an index.html to ``out_dir``.
 
     An input is an image file or a CT volume (DICOM series, NIfTI file), shown by its middle lung
@@ -48,12 +56,23 @@ def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n:
         InputError: ``data`` does not exist or holds no image file or volume.
     """
     if not Path(data).exists():
-        raise InputError("not found; expected a folder of CT slice images or volumes, one file or a CSV manifest", path=data)
+        raise InputError(
+            "not found; expected a folder of CT slice images or volumes, one file or a CSV manifest",
+            path=data,
+        )
     found = _manifest_images(Path(data)) if Path(data).suffix.lower() == ".csv" else discover_images([data])
     inputs: list[Path | VolumeInput] = [*found.paths, *found.volumes]
     if not inputs:
-        raise InputError(f"no image file or volume found ({len(found.failures)} failed, {len(found.skipped)} skipped)", path=data)
-    chosen = [inputs[i] for i in sorted(np.random.default_rng(seed).choice(len(inputs), size=min(n, len(inputs)), replace=False))]
+        raise InputError(
+            f"no image file or volume found ({len(found.failures)} failed, {len(found.skipped)} skipped)",
+            path=data,
+        )
+    chosen = [
+        inputs[i]
+        for i in sorted(
+            np.random.default_rng(seed).choice(len(inputs), size=min(n, len(inputs)), replace=False)
+        )
+    ]
     plain = replace(preprocessing, crop_field=False, remove_annotations=False, standardise_intensity=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,13 +84,18 @@ def write_preview(data: Path, out_dir: Path, preprocessing: Preprocessing, *, n:
             failures.append(InputFailure.from_error(error, _source(item)))
         else:
             pair = out_dir / f"{len(pairs):03d}_{Path(_source(item)).stem}.png"
-            Image.fromarray(_side_by_side(prepare_slice(gray, plain), prepare_slice(gray, preprocessing))).save(pair)
+            Image.fromarray(
+                _side_by_side(prepare_slice(gray, plain), prepare_slice(gray, preprocessing))
+            ).save(pair)
             captions.append(caption)
             pairs.append(pair)
         if progress:
             progress(done, len(chosen))
     index_path = out_dir / INDEX_FILE
-    index_path.write_text(_index_html(data, preprocessing, captions, pairs, failures, found.skipped, total=len(inputs)), encoding="utf-8")
+    index_path.write_text(
+        _index_html(data, preprocessing, captions, pairs, failures, found.skipped, total=len(inputs)),
+        encoding="utf-8",
+    )
     return Preview(index_path, pairs, failures, found.skipped)
 
 
@@ -88,7 +112,9 @@ def _preview_slice(item: Path | VolumeInput, window: HuWindow) -> tuple[np.ndarr
     volume = read_volume(item) if isinstance(item, VolumeInput) else read_path_volumes(item)[0]
     lung = lung_slice_indices(volume)
     middle = int(lung[len(lung) // 2])
-    return window_hu(volume.hu[[middle]], window)[0], f"{volume.source} (lung slice {middle + 1} of {volume.n_slices})"
+    return window_hu(volume.hu[[middle]], window)[
+        0
+    ], f"{volume.source} (lung slice {middle + 1} of {volume.n_slices})"
 
 
 def _source(item: Path | VolumeInput) -> str:
@@ -106,17 +132,41 @@ def _side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return (np.concatenate([before, gap, after], axis=1) * 255).round().astype(np.uint8)
 
 
-def _index_html(data: Path, preprocessing: Preprocessing, captions: list[str], pairs: list[Path], failures: list[InputFailure], skipped: list[InputFailure], *, total: int) -> str:
-    steps = ", ".join(name for name in ("remove_annotations", "crop_field", "standardise_intensity") if getattr(preprocessing, name)) or "none"
+def _index_html(
+    data: Path,
+    preprocessing: Preprocessing,
+    captions: list[str],
+    pairs: list[Path],
+    failures: list[InputFailure],
+    skipped: list[InputFailure],
+    *,
+    total: int,
+) -> str:
+    steps = (
+        ", ".join(
+            name
+            for name in ("remove_annotations", "crop_field", "standardise_intensity")
+            if getattr(preprocessing, name)
+        )
+        or "none"
+    )
     figures = "".join(
         f"<figure><img src='{html.escape(pair.name)}' alt='{html.escape(pair.stem)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
         for caption, pair in zip(captions, pairs, strict=True)
     )
-    unused = "".join(f"<li>{html.escape(f.path)}: {html.escape(f.reason)} ({kind})</li>" for kind, items in (("failed", failures), ("skipped", skipped)) for f in items)
+    unused = "".join(
+        f"<li>{html.escape(f.path)}: {html.escape(f.reason)} ({kind})</li>"
+        for kind, items in (("failed", failures), ("skipped", skipped))
+        for f in items
+    )
     body = (
         f"<p>{len(pairs)} of {total} inputs under {html.escape(str(data))} (a volume by its middle lung slice), each shown as the whole "
         f"slice resized (left) and as the network sees it (right). Site steps on: {html.escape(steps)}; "
         f"{preprocessing.image_size} x {preprocessing.image_size} px.</p>{figures}"
         + (f"<h2>Not shown</h2><ul>{unused}</ul>" if unused else "")
     )
-    return html_page("covidct preprocessing preview", body, extra_css="figure { display: inline-block; margin: 0.4rem; } figcaption { font-size: 0.75rem; max-width: 30rem; overflow-wrap: anywhere; }")
+    return html_page(
+        "covidct preprocessing preview",
+        body,
+        extra_css="figure { display: inline-block; margin: 0.4rem; } figcaption { font-size: 0.75rem; max-width: 30rem; overflow-wrap: anywhere; }",
+    )

@@ -22,7 +22,9 @@ def split_method(manifest: Manifest) -> str:
     return "stratified by image (no patient ids: metrics are optimistic)"
 
 
-def assign_splits(manifest: Manifest, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> Manifest:
+def assign_splits(
+    manifest: Manifest, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> Manifest:
     """Return ``manifest`` with every sample in train, val or test, no patient in two splits.
 
     A split column is used as given (and checked for leaks). Otherwise samples are split stratified by
@@ -44,20 +46,33 @@ def assign_splits(manifest: Manifest, *, val_fraction: float = 0.15, test_fracti
             stacklevel=2,
         )
     labels = np.array([s.label for s in manifest.samples])
-    groups = np.array([s.group if s.group is not None else f"__image_{i}" for i, s in enumerate(manifest.samples)])
+    groups = np.array(
+        [s.group if s.group is not None else f"__image_{i}" for i, s in enumerate(manifest.samples)]
+    )
     split_of = np.full(len(labels), "train", dtype=object)
     test_index = _one_fold(labels, groups, test_fraction, seed, np.arange(len(labels)), manifest.classes)
     split_of[test_index] = "test"
     rest = np.flatnonzero(split_of == "train")
-    val_index = _one_fold(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1, rest, manifest.classes)
+    val_index = _one_fold(
+        labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1, rest, manifest.classes
+    )
     split_of[val_index] = "val"
-    samples = tuple(dataclasses.replace(s, split=str(split)) for s, split in zip(manifest.samples, split_of, strict=True))
+    samples = tuple(
+        dataclasses.replace(s, split=str(split)) for s, split in zip(manifest.samples, split_of, strict=True)
+    )
     assigned = dataclasses.replace(manifest, samples=samples)
     _check_every_split_has_each_class(assigned)
     return assigned
 
 
-def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, positions: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+def _one_fold(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    fraction: float,
+    seed: int,
+    positions: np.ndarray,
+    classes: tuple[str, ...],
+) -> np.ndarray:
     n_splits = max(2, round(1 / fraction))
     for label in np.unique(labels):
         n_groups = len(set(groups[labels == label].tolist()))
@@ -97,4 +112,7 @@ def _check_every_split_has_each_class(manifest: Manifest) -> None:
         counts = manifest.class_counts(split)
         empty = [name for name, count in counts.items() if count == 0]
         if empty:
-            raise InputError(f"the {split} split has no images of class {empty}; add data or give a split column", path=manifest.origin)
+            raise InputError(
+                f"the {split} split has no images of class {empty}; add data or give a split column",
+                path=manifest.origin,
+            )

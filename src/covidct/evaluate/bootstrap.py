@@ -61,7 +61,10 @@ class BootstrapResult:
         out: dict[str, object] = {"n": self.n}
         for name in METRIC_NAMES:
             entry = self.estimates[name]
-            out[name] = {"value": _finite_or_none(entry["value"]), "ci95": [_finite_or_none(v) for v in entry["ci95"]]}
+            out[name] = {
+                "value": _finite_or_none(entry["value"]),
+                "ci95": [_finite_or_none(v) for v in entry["ci95"]],
+            }
         return out
 
 

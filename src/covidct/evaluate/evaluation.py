@@ -87,5 +87,7 @@ def evaluation_metrics(
     patient_level = None
     if groups is not None:
         patients = aggregate_by_group(prob, y_true, groups, rule, topk_fraction=topk_fraction)
-        patient_level = bootstrap_ci(patients.labels, patients.prob, threshold, n_resamples=n_resamples, seed=seed)
+        patient_level = bootstrap_ci(
+            patients.labels, patients.prob, threshold, n_resamples=n_resamples, seed=seed
+        )
     return EvaluationResult(threshold, slice_level, patient_level, rule, float(topk_fraction))

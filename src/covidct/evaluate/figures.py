@@ -44,7 +44,11 @@ def plot_roc(y_true: np.ndarray, prob: np.ndarray, threshold: float, path: str |
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, color="C0", linewidth=2, label=f"ROC (AUC = {metrics['auc']:.3f})")
         ax.plot(
-            1 - metrics["specificity"], metrics["sensitivity"], "o", color="C3", markersize=8,
+            1 - metrics["specificity"],
+            metrics["sensitivity"],
+            "o",
+            color="C3",
+            markersize=8,
             label=f"threshold {threshold:.3g}",
         )
     _finish(ax, "1 - specificity (false positive rate)", "sensitivity (true positive rate)", "ROC curve")
@@ -69,10 +73,22 @@ def plot_pr(y_true: np.ndarray, prob: np.ndarray, threshold: float, path: str | 
         _say_undefined(ax, "PR curve undefined: no positive samples")
     else:
         precision, recall, _ = precision_recall_curve(y, p)
-        ax.step(recall, precision, where="post", color="C0", linewidth=2, label=f"PR (AP = {metrics['pr_auc']:.3f})")
+        ax.step(
+            recall,
+            precision,
+            where="post",
+            color="C0",
+            linewidth=2,
+            label=f"PR (AP = {metrics['pr_auc']:.3f})",
+        )
         if not np.isnan(metrics["ppv"]):
             ax.plot(
-                metrics["sensitivity"], metrics["ppv"], "o", color="C3", markersize=8, label=f"threshold {threshold:.3g}"
+                metrics["sensitivity"],
+                metrics["ppv"],
+                "o",
+                color="C3",
+                markersize=8,
+                label=f"threshold {threshold:.3g}",
             )
     _finish(ax, "recall (sensitivity)", "precision (PPV)", "Precision-recall curve")
     return _save(fig, path)
@@ -97,7 +113,9 @@ def plot_confusion(
     ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
     for (row, col), value in np.ndenumerate(counts):
         dark = value > counts.max() / 2
-        ax.text(col, row, str(value), ha="center", va="center", fontsize=16, color="white" if dark else "black")
+        ax.text(
+            col, row, str(value), ha="center", va="center", fontsize=16, color="white" if dark else "black"
+        )
     ax.set_xticks([0, 1], labels=list(class_names))
     ax.set_yticks([0, 1], labels=list(class_names))
     ax.set_xlabel("predicted")
@@ -106,7 +124,9 @@ def plot_confusion(
     return _save(fig, path)
 
 
-def plot_reliability(y_true: np.ndarray, prob: np.ndarray, path: str | Path, *, n_bins: int = ECE_BINS) -> Path:
+def plot_reliability(
+    y_true: np.ndarray, prob: np.ndarray, path: str | Path, *, n_bins: int = ECE_BINS
+) -> Path:
     """Write the reliability diagram (observed vs predicted per bin) over a histogram of ``prob``; return ``path``.
 
     Raises:
@@ -121,10 +141,20 @@ def plot_reliability(y_true: np.ndarray, prob: np.ndarray, path: str | Path, *, 
     filled = bins.count > 0
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
     ax.bar(
-        centers[filled], bins.frac_positive[filled], width=width * 0.9, color="C0", alpha=0.7,
+        centers[filled],
+        bins.frac_positive[filled],
+        width=width * 0.9,
+        color="C0",
+        alpha=0.7,
         label="fraction positive per bin",
     )
-    ax.plot(bins.mean_prob[filled], bins.frac_positive[filled], "o-", color="C3", label="at the bin's mean probability")
+    ax.plot(
+        bins.mean_prob[filled],
+        bins.frac_positive[filled],
+        "o-",
+        color="C3",
+        label="at the bin's mean probability",
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction positive")
     ax.set_title("Reliability diagram")

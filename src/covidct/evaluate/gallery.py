@@ -37,7 +37,9 @@ class GalleryImage:
     png: bytes
 
 
-def pick_gallery_cases(y_true: np.ndarray, prob: np.ndarray, threshold: float, *, per_kind: int = PER_KIND) -> dict[str, np.ndarray]:
+def pick_gallery_cases(
+    y_true: np.ndarray, prob: np.ndarray, threshold: float, *, per_kind: int = PER_KIND
+) -> dict[str, np.ndarray]:
     """Indices of up to ``per_kind`` slices per kind, the most confident first.
 
     True and false positives by highest probability, false negatives by lowest: the cases where the
@@ -61,8 +63,15 @@ def pick_gallery_cases(y_true: np.ndarray, prob: np.ndarray, threshold: float, *
 
 
 def build_gallery(
-    model: nn.Module, card: ModelCard, slices: np.ndarray, *, paths: Sequence[str], y_true: np.ndarray,
-    prob: np.ndarray, device: torch.device, per_kind: int = PER_KIND,
+    model: nn.Module,
+    card: ModelCard,
+    slices: np.ndarray,
+    *,
+    paths: Sequence[str],
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    device: torch.device,
+    per_kind: int = PER_KIND,
 ) -> list[GalleryImage]:
     """Grad-CAM overlays of the cases ``pick_gallery_cases`` chooses, in ``GALLERY_KINDS`` order.
 
@@ -80,7 +89,9 @@ def build_gallery(
     if not chosen:
         return []
     picked = slices[[index for _, index in chosen]]
-    heatmaps = gradcam_heatmaps(model, picked, preprocessing=card.preprocessing, target_index=card.positive_index, device=device)
+    heatmaps = gradcam_heatmaps(
+        model, picked, preprocessing=card.preprocessing, target_index=card.positive_index, device=device
+    )
     images = []
     for (kind, index), gray, heatmap in zip(chosen, picked, heatmaps, strict=True):
         caption = f"P({card.positive_class}) = {prob[index]:.3f}"
@@ -104,5 +115,7 @@ def gallery_section(images: Sequence[GalleryImage]) -> str:
         for image in of_kind:
             data = base64.b64encode(image.png).decode("ascii")
             caption = html.escape(image.caption)
-            parts.append(f"<figure class='cam'><img alt='{html.escape(kind)}: {caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>")
+            parts.append(
+                f"<figure class='cam'><img alt='{html.escape(kind)}: {caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
+            )
     return "\n".join(parts)

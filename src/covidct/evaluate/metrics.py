@@ -110,7 +110,9 @@ def reliability_bins(y_true: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BIN
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_prob = np.where(count > 0, p @ one_hot / count, np.nan)
         frac_positive = np.where(count > 0, y @ one_hot / count, np.nan)
-    return ReliabilityBins(np.linspace(0.0, 1.0, n_bins + 1), count.astype(np.int64), mean_prob, frac_positive)
+    return ReliabilityBins(
+        np.linspace(0.0, 1.0, n_bins + 1), count.astype(np.int64), mean_prob, frac_positive
+    )
 
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) -> float:
@@ -129,7 +131,9 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int
     return float(np.sum(bins.count[filled] * gaps) / bins.count.sum())
 
 
-def ece_sampling_floor(prob: np.ndarray, *, n_draws: int = 200, seed: int = 0, n_bins: int = ECE_BINS) -> float:
+def ece_sampling_floor(
+    prob: np.ndarray, *, n_draws: int = 200, seed: int = 0, n_bins: int = ECE_BINS
+) -> float:
     """The ECE a perfectly calibrated model would show on average with these probabilities on this many slices.
 
     Binned ECE is biased upward on small test sets: labels drawn as Bernoulli(``prob``) are calibrated by
@@ -138,7 +142,14 @@ def ece_sampling_floor(prob: np.ndarray, *, n_draws: int = 200, seed: int = 0, n
     """
     p = np.asarray(prob, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    return float(np.mean([expected_calibration_error((rng.random(p.size) < p).astype(np.int64), p, n_bins) for _ in range(n_draws)]))
+    return float(
+        np.mean(
+            [
+                expected_calibration_error((rng.random(p.size) < p).astype(np.int64), p, n_bins)
+                for _ in range(n_draws)
+            ]
+        )
+    )
 
 
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:

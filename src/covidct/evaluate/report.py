@@ -75,18 +75,25 @@ def write_report(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {**result.to_json_dict(), "site_shift": None if site_shift is None else site_shift.to_json_dict()}
+    metrics = {
+        **result.to_json_dict(),
+        "site_shift": None if site_shift is None else site_shift.to_json_dict(),
+    }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     figures = {
         "ROC curve": plot_roc(y_true, prob, threshold, out_dir / "roc.png"),
         "Precision-recall curve": plot_pr(y_true, prob, threshold, out_dir / "pr.png"),
-        "Confusion matrix": plot_confusion(y_true, prob, threshold, out_dir / "confusion.png", class_names=class_names),
+        "Confusion matrix": plot_confusion(
+            y_true, prob, threshold, out_dir / "confusion.png", class_names=class_names
+        ),
         "Reliability diagram": plot_reliability(y_true, prob, out_dir / "reliability.png"),
     }
     body = _BODY.substitute(
         setup=_setup_section(result, class_names),
         slice_table=_level_section(
-            "Slice level", result.slice_level, sample_word="slices",
+            "Slice level",
+            result.slice_level,
+            sample_word="slices",
             unit_word=_slice_unit_word(result.slice_level),
         ),
         site_shift=_site_shift_section(site_shift),
@@ -108,7 +115,10 @@ def _setup_section(result: EvaluationResult, class_names: tuple[str, str]) -> st
     if result.aggregate is Aggregate.TOPK:
         rule += f" (mean of the top {result.topk_fraction:.0%} of each patient's slices, at least one)"
     rows = [
-        ("Decision threshold", f"{result.threshold:.4g} (a probability of {positive} ≥ threshold is called {positive})"),
+        (
+            "Decision threshold",
+            f"{result.threshold:.4g} (a probability of {positive} ≥ threshold is called {positive})",
+        ),
         ("Patient aggregation rule", rule if result.has_patient_ids else "not applicable (no patient ids)"),
         ("Classes", f"negative = {class_names[0]}, positive = {class_names[1]}"),
     ]
@@ -127,7 +137,8 @@ def _site_shift_section(site_shift: SiteShift | None) -> str:
     css = "warn" if site_shift.is_shifted else "small"
     return (
         f"<h2>Site shift</h2><p class='{css}'>{html.escape(site_shift.note())}</p>"
-        "<table><tr><th>Statistic (test vs. training data)</th><th>KS distance</th><th>Flagged above</th></tr>" f"{rows}</table>"
+        "<table><tr><th>Statistic (test vs. training data)</th><th>KS distance</th><th>Flagged above</th></tr>"
+        f"{rows}</table>"
     )
 
 
@@ -169,7 +180,11 @@ def _level_section(heading: str, level: BootstrapResult, *, sample_word: str, un
                 f"<li>{_METRIC_LABELS[name]}: {dropped} of {level.n_resamples} resamples dropped because the metric "
                 "was undefined in them (e.g. one class only, or no predicted positives).</li>"
             )
-    note_html = f"<ul class='small'>{''.join(notes)}</ul>" if notes else "<p class='small'>No resample was dropped.</p>"
+    note_html = (
+        f"<ul class='small'>{''.join(notes)}</ul>"
+        if notes
+        else "<p class='small'>No resample was dropped.</p>"
+    )
     return (
         f"<h2>{html.escape(heading)}</h2><p class='small'>{html.escape(caption)}</p>"
         f"<table><tr><th>Metric</th><th>Value</th><th>{level.confidence:.0%} CI</th><th>Resamples dropped</th></tr>"
@@ -196,7 +211,9 @@ def _model_card_section(model_card: dict) -> str:
     """Top-level card entries as table rows; nested values pretty-printed as JSON, all HTML-escaped."""
     rows = []
     for key, value in model_card.items():
-        shown = value if isinstance(value, str) else json.dumps(value, indent=2, default=str, ensure_ascii=False)
+        shown = (
+            value if isinstance(value, str) else json.dumps(value, indent=2, default=str, ensure_ascii=False)
+        )
         rows.append(f"<tr><th>{html.escape(str(key))}</th><td><pre>{html.escape(shown)}</pre></td></tr>")
     return f"<h2>Model card</h2><table class='kv'>{''.join(rows)}</table>"
 

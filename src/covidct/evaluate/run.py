@@ -85,36 +85,66 @@ def evaluate_model(
     predictor = load_model(model_dir, device=device, engine=engine)
     card, detector = predictor.card, predictor.detector
     if tuple(manifest.classes) != tuple(card.classes):
-        raise InputError(f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}", path=manifest.origin)
+        raise InputError(
+            f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}",
+            path=manifest.origin,
+        )
     part, notes = _select_split(manifest, split, card.training, card.data.get("manifest_sha256"))
     decoded = decode_slices([s.path for s in part.samples], card.preprocessing, progress=progress)
     if len(decoded.indices) == 0:
-        raise InputError(f"no image of the {split} split could be decoded ({len(decoded.failures)} failures)", path=manifest.origin)
+        raise InputError(
+            f"no image of the {split} split could be decoded ({len(decoded.failures)} failures)",
+            path=manifest.origin,
+        )
     probabilities, ood_scores = predictor.score(decoded.images)
     prob = probabilities[:, card.positive_index].astype(np.float64)
     samples = [part.samples[i] for i in decoded.indices]
     y_true = np.array([s.label == card.positive_index for s in samples], dtype=int)
     groups = [s.group for s in samples] if part.has_patient_ids else None
     rule, topk_fraction, rule_note = _patient_rule(card, aggregate)
-    result = evaluation_metrics(y_true, prob, card.decision.threshold, groups=groups, aggregate=rule, topk_fraction=topk_fraction, n_resamples=n_resamples)
+    result = evaluation_metrics(
+        y_true,
+        prob,
+        card.decision.threshold,
+        groups=groups,
+        aggregate=rule,
+        topk_fraction=topk_fraction,
+        n_resamples=n_resamples,
+    )
     engine = Engine(engine)
     notes.append(f"Scored by the {engine} engine, as 'covidct predict --engine {engine}' scores them.")
     notes += [rule_note] if groups is not None else []
-    notes += [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"] if decoded.failures else []
+    notes += (
+        [f"{len(decoded.failures)} file(s) could not be decoded and were not scored: see failures.csv"]
+        if decoded.failures
+        else []
+    )
     notes.append(_ood_note(detector, ood_scores))
     notes.append(_ece_note(result.slice_level.estimates["ece"]["value"], prob))
     site_shift = _site_shift(card, decoded.images, ood_scores)
     # Grad-CAM runs the torch network whatever the engine (loaded from the directory for an ONNX engine).
     gallery = build_gallery(
-        predictor.model, card, decoded.images, paths=[s.path for s in samples], y_true=y_true, prob=prob,
+        predictor.model,
+        card,
+        decoded.images,
+        paths=[s.path for s in samples],
+        y_true=y_true,
+        prob=prob,
         device=predictor.device,
     )
     out_dir = Path(out_dir)
     report = write_report(
-        out_dir, result, y_true=y_true, prob=prob, threshold=card.decision.threshold, model_card=card.to_dict(),
+        out_dir,
+        result,
+        y_true=y_true,
+        prob=prob,
+        threshold=card.decision.threshold,
+        model_card=card.to_dict(),
         title=f"covidct evaluation: {manifest.origin.name}, split {split}",
         class_names=(negative_name(card), card.positive_class),
-        extra_notes=notes, gallery_html=gallery_section(gallery), site_shift=site_shift,
+        extra_notes=notes,
+        gallery_html=gallery_section(gallery),
+        site_shift=site_shift,
     )
     passed = None if ood_scores is None else detector.is_in_distribution(ood_scores)
     _write_predictions(out_dir / "predictions.csv", samples, card.classes, prob, passed, ood_scores)
@@ -128,9 +158,17 @@ def _patient_rule(card: ModelCard, aggregate: Aggregate | None) -> tuple[Aggrega
     card_rule, card_fraction = card_study_rule(card.decision)
     described = describe_rule(card_rule, card_fraction)
     if aggregate is None:
-        return card_rule, card_fraction, f"Patient aggregation rule: {described}, the model card's study rule ({card.decision.study_rule_source})."
+        return (
+            card_rule,
+            card_fraction,
+            f"Patient aggregation rule: {described}, the model card's study rule ({card.decision.study_rule_source}).",
+        )
     override = Aggregate(aggregate)
-    return override, DEFAULT_TOPK_FRACTION, f"Patient aggregation rule: {describe_rule(override)}, set by --aggregate instead of the model card's study rule ({described})."
+    return (
+        override,
+        DEFAULT_TOPK_FRACTION,
+        f"Patient aggregation rule: {describe_rule(override)}, set by --aggregate instead of the model card's study rule ({described}).",
+    )
 
 
 def _ece_note(ece: float, prob: np.ndarray) -> str:
@@ -142,11 +180,21 @@ def _ece_note(ece: float, prob: np.ndarray) -> str:
     )
 
 
-def _write_predictions(path: Path, samples: list, classes: tuple[str, ...], prob: np.ndarray, passed: np.ndarray | None, scores: np.ndarray | None) -> None:
+def _write_predictions(
+    path: Path,
+    samples: list,
+    classes: tuple[str, ...],
+    prob: np.ndarray,
+    passed: np.ndarray | None,
+    scores: np.ndarray | None,
+) -> None:
     """predictions.csv: one row per scored slice; the guard's columns are empty for a model without one."""
     passed_text = [""] * len(samples) if passed is None else [str(bool(value)) for value in passed]
     scores_text = [""] * len(samples) if scores is None else [f"{score:.3f}" for score in scores]
-    rows = [(s.path, s.group or "", classes[s.label], f"{p:.6f}", ok, score) for s, p, ok, score in zip(samples, prob, passed_text, scores_text, strict=True)]
+    rows = [
+        (s.path, s.group or "", classes[s.label], f"{p:.6f}", ok, score)
+        for s, p, ok, score in zip(samples, prob, passed_text, scores_text, strict=True)
+    ]
     _write_rows(path, ["path", "patient_id", "label", "prob_covid", "in_distribution", "ood_score"], rows)
 
 
@@ -170,7 +218,9 @@ def _ood_note(detector: OodDetector | None, scores: np.ndarray | None) -> str:
     )
 
 
-def _select_split(manifest: Manifest, split: str, training: dict, trained_sha256: str | None) -> tuple[Manifest, list[str]]:
+def _select_split(
+    manifest: Manifest, split: str, training: dict, trained_sha256: str | None
+) -> tuple[Manifest, list[str]]:
     """Rows of ``split``; without a split column, rebuild the split ``train`` made (same seed, same fractions)."""
     if split == ALL_SPLITS:
         return manifest, [f"Evaluated on every row of {manifest.origin.name}."]
@@ -180,12 +230,20 @@ def _select_split(manifest: Manifest, split: str, training: dict, trained_sha256
             message = f"{manifest.origin}: differs from the training data, so the rebuilt '{split}' split may overlap the data the model was trained on"
             warnings.warn(message, CovidctWarning, stacklevel=3)
             notes.append(message)
-        seed, val_fraction, test_fraction = training.get("seed", 0), training.get("val_fraction", 0.15), training.get("test_fraction", 0.15)
+        seed, val_fraction, test_fraction = (
+            training.get("seed", 0),
+            training.get("val_fraction", 0.15),
+            training.get("test_fraction", 0.15),
+        )
         manifest = assign_splits(manifest, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-        notes.append(f"No split column: the {split} split was rebuilt as in training (seed {seed}, grouped by patient where ids exist).")
+        notes.append(
+            f"No split column: the {split} split was rebuilt as in training (seed {seed}, grouped by patient where ids exist)."
+        )
     part = manifest.select(split)
     if not part.samples:
-        raise InputError(f"no rows in split '{split}'; use --split train, val, test or all", path=manifest.origin)
+        raise InputError(
+            f"no rows in split '{split}'; use --split train, val, test or all", path=manifest.origin
+        )
     return part, notes
 
 

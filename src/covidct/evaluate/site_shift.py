@@ -50,7 +50,10 @@ def slice_statistics(slices: np.ndarray) -> dict[str, np.ndarray]:
         parts["mean_intensity"].append(chunk.mean(1))
         parts["intensity_std"].append(chunk.std(1, ddof=1))  # the sample std, as recorded in cards
         parts["dark_fraction"].append((chunk < DARK_LEVEL).mean(1, dtype=np.float32))
-    return {name: np.concatenate(values).astype(np.float64) if values else np.empty(0) for name, values in parts.items()}
+    return {
+        name: np.concatenate(values).astype(np.float64) if values else np.empty(0)
+        for name, values in parts.items()
+    }
 
 
 def reference_statistics(train_slices: np.ndarray, val_ood_scores: np.ndarray | None) -> dict:
@@ -61,7 +64,9 @@ def reference_statistics(train_slices: np.ndarray, val_ood_scores: np.ndarray | 
     return {
         "rule": f"a test set is flagged when, for any statistic, its Kolmogorov-Smirnov distance to these quantiles exceeds both {SHIFT_KS_THRESHOLD} and the 1% critical value",
         "quantile_levels": list(QUANTILE_LEVELS),
-        "quantiles": {name: [round(float(q), 5) for q in np.quantile(v, QUANTILE_LEVELS)] for name, v in values.items()},
+        "quantiles": {
+            name: [round(float(q), 5) for q in np.quantile(v, QUANTILE_LEVELS)] for name, v in values.items()
+        },
         "n": {name: len(v) for name, v in values.items()},
     }
 
@@ -89,13 +94,21 @@ class SiteShift:
 
     def to_json_dict(self) -> dict:
         """The ``site_shift`` entry of metrics.json."""
-        return {"likely_shift": self.is_shifted, "ks_distance": self.ks_distance, "flagged": list(self.flagged), "threshold": self.threshold}
+        return {
+            "likely_shift": self.is_shifted,
+            "ks_distance": self.ks_distance,
+            "flagged": list(self.flagged),
+            "threshold": self.threshold,
+        }
 
     def note(self) -> str:
         """One sentence for the report, next to the metrics."""
         if not self.is_shifted:
             return "No site shift detected: every statistic is within its KS threshold of the training data."
-        found = "; ".join(f"{STATISTIC_DESCRIPTIONS[name]} (KS distance {self.ks_distance[name]:.2f})" for name in self.flagged)
+        found = "; ".join(
+            f"{STATISTIC_DESCRIPTIONS[name]} (KS distance {self.ks_distance[name]:.2f})"
+            for name in self.flagged
+        )
         return (
             f"Likely site shift: these test images differ strongly from the training data in {found}. "
             "Metrics measured on the training site may not hold here; read these as an external validation."
@@ -109,9 +122,16 @@ def detect_site_shift(reference: dict, test_statistics: dict[str, np.ndarray]) -
     for name, quantiles in reference["quantiles"].items():
         values = test_statistics.get(name)
         if values is not None and len(values) > 0:
-            distances[name] = round(ks_distance_to_quantiles(np.asarray(values, dtype=np.float64), np.asarray(quantiles, dtype=np.float64), levels), 4)
+            distances[name] = round(
+                ks_distance_to_quantiles(
+                    np.asarray(values, dtype=np.float64), np.asarray(quantiles, dtype=np.float64), levels
+                ),
+                4,
+            )
             n, m = len(values), reference["n"][name]
-            thresholds[name] = round(max(SHIFT_KS_THRESHOLD, _KS_CRITICAL_COEFFICIENT_1PCT * np.sqrt((n + m) / (n * m))), 4)
+            thresholds[name] = round(
+                max(SHIFT_KS_THRESHOLD, _KS_CRITICAL_COEFFICIENT_1PCT * np.sqrt((n + m) / (n * m))), 4
+            )
     return SiteShift(distances, thresholds)
 
 

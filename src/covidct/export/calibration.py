@@ -51,11 +51,23 @@ def default_calibration_data(card: ModelCard, model_dir: Path) -> Path:
     origin = card.data.get("origin")
     if origin and Path(origin).exists():
         return Path(origin)
-    where = f"the training data recorded in {model_dir / 'model.json'} ({origin}) is not there" if origin else f"{model_dir / 'model.json'} records no training data"
-    raise OptionError(f"--int8 calibrates on training slices, but {where}; pass --calibration DATA (the training folder or CSV)")
+    where = (
+        f"the training data recorded in {model_dir / 'model.json'} ({origin}) is not there"
+        if origin
+        else f"{model_dir / 'model.json'} records no training data"
+    )
+    raise OptionError(
+        f"--int8 calibrates on training slices, but {where}; pass --calibration DATA (the training folder or CSV)"
+    )
 
 
-def calibration_set(manifest: Manifest, card: ModelCard, *, n_slices: int = DEFAULT_CALIBRATION_SLICES, progress: Callable[[int, int], None] | None = None) -> CalibrationSet:
+def calibration_set(
+    manifest: Manifest,
+    card: ModelCard,
+    *,
+    n_slices: int = DEFAULT_CALIBRATION_SLICES,
+    progress: Callable[[int, int], None] | None = None,
+) -> CalibrationSet:
     """Decode up to ``n_slices`` slices of ``manifest``'s train split, sampled with a fixed seed.
 
     Without a split column the train split is rebuilt as ``covidct train`` did (same seed and
@@ -71,25 +83,48 @@ def calibration_set(manifest: Manifest, card: ModelCard, *, n_slices: int = DEFA
     if n_slices < 1:
         raise OptionError(f"--calibration-slices must be at least 1; got {n_slices}")
     if tuple(manifest.classes) != tuple(card.classes):
-        raise InputError(f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}; pass the model's training data", path=manifest.origin)
+        raise InputError(
+            f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}; pass the model's training data",
+            path=manifest.origin,
+        )
     is_training_data = manifest.sha256() == card.data.get("manifest_sha256")
     if not is_training_data:
-        warnings.warn(f"{manifest.origin}: not the data this model was trained on (manifest hash differs); int8 ranges are calibrated on its train split anyway", CovidctWarning, stacklevel=2)
+        warnings.warn(
+            f"{manifest.origin}: not the data this model was trained on (manifest hash differs); int8 ranges are calibrated on its train split anyway",
+            CovidctWarning,
+            stacklevel=2,
+        )
     if not manifest.has_splits:
         training = card.training
-        manifest = assign_splits(manifest, val_fraction=training.get("val_fraction", 0.15), test_fraction=training.get("test_fraction", 0.15), seed=training.get("seed", 0))
+        manifest = assign_splits(
+            manifest,
+            val_fraction=training.get("val_fraction", 0.15),
+            test_fraction=training.get("test_fraction", 0.15),
+            seed=training.get("seed", 0),
+        )
     train = manifest.select("train")
     if not train.samples:
-        raise InputError("no rows in the train split to calibrate on; pass the model's training data with --calibration", path=manifest.origin)
+        raise InputError(
+            "no rows in the train split to calibrate on; pass the model's training data with --calibration",
+            path=manifest.origin,
+        )
     rng = np.random.default_rng(SAMPLE_SEED)
     chosen = np.sort(rng.choice(len(train.samples), size=min(n_slices, len(train.samples)), replace=False))
     decoded = decode_slices([train.samples[i].path for i in chosen], card.preprocessing, progress=progress)
     if len(decoded.indices) == 0:
         first = decoded.failures[0]
-        raise InputError(f"none of the {len(chosen)} sampled train slices could be decoded (first: {first.path}: {first.reason})", path=manifest.origin)
+        raise InputError(
+            f"none of the {len(chosen)} sampled train slices could be decoded (first: {first.path}: {first.reason})",
+            path=manifest.origin,
+        )
     facts = {
-        "data": str(manifest.origin), "manifest_sha256": manifest.sha256(), "is_training_data": is_training_data,
-        "split": "train", "n_train_slices": len(train.samples), "n_slices": len(decoded.indices), "n_failed": len(decoded.failures),
+        "data": str(manifest.origin),
+        "manifest_sha256": manifest.sha256(),
+        "is_training_data": is_training_data,
+        "split": "train",
+        "n_train_slices": len(train.samples),
+        "n_slices": len(decoded.indices),
+        "n_failed": len(decoded.failures),
         "sampling": f"uniform without replacement, numpy default_rng({SAMPLE_SEED})",
     }
     return CalibrationSet(decoded.images, facts)

@@ -75,8 +75,13 @@ CHECK_SLICES = 16
 # a broken export or calibration, not quantization's ordinary cost.
 AGREEMENT_TOLERANCE = {Engine.ONNX: 1e-3, Engine.ONNX_INT8: 0.25}
 QUANTIZATION = {
-    "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
-    "weight_type": "int8", "activation_type": "uint8", "calibrate_method": "Percentile", "calib_percentile": 99.99,
+    "tool": "onnxruntime.quantization.quantize_static",
+    "format": "QDQ",
+    "per_channel": True,
+    "weight_type": "int8",
+    "activation_type": "uint8",
+    "calibrate_method": "Percentile",
+    "calib_percentile": 99.99,
     "fp32_nodes": "the first convolution and the classifier head",
     "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process (shape inference, graph optimisation)",
 }
@@ -128,7 +133,9 @@ def export_onnx(
         raise OptionError(f"out must end in .onnx; got '{out.name}'", parameters=("out",))
     calibrated = None
     if int8:
-        manifest = calibration or read_manifest(default_calibration_data(card, model_dir), positive_class=card.positive_class)
+        manifest = calibration or read_manifest(
+            default_calibration_data(card, model_dir), positive_class=card.positive_class
+        )
         stage(f"decoding up to {calibration_slices} training slices for calibration")
         calibrated = calibration_set(manifest, card, n_slices=calibration_slices, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +171,14 @@ def _export_fp32(model: nn.Module, image_size: int, path: Path) -> None:
     # An example batch of 2: torch.export specialises a dimension of size 1, which would fix the batch axis.
     example = torch.zeros(2, 3, image_size, image_size)
     program = torch.onnx.export(
-        _FeaturesAndLogits(model).eval(), (example,), dynamo=True, opset_version=OPSET, verbose=False,
-        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: torch.export.Dim("batch")},),
+        _FeaturesAndLogits(model).eval(),
+        (example,),
+        dynamo=True,
+        opset_version=OPSET,
+        verbose=False,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     program.save(str(path))
 
@@ -174,21 +187,36 @@ def _quantize(fp32_path: Path, out: Path, calibrated: CalibrationSet, card: Mode
     prepared = tmp / "model.prepared.onnx"
     quant_pre_process(str(fp32_path), str(prepared))
     quantize_static(
-        str(prepared), str(out), SliceReader(calibrated.slices, card.preprocessing),
-        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": QUANTIZATION["calib_percentile"]},
+        str(prepared),
+        str(out),
+        SliceReader(calibrated.slices, card.preprocessing),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        calibrate_method=CalibrationMethod.Percentile,
+        extra_options={"CalibPercentile": QUANTIZATION["calib_percentile"]},
         nodes_to_exclude=_fp32_nodes(onnx.load(str(prepared)).graph),
     )
 
 
 def _fp32_nodes(graph: onnx.GraphProto) -> list[str]:
     """The nodes int8 would hurt most for what they save: the convolution that reads the image, and the head."""
-    stem = [node.name for node in graph.node if node.op_type == "Conv" and node.input[0] == graph.input[0].name]
+    stem = [
+        node.name for node in graph.node if node.op_type == "Conv" and node.input[0] == graph.input[0].name
+    ]
     head = [node.name for node in graph.node if node.op_type in {"Gemm", "MatMul"}]
     return stem + head
 
 
-def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, engine: Engine, calibrated: CalibrationSet | None) -> dict:
+def _agreement(
+    model: nn.Module,
+    card: ModelCard,
+    model_dir: Path,
+    path: Path,
+    engine: Engine,
+    calibrated: CalibrationSet | None,
+) -> dict:
     """How far the export's outputs are from the torch model's (fp32, no autocast) on a few slices."""
     if calibrated is not None:
         slices, inputs = calibrated.slices[:CHECK_SLICES], "calibration (training) slices"
@@ -196,12 +224,20 @@ def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, e
         size = card.preprocessing.image_size
         slices = torch.rand(CHECK_SLICES, size, size, generator=torch.Generator().manual_seed(0)).numpy()
         inputs = "uniform random slices, seed 0"
-    options = {"preprocessing": card.preprocessing, "batch_size": CHECK_SLICES, "tta_hflip": card.decision.tta_hflip}
-    ref_features, ref_logits = TorchEngine(model, device=torch.device("cpu"), use_bf16=False).features_and_logits(slices, **options)
+    options = {
+        "preprocessing": card.preprocessing,
+        "batch_size": CHECK_SLICES,
+        "tta_hflip": card.decision.tta_hflip,
+    }
+    ref_features, ref_logits = TorchEngine(
+        model, device=torch.device("cpu"), use_bf16=False
+    ).features_and_logits(slices, **options)
     features, logits = OnnxEngine(path, kind=engine).features_and_logits(slices, **options)
     prob, ref_prob = (card.decision.probabilities(x)[:, card.positive_index] for x in (logits, ref_logits))
     agreement = {
-        "reference": "torch fp32 (no autocast), same flips", "n_slices": len(slices), "inputs": inputs,
+        "reference": "torch fp32 (no autocast), same flips",
+        "n_slices": len(slices),
+        "inputs": inputs,
         "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
         "max_abs_feature_diff": float(np.abs(features - ref_features).max()),
         "max_abs_prob_covid_diff": float(np.abs(prob - ref_prob).max()),
@@ -211,7 +247,9 @@ def _agreement(model: nn.Module, card: ModelCard, model_dir: Path, path: Path, e
         detector = load_detector(model_dir, card)
         scores, ref_scores = detector.scores(features), detector.scores(ref_features)
         agreement["max_rel_ood_score_diff"] = float(np.max(np.abs(scores - ref_scores) / ref_scores))
-        agreement["ood_flag_agreement"] = float(np.mean(detector.is_in_distribution(scores) == detector.is_in_distribution(ref_scores)))
+        agreement["ood_flag_agreement"] = float(
+            np.mean(detector.is_in_distribution(scores) == detector.is_in_distribution(ref_scores))
+        )
     return agreement
 
 
@@ -244,15 +282,32 @@ def _settings(
         "size_bytes": out.stat().st_size,
         "engine": str(engine),
         "precision": "int8" if calibrated is not None else "fp32",
-        "source": {"model_dir": str(model_dir.resolve()), "checkpoint_sha256": card.checkpoint_sha256, "classes": list(card.classes)},
+        "source": {
+            "model_dir": str(model_dir.resolve()),
+            "checkpoint_sha256": card.checkpoint_sha256,
+            "classes": list(card.classes),
+        },
         "graph": {
             "opset": OPSET,
-            "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "values": "grayscale in [0, 1] replicated to 3 channels, normalised with the card's mean and std"},
+            "input": {
+                "name": INPUT_NAME,
+                "shape": ["N", 3, size, size],
+                "dtype": "float32",
+                "values": "grayscale in [0, 1] replicated to 3 channels, normalised with the card's mean and std",
+            },
             "outputs": {"features": ["N", FEATURE_DIM], "logits": ["N", len(card.classes)]},
             "not_in_graph": "test-time flips, calibration (temperature, class bias) and threshold: covidct applies them from model.json",
         },
-        "exporter": {"function": "torch.onnx.export", "dynamo": True, "torch": version("torch"), "onnxscript": version("onnxscript"), "onnx": version("onnx")},
-        "quantization": None if calibrated is None else {**QUANTIZATION, "onnxruntime": version("onnxruntime"), "calibration": calibrated.facts},
+        "exporter": {
+            "function": "torch.onnx.export",
+            "dynamo": True,
+            "torch": version("torch"),
+            "onnxscript": version("onnxscript"),
+            "onnx": version("onnx"),
+        },
+        "quantization": None
+        if calibrated is None
+        else {**QUANTIZATION, "onnxruntime": version("onnxruntime"), "calibration": calibrated.facts},
         "agreement_with_torch": agreement,
         "covidct_version": version("covidct"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -97,13 +97,20 @@ class OnnxEngine(InferenceEngine):
         # Spinning threads would compete with the decoding thread (and other jobs) for a small machine's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind11 types (Fail, InvalidProtobuf...)
-            raise ModelDirError(f"onnxruntime cannot load this file ({str(error).splitlines()[0]})", path=self.path) from None
+            raise ModelDirError(
+                f"onnxruntime cannot load this file ({str(error).splitlines()[0]})", path=self.path
+            ) from None
         inputs = [i.name for i in self._session.get_inputs()]
         outputs = {o.name: o.shape for o in self._session.get_outputs()}
         if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
-            raise ModelDirError(f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; found {inputs} and {sorted(outputs)}; re-export it with 'covidct export'", path=self.path)
+            raise ModelDirError(
+                f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; found {inputs} and {sorted(outputs)}; re-export it with 'covidct export'",
+                path=self.path,
+            )
         self.num_classes = int(outputs["logits"][1])
 
     def features_and_logits(
@@ -126,7 +133,14 @@ class OnnxEngine(InferenceEngine):
         return np.concatenate([features, logits], axis=1)
 
 
-def open_onnx_engine(model_dir: Path, card: ModelCard, engine: Engine | str, *, device: Device | str = Device.AUTO, threads: int | None = None) -> OnnxEngine:
+def open_onnx_engine(
+    model_dir: Path,
+    card: ModelCard,
+    engine: Engine | str,
+    *,
+    device: Device | str = Device.AUTO,
+    threads: int | None = None,
+) -> OnnxEngine:
     """Open ``model_dir``'s export for ``engine`` after checking it was made from this directory's weights.
 
     Raises:
@@ -136,14 +150,22 @@ def open_onnx_engine(model_dir: Path, card: ModelCard, engine: Engine | str, *, 
     """
     engine = Engine(engine)
     if Device(device) is Device.CUDA:
-        raise OptionError(f"--engine {engine} runs on the CPU (onnxruntime's CPU provider); use --device cpu or auto, or --engine torch for the GPU")
+        raise OptionError(
+            f"--engine {engine} runs on the CPU (onnxruntime's CPU provider); use --device cpu or auto, or --engine torch for the GPU"
+        )
     model_dir = Path(model_dir)
     path = model_dir / engine.onnx_file
     if not path.is_file():
-        raise ModelDirError(f"no {engine.onnx_file} for --engine {engine}; create it with '{engine.export_command.replace('MODEL_DIR', str(model_dir))}'", path=model_dir)
+        raise ModelDirError(
+            f"no {engine.onnx_file} for --engine {engine}; create it with '{engine.export_command.replace('MODEL_DIR', str(model_dir))}'",
+            path=model_dir,
+        )
     settings = read_export_settings(path)
     if settings.get("sha256") != file_sha256(path):
-        raise ModelDirError(f"{path.name} does not match the sha256 in {settings_path(path).name}; the file was modified: export it again", path=model_dir)
+        raise ModelDirError(
+            f"{path.name} does not match the sha256 in {settings_path(path).name}; the file was modified: export it again",
+            path=model_dir,
+        )
     if settings.get("source", {}).get("checkpoint_sha256") != card.checkpoint_sha256:
         raise ModelDirError(
             f"{path.name} was exported from other weights than this directory's model.safetensors; "
@@ -168,7 +190,10 @@ def read_export_settings(onnx_path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelDirError(f"no {path.name} beside {onnx_path.name}; export it again with 'covidct export'", path=onnx_path.parent) from None
+        raise ModelDirError(
+            f"no {path.name} beside {onnx_path.name}; export it again with 'covidct export'",
+            path=onnx_path.parent,
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelDirError(f"not valid JSON ({error})", path=path) from None
 

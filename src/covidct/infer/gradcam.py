@@ -17,8 +17,13 @@ from covidct.preprocess.transforms import Preprocessing, normalize
 
 
 def gradcam_heatmaps(
-    model: nn.Module, slices: np.ndarray | torch.Tensor, *, preprocessing: Preprocessing, target_index: int,
-    device: torch.device, batch_size: int = 8,
+    model: nn.Module,
+    slices: np.ndarray | torch.Tensor,
+    *,
+    preprocessing: Preprocessing,
+    target_index: int,
+    device: torch.device,
+    batch_size: int = 8,
 ) -> np.ndarray:
     """Return (N, S, S) float32 heatmaps in [0, 1] for (N, S, S) grayscale slices in [0, 1].
 

@@ -121,9 +121,17 @@ class Predictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module | None, card: ModelCard, *, detector: OodDetector | None = None,
-        device: Device | str = Device.AUTO, batch_size: int = 32, engine: InferenceEngine | None = None,
-        window: HuWindow | None = None, max_pixels: int = MAX_PIXELS, decode_workers: int = 0,
+        self,
+        model: torch.nn.Module | None,
+        card: ModelCard,
+        *,
+        detector: OodDetector | None = None,
+        device: Device | str = Device.AUTO,
+        batch_size: int = 32,
+        engine: InferenceEngine | None = None,
+        window: HuWindow | None = None,
+        max_pixels: int = MAX_PIXELS,
+        decode_workers: int = 0,
         model_dir: Path | None = None,
         max_voxels: int = DEFAULT_REQUEST_VOXELS,
     ) -> None:
@@ -187,7 +195,9 @@ class Predictor:
 
         return TorchEngine(self.model, device=self.device, use_bf16=supports_bf16(self.device))
 
-    def predict(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None) -> PredictionRun:
+    def predict(
+        self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None
+    ) -> PredictionRun:
         """Predict every image and study in ``inputs`` (files, or folders walked recursively).
 
         2-D images give ``predictions``; DICOM series and NIfTI files give ``studies`` (see
@@ -197,7 +207,13 @@ class Predictor:
         run = self._run(inputs, progress=progress, explain=False)
         return PredictionRun(run.predictions, run.failures, run.skipped, run.studies)
 
-    def iter_predict(self, inputs: Iterable[str | Path], *, batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> Iterator[PredictionRun]:
+    def iter_predict(
+        self,
+        inputs: Iterable[str | Path],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[PredictionRun]:
         """Yield each batch's predictions, failures and skipped files as soon as the batch is done.
 
         For folders of any size: the next batch is decoded in a background thread while this one
@@ -215,10 +231,14 @@ class Predictor:
         """
         if batch_size is not None and batch_size < 1:
             raise OptionError(f"batch_size must be at least 1; got {batch_size}", parameters=("batch_size",))
-        runs = self._iter_runs(inputs, batch_size=batch_size or self.batch_size, progress=progress, explain=False)
+        runs = self._iter_runs(
+            inputs, batch_size=batch_size or self.batch_size, progress=progress, explain=False
+        )
         return (PredictionRun(run.predictions, run.failures, run.skipped, run.studies) for run in runs)
 
-    def explain(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None) -> ExplanationRun:
+    def explain(
+        self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None = None
+    ) -> ExplanationRun:
         """Predict like ``predict`` and add each input's Grad-CAM heatmap and resized slice.
 
         A backward pass per image makes this about three times slower than ``predict``, and each result
@@ -226,7 +246,9 @@ class Predictor:
         """
         return self._run(inputs, progress=progress, explain=True)
 
-    def predict_slices(self, names: Sequence[str], slices: Sequence[np.ndarray], *, explain: bool = False) -> list[Explanation]:
+    def predict_slices(
+        self, names: Sequence[str], slices: Sequence[np.ndarray], *, explain: bool = False
+    ) -> list[Explanation]:
         """Predict slices already decoded in memory (the server's uploads), prepared exactly as files are.
 
         Each result holds the resized slice (for previews); its heatmap is None unless ``explain``.
@@ -240,7 +262,9 @@ class Predictor:
             raise ValueError(f"{len(names)} names for {len(slices)} slices")
         for name, gray in zip(names, slices, strict=True):
             if not np.isfinite(gray).all():
-                raise InputError("NaN or infinite pixel values; expected finite gray levels in [0, 1]", path=name)
+                raise InputError(
+                    "NaN or infinite pixel values; expected finite gray levels in [0, 1]", path=name
+                )
         # The file path's preparation (data.dataset.decode_slices), so an upload and its file get the same answer.
         return self._explained(
             list(names), prepare_slices(slices, self.preprocessing), explain=explain, keep_slices=True
@@ -261,7 +285,12 @@ class Predictor:
         for start in range(0, len(indices), self.batch_size):
             batch = indices[start : start + self.batch_size]
             images = prepare_hu_slices(volume.hu[batch], self.preprocessing)
-            predictions += [e.prediction for e in self._explained([volume.slice_names[i] for i in batch], images, explain=False, keep_slices=False)]
+            predictions += [
+                e.prediction
+                for e in self._explained(
+                    [volume.slice_names[i] for i in batch], images, explain=False, keep_slices=False
+                )
+            ]
         study = study_prediction(volume.origin, indices, predictions, self.card)
         if not (explain and study.suspicious_slices):
             return study
@@ -276,7 +305,9 @@ class Predictor:
         """
         decision = self.card.decision
         features, logits = self.engine.features_and_logits(
-            slices, preprocessing=self.preprocessing, batch_size=self.batch_size,
+            slices,
+            preprocessing=self.preprocessing,
+            batch_size=self.batch_size,
             tta_hflip=decision.tta_hflip,
         )
         scores = None if self.detector is None else self.detector.scores(features)
@@ -290,7 +321,9 @@ class Predictor:
         """(N,) guard distances for (N, S, S) grayscale slices in [0, 1], or None without a guard."""
         return self.score(slices)[1]
 
-    def _run(self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None, explain: bool) -> ExplanationRun:
+    def _run(
+        self, inputs: Iterable[str | Path], *, progress: Callable[[int, int], None] | None, explain: bool
+    ) -> ExplanationRun:
         explanations: list[Explanation] = []
         failures: list[InputFailure] = []
         skipped: list[InputFailure] = []
@@ -302,7 +335,14 @@ class Predictor:
             studies += run.studies
         return ExplanationRun(explanations, failures, skipped, studies)
 
-    def _iter_runs(self, inputs: Iterable[str | Path], *, batch_size: int, progress: Callable[[int, int], None] | None, explain: bool) -> Iterator[ExplanationRun]:
+    def _iter_runs(
+        self,
+        inputs: Iterable[str | Path],
+        *,
+        batch_size: int,
+        progress: Callable[[int, int], None] | None,
+        explain: bool,
+    ) -> Iterator[ExplanationRun]:
         inputs = list(inputs)
         total, reported = (count_images(inputs) if progress else 0), 0
         batches = iter_slice_batches(
@@ -314,14 +354,18 @@ class Predictor:
             max_voxels=self.max_voxels,
         )
         for batch in batches:
-            explanations = self._explained([str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain)
+            explanations = self._explained(
+                [str(path) for path in batch.paths], batch.images, explain=explain, keep_slices=explain
+            )
             studies, failures = self._studies(batch.volumes, explain=explain)
             if progress and batch.n_images_seen > reported:
                 reported = batch.n_images_seen
                 progress(reported, max(total, reported))
             yield ExplanationRun(explanations, batch.failures + failures, batch.skipped, studies)
 
-    def _studies(self, volumes: list[Volume], *, explain: bool) -> tuple[list[StudyPrediction], list[InputFailure]]:
+    def _studies(
+        self, volumes: list[Volume], *, explain: bool
+    ) -> tuple[list[StudyPrediction], list[InputFailure]]:
         """``predict_volume`` on each volume; one without lung becomes a failure and the others go on."""
         studies, failures = [], []
         for volume in volumes:
@@ -341,7 +385,9 @@ class Predictor:
         heatmaps = self._heatmaps(images) if explain else [None] * len(names)
         explanations = []
         for row, name in enumerate(names):
-            prediction = self._prediction(name, probabilities[row], None if scores is None else float(scores[row]))
+            prediction = self._prediction(
+                name, probabilities[row], None if scores is None else float(scores[row])
+            )
             slice_gray = images[row].astype(np.float32) if keep_slices else None
             explanations.append(Explanation(prediction, slice_gray, heatmaps[row]))
         return explanations
@@ -362,20 +408,36 @@ class Predictor:
     def _prediction(self, path: str, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
         card = self.card
         if ood_score is not None and ood_score > self.detector.threshold:
-            return Prediction(path, None, NOT_CT_LABEL, {}, False, ood_score, not_ct_message(ood_score, self.detector.threshold))
+            return Prediction(
+                path,
+                None,
+                NOT_CT_LABEL,
+                {},
+                False,
+                ood_score,
+                not_ct_message(ood_score, self.detector.threshold),
+            )
         by_class = {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}
         prob_covid = by_class[card.positive_class]
         if not math.isfinite(prob_covid):  # no class is ever answered without a probability
             raise InputError(
-                "the model gave no finite probability (non-finite input values?); expected a CT image", path=path
+                "the model gave no finite probability (non-finite input values?); expected a CT image",
+                path=path,
             )
         label = label_at_threshold(prob_covid, card, by_class)
         return Prediction(path, prob_covid, label, by_class, True, ood_score)
 
 
 def load_model(
-    model_dir: str | Path, *, device: Device | str = Device.AUTO, batch_size: int = 32, engine: Engine | str = Engine.TORCH, window: HuWindow | None = None,
-    max_pixels: int = MAX_PIXELS, decode_workers: int = 0, max_voxels: int = DEFAULT_REQUEST_VOXELS,
+    model_dir: str | Path,
+    *,
+    device: Device | str = Device.AUTO,
+    batch_size: int = 32,
+    engine: Engine | str = Engine.TORCH,
+    window: HuWindow | None = None,
+    max_pixels: int = MAX_PIXELS,
+    decode_workers: int = 0,
+    max_voxels: int = DEFAULT_REQUEST_VOXELS,
 ) -> Predictor:
     """Load a model directory written by ``covidct train`` (on the CPU if there is no GPU).
 
@@ -406,7 +468,15 @@ def load_model(
         checked_weights_path(model_dir, card)
         model, runner = None, open_onnx_engine(model_dir, card, engine, device=device)
     return Predictor(
-        model, card, detector=load_detector(model_dir, card), device=device, engine=runner, batch_size=batch_size,
-        window=window, max_pixels=max_pixels, decode_workers=decode_workers, model_dir=model_dir,
+        model,
+        card,
+        detector=load_detector(model_dir, card),
+        device=device,
+        engine=runner,
+        batch_size=batch_size,
+        window=window,
+        max_pixels=max_pixels,
+        decode_workers=decode_workers,
+        model_dir=model_dir,
         max_voxels=max_voxels,
     )

@@ -107,10 +107,17 @@ class PredictionFile:
             self.n_rows += len(rows)
         self._handle.flush()
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if self.is_json and error is None:
             failures = ",\n  ".join(json.dumps(f) for f in self._failures)
-            self._handle.write(("\n ]" if self.n_rows else "]") + ',\n "failures": [' + (f"\n  {failures}\n ]" if failures else "]") + "}\n")
+            self._handle.write(
+                ("\n ]" if self.n_rows else "]")
+                + ',\n "failures": ['
+                + (f"\n  {failures}\n ]" if failures else "]")
+                + "}\n"
+            )
         self._handle.close()
 
 

@@ -174,11 +174,24 @@ def _decoded_batches(
 
 
 def _decoded(
-    paths: list[Path], failures: list[InputFailure], skipped: list[InputFailure], preprocessing: Preprocessing, max_pixels: int, n_seen: int,
-    pool: Executor | None, volumes: Sequence[Volume] = (),
+    paths: list[Path],
+    failures: list[InputFailure],
+    skipped: list[InputFailure],
+    preprocessing: Preprocessing,
+    max_pixels: int,
+    n_seen: int,
+    pool: Executor | None,
+    volumes: Sequence[Volume] = (),
 ) -> SliceBatch:
     decoded = decode_slices(paths, preprocessing, max_pixels=max_pixels, pool=pool)
-    return SliceBatch([paths[i] for i in decoded.indices], decoded.images, failures + decoded.failures, skipped, n_seen, list(volumes))
+    return SliceBatch(
+        [paths[i] for i in decoded.indices],
+        decoded.images,
+        failures + decoded.failures,
+        skipped,
+        n_seen,
+        list(volumes),
+    )
 
 
 def _put(batches: queue.Queue, item: object, stop: threading.Event) -> bool:

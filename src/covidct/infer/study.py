@@ -104,7 +104,9 @@ class StudyPrediction:
         return sorted(scored, key=lambda s: (-s.prob_covid, s.index))[:N_MARKED_SLICES]
 
 
-def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard) -> StudyPrediction:
+def study_prediction(
+    origin: StudyOrigin, indices: Sequence[int], slices: Sequence[Prediction], card: ModelCard
+) -> StudyPrediction:
     """Aggregate the predictions of a study's lung slices into the study's answer (steps 3 and 4 above).
 
     Args:
@@ -114,21 +116,34 @@ def study_prediction(origin: StudyOrigin, indices: Sequence[int], slices: Sequen
         card: the model card: threshold, classes and study aggregation rule.
     """
     scored = tuple(
-        SlicePrediction(p.path, int(index), p.prob_covid, p.label, p.in_distribution, p.ood_score) for index, p in zip(indices, slices, strict=True)
+        SlicePrediction(p.path, int(index), p.prob_covid, p.label, p.in_distribution, p.ood_score)
+        for index, p in zip(indices, slices, strict=True)
     )
     used = [p for p in slices if p.in_distribution]
     n_flagged = len(scored) - len(used)
     scores = [s.ood_score for s in scored if s.ood_score is not None]
     rule, topk_fraction = card_study_rule(card.decision)
     common = {
-        "source": origin.source, "study_key": origin.study_key, "series_key": origin.series_key, "threshold": card.decision.threshold,
-        "n_slices_total": origin.n_slices, "aggregate": describe_rule(rule, topk_fraction), "slices": scored,
+        "source": origin.source,
+        "study_key": origin.study_key,
+        "series_key": origin.series_key,
+        "threshold": card.decision.threshold,
+        "n_slices_total": origin.n_slices,
+        "aggregate": describe_rule(rule, topk_fraction),
+        "slices": scored,
         "ood_score": float(np.median(scores)) if scores else None,
     }
     flagged = f"{n_flagged} of {len(scored)} lung slices do not look like the chest CT slices the model was trained on"
     if n_flagged > MAX_FLAGGED_FRACTION * len(scored):
         message = f"{flagged} (out-of-distribution guard), so the study gets no COVID probability"
-        return StudyPrediction(prob_covid=None, label=NOT_CT_LABEL, n_slices_used=0, in_distribution=False, message=message, **common)
+        return StudyPrediction(
+            prob_covid=None,
+            label=NOT_CT_LABEL,
+            n_slices_used=0,
+            in_distribution=False,
+            message=message,
+            **common,
+        )
     used_prob = np.asarray([p.prob_covid for p in used], dtype=np.float64)
     prob_covid = aggregate_slices(used_prob, rule, topk_fraction=topk_fraction)
     message = f"{flagged} and were left out of the study probability" if n_flagged else ""

@@ -32,15 +32,41 @@ def plot_study(study: StudyPrediction, path: str | Path) -> Path:
     ax = fig.add_subplot()
     scored = [s for s in study.slices if s.prob_covid is not None]
     flagged = [s for s in study.slices if s.prob_covid is None]
-    ax.plot([s.index for s in scored], [s.prob_covid for s in scored], ".-", color="C0", linewidth=1, markersize=4, label="lung slice")
+    ax.plot(
+        [s.index for s in scored],
+        [s.prob_covid for s in scored],
+        ".-",
+        color="C0",
+        linewidth=1,
+        markersize=4,
+        label="lung slice",
+    )
     if flagged:
-        ax.plot([s.index for s in flagged], [0.0] * len(flagged), "x", color="0.5", label="left out (not CT-like)")
-    ax.axhline(study.threshold, color="C3", linestyle="--", linewidth=1, label=f"threshold {study.threshold:.3g}")
+        ax.plot(
+            [s.index for s in flagged], [0.0] * len(flagged), "x", color="0.5", label="left out (not CT-like)"
+        )
+    ax.axhline(
+        study.threshold, color="C3", linestyle="--", linewidth=1, label=f"threshold {study.threshold:.3g}"
+    )
     if study.prob_covid is not None:
-        ax.axhline(study.prob_covid, color="C2", linestyle=":", linewidth=1.5, label=f"study {study.prob_covid:.3f} ({study.aggregate})")
+        ax.axhline(
+            study.prob_covid,
+            color="C2",
+            linestyle=":",
+            linewidth=1.5,
+            label=f"study {study.prob_covid:.3f} ({study.aggregate})",
+        )
     for top in study.suspicious_slices:
         ax.plot(top.index, top.prob_covid, "o", markersize=10, markerfacecolor="none", markeredgecolor="C3")
-        ax.annotate(str(top.index), (top.index, top.prob_covid), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8, color="C3")
+        ax.annotate(
+            str(top.index),
+            (top.index, top.prob_covid),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+            color="C3",
+        )
     ax.set_xlim(-0.5, max(study.n_slices_total - 0.5, 0.5))
     ax.set_ylim(-0.03, 1.08)
     ax.set_xlabel(f"slice index (0 to {study.n_slices_total - 1}; {len(study.slices)} with lung scored)")

@@ -72,7 +72,10 @@ def group_dicom_series(paths: Sequence[DicomSource]) -> tuple[list[list[DicomSou
     failures: list[InputFailure] = []
     for path in paths:
         try:
-            uid = _series_uid(_read(path, stop_before_pixels=True), _name(path)) or f"no series uid: {_name(path)}"
+            uid = (
+                _series_uid(_read(path, stop_before_pixels=True), _name(path))
+                or f"no series uid: {_name(path)}"
+            )
         except InputError as error:
             failures.append(InputFailure.from_error(error, _name(path)))
             continue
@@ -180,14 +183,18 @@ def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
         if n_frames < 1:
             raise InputError(f"NumberOfFrames is {n_frames}; expected a positive integer", path=name)
         check_volume_size(name, (n_frames, rows, columns), max_pixels=max_pixels)
-        pixel_spacing = dataset.get("PixelSpacing") or _shared(dataset, "PixelMeasuresSequence", "PixelSpacing")
+        pixel_spacing = dataset.get("PixelSpacing") or _shared(
+            dataset, "PixelMeasuresSequence", "PixelSpacing"
+        )
         between = dataset.get("SpacingBetweenSlices") or dataset.get("SliceThickness")
         return _Header(
             rows=rows,
             columns=columns,
             rescale=_frame_rescales(dataset, n_frames, name),
             frames=_frames(dataset, n_frames),
-            pixel_spacing_mm=(float(pixel_spacing[0]), float(pixel_spacing[1])) if pixel_spacing is not None and len(pixel_spacing) == 2 else None,
+            pixel_spacing_mm=(float(pixel_spacing[0]), float(pixel_spacing[1]))
+            if pixel_spacing is not None and len(pixel_spacing) == 2
+            else None,
             slice_spacing_mm=None if between is None else float(between),
             study_uid=_raw_text(dataset, "StudyInstanceUID"),
             series_uid=_raw_text(dataset, "SeriesInstanceUID"),
@@ -195,14 +202,18 @@ def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
     except CovidctError:
         raise
     except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
-        raise InputError(f"invalid value in the DICOM header ({type(error).__name__}: {error})", path=name) from None
+        raise InputError(
+            f"invalid value in the DICOM header ({type(error).__name__}: {error})", path=name
+        ) from None
 
 
 def _series_uid(dataset: Dataset, name: str) -> str:
     try:
         return _raw_text(dataset, "SeriesInstanceUID")
     except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
-        raise InputError(f"invalid SeriesInstanceUID in the DICOM header ({type(error).__name__})", path=name) from None
+        raise InputError(
+            f"invalid SeriesInstanceUID in the DICOM header ({type(error).__name__})", path=name
+        ) from None
 
 
 def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
@@ -226,7 +237,9 @@ def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
         raise InputError("is a directory, expected a DICOM file", path=name) from None
     except InvalidDicomError:
         is_empty = len(file[1]) == 0 if isinstance(file, tuple) else file.stat().st_size == 0
-        raise InputError("empty file" if is_empty else "not a DICOM file (no 'DICM' marker and no DICOM header)", path=name) from None
+        raise InputError(
+            "empty file" if is_empty else "not a DICOM file (no 'DICM' marker and no DICOM header)", path=name
+        ) from None
     except Exception as error:  # noqa: BLE001 - on corrupt input pydicom raises anything from EOFError to struct.error
         raise InputError(f"not a readable DICOM file ({type(error).__name__}: {error})", path=name) from None
 
@@ -300,7 +313,9 @@ def _check_is_ct_image(dataset: Dataset, name: str) -> None:
     samples = int(dataset.get("SamplesPerPixel") or 1)
     photometric = str(dataset.get("PhotometricInterpretation") or "")
     if samples != 1:
-        raise InputError(f"{samples} samples per pixel ({photometric}); expected a grayscale CT image", path=name)
+        raise InputError(
+            f"{samples} samples per pixel ({photometric}); expected a grayscale CT image", path=name
+        )
 
 
 def _frames(dataset: Dataset, n_frames: int) -> list[_Frame]:
@@ -314,11 +329,15 @@ def _frames(dataset: Dataset, n_frames: int) -> list[_Frame]:
         else:
             position = dataset.get("ImagePositionPatient") if n_frames == 1 else None
         location = dataset.get("SliceLocation") if n_frames == 1 else None
-        frames.append(_Frame(
-            None if position is None or normal is None else float(np.dot(np.asarray(position, dtype=float), normal)),
-            None if location is None else float(location),
-            None if instance is None else (int(instance), index),
-        ))
+        frames.append(
+            _Frame(
+                None
+                if position is None or normal is None
+                else float(np.dot(np.asarray(position, dtype=float), normal)),
+                None if location is None else float(location),
+                None if instance is None else (int(instance), index),
+            )
+        )
     return frames
 
 
@@ -329,7 +348,11 @@ def _slice_order(frames: list[list[_Frame]]) -> tuple[list[tuple[int, int]], np.
         if all(getattr(frame, attribute) is not None for _, frame in keyed):
             keyed.sort(key=lambda item: getattr(item[1], attribute))
             break
-    positions = np.array([frame.position_mm for _, frame in keyed]) if all(frame.position_mm is not None for _, frame in keyed) else None
+    positions = (
+        np.array([frame.position_mm for _, frame in keyed])
+        if all(frame.position_mm is not None for _, frame in keyed)
+        else None
+    )
     return [key for key, _ in keyed], positions
 
 
@@ -338,7 +361,10 @@ def _common_slice_shape(headers: list[_Header], names: list[str], source: str) -
     for shape, name in zip(shapes, names, strict=True):
         if shape != shapes[0]:
             first = f"{Path(names[0]).name}: {shapes[0][1]}x{shapes[0][0]}"
-            raise InputError(f"slices differ in size ({first}, {Path(name).name}: {shape[1]}x{shape[0]}); expected one series", path=source)
+            raise InputError(
+                f"slices differ in size ({first}, {Path(name).name}: {shape[1]}x{shape[0]}); expected one series",
+                path=source,
+            )
     return shapes[0]
 
 
@@ -351,10 +377,15 @@ def _hu_frames(dataset: Dataset, header: _Header, name: str) -> np.ndarray:
             raise
         syntax = dataset.file_meta.get("TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", None) or "unknown transfer syntax"
-        raise InputError(f"cannot decode pixel data ({syntax_name}: {type(error).__name__}: {error})", path=name) from None
+        raise InputError(
+            f"cannot decode pixel data ({syntax_name}: {type(error).__name__}: {error})", path=name
+        ) from None
     expected = (len(header.frames), header.rows, header.columns)
     if stored.size != np.prod(expected):
-        raise InputError(f"pixel data holds {stored.shape}, expected {expected} from the header (frames, rows, columns)", path=name)
+        raise InputError(
+            f"pixel data holds {stored.shape}, expected {expected} from the header (frames, rows, columns)",
+            path=name,
+        )
     slope, intercept = header.rescale[:, 0, None, None], header.rescale[:, 1, None, None]
     hu = stored.reshape(expected).astype(np.float32) * slope + intercept
     if (
@@ -390,7 +421,10 @@ def _frame_rescales(dataset: Dataset, n_frames: int, name: str) -> np.ndarray:
         return np.array(per_frame, np.float32)
     photometric = str(dataset.get("PhotometricInterpretation") or "")
     if photometric != "MONOCHROME2":
-        raise InputError(f"{photometric or 'no photometric interpretation'} without RescaleSlope/RescaleIntercept; cannot tell Hounsfield units", path=name)
+        raise InputError(
+            f"{photometric or 'no photometric interpretation'} without RescaleSlope/RescaleIntercept; cannot tell Hounsfield units",
+            path=name,
+        )
     return np.tile(np.array([[1.0, 0.0]], np.float32), (n_frames, 1))
 
 
@@ -431,7 +465,11 @@ def _first(dataset: Dataset | None, sequence: str, keyword: str) -> object | Non
 
 
 def _spacing_mm(header: _Header, positions: np.ndarray | None) -> tuple[float, float, float] | None:
-    between = float(np.median(np.abs(np.diff(positions)))) if positions is not None and len(positions) > 1 else header.slice_spacing_mm
+    between = (
+        float(np.median(np.abs(np.diff(positions))))
+        if positions is not None and len(positions) > 1
+        else header.slice_spacing_mm
+    )
     if header.pixel_spacing_mm is None or between is None:
         return None
     return (between, *header.pixel_spacing_mm)

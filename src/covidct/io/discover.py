@@ -117,7 +117,9 @@ def _walk(root: Path) -> Iterator[Path | VolumeInput | InputFailure]:
         errors.clear()
         status = os.stat(folder)
         if (status.st_dev, status.st_ino) in visited:
-            yield InputFailure(folder, "folder already visited through another path (symlink loop); not walked again")
+            yield InputFailure(
+                folder, "folder already visited through another path (symlink loop); not walked again"
+            )
             dirnames.clear()
             continue
         visited.add((status.st_dev, status.st_ino))

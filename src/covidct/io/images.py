@@ -41,7 +41,9 @@ def read_grayscale(
             never expanded) or under ``MIN_SIDE_PX`` on a side; NaN or infinite pixels.
         UploadTooLargeError: over ``budget`` (reserved from the header, before decoding).
     """
-    name, opened = (source[0], io.BytesIO(source[1])) if isinstance(source, tuple) else (Path(source), Path(source))
+    name, opened = (
+        (source[0], io.BytesIO(source[1])) if isinstance(source, tuple) else (Path(source), Path(source))
+    )
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89M pixels; our own, lower max_pixels check refuses those with a clearer error.
@@ -59,7 +61,9 @@ def read_grayscale(
         raise InputError("is a directory, expected an image file", path=name) from None
     except UnidentifiedImageError:
         is_empty = len(source[1]) == 0 if isinstance(source, tuple) else Path(source).stat().st_size == 0
-        raise InputError("empty file" if is_empty else "not a readable PNG, JPEG, BMP or TIFF image", path=name) from None
+        raise InputError(
+            "empty file" if is_empty else "not a readable PNG, JPEG, BMP or TIFF image", path=name
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"cannot decode image ({error})", path=name) from None
 
@@ -69,7 +73,9 @@ def _check_size(name: str | Path, size: tuple[int, int], max_pixels: int) -> Non
     if width * height > max_pixels:
         raise InputError(f"image is {width}x{height} pixels, over the {max_pixels:,}-pixel limit", path=name)
     if min(width, height) < MIN_SIDE_PX:
-        raise InputError(f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=name)
+        raise InputError(
+            f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=name
+        )
 
 
 def _to_unit_gray(image: Image.Image, name: str | Path) -> np.ndarray:

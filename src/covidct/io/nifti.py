@@ -71,7 +71,9 @@ def read_nifti(
     except FileNotFoundError:
         raise InputError("file not found", path=name) from None
     except Exception as error:  # noqa: BLE001 - nibabel, gzip and zlib raise many types on corrupt files
-        raise InputError(f"not a readable NIfTI volume ({type(error).__name__}: {error})", path=name) from None
+        raise InputError(
+            f"not a readable NIfTI volume ({type(error).__name__}: {error})", path=name
+        ) from None
     data = data.reshape(data.shape[:3])
     _check_looks_like_hu(name, data)
     # RAS+ array axes (x: to the right, y: to anterior, z: to superior) -> (z, rows from anterior, columns from the right).
@@ -111,8 +113,15 @@ def _load(source: NiftiSource) -> nib.Nifti1Image:
 def _check_shape(name: str, shape: tuple[int, ...], orientation: np.ndarray, max_pixels: int) -> None:
     is_3d = len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)
     if not is_3d:
-        raise InputError(f"{len(shape)}-D volume of shape {shape}; expected one 3-D CT volume (split a 4-D series into 3-D files)", path=name)
-    canonical = [0, 0, 0]  # the (x, y, z) shape once reoriented to RAS+, worked out from the affine without reading data
+        raise InputError(
+            f"{len(shape)}-D volume of shape {shape}; expected one 3-D CT volume (split a 4-D series into 3-D files)",
+            path=name,
+        )
+    canonical = [
+        0,
+        0,
+        0,
+    ]  # the (x, y, z) shape once reoriented to RAS+, worked out from the affine without reading data
     for axis, (ras_axis, _) in enumerate(orientation):
         canonical[int(ras_axis)] = shape[axis]
     columns, rows, n_slices = canonical

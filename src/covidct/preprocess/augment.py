@@ -124,10 +124,14 @@ class RandomExport(nn.Module):
         u = torch.rand(8).tolist()
         export = Export()
         if u[0] < self.p_window:
-            export = Export(contrast=math.exp(math.log(0.4) + u[1] * math.log(1.5 / 0.4)), brightness=0.2 * u[2] - 0.1)
+            export = Export(
+                contrast=math.exp(math.log(0.4) + u[1] * math.log(1.5 / 0.4)), brightness=0.2 * u[2] - 0.1
+            )
         if u[3] < self.p_fov:
             padding = 0.1 + 0.6 * u[5] if u[4] < self.p_gray_padding else 0.0
             shift = (0.1 * u[6] - 0.05, 0.1 * u[7] - 0.05)
             radius = 0.8 + 0.4 * float(torch.rand(()))
-            export = Export(export.contrast, export.brightness, fov_radius=radius, fov_shift=shift, padding=padding)
+            export = Export(
+                export.contrast, export.brightness, fov_radius=radius, fov_shift=shift, padding=padding
+            )
         return export

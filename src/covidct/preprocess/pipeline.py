@@ -28,7 +28,9 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """
     if preprocessing.fill_padding:
         gray = site.fill_padding(gray)
-    if not (preprocessing.crop_field or preprocessing.remove_annotations or preprocessing.standardise_intensity):
+    if not (
+        preprocessing.crop_field or preprocessing.remove_annotations or preprocessing.standardise_intensity
+    ):
         return resize_gray(gray, preprocessing.image_size)
     body = site.find_body(gray)
     if preprocessing.remove_annotations:

@@ -120,7 +120,12 @@ def find_body(gray: np.ndarray) -> Body:
     is_kept = np.concatenate([[False], areas >= _KEEP_FRACTION_OF_LARGEST * areas.max()])
     mask = is_kept[labels]
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return Body(_orthogonal_hull(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1), True, thresholds[1])
+    return Body(
+        _orthogonal_hull(mask),
+        (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1),
+        True,
+        thresholds[1],
+    )
 
 
 def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | None:
@@ -147,7 +152,9 @@ def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | N
     weights = (weight[low], weight[high] - weight[low], 1.0 - weight[high])
     moments = (moment[low], moment[high] - moment[low], moment[-1] - moment[high])
     valid = np.all([w > 1e-12 for w in weights], axis=0)
-    between = np.where(valid, sum(m**2 / np.where(valid, w, 1.0) for m, w in zip(moments, weights, strict=True)), -1.0)
+    between = np.where(
+        valid, sum(m**2 / np.where(valid, w, 1.0) for m, w in zip(moments, weights, strict=True)), -1.0
+    )
     best = int(np.argmax(between))
     return float(edges[low[best] + 1]), float(edges[high[best] + 1])
 
@@ -223,6 +230,7 @@ def _orthogonal_hull(mask: np.ndarray) -> np.ndarray:
     a tight crop where they touch the image edge on one axis, but not letters in a corner beside an
     oval body.
     """
+
     def spans(m: np.ndarray) -> np.ndarray:
         has = m.any(axis=1)
         first = np.where(has, m.argmax(axis=1), m.shape[1])

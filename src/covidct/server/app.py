@@ -52,11 +52,20 @@ def create_app(settings: ServerSettings, *, predictor: Predictor | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with InferencePool(predictor, workers=settings.workers, queue_size=settings.queue_size, max_batch=settings.max_batch) as pool:
+        async with InferencePool(
+            predictor, workers=settings.workers, queue_size=settings.queue_size, max_batch=settings.max_batch
+        ) as pool:
             app.state.pool = pool
             yield
 
-    app = FastAPI(title="covidct", version=__version__, description=f"{RESEARCH_USE_STATEMENT}\n\nUploads are processed in memory and never written to disk.", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="covidct",
+        version=__version__,
+        description=f"{RESEARCH_USE_STATEMENT}\n\nUploads are processed in memory and never written to disk.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings, app.state.predictor = settings, predictor
     app.state.voxel_pool = VoxelPool(settings.max_total_voxels)
     app.include_router(health.router)
@@ -84,7 +93,10 @@ def create_app(settings: ServerSettings, *, predictor: Predictor | None = None) 
 
 
 async def _client_error(request: Request, error: CovidctError) -> JSONResponse:
-    code = next((code for kind, code in _STATUS_BY_ERROR if isinstance(error, kind)), status.HTTP_422_UNPROCESSABLE_CONTENT)
+    code = next(
+        (code for kind, code in _STATUS_BY_ERROR if isinstance(error, kind)),
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
     return JSONResponse({"detail": str(error)}, status_code=code)
 
 

@@ -17,7 +17,9 @@ def require_api_key(request: Request) -> None:
     if expected is None or not expected.get_secret_value():
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.get_secret_value().encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.get_secret_value().encode()
+    ):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="missing or wrong API key; send the header 'Authorization: Bearer <key>' with the key the server was started with",

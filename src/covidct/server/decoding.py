@@ -46,7 +46,10 @@ class DecodedUpload:
     @property
     def errors(self) -> list[InputError]:
         """Every file that gave nothing, as an error (rejected first, then undecodable ones)."""
-        return self.rejected + [InputError(failure.reason, path=failure.path) for failure in self.upload.failures]
+        return self.rejected + [
+            InputError(failure.reason, path=failure.path) for failure in self.upload.failures
+        ]
+
 
 def decode_upload(
     files: Sequence[tuple[str, bytes]], *, max_pixels: int, budget: VoxelBudget
@@ -77,7 +80,9 @@ def _checked_pixels(name: str, data: bytes, *, max_pixels: int) -> int:
         return 0
     if not (data.startswith(_IMAGE_SIGNATURES) or PurePath(name).suffix.lower() in IMAGE_SUFFIXES):
         found = "an empty file" if not data else f"content starting {data[:8]!r}"
-        raise UnsupportedUploadError(f"unsupported file type ({found}); expected {SUPPORTED_TYPES}", path=name)
+        raise UnsupportedUploadError(
+            f"unsupported file type ({found}); expected {SUPPORTED_TYPES}", path=name
+        )
     width, height = _declared_size(name, data, max_pixels=max_pixels)
     if width * height > max_pixels:
         raise UploadTooLargeError(
@@ -100,12 +105,17 @@ def _declared_size(name: str, data: bytes, *, max_pixels: int) -> tuple[int, int
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 return image.size
     except UnidentifiedImageError:
-        if not data or data.startswith(_IMAGE_SIGNATURES):  # empty, or damaged in a format we read: the reader says why
+        if not data or data.startswith(
+            _IMAGE_SIGNATURES
+        ):  # empty, or damaged in a format we read: the reader says why
             return 0, 0
         raise UnsupportedUploadError(
-            f"not a PNG, JPEG, BMP or TIFF image (content starting {data[:8]!r}); expected {SUPPORTED_TYPES}", path=name
+            f"not a PNG, JPEG, BMP or TIFF image (content starting {data[:8]!r}); expected {SUPPORTED_TYPES}",
+            path=name,
         ) from None
     except Image.DecompressionBombError as error:
-        raise UploadTooLargeError(f"image is over the server's {max_pixels:,}-pixel limit ({error})", path=name) from None
+        raise UploadTooLargeError(
+            f"image is over the server's {max_pixels:,}-pixel limit ({error})", path=name
+        ) from None
     except (OSError, SyntaxError, ValueError):
         return 0, 0

@@ -55,7 +55,9 @@ class InferencePool:
 
     async def __aenter__(self) -> Self:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="covidct-infer")
-        self._tasks = [asyncio.create_task(self._work(), name=f"covidct-infer-{i}") for i in range(self.workers)]
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"covidct-infer-{i}") for i in range(self.workers)
+        ]
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -64,7 +66,9 @@ class InferencePool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def predict(self, names: Sequence[str], slices: Sequence[np.ndarray], *, explain: bool = False) -> list[Explanation]:
+    async def predict(
+        self, names: Sequence[str], slices: Sequence[np.ndarray], *, explain: bool = False
+    ) -> list[Explanation]:
         """One ``Explanation`` per slice, computed in a worker thread (batched with other waiting requests).
 
         Raises:
@@ -84,7 +88,9 @@ class InferencePool:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise ServerBusyError(f"the server is busy ({self._queue.maxsize} requests waiting); retry in a few seconds") from None
+            raise ServerBusyError(
+                f"the server is busy ({self._queue.maxsize} requests waiting); retry in a few seconds"
+            ) from None
         return await job.result
 
     async def _work(self) -> None:
@@ -106,7 +112,9 @@ class InferencePool:
                     call = functools.partial(self.predictor.predict_slices, names, slices, explain=explain)
                     await self._run(jobs, call, functools.partial(_split, jobs))
 
-    async def _run(self, jobs: list[_Job], call: Callable[[], object], split: Callable[[object], list]) -> None:
+    async def _run(
+        self, jobs: list[_Job], call: Callable[[], object], split: Callable[[object], list]
+    ) -> None:
         """Run ``call`` in the pool and hand each job its share of the result (``split``), or the error."""
         try:
             shares = split(await asyncio.get_running_loop().run_in_executor(self._executor, call))

@@ -12,10 +12,18 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 class SliceResult(BaseModel):
     """The model's answer for one slice (an uploaded image, or one slice of a study)."""
 
-    name: str = Field(description="The uploaded file name, or '<file>#<index>' for a slice of a multi-slice file.")
-    prob_covid: float | None = Field(description="Calibrated probability of the positive class; null when the guard flagged the slice.")
-    in_distribution: bool = Field(description="False when the out-of-distribution guard says the slice is not like a chest CT slice.")
-    ood_score: float | None = Field(description="The guard's distance (larger is less CT-like); null for a model without a guard.")
+    name: str = Field(
+        description="The uploaded file name, or '<file>#<index>' for a slice of a multi-slice file."
+    )
+    prob_covid: float | None = Field(
+        description="Calibrated probability of the positive class; null when the guard flagged the slice."
+    )
+    in_distribution: bool = Field(
+        description="False when the out-of-distribution guard says the slice is not like a chest CT slice."
+    )
+    ood_score: float | None = Field(
+        description="The guard's distance (larger is less CT-like); null for a model without a guard."
+    )
 
 
 class UploadFailure(BaseModel):
@@ -28,22 +36,43 @@ class UploadFailure(BaseModel):
 class PredictResponse(BaseModel):
     """The answer for one image, or a study-level answer for the files of one study."""
 
-    prob_covid: float | None = Field(description="The image's (or study's) calibrated COVID probability; null when not a chest CT.")
+    prob_covid: float | None = Field(
+        description="The image's (or study's) calibrated COVID probability; null when not a chest CT."
+    )
     label: str
     threshold: float = Field(description="The model's decision threshold on prob_covid.")
-    in_distribution: bool = Field(description="False when the out-of-distribution guard says this is not a chest CT slice (or study).")
-    ood_score: float | None = Field(description="The guard's distance (a study's median over its slices); null for a model without a guard.")
-    message: str = Field(description="Empty, or what the guard did (why there is no probability, or how many slices it left out).")
-    is_study: bool = Field(description="True for a DICOM series, a NIfTI volume or several slices, combined into one answer.")
-    study_key: str | None = Field(None, description="For a study: a hash of its StudyInstanceUID (never the UID or a patient attribute).")
+    in_distribution: bool = Field(
+        description="False when the out-of-distribution guard says this is not a chest CT slice (or study)."
+    )
+    ood_score: float | None = Field(
+        description="The guard's distance (a study's median over its slices); null for a model without a guard."
+    )
+    message: str = Field(
+        description="Empty, or what the guard did (why there is no probability, or how many slices it left out)."
+    )
+    is_study: bool = Field(
+        description="True for a DICOM series, a NIfTI volume or several slices, combined into one answer."
+    )
+    study_key: str | None = Field(
+        None,
+        description="For a study: a hash of its StudyInstanceUID (never the UID or a patient attribute).",
+    )
     aggregate: str | None = Field(None, description="For a study: how its slice probabilities were combined.")
     n_slices_total: int | None = Field(None, description="For a study: its slices.")
     n_slices_used: int | None = Field(None, description="For a study: the lung slices in its probability.")
-    slices: list[SliceResult] = Field(description="Per-slice results: the image, or the study's scored (lung) slices in order.")
+    slices: list[SliceResult] = Field(
+        description="Per-slice results: the image, or the study's scored (lung) slices in order."
+    )
     failures: list[UploadFailure] = Field(description="Files that could not be used.")
-    cam_slice: str | None = Field(None, description="The slice the overlay shows (the most suspicious one in a study).")
-    overlay_png: str | None = Field(None, description="Base64 PNG: the Grad-CAM heatmap over the slice (with ?cam=true).")
-    slice_png: str | None = Field(None, description="Base64 PNG: the slice as the model saw it (with ?cam=true).")
+    cam_slice: str | None = Field(
+        None, description="The slice the overlay shows (the most suspicious one in a study)."
+    )
+    overlay_png: str | None = Field(
+        None, description="Base64 PNG: the Grad-CAM heatmap over the slice (with ?cam=true)."
+    )
+    slice_png: str | None = Field(
+        None, description="Base64 PNG: the slice as the model saw it (with ?cam=true)."
+    )
     research_use: str = RESEARCH_USE_STATEMENT
 
 

@@ -27,7 +27,9 @@ def check_declared_size(content_length: str | None, *, max_bytes: int) -> None:
         UploadTooLargeError: the declared size is over the limit.
     """
     if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
-        raise UploadTooLargeError(f"upload is {int(content_length):,} bytes, over the {max_bytes:,}-byte limit; send fewer or smaller files")
+        raise UploadTooLargeError(
+            f"upload is {int(content_length):,} bytes, over the {max_bytes:,}-byte limit; send fewer or smaller files"
+        )
 
 
 async def read_files(
@@ -57,7 +59,9 @@ async def read_files(
     boundary = options.get(b"boundary")
     if media_type != FORM_CONTENT_TYPE.encode() or not boundary:
         shown = content_type or "no Content-Type"
-        raise UnsupportedUploadError(f"request body is {shown}; expected {FORM_CONTENT_TYPE} with the files as parts named 'files'")
+        raise UnsupportedUploadError(
+            f"request body is {shown}; expected {FORM_CONTENT_TYPE} with the files as parts named 'files'"
+        )
     parts = _Parts(max_files)
     try:
         async with asyncio.timeout(timeout_s):
@@ -69,9 +73,13 @@ async def read_files(
     except MultipartParseError as error:
         raise InputError(f"malformed multipart body ({error})") from None
     if not parts.is_complete:
-        raise InputError("malformed multipart body (it ends before its closing boundary; was the upload cut off?)")
+        raise InputError(
+            "malformed multipart body (it ends before its closing boundary; was the upload cut off?)"
+        )
     if not parts.files:
-        raise InputError("no file in the upload; send one image, or the files of one study, as parts named 'files'")
+        raise InputError(
+            "no file in the upload; send one image, or the files of one study, as parts named 'files'"
+        )
     return parts.files
 
 
@@ -128,9 +136,16 @@ class _Parts:
         _, options = parse_options_header(self._disposition)
         field = options.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" not in options:
-            raise InputError(f"form field '{field}' is not a file; send files as parts named 'files' with a file name")
+            raise InputError(
+                f"form field '{field}' is not a file; send files as parts named 'files' with a file name"
+            )
         if len(self.files) == self.max_files:
-            raise UploadTooLargeError(f"more than {self.max_files:,} files in one upload; send at most {self.max_files:,}")
+            raise UploadTooLargeError(
+                f"more than {self.max_files:,} files in one upload; send at most {self.max_files:,}"
+            )
         # Browsers send a bare name, but some clients send a full path; only the name is kept (and echoed back).
-        name = PureWindowsPath(options[b"filename"].decode("utf-8", "replace")).name or f"upload-{len(self.files) + 1}"
+        name = (
+            PureWindowsPath(options[b"filename"].decode("utf-8", "replace")).name
+            or f"upload-{len(self.files) + 1}"
+        )
         self.files.append((name, bytes(self._data)))

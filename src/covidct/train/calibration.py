@@ -34,7 +34,9 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return temperature, (0.0, *(float(value) for value in free_bias.detach()))
 
 
-def choose_threshold(y_true: np.ndarray, prob: np.ndarray, *, target_sensitivity: float | None = None) -> tuple[float, str]:
+def choose_threshold(
+    y_true: np.ndarray, prob: np.ndarray, *, target_sensitivity: float | None = None
+) -> tuple[float, str]:
     """Return (threshold, rule) on positive-class probabilities, chosen on validation data only.
 
     Default: Youden's J (max sensitivity + specificity - 1). With ``target_sensitivity``: the highest

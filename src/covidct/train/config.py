@@ -76,7 +76,10 @@ class TrainConfig:
             self.frozen_views >= 0, "frozen_views", "must be 0 (off) or a number of views", self.frozen_views
         )
         if self.frozen_views:
-            has_frozen_trunk = self.mode is Mode.FINETUNE and self.train_layers in (TrainLayers.LAYER4, TrainLayers.LAYER3)
+            has_frozen_trunk = self.mode is Mode.FINETUNE and self.train_layers in (
+                TrainLayers.LAYER4,
+                TrainLayers.LAYER3,
+            )
             _require(
                 has_frozen_trunk,
                 "frozen_views",
@@ -131,8 +134,12 @@ class TrainConfig:
         from covidct.preprocess.transforms import Preprocessing  # loaded for training, not for --help
 
         return Preprocessing(
-            image_size=self.image_size, crop_field=self.crop_field, remove_annotations=self.remove_annotations, standardise_intensity=self.standardise_intensity,
-            fill_padding=self.fill_padding, hu_window=self.hu_window,
+            image_size=self.image_size,
+            crop_field=self.crop_field,
+            remove_annotations=self.remove_annotations,
+            standardise_intensity=self.standardise_intensity,
+            fill_padding=self.fill_padding,
+            hu_window=self.hu_window,
         )
 
     def to_dict(self) -> dict:

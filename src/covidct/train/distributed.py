@@ -71,7 +71,9 @@ class World:
             OptionError: the split has fewer usable slices than there are processes.
         """
         if rows < self.size:
-            raise OptionError(f"the {split} split has {rows} usable slice(s), fewer than the {self.size} torchrun processes; start at most {rows} (--nproc-per-node x --nnodes)")
+            raise OptionError(
+                f"the {split} split has {rows} usable slice(s), fewer than the {self.size} torchrun processes; start at most {rows} (--nproc-per-node x --nnodes)"
+            )
 
     def shard(self, tensor: torch.Tensor) -> torch.Tensor:
         """This rank's rows of ``tensor``: rows rank, rank + size, ... (all of them in a single process)."""
@@ -104,7 +106,9 @@ class World:
         dist.broadcast_object_list(box, src=0, device=self._wire_device)
         return box[0]
 
-    def gathered_validation(self, local_logits: Callable[[nn.Module], torch.Tensor], total: int) -> Callable[[nn.Module], torch.Tensor]:
+    def gathered_validation(
+        self, local_logits: Callable[[nn.Module], torch.Tensor], total: int
+    ) -> Callable[[nn.Module], torch.Tensor]:
         """Turn "logits of this rank's validation shard" into "logits of the whole split", the same on every rank."""
         if not self.is_distributed:
             return local_logits
@@ -125,7 +129,9 @@ class World:
         """``module`` in DistributedDataParallel (gradients averaged across ranks), or as it is."""
         if not self.is_distributed:
             return module
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return DistributedDataParallel(
+            module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
 
     def sampler(self, dataset: Dataset, *, seed: int) -> DistributedSampler | None:
         """A sampler giving each rank its own share of ``dataset``, reshuffled by ``set_epoch``; None in a single process."""
@@ -160,7 +166,10 @@ def distributed_session(device: Device | str) -> Iterator[World]:
         resolved = _local_gpu(int(os.environ.get("LOCAL_RANK", "0")))
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", device_id=resolved if resolved.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if resolved.type == "cuda" else "gloo",
+            device_id=resolved if resolved.type == "cuda" else None,
+        )
     try:
         yield World(resolved, dist.get_rank(), dist.get_world_size())
     finally:
@@ -171,6 +180,8 @@ def distributed_session(device: Device | str) -> Iterator[World]:
 def _local_gpu(local_rank: int) -> torch.device:
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise OptionError(f"torchrun started local rank {local_rank}, but this node has {count} GPU(s); use --nproc-per-node {count} or fewer")
+        raise OptionError(
+            f"torchrun started local rank {local_rank}, but this node has {count} GPU(s); use --nproc-per-node {count} or fewer"
+        )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)

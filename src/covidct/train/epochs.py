@@ -75,16 +75,27 @@ class EpochRunner:
         """Train one epoch, then validate; return the log row (loss, validation loss and ROC-AUC, lr, seconds)."""
         started = time.perf_counter()
         self.loader.generator.manual_seed(self.seed * 1000 + epoch)
-        for part in (self.loader.sampler, self.loader.dataset):  # a DistributedSampler reshuffles; cached frozen views move on
+        for part in (
+            self.loader.sampler,
+            self.loader.dataset,
+        ):  # a DistributedSampler reshuffles; cached frozen views move on
             if hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
         self.module.train()
-        train_mode(self.model)  # after module.train(): frozen blocks go back to eval, their BatchNorms keep ImageNet's statistics
+        train_mode(
+            self.model
+        )  # after module.train(): frozen blocks go back to eval, their BatchNorms keep ImageNet's statistics
         losses = []
         for step, (inputs, labels, weights) in enumerate(self.loader):
-            inputs, labels, weights = self.to_input(inputs.to(self.device)), labels.to(self.device), weights.to(self.device)
+            inputs, labels, weights = (
+                self.to_input(inputs.to(self.device)),
+                labels.to(self.device),
+                weights.to(self.device),
+            )
             with autocast(self.device, self.use_bf16):
-                losses_per_sample = functional.cross_entropy(self.module(inputs).float(), labels, reduction="none")
+                losses_per_sample = functional.cross_entropy(
+                    self.module(inputs).float(), labels, reduction="none"
+                )
             loss = (losses_per_sample * weights).sum() / weights.sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,16 +148,30 @@ def make_runner(
     generator = torch.Generator().manual_seed(config.seed)
     val_shard = world.shard(val[0])
     if config.mode is Mode.LINEAR:
-        train_features = world.gather(_features(model, world.shard(train[0]), preprocessing, device, use_bf16), len(train[0]))
+        train_features = world.gather(
+            _features(model, world.shard(train[0]), preprocessing, device, use_bf16), len(train[0])
+        )
         val_features = _features(model, val_shard, preprocessing, device, use_bf16)
         module = model.fc
         dataset = TensorDataset(train_features, train[1], weights)
         to_input = _identity
         val_logits = lambda net: _head_logits(net.fc, val_features, device)
     elif config.frozen_views:
-        callbacks.on_stage(f"running the frozen layers once on {config.frozen_views} augmented views of each training slice (--frozen-views)")
+        callbacks.on_stage(
+            f"running the frozen layers once on {config.frozen_views} augmented views of each training slice (--frozen-views)"
+        )
         frozen = {"device": device, "use_bf16": use_bf16, "train_layers": config.train_layers}
-        views = cache_frozen_views(model, train[0], views=config.frozen_views, preprocessing=preprocessing, vary_export=config.vary_export, batch_size=config.batch_size, world=world, progress=callbacks.decode_progress("frozen layers"), **frozen)
+        views = cache_frozen_views(
+            model,
+            train[0],
+            views=config.frozen_views,
+            preprocessing=preprocessing,
+            vary_export=config.vary_export,
+            batch_size=config.batch_size,
+            world=world,
+            progress=callbacks.decode_progress("frozen layers"),
+            **frozen,
+        )
         val_cached = trunk_outputs(model, val_shard, preprocessing=preprocessing, **frozen)
         module = TrainableTail(model, config.train_layers)
         dataset = CachedViews(views, train[1], weights, seed=config.seed)
@@ -154,21 +179,54 @@ def make_runner(
         val_logits = lambda net: tail_logits(net, val_cached, batch_size=config.batch_size, **frozen)
     else:
         module = model
-        dataset = SliceDataset(train[0], train[1], weights, augment=train_augmentation(preprocessing.image_size, vary_export=config.vary_export))
-        to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
-        val_logits = lambda net: (
-            _engine_outputs(net, val_shard, preprocessing, device, use_bf16, config.batch_size)[1]
+        dataset = SliceDataset(
+            train[0],
+            train[1],
+            weights,
+            augment=train_augmentation(preprocessing.image_size, vary_export=config.vary_export),
         )
+        to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
+        val_logits = lambda net: _engine_outputs(
+            net, val_shard, preprocessing, device, use_bf16, config.batch_size
+        )[1]
     is_finetune = config.mode is Mode.FINETUNE
     drop_last = len(dataset) > config.batch_size and is_finetune
     sampler = world.sampler(dataset, seed=config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=drop_last, generator=generator)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=drop_last,
+        generator=generator,
+    )
     optimizer = _optimizer(model, module, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(steps_per_epoch=len(loader), epochs=config.resolved_epochs, warmup_epochs=config.warmup_epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        WarmupCosine(
+            steps_per_epoch=len(loader), epochs=config.resolved_epochs, warmup_epochs=config.warmup_epochs
+        ),
+    )
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(train[1], model.fc.out_features).to(device))
     averaged = _weight_average(model, config, steps_per_epoch=len(loader)) if is_finetune else None
     val_logits = world.gathered_validation(val_logits, len(val[1]))
-    return EpochRunner(model, world.wrap(module), optimizer, scheduler, loader, to_input, val_logits, val[1], loss_fn, device, use_bf16, callbacks, config.seed, positive_index, averaged)
+    return EpochRunner(
+        model,
+        world.wrap(module),
+        optimizer,
+        scheduler,
+        loader,
+        to_input,
+        val_logits,
+        val[1],
+        loss_fn,
+        device,
+        use_bf16,
+        callbacks,
+        config.seed,
+        positive_index,
+        averaged,
+    )
 
 
 def _weight_average(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int) -> AveragedModel | None:
@@ -187,14 +245,20 @@ def _identity(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _features(model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device, use_bf16: bool) -> torch.Tensor:
+def _features(
+    model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device, use_bf16: bool
+) -> torch.Tensor:
     model.eval()
     return _engine_outputs(model, slices, preprocessing, device, use_bf16)[0]
 
 
 def _engine_outputs(
-    model: nn.Module, slices: torch.Tensor, preprocessing: Preprocessing, device: torch.device,
-    use_bf16: bool, batch_size: int = 32,
+    model: nn.Module,
+    slices: torch.Tensor,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    use_bf16: bool,
+    batch_size: int = 32,
 ) -> Tensors:
     """(N, 2048) features and (N, C) logits of ``model`` as the torch engine predicts them (no flips)."""
     engine = TorchEngine(model, device=device, use_bf16=use_bf16)

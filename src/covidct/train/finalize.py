@@ -35,7 +35,15 @@ class RunFacts:
     audit_warnings: list[str]
 
 
-def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tensor, torch.Tensor, list[str | None]], preprocessing: Preprocessing, pretrained: Pretrained, facts: RunFacts) -> ModelCard:
+def build_card(
+    manifest: Manifest,
+    config: TrainConfig,
+    *,
+    val: tuple[torch.Tensor, torch.Tensor, list[str | None]],
+    preprocessing: Preprocessing,
+    pretrained: Pretrained,
+    facts: RunFacts,
+) -> ModelCard:
     """Fit calibration (temperature and class bias), threshold and the study aggregation rule on the validation split (never test); assemble the card.
 
     Args:
@@ -49,8 +57,14 @@ def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tens
     threshold, rule = choose_threshold(is_positive, prob, target_sensitivity=config.target_sensitivity)
     study = choose_study_rule(is_positive, prob, val[2])
     decision = Decision(
-        threshold=threshold, threshold_rule=rule, temperature=temperature, class_bias=class_bias, tta_hflip=config.tta_hflip,
-        study_aggregate=study.rule.aggregate.value, study_topk_fraction=study.rule.topk_fraction, study_rule_source=study.source,
+        threshold=threshold,
+        threshold_rule=rule,
+        temperature=temperature,
+        class_bias=class_bias,
+        tta_hflip=config.tta_hflip,
+        study_aggregate=study.rule.aggregate.value,
+        study_topk_fraction=study.rule.topk_fraction,
+        study_rule_source=study.source,
     )
     return ModelCard(
         classes=manifest.classes,
@@ -61,7 +75,10 @@ def build_card(manifest: Manifest, config: TrainConfig, *, val: tuple[torch.Tens
         weights={"imagenet": pretrained.provenance},
         data=_data_facts(manifest, facts),
         training={**config.to_dict(), **_run_facts(facts, config.resolved_epochs)},
-        validation_metrics={key: _finite_or_none(value) for key, value in binary_metrics(is_positive, prob, threshold).items()} | {"n": len(prob)},
+        validation_metrics={
+            key: _finite_or_none(value) for key, value in binary_metrics(is_positive, prob, threshold).items()
+        }
+        | {"n": len(prob)},
         environment=_environment(),
         covidct_version=version("covidct"),
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -70,11 +70,15 @@ class TrainableTail(nn.Module):
 class CachedViews(Dataset):
     """Cached trunk outputs (views, N, C, h, w) with (N,) labels and loss weights; ``set_epoch(e)`` shows view (e + offset_i) mod views of slice i."""
 
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *, seed: int) -> None:
+    def __init__(
+        self, views: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *, seed: int
+    ) -> None:
         self.views = views
         self.labels = labels
         self.weights = weights
-        self.offsets = torch.randint(len(views), (len(labels),), generator=torch.Generator().manual_seed(seed))
+        self.offsets = torch.randint(
+            len(views), (len(labels),), generator=torch.Generator().manual_seed(seed)
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -109,7 +113,9 @@ def cache_frozen_views(
     Raises:
         OptionError: the cache would take more than half of this machine's memory.
     """
-    _check_memory(model, slices, views=views, train_layers=train_layers, preprocessing=preprocessing, use_bf16=use_bf16)
+    _check_memory(
+        model, slices, views=views, train_layers=train_layers, preprocessing=preprocessing, use_bf16=use_bf16
+    )
     model.eval()
     augment = train_augmentation(preprocessing.image_size, vary_export=vary_export)
     local_slices = world.shard(slices)
@@ -118,25 +124,61 @@ def cache_frozen_views(
         local = []
         for start in range(0, len(local_slices), batch_size):
             # Augmented as SliceDataset does for the plain recipe: float (1, S, S) in, clamped to [0, 1].
-            batch = torch.cat([augment(image.unsqueeze(0).float()).clamp(0.0, 1.0) for image in local_slices[start : start + batch_size]])
-            local.append(trunk_outputs(model, batch, train_layers=train_layers, preprocessing=preprocessing, device=device, use_bf16=use_bf16))
+            batch = torch.cat(
+                [
+                    augment(image.unsqueeze(0).float()).clamp(0.0, 1.0)
+                    for image in local_slices[start : start + batch_size]
+                ]
+            )
+            local.append(
+                trunk_outputs(
+                    model,
+                    batch,
+                    train_layers=train_layers,
+                    preprocessing=preprocessing,
+                    device=device,
+                    use_bf16=use_bf16,
+                )
+            )
         cached.append(world.gather(torch.cat(local), len(slices)))
         if progress:
             progress(view + 1, views)
     return torch.stack(cached)
 
 
-def trunk_outputs(model: nn.Module, slices: torch.Tensor, *, train_layers: TrainLayers, preprocessing: Preprocessing, device: torch.device, use_bf16: bool) -> torch.Tensor:
+def trunk_outputs(
+    model: nn.Module,
+    slices: torch.Tensor,
+    *,
+    train_layers: TrainLayers,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    use_bf16: bool,
+) -> torch.Tensor:
     """(N, C, h, w) frozen-layer outputs of (N, S, S) slices in [0, 1], kept on the CPU in bf16 under autocast, else float32.
 
     bf16 loses nothing under autocast: the trained stages only read their input through convolutions, which cast it to bf16.
     """
-    outputs = predict_logits(lambda x: run_trunk(model, x, train_layers), slices, preprocessing=preprocessing, device=device, use_bf16=use_bf16)
+    outputs = predict_logits(
+        lambda x: run_trunk(model, x, train_layers),
+        slices,
+        preprocessing=preprocessing,
+        device=device,
+        use_bf16=use_bf16,
+    )
     return outputs.to(torch.bfloat16 if use_bf16 else torch.float32)
 
 
 @torch.inference_mode()
-def tail_logits(net: nn.Module, cached: torch.Tensor, *, train_layers: TrainLayers, device: torch.device, use_bf16: bool, batch_size: int) -> torch.Tensor:
+def tail_logits(
+    net: nn.Module,
+    cached: torch.Tensor,
+    *,
+    train_layers: TrainLayers,
+    device: torch.device,
+    use_bf16: bool,
+    batch_size: int,
+) -> torch.Tensor:
     """Float32 (N, classes) logits of ``net``'s trained stages and head for cached trunk outputs."""
     outputs = []
     for start in range(0, len(cached), batch_size):
@@ -146,10 +188,20 @@ def tail_logits(net: nn.Module, cached: torch.Tensor, *, train_layers: TrainLaye
     return torch.cat(outputs)
 
 
-def _check_memory(model: nn.Module, slices: torch.Tensor, *, views: int, train_layers: TrainLayers, preprocessing: Preprocessing, use_bf16: bool) -> None:
+def _check_memory(
+    model: nn.Module,
+    slices: torch.Tensor,
+    *,
+    views: int,
+    train_layers: TrainLayers,
+    preprocessing: Preprocessing,
+    use_bf16: bool,
+) -> None:
     size = preprocessing.image_size
     with torch.inference_mode():
-        probe = run_trunk(model.eval(), torch.zeros(1, 3, size, size, device=next(model.parameters()).device), train_layers)
+        probe = run_trunk(
+            model.eval(), torch.zeros(1, 3, size, size, device=next(model.parameters()).device), train_layers
+        )
     needed = views * len(slices) * probe.numel() * (2 if use_bf16 else 4)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > MEMORY_SHARE * available:
@@ -157,4 +209,3 @@ def _check_memory(model: nn.Module, slices: torch.Tensor, *, views: int, train_l
             f"--frozen-views {views} would cache {needed / 2**30:.1f} GiB of frozen-layer outputs for {len(slices)} training slices "
             f"at {size} px, more than half of this machine's {available / 2**30:.1f} GiB; lower --frozen-views or leave it at 0"
         )
-

@@ -93,7 +93,13 @@ def fit_detector(features: np.ndarray, labels: np.ndarray | torch.Tensor) -> Ood
     return OodDetector(means, precision)
 
 
-def threshold_on_validation(detector: OodDetector, val_scores: np.ndarray, val_groups: Sequence[str | None], *, pass_rate: float = DEFAULT_PASS_RATE) -> OodFit:
+def threshold_on_validation(
+    detector: OodDetector,
+    val_scores: np.ndarray,
+    val_groups: Sequence[str | None],
+    *,
+    pass_rate: float = DEFAULT_PASS_RATE,
+) -> OodFit:
     """``detector`` with the threshold the group-calibrated validation quantile gives, and the facts the card records."""
     groups = calibration_groups(val_groups)
     quantile, new_group_flag_rate = group_calibrated_pass_rate(val_scores, groups, target=pass_rate)
@@ -116,10 +122,18 @@ def calibration_groups(groups: Sequence[str | None]) -> np.ndarray:
     The manifest's patients, a slice without a patient id being a group of its own; with fewer than
     ``MIN_GROUPS`` patients, runs of consecutive rows (``evaluate.bootstrap.resampling_groups``).
     """
-    return resampling_groups([f"row-{index}" if group is None or str(group) == "" else str(group) for index, group in enumerate(groups)], MIN_GROUPS)
+    return resampling_groups(
+        [
+            f"row-{index}" if group is None or str(group) == "" else str(group)
+            for index, group in enumerate(groups)
+        ],
+        MIN_GROUPS,
+    )
 
 
-def group_calibrated_pass_rate(scores: np.ndarray, groups: np.ndarray, *, target: float) -> tuple[float, float]:
+def group_calibrated_pass_rate(
+    scores: np.ndarray, groups: np.ndarray, *, target: float
+) -> tuple[float, float]:
     """The smallest validation quantile (``target`` up to ``MAX_PASS_RATE``) whose left-out-group flag rate is at most ``1 - target``.
 
     Returns:

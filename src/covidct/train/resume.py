@@ -53,7 +53,9 @@ def save_resume_state(
     folder = Path(out_dir) / RESUME_DIR
     folder.mkdir(parents=True, exist_ok=True)
     optimizer_state = optimizer.state_dict()
-    tensors = {f"{name}.{k}": _plain(v) for name, module in modules.items() for k, v in module.state_dict().items()}
+    tensors = {
+        f"{name}.{k}": _plain(v) for name, module in modules.items() for k, v in module.state_dict().items()
+    }
     for index, state in optimizer_state["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -96,7 +98,14 @@ def remove_resume_state(out_dir: Path) -> None:
         folder.rmdir()
 
 
-def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler, config: dict) -> Progress:
+def load_resume_state(
+    out_dir: Path,
+    *,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    config: dict,
+) -> Progress:
     """Restore what ``save_resume_state`` wrote and return the progress to continue from.
 
     Raises:
@@ -106,12 +115,21 @@ def load_resume_state(out_dir: Path, *, modules: dict[str, torch.nn.Module], opt
     meta = _saved_state(folder)
     if not meta:
         raise ModelDirError("nothing to resume (no resume/state.json); start without --resume", path=out_dir)
-    changed = sorted(k for k in config if k not in ("epochs", "device", "max_minutes") and meta["config"].get(k) != config[k])
+    changed = sorted(
+        k
+        for k in config
+        if k not in ("epochs", "device", "max_minutes") and meta["config"].get(k) != config[k]
+    )
     if changed:
-        raise ModelDirError(f"--resume with different options than the interrupted run: {changed}; use the same options", path=out_dir)
+        raise ModelDirError(
+            f"--resume with different options than the interrupted run: {changed}; use the same options",
+            path=out_dir,
+        )
     tensors = load_file(folder / meta.get("last_file", "last.safetensors"))
     for name, module in modules.items():
-        module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")})
+        module.load_state_dict(
+            {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        )
     optimizer.load_state_dict({"state": _optimizer_state(tensors), "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])

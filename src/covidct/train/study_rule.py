@@ -60,7 +60,9 @@ class StudyRuleChoice:
     auc_by_rule: dict[str, float]
 
 
-def choose_study_rule(y_true: np.ndarray, prob: np.ndarray, groups: Sequence[str | None] | None) -> StudyRuleChoice:
+def choose_study_rule(
+    y_true: np.ndarray, prob: np.ndarray, groups: Sequence[str | None] | None
+) -> StudyRuleChoice:
     """Return the candidate rule with the best validation patient-level ROC-AUC, or the default and why.
 
     Args:
@@ -74,10 +76,14 @@ def choose_study_rule(y_true: np.ndarray, prob: np.ndarray, groups: Sequence[str
     n_positive = int(patients.labels.sum())
     n_negative = len(patients.labels) - n_positive
     if min(n_positive, n_negative) < MIN_PATIENTS_PER_CLASS:
-        return _default(f"validation has {n_positive} positive and {n_negative} negative patients; need {MIN_PATIENTS_PER_CLASS} of each")
+        return _default(
+            f"validation has {n_positive} positive and {n_negative} negative patients; need {MIN_PATIENTS_PER_CLASS} of each"
+        )
     auc_by_rule = {}
     for rule in CANDIDATES:
-        scores = aggregate_by_group(prob, y_true, groups, rule.aggregate, topk_fraction=rule.topk_fraction or DEFAULT_TOPK_FRACTION)
+        scores = aggregate_by_group(
+            prob, y_true, groups, rule.aggregate, topk_fraction=rule.topk_fraction or DEFAULT_TOPK_FRACTION
+        )
         auc_by_rule[str(rule)] = float(roc_auc_score(scores.labels, scores.prob))
     best = max(auc_by_rule.values())
     chosen = next(rule for rule in CANDIDATES if auc_by_rule[str(rule)] >= best - _AUC_TIE)

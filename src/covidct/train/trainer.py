@@ -89,16 +89,35 @@ def fit(
         claim_run_dir(Path(out_dir), "train", overwrite=overwrite)
     with distributed_session(config.device) as world:
         quiet = TrainCallbacks()
-        return _fit(manifest, Path(out_dir), config, pretrained=pretrained, resume=resume, callbacks=(callbacks or quiet) if world.is_main else quiet, world=world)
+        return _fit(
+            manifest,
+            Path(out_dir),
+            config,
+            pretrained=pretrained,
+            resume=resume,
+            callbacks=(callbacks or quiet) if world.is_main else quiet,
+            world=world,
+        )
 
 
-def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: Pretrained, resume: bool, callbacks: TrainCallbacks, world: World) -> TrainResult | None:
+def _fit(
+    manifest: Manifest,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    pretrained: Pretrained,
+    resume: bool,
+    callbacks: TrainCallbacks,
+    world: World,
+) -> TrainResult | None:
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     _seed_everything(config.seed)
     method = split_method(manifest)
-    manifest = assign_splits(manifest, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    manifest = assign_splits(
+        manifest, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+    )
     if world.is_main:  # the audit decodes every image; the other ranks would only repeat it
         audit = audit_manifest(manifest, progress=callbacks.decode_progress("auditing the data"))
         callbacks.on_audit(audit)
@@ -110,13 +129,33 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     use_bf16 = supports_bf16(device)
     model = _build_model(manifest, config, pretrained)
     world.seed_augmentation(config.seed)
-    runner = make_runner(model, config, train=(train.slices, train.labels), val=(val.slices, val.labels), train_sources=train.sources, positive_index=manifest.positive_index, preprocessing=preprocessing, device=device, use_bf16=use_bf16, callbacks=callbacks, world=world)
+    runner = make_runner(
+        model,
+        config,
+        train=(train.slices, train.labels),
+        val=(val.slices, val.labels),
+        train_sources=train.sources,
+        positive_index=manifest.positive_index,
+        preprocessing=preprocessing,
+        device=device,
+        use_bf16=use_bf16,
+        callbacks=callbacks,
+        world=world,
+    )
     progress = _run_epochs(runner, out_dir, config, resume=resume, callbacks=callbacks, world=world)
     if not world.is_main:
         return None
     model.load_state_dict(load_best_weights(out_dir))
     failures = train.failures + val.failures
-    facts = RunFacts(device, use_bf16, progress, failures, method, time.perf_counter() - started, [f.message for f in audit.warnings])
+    facts = RunFacts(
+        device,
+        use_bf16,
+        progress,
+        failures,
+        method,
+        time.perf_counter() - started,
+        [f.message for f in audit.warnings],
+    )
     callbacks.on_stage("calibrating on the validation split")
     # The trained network scored as prediction scores it; one validation pass serves calibration (logits)
     # and the OOD threshold (features).
@@ -125,18 +164,31 @@ def _fit(manifest: Manifest, out_dir: Path, config: TrainConfig, *, pretrained: 
     val_features, val_logits = engine.features_and_logits(val.slices, **scoring)
     val_scored = (torch.from_numpy(val_logits), val.labels, val.groups)
     card = build_card(
-        manifest, config,
-        val=val_scored, preprocessing=preprocessing, pretrained=pretrained, facts=facts
+        manifest, config, val=val_scored, preprocessing=preprocessing, pretrained=pretrained, facts=facts
     )
-    card = dataclasses.replace(card, training={**card.training, "processes": world.size, "process_group": world.backend, "global_batch_size": config.batch_size * world.size})
+    card = dataclasses.replace(
+        card,
+        training={
+            **card.training,
+            "processes": world.size,
+            "process_group": world.backend,
+            "global_batch_size": config.batch_size * world.size,
+        },
+    )
     callbacks.on_stage("fitting the out-of-distribution guard on the training slices")
     ood = fit_ood_guard(
-        engine, train=(train.slices, train.labels), val_features=val_features, val_groups=val.groups,
-        preprocessing=preprocessing, tta_hflip=config.tta_hflip,
+        engine,
+        train=(train.slices, train.labels),
+        val_features=val_features,
+        val_groups=val.groups,
+        preprocessing=preprocessing,
+        tta_hflip=config.tta_hflip,
     )
     card = dataclasses.replace(card, ood=save_detector(out_dir, ood.detector, **ood.facts))
     # What evaluation compares a test set with to flag a likely site shift (covidct.evaluate.site_shift).
-    card = dataclasses.replace(card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.val_scores)})
+    card = dataclasses.replace(
+        card, data={**card.data, "site_statistics": reference_statistics(train.slices, ood.val_scores)}
+    )
     card = save_model_dir(out_dir, model, card)
     _write_log(out_dir / "train_log.csv", progress.history)
     remove_resume_state(out_dir)
@@ -149,13 +201,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _decode_split(manifest: Manifest, split: str, preprocessing: Preprocessing, callbacks: TrainCallbacks) -> SplitData:
+def _decode_split(
+    manifest: Manifest, split: str, preprocessing: Preprocessing, callbacks: TrainCallbacks
+) -> SplitData:
     part = manifest.select(split)
-    decoded = decode_slices([s.path for s in part.samples], preprocessing, progress=callbacks.decode_progress(f"decoding {split}"))
+    decoded = decode_slices(
+        [s.path for s in part.samples], preprocessing, progress=callbacks.decode_progress(f"decoding {split}")
+    )
     labels = torch.tensor([part.samples[i].label for i in decoded.indices], dtype=torch.long)
     missing = [manifest.classes[c] for c in range(len(manifest.classes)) if not (labels == c).any()]
     if missing:
-        raise InputError(f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)", path=manifest.origin)
+        raise InputError(
+            f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)",
+            path=manifest.origin,
+        )
     samples = [part.samples[i] for i in decoded.indices]
     slices = torch.from_numpy(decoded.images)
     sources, groups = [s.source for s in samples], [s.group for s in samples]
@@ -169,21 +228,41 @@ def _build_model(manifest: Manifest, config: TrainConfig, pretrained: Pretrained
     return model
 
 
-def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resume: bool, callbacks: TrainCallbacks, world: World) -> Progress:
+def _run_epochs(
+    runner: EpochRunner,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    callbacks: TrainCallbacks,
+    world: World,
+) -> Progress:
     """Run epochs until the plan or early stopping; save resumable state after each one (rank 0).
 
     Every rank follows rank 0's epoch record, so the ranks agree on the best epoch, the time plan and
     when to stop, and none waits forever in a collective that another has left.
     """
-    state_args = {"modules": runner.stateful, "optimizer": runner.optimizer, "scheduler": runner.scheduler, "config": config.to_dict()}
+    state_args = {
+        "modules": runner.stateful,
+        "optimizer": runner.optimizer,
+        "scheduler": runner.scheduler,
+        "config": config.to_dict(),
+    }
     progress = load_resume_state(out_dir, **state_args) if resume else Progress()
     try:
-        while progress.next_epoch < (progress.planned_epochs or config.resolved_epochs) and progress.epochs_without_improvement < config.patience:
+        while (
+            progress.next_epoch < (progress.planned_epochs or config.resolved_epochs)
+            and progress.epochs_without_improvement < config.patience
+        ):
             epoch = progress.next_epoch
             record = world.broadcast(runner.run_epoch(epoch))
             is_best = record["val_auc"] > progress.best_auc
             if is_best:
-                progress.best_auc, progress.best_epoch, progress.epochs_without_improvement = record["val_auc"], epoch, 0
+                progress.best_auc, progress.best_epoch, progress.epochs_without_improvement = (
+                    record["val_auc"],
+                    epoch,
+                    0,
+                )
             else:
                 progress.epochs_without_improvement += 1
             progress.history.append(record)
@@ -192,7 +271,9 @@ def _run_epochs(runner: EpochRunner, out_dir: Path, config: TrainConfig, *, resu
                 progress.planned_epochs = _epochs_within_budget(progress, config)
                 runner.plan_epochs(progress.planned_epochs)
             if world.is_main:
-                save_resume_state(out_dir, best=runner.evaluated, progress=progress, is_best=is_best, **state_args)
+                save_resume_state(
+                    out_dir, best=runner.evaluated, progress=progress, is_best=is_best, **state_args
+                )
             callbacks.on_epoch_end(record, progress.planned_epochs or config.resolved_epochs)
     except KeyboardInterrupt:
         raise TrainingInterrupted(

@@ -23,19 +23,45 @@ from covidct.server.uploads import check_declared_size, read_files
 
 router = APIRouter()
 
-_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UploadForm.model_json_schema()}}}}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": UploadForm.model_json_schema()}},
+    }
+}
 _ERRORS = {
     401: {"model": ErrorDetail, "description": "Missing or wrong API key."},
-    408: {"model": ErrorDetail, "description": "The upload took longer to arrive than the body-read timeout."},
+    408: {
+        "model": ErrorDetail,
+        "description": "The upload took longer to arrive than the body-read timeout.",
+    },
     413: {"model": ErrorDetail, "description": "Over the size, file-count, pixel or decoded-voxel limit."},
-    415: {"model": ErrorDetail, "description": "Not multipart/form-data, or a file type covidct does not read."},
-    422: {"model": ErrorDetail, "description": "A file that cannot be decoded, several studies in one request, or a malformed request."},
-    503: {"model": ErrorDetail, "description": "Every worker is busy, or requests in flight hold the decoding budget; retry later."},
+    415: {
+        "model": ErrorDetail,
+        "description": "Not multipart/form-data, or a file type covidct does not read.",
+    },
+    422: {
+        "model": ErrorDetail,
+        "description": "A file that cannot be decoded, several studies in one request, or a malformed request.",
+    },
+    503: {
+        "model": ErrorDetail,
+        "description": "Every worker is busy, or requests in flight hold the decoding budget; retry later.",
+    },
 }
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_UPLOAD_BODY, tags=["predict"])
-async def predict(request: Request, cam: bool = Query(False, description="Add the Grad-CAM overlay and its slice as base64 PNGs (slower).")) -> PredictResponse:
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    tags=["predict"],
+)
+async def predict(
+    request: Request,
+    cam: bool = Query(False, description="Add the Grad-CAM overlay and its slice as base64 PNGs (slower)."),
+) -> PredictResponse:
     """COVID-19 probability for one chest CT slice, or a study-level answer for the files of one study.
 
     Files that cannot be used are listed in ``failures`` while the others are predicted; when none
@@ -68,18 +94,26 @@ def _check_one_study(upload: Upload, errors: list[InputError]) -> None:
     if not upload.images and not upload.volumes:
         raise errors[0]
     if len(upload.volumes) > 1 or (upload.volumes and upload.images):
-        parts = [f"{volume.source} ({volume.n_slices} slices)" for volume in upload.volumes] + ([f"{len(upload.images)} 2-D image(s)"] if upload.images else [])
-        raise InputError(f"the upload holds {len(parts)} studies or series: {'; '.join(parts)}; send the files of one series per request")
+        parts = [f"{volume.source} ({volume.n_slices} slices)" for volume in upload.volumes] + (
+            [f"{len(upload.images)} 2-D image(s)"] if upload.images else []
+        )
+        raise InputError(
+            f"the upload holds {len(parts)} studies or series: {'; '.join(parts)}; send the files of one series per request"
+        )
 
 
-async def _answer_images(pool: InferencePool, upload: Upload, errors: list[InputError], *, cam: bool) -> PredictResponse:
+async def _answer_images(
+    pool: InferencePool, upload: Upload, errors: list[InputError], *, cam: bool
+) -> PredictResponse:
     names = [name for name, _ in upload.images]
     slices = [gray for _, gray in upload.images]
     card = pool.predictor.card
     if len(names) == 1:
         return slice_answer((await pool.predict(names, slices, explain=cam))[0], errors, card)
     study = images_study(names, await pool.predict(names, slices), card)
-    if cam:  # Grad-CAM costs a backward pass per slice: a study's overlay is of its most suspicious slice only
+    if (
+        cam
+    ):  # Grad-CAM costs a backward pass per slice: a study's overlay is of its most suspicious slice only
         shown = study.suspicious_slices[0].index if study.suspicious_slices else 0
         explained = (await pool.predict([names[shown]], [slices[shown]], explain=True))[0]
         study = dataclasses.replace(study, cam_slice=explained.slice, cam_heatmap=explained.heatmap)
