@@ -3,9 +3,9 @@
     .venv/bin/python bench/accuracy.py [--shared ../shared/data] [--out bench/results/accuracy.json]
 
 (a) UCSD official split, (b) SARS-CoV-2 blocks 0-7 train / 8 val / 9 test, each trained with the default
-``covidct train`` recipe (plus ``--max-minutes 20``, the issue's budget) and evaluated on its own test split; (c) cross-dataset: the SARS model on the UCSD
-test split and the UCSD model on SARS block 9. Records every metric with bootstrap CIs, training wall time
-and the machine.
+``covidct train`` recipe (plus ``--max-minutes 20``, the issue's budget) and evaluated on its own test split;
+(c) cross-dataset: the SARS model on the UCSD test split and the UCSD model on SARS block 9. Records every
+metric with bootstrap CIs, training wall time and the machine.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def main() -> None:
             }
             auc = run.result.slice_level.to_json_dict()["auc"]
             print(
-                f"{key}: test ROC-AUC {auc['value']:.3f} {auc['ci95']} (training {train_seconds / 60:.1f} min)",
+                f"{key}: test ROC-AUC {auc['value']:.3f} {auc['ci95']} "
+                f"(training {train_seconds / 60:.1f} min)",
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,8 @@ class EpochPrinter(TrainCallbacks):
 
     def on_epoch_end(self, record: dict, epochs: int) -> None:
         print(
-            f"{self.name} epoch {record['epoch'] + 1}/{epochs}: val AUC {record['val_auc']:.3f} ({record['seconds']:.0f} s)",
+            f"{self.name} epoch {record['epoch'] + 1}/{epochs}: val "
+            f"AUC {record['val_auc']:.3f} ({record['seconds']:.0f} s)",
             flush=True,
         )
 

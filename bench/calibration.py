@@ -1,6 +1,7 @@
 """Calibration benchmark: how covidct's calibration method was chosen, on validation data only (not a test).
 
-    .venv/bin/python bench/calibration.py --model ucsd=DIR --model sars=DIR [--repeats 20] [--shared ../shared/data]
+    .venv/bin/python bench/calibration.py --model ucsd=DIR --model sars=DIR [--repeats 20]
+        [--shared ../shared/data]
         [--out bench/results/calibration.json]
 
 Each ``--model SOURCE=DIR`` is a model trained on one shared source (ucsd: the UCSD official train/val split;
@@ -64,7 +65,8 @@ def main() -> None:
 
 
 def validation_logits(model_dir: Path, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The model's raw (N, C) logits on its source's validation split, the (N,) class indices, and the positive class's index."""
+    """The model's raw (N, C) logits on its source's validation split, the (N,) class indices, and the
+    positive class's index."""
     predictor = load_model(model_dir)
     card = predictor.card
     rows, decoded = decode_validation(rows, card.preprocessing)
@@ -76,7 +78,8 @@ def validation_logits(model_dir: Path, rows: list[dict]) -> tuple[torch.Tensor, 
 
 
 def compare_methods(logits: torch.Tensor, labels: torch.Tensor, positive_index: int, repeats: int) -> dict:
-    """Mean held-out ECE and NLL of each method over ``repeats`` stratified 5-fold splits, and each method fitted on all of it."""
+    """Mean held-out ECE and NLL of each method over ``repeats`` stratified 5-fold splits, and each
+    method fitted on all of it."""
     is_positive = (labels == positive_index).numpy().astype(int)
     scores: dict[str, dict[str, list[float]]] = {name: {"ece": [], "nll": []} for name in METHODS}
     for seed in range(repeats):
@@ -104,7 +107,8 @@ def compare_methods(logits: torch.Tensor, labels: torch.Tensor, positive_index: 
 
 
 def _temperature_only(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, tuple[float, ...]]:
-    """Plain temperature scaling (covidct's method before bias correction): the validation-NLL optimum of T alone."""
+    """Plain temperature scaling (covidct's method before bias correction): the
+    validation-NLL optimum of T alone."""
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 

@@ -1,7 +1,8 @@
 """Validation-only probes of methods that might carry a model across sites (not a test; nothing here ships).
 
     .venv/bin/python bench/cross_site_probes.py frozen [--shared ../shared/data]
-    .venv/bin/python bench/cross_site_probes.py adabn --model ucsd=DIR --model sars=DIR [--shared ../shared/data]
+    .venv/bin/python bench/cross_site_probes.py adabn --model ucsd=DIR --model sars=DIR
+        [--shared ../shared/data]
     (both write bench/results/cross_site_probes.json, adding their part to what is there)
 
 ``frozen``: candidate site steps beyond covidct's (a lung-field mask, intensity standardisation or histogram
@@ -13,7 +14,8 @@ and annotation removal. Frozen ImageNet ResNet-50 features and a logistic regres
 practical domain adaptation"): every BatchNorm's statistics re-estimated on the unlabelled validation
 slices of the split being scored, for each model on both sources' validation splits.
 
-Only validation splits are read; a method would have to beat the baseline here before it is tried on a test split.
+Only validation splits are read; a method would have to beat the baseline here before it
+is tried on a test split.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def main() -> None:
 
 
 def frozen_probe(rows: dict[str, list[dict]]) -> dict:
-    """Variant -> {"SARS->UCSD val": AUC, ...}: a logistic regression on frozen features per training source."""
+    """Variant -> {"SARS->UCSD val": AUC, ...}: a logistic regression on frozen
+    features per training source."""
     rng = random.Random(0)
     sets = {}
     for source, source_rows in rows.items():
@@ -143,7 +146,8 @@ def lung_field(gray: np.ndarray) -> np.ndarray:
 
 
 def _equalised(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
-    """Histogram equalisation of ``gray`` inside ``field`` (the empirical CDF of the field's values), 0 outside."""
+    """Histogram equalisation of ``gray`` inside ``field`` (the empirical CDF of the
+    field's values), 0 outside."""
     values = np.sort(gray[field])
     return np.where(field, np.searchsorted(values, gray, side="right") / len(values), 0.0).astype(np.float32)
 

@@ -1,6 +1,8 @@
-"""Decoding throughput (not a test): files to network-ready slices, in the decoding thread vs worker processes.
+"""Decoding throughput (not a test): files to network-ready slices, in the decoding
+thread vs worker processes.
 
-    .venv/bin/python bench/decode.py [--shared ../shared/data] [--n-files 1536] [--out bench/results/decode.json]
+    .venv/bin/python bench/decode.py [--shared ../shared/data] [--n-files 1536]
+        [--out bench/results/decode.json]
 
 What ``covidct predict`` does before the network sees a slice (PNG/JPEG decoding and the default site
 steps: annotation removal and the body crop), over real slices from ``../shared/data`` (UCSD test,

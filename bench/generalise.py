@@ -1,7 +1,8 @@
 """Cross-site generalisation benchmark with a preprocessing ablation (not a test).
 
     .venv/bin/python bench/generalise.py [--configs none,crop,crop+annotations,all] [--max-minutes 20]
-        [--workdir DIR] [--limit N] [--shared ../shared/data] [--out bench/results/generalise.json] [--keep-measured]
+        [--workdir DIR] [--limit N] [--shared ../shared/data] [--out bench/results/generalise.json]
+        [--keep-measured]
 
 For each ablation row (which site steps of ``covidct.preprocess.site`` are on) it trains three models
 with the default ``covidct train`` recipe: on SARS-CoV-2 (blocks 0-7 train, 8 val), on UCSD (official
@@ -178,14 +179,16 @@ def _train_and_test(
 
 
 def _measured(path: Path, fresh: dict) -> dict:
-    """The results already in ``path`` (``fresh`` when there is none); exits when they were measured with another recipe, limit or weights."""
+    """The results already in ``path`` (``fresh`` when there is none); exits when they were measured with
+    another recipe, limit or weights."""
     if not path.exists():
         return fresh
     earlier = json.loads(path.read_text(encoding="utf-8"))
     same = all(earlier.get(key) == fresh[key] for key in ("recipe", "limit", "imagenet_weights"))
     if not same:
         raise SystemExit(
-            f"{path} was measured with another recipe, limit or weights; drop --keep-measured or choose another --out"
+            f"{path} was measured with another recipe, limit or "
+            "weights; drop --keep-measured or choose another --out"
         )
     return {**earlier, "machine": fresh["machine"]}
 
@@ -193,7 +196,8 @@ def _measured(path: Path, fresh: dict) -> dict:
 def markdown_table(runs: dict) -> str:
     """The ablation as a BENCHMARKS.md table: one row per (config, training set, test split)."""
     lines = [
-        "| site steps | trained on -> tested on | kind | ROC-AUC [95% CI] | sensitivity | specificity | ECE | shift flagged |",
+        "| site steps | trained on -> tested on | kind | ROC-AUC "
+        "[95% CI] | sensitivity | specificity | ECE | shift flagged |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for record in runs.values():
@@ -205,8 +209,10 @@ def markdown_table(runs: dict) -> str:
                 else ("yes" if test["site_shift"]["likely_shift"] else "no")
             )
             lines.append(
-                f"| {record['config']} | {record['train']} -> {test_name} test | {test['kind']} | {_fmt(auc['value'])} [{_fmt(auc['ci95'][0])}, {_fmt(auc['ci95'][1])}] "
-                f"| {_fmt(test['sensitivity']['value'])} | {_fmt(test['specificity']['value'])} | {_fmt(test['ece']['value'])} | {shift} |"
+                f"| {record['config']} | {record['train']} -> {test_name} test | {test['kind']} "
+                f"| {_fmt(auc['value'])} [{_fmt(auc['ci95'][0])}, {_fmt(auc['ci95'][1])}] "
+                f"| {_fmt(test['sensitivity']['value'])} | {_fmt(test['specificity']['value'])} "
+                f"| {_fmt(test['ece']['value'])} | {shift} |"
             )
     return "\n".join(lines)
 

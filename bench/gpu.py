@@ -1,11 +1,13 @@
 """CUDA check and speed figures on one GPU (not a test: run it where a GPU is lent; CI has none).
 
-    python bench/gpu.py --weights IMAGENET.safetensors [--out bench/results/gpu.json] [--workdir DIR] [--steps demo,...]
+    python bench/gpu.py --weights IMAGENET.safetensors [--out bench/results/gpu.json]
+        [--workdir DIR] [--steps demo,...]
 
 Needs nothing beyond the repository and a ResNet-50 ImageNet state dict (``--weights``, as ``covidct train``
 takes it), so it runs on a machine that reaches no network. Every step calls the real code path:
 1. ``covidct demo --weights W``: fine-tune on the bundled 200-slice SARS-CoV-2 sample, evaluate on its
-   held-out blocks, predict; ``--device auto`` picks CUDA. Wall time, per-epoch seconds, validation and test AUC.
+   held-out blocks, predict; ``--device auto`` picks CUDA. Wall time, per-epoch
+   seconds, validation and test AUC.
 2. Training throughput: ``covidct train --device cuda`` on the demo's 120 training slices each copied 10
    times (1,200 files, the same groups), ``--epochs 3``: seconds per epoch and training slices/s.
 3. Model throughput on the GPU at batch 32 and 256 over 1,024 decoded slices: a plain torchvision script
@@ -62,7 +64,10 @@ def main() -> None:
     parser.add_argument(
         "--steps",
         default=None,
-        help="comma-separated subset of the steps (default: all; model_throughput and predict_end_to_end need demo)",
+        help=(
+            "comma-separated subset of the steps (default: all; "
+            "model_throughput and predict_end_to_end need demo)"
+        ),
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -88,7 +93,8 @@ def main() -> None:
         start = time.perf_counter()
         try:
             results[name] = step()
-        except Exception as error:  # noqa: BLE001 - one failed step is a finding; the others still run and are recorded
+        # One failed step is a finding; the others still run and are recorded
+        except Exception as error:  # noqa: BLE001
             results[name] = {"error": f"{type(error).__name__}: {error}"}
         results[name]["step_seconds"] = round(time.perf_counter() - start, 1)
         print(name, json.dumps(results[name]), flush=True)
@@ -297,7 +303,8 @@ def _torchrun(weights: str, workdir: Path) -> dict:
 
 
 def _copied_training_manifest(folder: Path) -> Path:
-    """The demo manifest with each training row copied ``TRAIN_COPIES`` times (new file names, the same group)."""
+    """The demo manifest with each training row copied ``TRAIN_COPIES`` times (new file
+    names, the same group)."""
     manifest = folder / "manifest.csv"
     if manifest.is_file():
         return manifest

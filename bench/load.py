@@ -1,6 +1,7 @@
 """Load and fault benchmark of ``covidct serve`` on loopback (not a test): bad uploads under concurrency.
 
-    .venv/bin/python bench/load.py [--model DIR] [--requests 500] [--clients 16] [--out bench/results/load.json]
+    .venv/bin/python bench/load.py [--model DIR] [--requests 500] [--clients 16]
+        [--out bench/results/load.json]
 
 Starts ``covidct serve`` in a subprocess on a free 127.0.0.1 port (``--model``, or a tiny 64 px model
 trained first on the bundled demo slices with random start weights: the figures then measure the
@@ -117,7 +118,8 @@ def main() -> None:
 
 
 def _tiny_model(workdir: Path) -> Path:
-    """64 px, one epoch on the demo manifest, random start weights: a fast model with the real card and guard."""
+    """64 px, one epoch on the demo manifest, random start weights: a fast model with
+    the real card and guard."""
     print("training a tiny model on the demo slices ...", flush=True)
     torch.manual_seed(0)
     weights = workdir / "resnet50_random.safetensors"
@@ -214,7 +216,10 @@ def _hostile_uploads() -> dict[str, list[tuple[str, bytes]]]:
     nan_pixels[:8] = np.nan
     nan_tiff = io.BytesIO()
     Image.fromarray(nan_pixels, mode="F").save(nan_tiff, format="TIFF")
-    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+    postscript = (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 "
+        b"0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+    )
     return {
         "black_pngs": [(f"black{i:02d}.png", black.getvalue()) for i in range(16)],
         "deflate_bomb": [("bomb.dcm", _deflated_bomb())],
@@ -233,7 +238,8 @@ def _nifti_bytes(data: np.ndarray) -> bytes:
 
 
 def _deflated_bomb() -> bytes:
-    """A Deflated Explicit VR CT file of 3 black 4096 x 4096 16-bit frames: 96 MiB inflated, about 100 KB sent."""
+    """A Deflated Explicit VR CT file of 3 black 4096 x 4096 16-bit frames: 96 MiB
+    inflated, about 100 KB sent."""
     dataset = _ct_slice(np.zeros((4096, 4096), np.int16), generate_uid(), generate_uid(), 0)
     dataset.NumberOfFrames = 3
     dataset.PixelData = bytes(3 * 4096 * 4096 * 2)
@@ -303,7 +309,8 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 async def _fire(url: str, plan: list[str], slices: list[Path], n_clients: int, pid: int) -> dict:
-    """Send ``plan`` from ``n_clients`` concurrent clients; one record per request, and RSS after the first window and at the end."""
+    """Send ``plan`` from ``n_clients`` concurrent clients; one record per request, and RSS after the first
+    window and at the end."""
     rng = random.Random(1)
     # A PNG's gray levels are not HU: only slices that still show lung after the mapping make a valid series.
     dicom_sources = [png for png in slices if select_lung_slices(_slice_hu(png)[None])[0]]

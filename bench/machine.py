@@ -1,4 +1,5 @@
-"""What machine a benchmark ran on, recorded in every bench/results/*.json (figures mean nothing without it)."""
+"""What machine a benchmark ran on, recorded in every bench/results/*.json (figures
+mean nothing without it)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Out-of-distribution guard benchmark: how many non-CT images are flagged, and how many real CT slices (not a test).
+"""Out-of-distribution guard benchmark: how many non-CT images are flagged, and how many
+real CT slices (not a test).
 
-    .venv/bin/python bench/ood.py [--model ucsd=DIR] [--model sars=DIR] [--rethreshold-guard] [--shared ../shared/data] [--out bench/results/ood.json]
+    .venv/bin/python bench/ood.py [--model ucsd=DIR] [--model sars=DIR] [--rethreshold-guard]
+        [--shared ../shared/data] [--out bench/results/ood.json]
 
 Each ``--model SOURCE=DIR`` is a model trained on one shared source (ucsd: the UCSD official train/val
 split; sars: SARS-CoV-2 blocks 0-7 with block 8 for validation). Without ``--model`` it first trains a
@@ -83,7 +85,10 @@ def main() -> None:
     parser.add_argument(
         "--rethreshold-guard",
         action="store_true",
-        help="set each --model's guard threshold again with this covidct's rule (its source's validation split) in a copy under --workdir; the detector itself is kept",
+        help=(
+            "set each --model's guard threshold again with this covidct's rule (its source's "
+            "validation split) in a copy under --workdir; the detector itself is kept"
+        ),
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-ood-"))
@@ -148,7 +153,8 @@ def _parse_model(text: str) -> tuple[str, tuple[Path, dict]]:
 def _rethresholded(
     source: str, model_dir: Path, facts: dict, shared: Path, workdir: Path
 ) -> tuple[Path, dict]:
-    """A copy of ``model_dir`` whose guard threshold comes from ``threshold_on_validation`` on its source's validation split.
+    """A copy of ``model_dir`` whose guard threshold comes from ``threshold_on_validation`` on its
+    source's validation split.
 
     The detector (class means, precision) depends only on the weights and the training slices, so it is
     kept; what a retrained model would change is the threshold rule, and that is recomputed here.
@@ -166,7 +172,9 @@ def _rethresholded(
     )
     write_card(copy, card)
     return copy, facts | {
-        "guard_rethresholded": "this covidct's threshold rule on the validation split; detector from the original model"
+        "guard_rethresholded": (
+            "this covidct's threshold rule on the validation split; detector from the original model"
+        )
     }
 
 
@@ -194,7 +202,8 @@ def _train_ucsd(shared: Path, workdir: Path) -> tuple[Path, dict]:
 
 
 class StageTimer(TrainCallbacks):
-    """Wall time of each training stage (from one ``on_stage`` call to the next, the last one to ``seconds()``)."""
+    """Wall time of each training stage (from one ``on_stage`` call to the next, the last
+    one to ``seconds()``)."""
 
     def __init__(self) -> None:
         self.starts = [("decoding and epochs", time.perf_counter())]
@@ -208,7 +217,8 @@ class StageTimer(TrainCallbacks):
 
 
 def _flag_rate(predictor: Predictor, paths: list[Path], *, is_ct: bool) -> dict:
-    """Flag counts and score quantiles of one image set, with up to 20 of its errors (flagged CT, passed non-CT) by name."""
+    """Flag counts and score quantiles of one image set, with up to 20 of its errors (flagged CT,
+    passed non-CT) by name."""
     run = predictor.predict(paths)
     if run.failures:
         raise SystemExit(f"{len(run.failures)} image(s) failed to decode, e.g. {run.failures[0]}")
@@ -349,7 +359,8 @@ def _rendered_page(rng: np.random.Generator) -> np.ndarray:
 
 
 def documents(rng: np.random.Generator) -> Images:
-    """scikit-image's ``page`` and ``text`` (whole and cropped) and 40 rendered text pages of random layout."""
+    """scikit-image's ``page`` and ``text`` (whole and cropped) and 40 rendered text
+    pages of random layout."""
     yield from _with_crops(rng, "page", skdata.page(), crops=4)
     yield from _with_crops(rng, "text", skdata.text(), crops=4)
     for index in range(40):
@@ -382,7 +393,8 @@ def noise(rng: np.random.Generator) -> Images:
 
 
 def _synthetic_radiograph(rng: np.random.Generator, size: int = 384) -> np.ndarray:
-    """A frontal chest radiograph cartoon: bright soft tissue, dark lung fields, spine, ribs, heart shadow, blur."""
+    """A frontal chest radiograph cartoon: bright soft tissue, dark lung fields, spine,
+    ribs, heart shadow, blur."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     image = np.full((size, size), rng.uniform(0.05, 0.15), np.float32)
     image[((xx - 0.5) / 0.42) ** 2 + ((yy - 0.6) / 0.55) ** 2 <= 1] = rng.uniform(0.55, 0.75)
@@ -401,7 +413,8 @@ def _synthetic_radiograph(rng: np.random.Generator, size: int = 384) -> np.ndarr
 
 
 def medical_other(rng: np.random.Generator) -> Images:
-    """Medical-looking images that are not chest CT: head phantom, retina, histology, microscopy, radiographs."""
+    """Medical-looking images that are not chest CT: head phantom, retina, histology,
+    microscopy, radiographs."""
     phantom = skdata.shepp_logan_phantom()
     for index in range(10):
         turned = rotate(phantom, rng.uniform(-30, 30), mode="constant")

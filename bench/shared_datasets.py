@@ -77,7 +77,8 @@ def decode_validation(rows: list[dict], preprocessing: Preprocessing) -> tuple[l
     decoded = decode_slices([Path(row["path"]) for row in rows], preprocessing)
     if decoded.failures:
         raise SystemExit(
-            f"{len(decoded.failures)} validation files failed to decode, e.g. {decoded.failures[0].path}: {decoded.failures[0].reason}"
+            f"{len(decoded.failures)} validation files failed to decode, "
+            f"e.g. {decoded.failures[0].path}: {decoded.failures[0].reason}"
         )
     return rows, decoded
 

@@ -1,6 +1,7 @@
 """Inference speed benchmark on real CT slices (not a test): a plain torchvision script vs covidct's engines.
 
-    .venv/bin/python bench/speed.py --model runs/ucsd [--shared ../shared/data] [--out bench/results/speed.json]
+    .venv/bin/python bench/speed.py --model runs/ucsd [--shared ../shared/data]
+        [--out bench/results/speed.json]
 
 Side by side in one run, on the same slices (the UCSD official test split, then SARS-CoV-2 block 9, then
 block 8 if those two hold fewer than ``--n-slices``): the baseline (torchvision ResNet-50 with the model's
@@ -9,11 +10,12 @@ engine (bf16 autocast and channels_last where supported), the same in fp32, ONNX
 Each runs in its own subprocess so its peak RSS is its own. Records throughput at batch 32 (decoded
 slices in memory, and files to probabilities end to end), p50 latency at batch 1, peak RSS, ROC-AUC on
 the UCSD test split, each engine's ratio to the baseline, |delta AUC| and per-slice agreement (prob_covid,
-label at the card's threshold, out-of-distribution flag) against covidct's torch fp32 path, and the machine. covidct's engines include what the model card prescribes (mirror-image TTA, the
-out-of-distribution guard's features and scores); the baseline does not: the ratios are the cost or
-gain of the whole covidct path. Each covidct engine is measured a second time with TTA off (names ending
-in ``-1pass``: one forward pass per slice, as a model trained with ``--no-tta`` runs), compared
-for AUC with torch fp32 at the same setting. Missing ONNX exports are made first (``covidct export``'s defaults).
+label at the card's threshold, out-of-distribution flag) against covidct's torch fp32 path, and the machine.
+covidct's engines include what the model card prescribes (mirror-image TTA, the out-of-distribution guard's
+features and scores); the baseline does not: the ratios are the cost or gain of the whole covidct path. Each
+covidct engine is measured a second time with TTA off (names ending in ``-1pass``: one forward pass per slice,
+as a model trained with ``--no-tta`` runs), compared for AUC with torch fp32 at the same setting. Missing ONNX
+exports are made first (``covidct export``'s defaults).
 
 Then the same run times whole processes, startup included, as a user meets them (``bench/whole_process.py``:
 ``covidct --help``, predict on 1 file, on the same slices' files and on one ~150-slice DICOM series, the plain
@@ -135,8 +137,11 @@ def main() -> None:
     for name, entry in (results["engines"] or {}).items():
         agreement = entry["agreement_with_torch_fp32"]
         print(
-            f"{name:>17}: {entry['throughput_slices_per_s']:7.1f} slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
-            f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
+            f"{name:>17}: {entry['throughput_slices_per_s']:7.1f} "
+            f"slices/s (x{entry['ratio_to_baseline']['throughput']:.2f}), "
+            f"end to end {entry['end_to_end_slices_per_s']:7.1f}/s, "
+            f"p50 {entry['latency_p50_ms_batch1']:7.1f} ms, peak RSS {entry['peak_rss_mib']:6.0f} "
+            f"MiB, AUC {entry['auc_ucsd_test']}, |dAUC| {entry['abs_delta_auc_vs_torch_fp32']}, "
             f"labels {agreement['label_agreement']:.3f}, OOD flags {agreement['ood_flag_agreement']}"
         )
     for name, entry in ((whole or {}).get("rows") or {}).items():
@@ -148,7 +153,8 @@ def main() -> None:
 
 
 def _select_slices(shared: Path, n_slices: int) -> tuple[list[dict], dict]:
-    """UCSD test split (classes interleaved, so a prefix has both), then SARS block 9, then block 8, up to ``n_slices``."""
+    """UCSD test split (classes interleaved, so a prefix has both), then SARS block 9, then block
+    8, up to ``n_slices``."""
     ucsd_test = [r for r in ucsd_rows(shared) if r["split"] == "test"]
     by_class = [
         [r for r in ucsd_test if r["label"] == label] for label in sorted({r["label"] for r in ucsd_test})
@@ -174,7 +180,8 @@ def _select_slices(shared: Path, n_slices: int) -> tuple[list[dict], dict]:
 
 
 def _series_slices(shared: Path) -> list[Path]:
-    """``SERIES_SLICES`` consecutive SARS-CoV-2 COVID slices (blocks 8 and 9, in file order): the DICOM row."""
+    """``SERIES_SLICES`` consecutive SARS-CoV-2 COVID slices (blocks 8 and 9, in file
+    order): the DICOM row."""
     blocks = ("block8", "block9")
     rows = [r for r in sars_rows(shared) if r["label"] == "COVID" and r["patient_id"].endswith(blocks)]
     return [Path(r["path"]) for r in rows[:SERIES_SLICES]]
@@ -265,7 +272,8 @@ def _run_worker(args: argparse.Namespace) -> None:
 
 
 def _engine(name: str, model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str, Predictor | None]:
-    """A function from (N, S, S) slices to (N,) prob_covid, its description, and the covidct predictor behind it (None for the baseline)."""
+    """A function from (N, S, S) slices to (N,) prob_covid, its description, and the covidct predictor behind
+    it (None for the baseline)."""
     if name == "baseline":
         return (*_baseline(model_dir), None)
     single_pass = name.endswith(SINGLE_PASS)
@@ -287,7 +295,8 @@ def _engine(name: str, model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarr
         )
     engine = predictor.engine
     description = (
-        f"covidct {name}: {type(engine).__name__}, bf16 autocast {getattr(engine, 'use_bf16', False)}, threads {getattr(engine, 'threads', torch.get_num_threads())}, "
+        f"covidct {name}: {type(engine).__name__}, bf16 autocast {getattr(engine, 'use_bf16', False)}, "
+        f"threads {getattr(engine, 'threads', torch.get_num_threads())}, "
         f"TTA flip {predictor.card.decision.tta_hflip}, OOD guard {predictor.detector is not None}"
     )
     return (
@@ -298,7 +307,8 @@ def _engine(name: str, model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarr
 
 
 def _per_slice(predictor: Predictor | None, slices: np.ndarray, prob_covid: np.ndarray) -> dict:
-    """Each slice's prob_covid and, with a guard, whether it flags the slice (an untimed extra pass): for agreement between engines."""
+    """Each slice's prob_covid and, with a guard, whether it flags the slice (an untimed extra pass): for
+    agreement between engines."""
     flagged = None
     if predictor is not None and predictor.detector is not None:
         scores = np.concatenate(
@@ -321,7 +331,8 @@ def _baseline(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str]
 
     return (
         predict,
-        f"torchvision resnet50, eager fp32 NCHW, torch.no_grad, batch {BATCH}, no TTA, softmax without the card's temperature, threads {torch.get_num_threads()}",
+        f"torchvision resnet50, eager fp32 NCHW, torch.no_grad, batch {BATCH}, no TTA, "
+        f"softmax without the card's temperature, threads {torch.get_num_threads()}",
     )
 
 
@@ -331,7 +342,8 @@ def _end_to_end_seconds(
     predict: Callable[[np.ndarray], np.ndarray],
     preprocessing: Preprocessing,
 ) -> float:
-    """Files to probabilities: covidct streams (decoding overlaps compute); the baseline decodes, then computes, batch after batch."""
+    """Files to probabilities: covidct streams (decoding overlaps compute); the baseline decodes, then
+    computes, batch after batch."""
     started = time.perf_counter()
     if predictor is None:
         for i in range(0, len(paths), BATCH):
@@ -370,7 +382,8 @@ def _reference_of(name: str) -> str:
 
 
 def _with_ratios(engines: dict, threshold: float) -> dict:
-    """Add each engine's ratios to the baseline and its agreement with covidct's torch fp32 path at the same TTA setting (per-slice lists dropped)."""
+    """Add each engine's ratios to the baseline and its agreement with covidct's torch fp32 path at the same
+    TTA setting (per-slice lists dropped)."""
     base = engines["baseline"]
     per_slice = {name: entry.pop("per_slice") for name, entry in engines.items()}
     for name, entry in engines.items():

@@ -1,6 +1,8 @@
-"""Training speed benchmark (not a test): wall time to reach validation ROC-AUC 0.93 on the UCSD official split.
+"""Training speed benchmark (not a test): wall time to reach validation ROC-AUC 0.93
+on the UCSD official split.
 
-    .venv/bin/python bench/train_speed.py [--shared ../shared/data] [--max-minutes 60] [--target-auc 0.93] [--out bench/results/train_speed.json]
+    .venv/bin/python bench/train_speed.py [--shared ../shared/data] [--max-minutes 60] [--target-auc 0.93]
+        [--out bench/results/train_speed.json]
 
 Two arms on the same data (UCSD official train split for training, its val split after every epoch),
 from the same ImageNet weights (``--weights``, default ``auto``):
@@ -101,7 +103,10 @@ def main() -> None:
         "meets_target": speedup >= SPEEDUP_TARGET if speedup else None,
         "note": None
         if reached
-        else "an arm did not reach the target AUC within the cap: no ratio; compare best_val_auc and the epoch curves",
+        else (
+            "an arm did not reach the target AUC within the cap: "
+            "no ratio; compare best_val_auc and the epoch curves"
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -39,7 +39,8 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
-    """A randomly initialised torchvision ResNet-50 state dict in safetensors (the ``--weights PATH`` option)."""
+    """A randomly initialised torchvision ResNet-50 state dict in safetensors (the
+    ``--weights PATH`` option)."""
     torch.manual_seed(0)
     state = {name: tensor.contiguous() for name, tensor in resnet50(weights=None).state_dict().items()}
     path = tmp_path_factory.mktemp("weights") / "resnet50_random.safetensors"
@@ -68,7 +69,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
-    """``fit`` on the tiny CSV dataset: 64 px, one epoch, random start weights (a few seconds on one core). Read-only."""
+    """``fit`` on the tiny CSV dataset: 64 px, one epoch, random start weights (a few seconds
+    on one core). Read-only."""
     config = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu")
     out = tmp_path_factory.mktemp("tiny-model") / "model"
     return fit(
@@ -78,7 +80,8 @@ def tiny_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_model_dir(tiny_dataset, random_weights, tmp_path_factory) -> Path:
-    """A tiny trained model directory (64 px, one epoch, with its OOD guard) plus model.onnx and model.int8.onnx.
+    """A tiny trained model directory (64 px, one epoch, with its OOD guard) plus
+    model.onnx and model.int8.onnx.
 
     Read-only: tests that change files link the ones they keep into a folder of their own.
     """

@@ -36,7 +36,10 @@ def test_a_folder_of_something_else_is_refused_without_overwrite(tmp_path, kind,
 
     with pytest.raises(
         OptionError,
-        match=rf"^--out {folder} holds {found} \(e.g. patient_notes.txt\); choose a new or empty folder, or pass --overwrite",
+        match=(
+            rf"^--out {folder} holds {found} \(e.g. patient_notes.txt\); "
+            r"choose a new or empty folder, or pass --overwrite"
+        ),
     ):
         claim_run_dir(folder, kind)
     claim_run_dir(folder, kind, overwrite=True)

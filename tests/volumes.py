@@ -1,4 +1,5 @@
-"""Small CT volumes for tests: HU phantoms, DICOM series written with pydicom, NIfTI files written with nibabel.
+"""Small CT volumes for tests: HU phantoms, DICOM series written with pydicom, NIfTI
+files written with nibabel.
 
 Helpers, not fixtures, so any test module can write the variant it needs. Every DICOM file carries
 made-up patient attributes (``PATIENT_ATTRIBUTES``) so tests can check that none of them leaks.
@@ -32,7 +33,8 @@ def gray_to_hu(gray: np.ndarray, window: HuWindow = LUNG_WINDOW) -> np.ndarray:
 
 
 def chest_phantom(n_slices: int, size: int, lung_slices: Sequence[int], *, seed: int = 0) -> np.ndarray:
-    """(n_slices, size, size) float32 HU: air, a soft-tissue body ellipse, and two lung ellipses on ``lung_slices`` only."""
+    """(n_slices, size, size) float32 HU: air, a soft-tissue body ellipse, and two lung ellipses
+    on ``lung_slices`` only."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     body = ((xx - 0.5) / 0.44) ** 2 + ((yy - 0.5) / 0.34) ** 2 <= 1
@@ -46,14 +48,16 @@ def chest_phantom(n_slices: int, size: int, lung_slices: Sequence[int], *, seed:
     return hu + rng.normal(0, 10, hu.shape).astype(np.float32)
 
 
-# Puts the synthetic training slices' lungs (gray 0.12) at -850 HU and body (0.6) at 40 HU, as in a real chest CT.
+# Puts the synthetic training slices' lungs (gray 0.12) at -850 HU and body (0.6) at 40
+# HU, as in a real chest CT.
 TRAINING_LIKE_WINDOW = HuWindow(-145, 1854)
 
 
 def training_like_phantom(
     n_slices: int, lung_slices: Sequence[int], *, covid: bool = False, seed: int = 0
 ) -> np.ndarray:
-    """(n_slices, 64, 64) float32 HU: ``chest_phantom`` without lungs, and on ``lung_slices`` a synthetic training slice in HU.
+    """(n_slices, 64, 64) float32 HU: ``chest_phantom`` without lungs, and on ``lung_slices`` a
+    synthetic training slice in HU.
 
     The tiny test models are trained on ``synthetic.synthetic_ct_slice`` PNGs; read through
     ``TRAINING_LIKE_WINDOW`` these lung slices look just like them, so the model's out-of-distribution
@@ -128,7 +132,8 @@ def write_nifti(
     spacing_mm: tuple[float, float, float] = (2.5, 0.7, 0.7),
     orientation: str = "LPS",
 ) -> Path:
-    """Write (N, H, W) ``hu`` (slice 0 inferior, viewed as an axial CT) as NIfTI in LPS (DICOM-like) or RAS array order."""
+    """Write (N, H, W) ``hu`` (slice 0 inferior, viewed as an axial CT) as NIfTI in LPS
+    (DICOM-like) or RAS array order."""
     data = np.transpose(
         hu, (2, 1, 0)
     )  # (column: to the patient's left, row: to posterior, slice: to superior)

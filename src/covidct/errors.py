@@ -49,7 +49,8 @@ class UploadTimeoutError(InputError):
 
 
 class UnsupportedUploadError(InputError):
-    """An uploaded file is not a type covidct reads (PNG, JPEG, BMP, TIFF, DICOM, NIfTI); the server answers 415."""
+    """An uploaded file is not a type covidct reads (PNG, JPEG, BMP, TIFF, DICOM, NIfTI);
+    the server answers 415."""
 
 
 class BusyError(CovidctError):
@@ -103,8 +104,10 @@ class OptimisticMetricsWarning(CovidctWarning):
 
 
 class MissingOodDetectorWarning(CovidctWarning):
-    """A model directory has no out-of-distribution detector, so no input is ever flagged as not a CT slice."""
+    """A model directory has no out-of-distribution detector, so no input is ever
+    flagged as not a CT slice."""
 
 
 class LinkOutsideTreeWarning(CovidctWarning):
-    """A symlink inside an input folder points outside it: its target was read, though it is not under the folder."""
+    """A symlink inside an input folder points outside it: its target was read, though it
+    is not under the folder."""

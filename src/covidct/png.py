@@ -1,4 +1,5 @@
-"""PNG encoding of what covidct shows people: slices and Grad-CAM overlays in reports, the audit and API answers."""
+"""PNG encoding of what covidct shows people: slices and Grad-CAM overlays in reports, the
+audit and API answers."""
 
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ def test_audit_reads_csv_column_options(tmp_path):
     assert saved["split_source"] == "the manifest's splits"
     leak = [f["message"] for f in saved["findings"] if f["code"] == "patient_in_several_splits"]
     assert leak == [
-        "4 patient(s) are in more than one split (e.g. P0 in train and test); fix the split column or drop --split-col to let covidct split by patient"
+        "4 patient(s) are in more than one split (e.g. P0 in train and test); "
+        "fix the split column or drop --split-col to let covidct split by patient"
     ]
 
 

@@ -1,4 +1,5 @@
-"""The real typer app end to end: train -> evaluate -> predict on a tiny dataset, help, and one-line errors."""
+"""The real typer app end to end: train -> evaluate -> predict on a tiny dataset,
+help, and one-line errors."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def test_root_help_shows_the_research_use_statement():
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, random_weights, tmp_path_factory) -> Path:
-    """``covidct train`` on the CSV manifest (patient ids and splits): one epoch, 64 px, random start weights."""
+    """``covidct train`` on the CSV manifest (patient ids and splits): one epoch, 64
+    px, random start weights."""
     model_dir = tmp_path_factory.mktemp("cli") / "model"
     result = invoke(
         "train",
@@ -342,7 +344,8 @@ def test_a_blank_image_is_labelled_not_ct_without_probabilities(
     assert (white["label"], white["prob_covid"]) == ("not-ct", empty)
     assert str(white["in_distribution"]) == "False"
     assert re.fullmatch(
-        r"does not look like a chest CT slice the model was trained on \(OOD score [0-9.]+ > threshold [0-9.]+\)",
+        r"does not look like a chest CT slice the model was "
+        r"trained on \(OOD score [0-9.]+ > threshold [0-9.]+\)",
         white["message"],
     )
     assert float(white["ood_score"]) > float(ct["ood_score"])

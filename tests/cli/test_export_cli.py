@@ -130,9 +130,9 @@ def test_predict_with_an_engine_that_was_not_exported_names_the_export_command(
 
     assert result.exit_code == 2, result.output
     last = result.stderr.strip().splitlines()[-1]
-    assert (
-        last
-        == f"error: {model_dir}: no {'model.int8.onnx' if 'int8' in engine else 'model.onnx'} for --engine {engine}; create it with 'covidct export {model_dir} {command}'"
+    assert last == (
+        f"error: {model_dir}: no {'model.int8.onnx' if 'int8' in engine else 'model.onnx'} "
+        f"for --engine {engine}; create it with 'covidct export {model_dir} {command}'"
     )
 
 

@@ -1,4 +1,5 @@
-"""``covidct predict`` on CT volumes: one row per DICOM series or NIfTI file, per-slice rows, plots, privacy."""
+"""``covidct predict`` on CT volumes: one row per DICOM series or NIfTI file,
+per-slice rows, plots, privacy."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from volumes import (
 from covidct.cli.app import app
 
 WIDE = {"COLUMNS": "250"}
-# The window the phantom's lung slices look like the tiny model's training slices through; differing from the card's, it warns.
+# The window the phantom's lung slices look like the tiny model's training slices through; differing
+# from the card's, it warns.
 PHANTOM_WINDOW = str(TRAINING_LIKE_WINDOW)
 LUNG_SLICES = range(2, 7)
 SECRETS = {"PatientName": "Doe^Jane", "PatientID": "P-SECRET-42", "PatientBirthDate": "19700101"}

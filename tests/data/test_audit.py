@@ -1,4 +1,5 @@
-"""audit_manifest and write_audit: shortcuts, duplicates, patient leaks, balance, unreadable files, the report."""
+"""audit_manifest and write_audit: shortcuts, duplicates, patient leaks, balance,
+unreadable files, the report."""
 
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def balanced(per_class: int = 6, *, stored_as: dict[str, tuple[str, str, str]] |
 
 
 def write_dataset(root: Path, images: list[Img], *, has_ids: bool = True, has_splits: bool = True) -> Path:
-    """Write the images under ``root/<label>/`` and a CSV manifest (path, label[, patient_id][, split]); return the CSV."""
+    """Write the images under ``root/<label>/`` and a CSV manifest (path, label[, patient_id][,
+    split]); return the CSV."""
     rows = []
     for number, spec in enumerate(images):
         file_format, mode, suffix = spec.stored_as
@@ -247,7 +249,8 @@ FINDING_CASES = [
         png_rgba_covid_and_jpeg_non_covid,
         Severity.WARNING,
         "shortcut",
-        r"^file format \(as Pillow reads the bytes\) alone predicts COVID \(out-of-fold AUC 1\.00 >= 0\.70\): "
+        r"^file format \(as Pillow reads the bytes\) alone "
+        r"predicts COVID \(out-of-fold AUC 1\.00 >= 0\.70\): "
         r"JPEG: 0 COVID / 6 non-COVID; PNG: 6 COVID / 0 non-COVID; .*decode and resize every class alike",
         id="format",
     ),
@@ -269,7 +272,8 @@ FINDING_CASES = [
         same_file_in_both_classes,
         Severity.WARNING,
         "cross_label_duplicate",
-        r"^1 duplicate cluster\(s\) \(1 exact, 0 near; 2 images\) hold images of more than one class; .*drop or relabel them: "
+        r"^1 duplicate cluster\(s\) \(1 exact, 0 near; 2 images\) "
+        r"hold images of more than one class; .*drop or relabel them: "
         r"COVID/COVID_0\.png \(COVID, train\) = non-COVID/copy<b>&\.png \(non-COVID, train\)$",
         id="cross-label",
     ),
@@ -277,7 +281,8 @@ FINDING_CASES = [
         near_copy_in_another_split,
         Severity.WARNING,
         "cross_split_duplicate",
-        r"^1 duplicate cluster\(s\) \(0 exact, 1 near; 2 images\) span splits, so test images have copies in training.*"
+        r"^1 duplicate cluster\(s\) \(0 exact, 1 near; 2 images\) "
+        r"span splits, so test images have copies in training.*"
         r"COVID/COVID_0\.png \(COVID, train\) = COVID/COVID_12\.png \(COVID, test\)$",
         id="cross-split",
     ),
@@ -292,7 +297,8 @@ FINDING_CASES = [
         patient_in_train_and_test,
         Severity.WARNING,
         "patient_in_several_splits",
-        r"^1 patient\(s\) are in more than one split \(e\.g\. N0 in train and test\); fix the split column or drop --split-col",
+        r"^1 patient\(s\) are in more than one split \(e\.g\. N0 in "
+        r"train and test\); fix the split column or drop --split-col",
         id="leak",
     ),
     pytest.param(
@@ -320,14 +326,16 @@ FINDING_CASES = [
         four_covid_per_non_covid_in_train,
         Severity.WARNING,
         "class_imbalance",
-        r"^the train split has 4\.0 COVID images per non-COVID image \(12 COVID / 3 non-COVID\); .*sensitivity and specificity$",
+        r"^the train split has 4\.0 COVID images per non-COVID image "
+        r"\(12 COVID / 3 non-COVID\); .*sensitivity and specificity$",
         id="imbalance",
     ),
     pytest.param(
         no_patient_ids,
         Severity.INFO,
         "class_balance",
-        r"^images per class: all 6 COVID / 6 non-COVID; train 3 COVID / 3 non-COVID; val 1 COVID / 1 non-COVID; test 2 COVID / 2 non-COVID$",
+        r"^images per class: all 6 COVID / 6 non-COVID; train 3 COVID / 3 "
+        r"non-COVID; val 1 COVID / 1 non-COVID; test 2 COVID / 2 non-COVID$",
         id="balance",
     ),
 ]
@@ -413,7 +421,8 @@ def test_a_ct_volume_row_is_listed_as_not_audited_and_the_images_still_are(tmp_p
         pytest.param(
             3,
             False,
-            r"^none \(covidct could not split this data: class COVID has only 3 patients/groups; a stratified 15% hold-out needs at least 7",
+            r"^none \(covidct could not split this data: class COVID has only "
+            r"3 patients/groups; a stratified 15% hold-out needs at least 7",
             id="too-few-groups",
         ),
         pytest.param(

@@ -131,7 +131,10 @@ def test_a_split_column_that_puts_a_patient_in_train_and_test_is_refused(tmp_pat
 
     with pytest.raises(
         SplitLeakError,
-        match=r"patient P1 is in both train and test \(1 leaking patients in all\); fix the split column, or remove it from the CSV",
+        match=(
+            r"patient P1 is in both train and test \(1 leaking patients "
+            r"in all\); fix the split column, or remove it from the CSV"
+        ),
     ) as raised:
         check(manifest)
 
@@ -148,7 +151,8 @@ def test_leak_check_passes_a_clean_split_column(tiny_dataset):
         pytest.param(
             [0, 1, 0, 1, 0],
             4,
-            r"class COVID has only 3 patients/groups; a stratified 15% hold-out needs at least 7: add data or give a split column",
+            r"class COVID has only 3 patients/groups; a stratified 15% "
+            r"hold-out needs at least 7: add data or give a split column",
             id="too-few-patients",
         ),
         pytest.param(

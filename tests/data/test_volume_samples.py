@@ -1,4 +1,5 @@
-"""Manifest rows naming CT volumes (DICOM series, DICOM files, NIfTI): each lung slice becomes a sample of its row.
+"""Manifest rows naming CT volumes (DICOM series, DICOM files, NIfTI): each lung slice
+becomes a sample of its row.
 
 Ends with `covidct train` and `covidct evaluate` on such a manifest (tiny 64 px model, one epoch,
 random start weights), so DICOM and NIfTI training data is checked through the real commands.
@@ -40,7 +41,8 @@ def patient_volume(seed: int, *, is_covid: bool) -> np.ndarray:
 
 
 def write_volume(root, name: str, hu: np.ndarray, kind: str, seed: int):
-    """Write ``hu`` as a DICOM series folder, a multi-frame DICOM file or a NIfTI file; return the manifest path."""
+    """Write ``hu`` as a DICOM series folder, a multi-frame DICOM file or a NIfTI file;
+    return the manifest path."""
     if kind == "series":
         write_dicom_series(root / name, hu, seed=seed)
         return root / name
@@ -92,7 +94,8 @@ def test_a_class_folder_of_volumes_gives_one_row_per_nifti_file_and_per_dicom_fo
 
 @pytest.fixture(scope="module")
 def volume_dataset(tmp_path_factory):
-    """8 patients per class in three formats, split 4 train / 2 val / 2 test, plus one train row without lung."""
+    """8 patients per class in three formats, split 4 train / 2 val / 2 test, plus one
+    train row without lung."""
     root = tmp_path_factory.mktemp("volumes")
     rows = []
     for label in ("COVID", "non-COVID"):

@@ -121,7 +121,8 @@ def test_ece_sampling_floor_is_what_calibrated_labels_show_and_shrinks_with_more
 
 
 def test_ece_weights_bins_by_their_size():
-    # Bin [0.1, 0.2): 3 slices at 0.1, none positive (gap 0.1). Bin [0.9, 1]: 1 slice at 1.0, positive (gap 0).
+    # Bin [0.1, 0.2): 3 slices at 0.1, none positive (gap 0.1). Bin [0.9, 1]: 1 slice
+    # at 1.0, positive (gap 0).
     assert expected_calibration_error([0, 0, 0, 1], [0.1, 0.1, 0.1, 1.0]) == pytest.approx(0.075)
 
 

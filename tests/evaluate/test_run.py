@@ -1,4 +1,5 @@
-"""evaluate_model with a model directory from before the out-of-distribution guard: it still evaluates, and says so."""
+"""evaluate_model with a model directory from before the out-of-distribution guard: it still
+evaluates, and says so."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from covidct.model.checkpoint import save_model_dir
 from covidct.model.network import StrideVariant, build_resnet50
 from covidct.preprocess.transforms import Preprocessing
 
-NO_GUARD_NOTE = "The model has no out-of-distribution guard (trained with an older covidct): no slice could be flagged as not a chest CT slice."
+NO_GUARD_NOTE = (
+    "The model has no out-of-distribution guard (trained with an older "
+    "covidct): no slice could be flagged as not a chest CT slice."
+)
 
 
 @pytest.fixture(scope="module")
 def old_model_dir(tmp_path_factory):
-    """A random 32 px ResNet-50 saved without ``ood.safetensors``, as covidct wrote model directories before the guard."""
+    """A random 32 px ResNet-50 saved without ``ood.safetensors``, as covidct wrote model
+    directories before the guard."""
     torch.manual_seed(0)
     card = ModelCard(
         classes=("COVID", "non-COVID"),
@@ -65,13 +70,15 @@ RULE_CASES = [
     pytest.param(
         None,
         "topk",
-        "Patient aggregation rule: top 25% mean, the model card's study rule (default: the model card predates study-level rules).",
+        "Patient aggregation rule: top 25% mean, the model card's study "
+        "rule (default: the model card predates study-level rules).",
         id="card-rule",
     ),
     pytest.param(
         "max",
         "max",
-        "Patient aggregation rule: max, set by --aggregate instead of the model card's study rule (top 25% mean).",
+        "Patient aggregation rule: max, set by --aggregate "
+        "instead of the model card's study rule (top 25% mean).",
         id="aggregate-overrides",
     ),
 ]

@@ -1,4 +1,5 @@
-"""Site-shift flag: per-slice statistics, the card's reference, the KS rule, and evaluate writing it next to the metrics."""
+"""Site-shift flag: per-slice statistics, the card's reference, the KS rule, and evaluate writing
+it next to the metrics."""
 
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ def test_the_note_names_the_statistic_and_its_distance():
 
 @pytest.fixture(scope="module")
 def model_without_site_steps(tiny_dataset, random_weights, tmp_path_factory):
-    """A 1-epoch 32 px model trained with every site step off, so a brighter copy of the data stays brighter."""
+    """A 1-epoch 32 px model trained with every site step off, so a brighter copy of
+    the data stays brighter."""
     config = TrainConfig(
         image_size=32,
         epochs=1,

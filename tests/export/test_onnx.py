@@ -1,4 +1,5 @@
-"""export_onnx: the ONNX graph reproduces the torch model, int8 stays close, and the settings file says how it was made."""
+"""export_onnx: the ONNX graph reproduces the torch model, int8 stays close, and the settings
+file says how it was made."""
 
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def test_calibration_samples_only_the_train_split_and_warns_on_other_data(onnx_m
 
 
 def _model_dir_without_exports(onnx_model_dir, tmp_path, **card_changes):
-    """Links to the weights and guard, and a model.json changed by ``card_changes`` (a new folder, no ONNX files)."""
+    """Links to the weights and guard, and a model.json changed by ``card_changes`` (a new
+    folder, no ONNX files)."""
     target = tmp_path / "model"
     target.mkdir()
     for name in ("model.safetensors", "ood.safetensors"):
@@ -191,7 +193,8 @@ ERRORS = [
         lambda t, d: {"int8": True},
         {"data": {"origin": "/nowhere/train.csv"}},
         OptionError,
-        r"--int8 calibrates on training slices, but the training data recorded in .*model.json \(/nowhere/train.csv\) is not there; pass --calibration DATA",
+        r"--int8 calibrates on training slices, but the training data recorded in "
+        r".*model.json \(/nowhere/train.csv\) is not there; pass --calibration DATA",
     ),
     (
         "int8-no-origin",
@@ -238,7 +241,8 @@ def test_export_errors_name_the_option_and_the_fix(
 
 
 def test_an_export_that_disagrees_with_torch_is_refused_and_not_kept(onnx_model_dir, tmp_path, monkeypatch):
-    """An export of other weights than the card's (a broken exporter, say): its agreement is measured, then enforced."""
+    """An export of other weights than the card's (a broken exporter, say): its agreement is
+    measured, then enforced."""
     export_fp32 = onnx_export._export_fp32
 
     def export_other_weights(model, image_size, path):
@@ -252,7 +256,10 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_not_kept(onnx_model_
 
     with pytest.raises(
         ModelDirError,
-        match=r"broken.onnx: the onnx export gives probabilities up to [\d.]+ away from the torch model's on 16 uniform random slices, seed 0 \(tolerance 0.001\); it was not kept",
+        match=(
+            r"broken.onnx: the onnx export gives probabilities up to [\d.]+ away from the torch "
+            r"model's on 16 uniform random slices, seed 0 \(tolerance 0.001\); it was not kept"
+        ),
     ):
         export_onnx(onnx_model_dir, out=out)
     assert not out.exists() and not settings_path(out).exists()

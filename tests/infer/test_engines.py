@@ -1,4 +1,5 @@
-"""load_model(dir, engine=...): the ONNX engines give the torch engine's answers, and a missing or stale export is refused."""
+"""load_model(dir, engine=...): the ONNX engines give the torch engine's answers, and a missing or
+stale export is refused."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def slices(tiny_dataset):
 
 @pytest.fixture(scope="module")
 def torch_run(onnx_model_dir, slices):
-    """The torch engine in fp32 (no bf16 autocast, which this CPU may support): the reference the exports must match."""
+    """The torch engine in fp32 (no bf16 autocast, which this CPU may support): the reference
+    the exports must match."""
     loaded = load_model(onnx_model_dir, device="cpu")
     fp32 = TorchEngine(loaded.model, device=loaded.device, use_bf16=False)
     return Predictor(loaded.model, loaded.card, detector=loaded.detector, device="cpu", engine=fp32).predict(
@@ -67,7 +69,8 @@ def test_the_default_engine_is_torch(onnx_model_dir):
 
 
 def _link_model(onnx_model_dir, target, *, onnx_files=(), settings=None):
-    """A model directory of links to the fixture's files, with ``settings`` (a changed dict) written for model.onnx."""
+    """A model directory of links to the fixture's files, with ``settings`` (a changed dict)
+    written for model.onnx."""
     target.mkdir()
     for name in ("model.json", "model.safetensors", "ood.safetensors", *onnx_files):
         (target / name).symlink_to(onnx_model_dir / name)
@@ -93,7 +96,8 @@ ERRORS = [
         "onnx-int8",
         "cpu",
         ModelDirError,
-        r"no model.int8.onnx for --engine onnx-int8; create it with 'covidct export .*model --format onnx --int8'",
+        r"no model.int8.onnx for --engine onnx-int8; create it "
+        r"with 'covidct export .*model --format onnx --int8'",
     ),
     (
         "no-settings",
@@ -119,7 +123,8 @@ ERRORS = [
         "onnx",
         "cpu",
         ModelDirError,
-        r"model.onnx was exported from other weights than this directory's model.safetensors; export it again with 'covidct export",
+        r"model.onnx was exported from other weights than this directory's "
+        r"model.safetensors; export it again with 'covidct export",
     ),
     (
         "onnx-on-cuda",
@@ -175,7 +180,10 @@ def test_an_export_with_other_outputs_is_refused(tmp_path):
 
     with pytest.raises(
         ModelDirError,
-        match=r"expected input 'input' and outputs \['features', 'logits'\]; found \['input'\] and \['logits'\]",
+        match=(
+            r"expected input 'input' and outputs \['features', "
+            r"'logits'\]; found \['input'\] and \['logits'\]"
+        ),
     ):
         OnnxEngine(tmp_path / "other.onnx")
 

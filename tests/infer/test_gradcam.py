@@ -81,7 +81,8 @@ def test_an_overlay_blends_the_slice_with_the_jet_colormap_above_a_caption_band(
     assert (
         image.mode == "RGB" and image.width == 256 and image.height > 256
     )  # 64 px enlarged 4x, caption below
-    # 0.55 x gray 0.5 + 0.45 x jet: dark red (0.5, 0, 0) where the heatmap is 1, dark blue (0, 0, 0.5) where it is 0
+    # 0.55 x gray 0.5 + 0.45 x jet: dark red (0.5, 0, 0) where the heatmap is 1, dark blue
+    # (0, 0, 0.5) where it is 0
     assert pixels[10, 128].tolist() == pytest.approx([127, 70, 70], abs=2)
     assert pixels[250, 128].tolist() == pytest.approx([70, 70, 127], abs=2)
     assert pixels[257:].max() == 255  # white caption text on the black band

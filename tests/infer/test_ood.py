@@ -1,4 +1,5 @@
-"""The out-of-distribution guard: its math on Gaussian features, its file in the model directory, and what a flagged prediction looks like."""
+"""The out-of-distribution guard: its math on Gaussian features, its file in the model directory, and what a
+flagged prediction looks like."""
 
 from __future__ import annotations
 
@@ -44,13 +45,17 @@ OOD_SECTION_KEYS = sorted(
         "estimated_new_group_flag_rate",
     ]
 )
-NO_GUARD_WARNING = r"model.json has no out-of-distribution detector \(trained with an older covidct\), so no input is flagged as not a chest CT slice; retrain"
+NO_GUARD_WARNING = (
+    r"model.json has no out-of-distribution detector \(trained with an older "
+    r"covidct\), so no input is flagged as not a chest CT slice; retrain"
+)
 
 
 def gaussian_classes(
     rng: np.random.Generator, n_per_class: int, *, dim: int = 16, offset: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two classes of correlated Gaussian features (means +-2 on the first axis), shifted by ``offset`` on every axis."""
+    """Two classes of correlated Gaussian features (means +-2 on the first axis), shifted by
+    ``offset`` on every axis."""
     mixing = np.eye(dim) + 0.3 * np.random.default_rng(99).normal(size=(dim, dim))
     labels = np.repeat([0, 1], n_per_class)
     means = np.zeros((2, dim))
@@ -195,7 +200,8 @@ BROKEN_GUARDS = [
     (
         "other-file",
         _rewrite_detector,
-        "ood.safetensors does not match the hash in model.json; the directory was modified or mixes two models",
+        "ood.safetensors does not match the hash in model.json; "
+        "the directory was modified or mixes two models",
     ),
 ]
 

@@ -20,12 +20,14 @@ from covidct.preprocess.transforms import Preprocessing
 
 NOT_AN_IMAGE = "not a readable PNG, JPEG, BMP or TIFF image"
 
-# save_random_model writes a directory without the OOD guard (as older covidct did): test_ood covers that warning
+# save_random_model writes a directory without the OOD guard (as older covidct did):
+# test_ood covers that warning
 pytestmark = pytest.mark.filterwarnings("ignore::covidct.errors.MissingOodDetectorWarning")
 
 
 def save_random_model(model_dir, classes: tuple[str, ...], *, threshold: float = 0.5, seed: int = 0):
-    """A ResNet-50 with random weights behind a card for 32 x 32 inputs (predictions are arbitrary but valid)."""
+    """A ResNet-50 with random weights behind a card for 32 x 32 inputs (predictions
+    are arbitrary but valid)."""
     torch.manual_seed(seed)
     card = ModelCard(
         classes=classes,
@@ -192,7 +194,8 @@ def test_load_model_on_a_folder_without_a_model(tmp_path):
 
 
 def test_grad_cam_runs_one_call_at_a_time_across_threads(predictor, monkeypatch):
-    """Grad-CAM hooks sit on the shared model: two requests' heatmaps at once could mix their images (issue 15)."""
+    """Grad-CAM hooks sit on the shared model: two requests' heatmaps at once could mix
+    their images (issue 15)."""
     running, most = [0], [0]
     both_inside = threading.Barrier(2, timeout=2)
 

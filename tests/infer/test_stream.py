@@ -22,7 +22,8 @@ SLICE_PX = 40  # the smallest images covidct reads are 32 px a side
 
 
 class ConstantEngine(InferenceEngine):
-    """Features and logits of zeros: the network's cost left out, so these tests time and measure the streaming alone."""
+    """Features and logits of zeros: the network's cost left out, so these tests time and
+    measure the streaming alone."""
 
     kind = Engine.TORCH
     num_classes = 2
@@ -54,7 +55,8 @@ def predictor() -> Predictor:
 
 
 def write_slices(root, n: int, *, per_folder: int = 100) -> None:
-    """``n`` PNGs of SLICE_PX px, ``per_folder`` to a folder (one folder per patient, as scans are usually stored)."""
+    """``n`` PNGs of SLICE_PX px, ``per_folder`` to a folder (one folder per patient, as
+    scans are usually stored)."""
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SLICE_PX, SLICE_PX), dtype=np.uint8))
     for index in range(n):
         folder = root / f"patient_{index // per_folder:04d}"
@@ -220,7 +222,8 @@ def test_decode_workers_cannot_be_negative(predictor):
 
 
 def test_a_volume_over_the_voxel_budget_is_a_failure_and_the_stream_goes_on(tmp_path):
-    """``predict``'s decoded-memory budget per study (--max-voxels), read from the header before decoding (issue 15)."""
+    """``predict``'s decoded-memory budget per study (--max-voxels), read from the header
+    before decoding (issue 15)."""
     from volumes import chest_phantom, write_nifti
 
     hu = chest_phantom(6, 64, range(1, 5))
@@ -239,7 +242,8 @@ def test_a_volume_over_the_voxel_budget_is_a_failure_and_the_stream_goes_on(tmp_
         (
             str(tmp_path / "a_big.nii.gz"),
             (
-                f"decoding it would bring this study to {6 * 64 * 64:,} voxels, over the {3 * 64 * 64:,}-voxel budget per study; "
+                f"decoding it would bring this study to {6 * 64 * 64:,} "
+                f"voxels, over the {3 * 64 * 64:,}-voxel budget per study; "
                 "raise --max-voxels if the study is genuine and the machine has the memory (4 bytes a voxel)"
             ),
         )

@@ -1,4 +1,5 @@
-"""Study-level prediction: lung slices only, the guard, the card's aggregation rule, and the probability plot."""
+"""Study-level prediction: lung slices only, the guard, the card's aggregation rule,
+and the probability plot."""
 
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ STUDY_CASES = [
         None,
         "not-ct",
         0,
-        "3 of 4 lung slices do not look like the chest CT slices the model was trained on (out-of-distribution guard), so the study gets no COVID probability",
+        "3 of 4 lung slices do not look like the chest CT slices the model was trained "
+        "on (out-of-distribution guard), so the study gets no COVID probability",
         id="mostly-flagged-is-not-ct",
     ),
 ]
@@ -168,7 +170,8 @@ def test_predict_volume_scores_only_lung_slices(tiny_model_dir):
         True,
         "",
     )
-    # The tiny dataset has too few validation patients to choose a rule, so the card has the default, top 25%: 2 of 5 slices.
+    # The tiny dataset has too few validation patients to choose a rule, so the card has the
+    # default, top 25%: 2 of 5 slices.
     assert predictor.card.decision.study_rule_source.startswith(
         "default (top 25% mean): validation has 2 positive and 2 negative"
     )

@@ -29,7 +29,10 @@ def test_a_request_over_its_budget_names_the_file_and_the_limit():
 
     with pytest.raises(
         UploadTooLargeError,
-        match=r"^b.png: decoding it would bring this request to 16,384 voxels, over the 12,288-voxel budget per request",
+        match=(
+            r"^b.png: decoding it would bring this request to 16,384 "
+            r"voxels, over the 12,288-voxel budget per request"
+        ),
     ):
         budget.reserve("b.png", 2 * 64 * 64)
     assert budget.used == 2 * 64 * 64

@@ -1,4 +1,5 @@
-"""Many damaged copies of valid PNG, JPEG, DICOM and NIfTI files: each decodes to a valid array or raises InputError.
+"""Many damaged copies of valid PNG, JPEG, DICOM and NIfTI files: each decodes to a valid
+array or raises InputError.
 
 Truncations and flipped bytes are drawn with a fixed seed, so a failure names a variant that can be
 rebuilt. Any other exception (or a malformed array) is a reader bug: in a batch it would crash the run.

@@ -1,4 +1,5 @@
-"""read_dicom_series and group_dicom_series: HU, slice order and compression on real files, a clear error for each bad one."""
+"""read_dicom_series and group_dicom_series: HU, slice order and compression on real files, a clear
+error for each bad one."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def test_a_written_series_reads_back_in_hu_and_in_slice_order(tmp_path, options,
 @pytest.mark.shared_data
 @pytest.mark.parametrize("options", [case[1] for case in SERIES[:6]], ids=[case[0] for case in SERIES[:6]])
 def test_a_series_written_from_real_slices_windows_back_to_them(shared_data, tmp_path, options):
-    """Real CT slices (PNG, already windowed) -> inverse lung window to HU -> DICOM -> HU -> lung window: the same pixels."""
+    """Real CT slices (PNG, already windowed) -> inverse lung window to HU -> DICOM -> HU -> lung
+    window: the same pixels."""
     pngs = sorted((shared_data / "sars_cov2_ct" / "images" / "non-COVID").glob("*.png"))[:5]
     gray = np.stack(
         [np.asarray(Image.fromarray(read_grayscale(path)).resize((64, 48)), np.float32) for path in pngs]
@@ -106,7 +108,8 @@ def test_a_series_written_from_real_slices_windows_back_to_them(shared_data, tmp
 
 
 def test_monochrome1_with_rescale_tags_gives_the_same_hu_as_monochrome2(tmp_path):
-    """For CT the modality LUT gives physical HU; MONOCHROME1 only inverts the display, so nothing is inverted."""
+    """For CT the modality LUT gives physical HU; MONOCHROME1 only inverts the display,
+    so nothing is inverted."""
     mono1 = read_dicom_series(write_dicom_series(tmp_path / "m1", PHANTOM, photometric="MONOCHROME1"))
     mono2 = read_dicom_series(write_dicom_series(tmp_path / "m2", PHANTOM, photometric="MONOCHROME2"))
 
@@ -133,7 +136,8 @@ def test_enhanced_ct_rescale_in_functional_groups_is_applied(tmp_path, where):
 
 
 def test_jpeg_ls_lossless_decodes(tmp_path):
-    """No JPEG-LS encoder is installed, so the bundled JPEG-LS file is relabelled CT and checked against its uncompressed twin."""
+    """No JPEG-LS encoder is installed, so the bundled JPEG-LS file is relabelled CT and checked against
+    its uncompressed twin."""
     dataset = pydicom.dcmread(bundled("MR_small_jpeg_ls_lossless.dcm"))
     dataset.Modality = "CT"
     dataset.save_as(tmp_path / "jls.dcm")
@@ -146,8 +150,8 @@ def test_jpeg_ls_lossless_decodes(tmp_path):
 
 
 def test_jpeg_lossless_pixel_data_decodes_with_the_installed_plugins():
-    """No JPEG Lossless encoder exists here and the only bundled file is RGB (refused by the reader as colour, see
-    ``BAD_INPUT``): this pins the decoder ``read_dicom_series`` relies on for that transfer syntax."""
+    """No JPEG Lossless encoder exists here and the only bundled file is RGB (refused by the reader as colour,
+    see ``BAD_INPUT``): this pins the decoder ``read_dicom_series`` relies on for that transfer syntax."""
     dataset = pydicom.dcmread(bundled("SC_rgb_jpeg_gdcm.dcm"))
     assert dataset.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
 
@@ -279,7 +283,8 @@ def test_bad_input_gets_a_specific_error(tmp_path, make, options, message):
 
 
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
-    """A header claiming 60000 x 60000 pixels over a few bytes of pixel data: refused from the header alone."""
+    """A header claiming 60000 x 60000 pixels over a few bytes of pixel data: refused
+    from the header alone."""
     path = _relabelled(tmp_path, "CT_small.dcm", Rows=60000, Columns=60000)
 
     with pytest.raises(InputError, match=r"slices are 60000x60000 pixels, over the 64,000,000-pixel limit"):
@@ -370,7 +375,10 @@ def _deflated_bomb(tmp_path: Path) -> Path:
 def test_a_deflated_bomb_is_refused_before_it_is_inflated_whole(tmp_path):
     path = _deflated_bomb(tmp_path)
     assert path.stat().st_size < 1_000_000
-    message = r"bomb\.dcm: Deflated Explicit VR Little Endian data inflates past 67,108,864 bytes; expected one CT slice"
+    message = (
+        r"bomb\.dcm: Deflated Explicit VR Little Endian data "
+        r"inflates past 67,108,864 bytes; expected one CT slice"
+    )
 
     groups, failures = group_dicom_series([path])
     assert groups == [] and len(failures) == 1

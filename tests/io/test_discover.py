@@ -184,7 +184,10 @@ def test_an_unreadable_dicom_file_in_a_folder_is_a_failure_naming_the_series_rea
     found = discover_images([tmp_path / "series"])
 
     assert len(found.volumes) == 1 and len(found.volumes[0].files) == 3
-    reason = f"not a DICOM file (no 'DICM' marker and no DICOM header); left out of {tmp_path / 'series'}, which is read without it"
+    reason = (
+        "not a DICOM file (no 'DICM' marker and no DICOM header); "
+        f"left out of {tmp_path / 'series'}, which is read without it"
+    )
     assert [(f.path, f.reason) for f in found.failures] == [(str(tmp_path / "series" / "broken.dcm"), reason)]
 
 
@@ -227,6 +230,7 @@ def test_symlinks_leading_out_of_the_folder_are_followed_and_named(tmp_path):
     assert names(found.paths, inside) == ["again.png", "link.png", "own.png", "linked/deep.png"]
     assert len(caught) == 1
     assert str(caught[0].message) == (
-        f"{inside}: 2 symlink(s) lead out of the folder and were followed: {inside / 'linked'} -> {outside / 'folder'}; "
+        f"{inside}: 2 symlink(s) lead out of the folder and were "
+        f"followed: {inside / 'linked'} -> {outside / 'folder'}; "
         f"{inside / 'link.png'} -> {outside / 'other.png'}"
     )

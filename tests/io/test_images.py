@@ -188,7 +188,8 @@ def test_accepts_str_paths(tmp_path):
     ("width", "height"), [(9000, 9000), (100_000, 100_000)], ids=["over-pixel-limit", "decompression-bomb"]
 )
 def test_huge_headers_are_refused_before_decoding(tmp_path, monkeypatch, width, height):
-    """The size is checked from the header: decoding a 10-gigapixel image would not return in time or memory."""
+    """The size is checked from the header: decoding a 10-gigapixel image would not
+    return in time or memory."""
     path = tmp_path / "huge.png"
     path.write_bytes(_png_header(width, height))
 

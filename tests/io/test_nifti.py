@@ -1,4 +1,5 @@
-"""read_nifti: canonical axial slices in HU whatever the stored orientation, and a clear error for each bad volume."""
+"""read_nifti: canonical axial slices in HU whatever the stored orientation, and a clear
+error for each bad volume."""
 
 from __future__ import annotations
 
@@ -134,7 +135,8 @@ def test_bad_volumes_get_a_specific_error(tmp_path, make, options, message):
 
 
 def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path):
-    """A gzip stream whose header says 4000 x 4000 x 4000 voxels: refused from the header, nothing is inflated."""
+    """A gzip stream whose header says 4000 x 4000 x 4000 voxels: refused from the
+    header, nothing is inflated."""
     header = nib.Nifti1Header()
     header.set_data_shape((4000, 4000, 4000))
     header.set_data_dtype(np.int16)

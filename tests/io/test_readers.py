@@ -1,4 +1,5 @@
-"""read_volume, read_path_volumes and read_upload, plus the contract every reader keeps (dtype, shape, range, metadata)."""
+"""read_volume, read_path_volumes and read_upload, plus the contract every reader keeps (dtype,
+shape, range, metadata)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_read_volume_reads_either_kind(tmp_path):
 
 @pytest.mark.parametrize("kind", ["png", "dicom", "nifti"])
 def test_every_reader_keeps_the_same_contract(tmp_path, kind):
-    """One set of expectations for every format: float32 arrays of the documented shape, range and metadata."""
+    """One set of expectations for every format: float32 arrays of the documented
+    shape, range and metadata."""
     if kind == "png":
         (tmp_path / "slice.png").write_bytes(png_bytes())
         gray = read_grayscale(tmp_path / "slice.png")

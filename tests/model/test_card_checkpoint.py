@@ -79,7 +79,8 @@ def make_card(classes: tuple[str, ...] = ("COVID", "non-COVID"), **changes) -> M
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A 2-class ResNet-50 (random weights) saved as a model directory: (directory, model, card as written)."""
+    """A 2-class ResNet-50 (random weights) saved as a model directory: (directory,
+    model, card as written)."""
     torch.manual_seed(0)
     model = build_resnet50(num_classes=2).eval()
     model_dir = tmp_path_factory.mktemp("model")
@@ -197,7 +198,8 @@ BROKEN_DIRS = [
     (
         "tampered-weights",
         _tamper_weights,
-        r"model.safetensors does not match the hash in model.json \([0-9a-f]{12}\.\.\.\); the directory was modified or mixes two models",
+        r"model.safetensors does not match the hash in model.json "
+        r"\([0-9a-f]{12}\.\.\.\); the directory was modified or mixes two models",
     ),
     (
         "missing-card",
@@ -247,7 +249,8 @@ BROKEN_DIRS = [
     (
         "blank-hash",
         _edit_card(checkpoint_sha256=""),
-        r"checkpoint_sha256 in model.json is ''; expected the 64 hex digits of the SHA-256 of model.safetensors",
+        r"checkpoint_sha256 in model.json is ''; expected the "
+        r"64 hex digits of the SHA-256 of model.safetensors",
     ),
     (
         "short-hash",

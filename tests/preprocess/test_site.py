@@ -22,7 +22,8 @@ SIZE = 96
 
 
 def _whole_body_figure() -> np.ndarray:
-    """A UCSD-like figure: an oval body on black air, two dark lungs with a bright opacity, a letter in a corner."""
+    """A UCSD-like figure: an oval body on black air, two dark lungs with a bright
+    opacity, a letter in a corner."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     gray = np.full((SIZE, SIZE), 0.02, np.float32)
     body = ((xx - 0.5) / 0.3) ** 2 + ((yy - 0.55) / 0.25) ** 2 <= 1
@@ -35,7 +36,8 @@ def _whole_body_figure() -> np.ndarray:
 
 
 def _tight_crop() -> np.ndarray:
-    """A SARS-like tight crop: bright tissue everywhere but two lungs that run off the left and right edges."""
+    """A SARS-like tight crop: bright tissue everywhere but two lungs that run off
+    the left and right edges."""
     gray = np.full((SIZE, SIZE), 0.9, np.float32)
     gray[20:80, 0:40] = 0.25
     gray[20:80, 56:SIZE] = 0.25
@@ -235,7 +237,8 @@ def test_on_real_slices_the_body_is_found_and_the_crop_never_cuts_into_it(shared
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_fast_steps_match_scipy_and_numpy_exactly(seed):
-    """The numpy shifts and bincounts that replaced scipy's morphology and np.histogram give the same arrays."""
+    """The numpy shifts and bincounts that replaced scipy's morphology and
+    np.histogram give the same arrays."""
     from scipy import ndimage
 
     from covidct.preprocess import site

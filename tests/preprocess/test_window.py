@@ -1,4 +1,5 @@
-"""HuWindow and window_hu: the documented lung window, parsing of --window, and the same values for DICOM and NIfTI."""
+"""HuWindow and window_hu: the documented lung window, parsing of --window, and the same
+values for DICOM and NIfTI."""
 
 from __future__ import annotations
 

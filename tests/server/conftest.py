@@ -1,4 +1,5 @@
-"""The served model, settings and a TestClient on ``create_app``: one tiny model (64 px) loaded once per session."""
+"""The served model, settings and a TestClient on ``create_app``: one tiny model (64 px)
+loaded once per session."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def ct_png(tiny_dataset) -> bytes:
 
 @pytest.fixture(scope="module")
 def live_server(onnx_model_dir, predictor) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port, in a thread (for the browser and schemathesis); yields its URL."""
+    """A real uvicorn server on a free loopback port, in a thread (for the browser and
+    schemathesis); yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     settings = ServerSettings(model_dir=onnx_model_dir, device="cpu", port=sock.getsockname()[1])

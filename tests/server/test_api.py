@@ -1,4 +1,5 @@
-"""The REST API on a TestClient: every endpoint, every client mistake as a 4xx with the reason the CLI prints."""
+"""The REST API on a TestClient: every endpoint, every client mistake as a 4xx with the
+reason the CLI prints."""
 
 from __future__ import annotations
 
@@ -98,7 +99,10 @@ def test_several_slices_are_one_study_and_bad_files_are_listed(client, tiny_data
     assert answer["failures"] == [
         {
             "name": "notes.txt",
-            "reason": "unsupported file type (content starting b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI",
+            "reason": (
+                "unsupported file type (content starting b'not an "
+                "i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
+            ),
         }
     ]
 
@@ -236,7 +240,8 @@ def test_a_streamed_body_without_length_is_cut_at_the_limit(make_client):
 
 
 def test_uploads_never_touch_the_disk(client, monkeypatch):
-    """A 2 MB upload (Starlette's form parser would spool it to a temporary file over 1 MB) with temp files forbidden."""
+    """A 2 MB upload (Starlette's form parser would spool it to a temporary file over 1 MB)
+    with temp files forbidden."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("an upload was written to a temporary file")

@@ -38,7 +38,8 @@ def test_sixteen_black_4096_px_pngs_are_refused_before_any_is_decoded(client, mo
 
     assert response.status_code == 413
     assert response.json()["detail"] == (
-        f"black12.png: decoding it would bring this request to {13 * 4096 * 4096:,} voxels, over the {DEFAULT_REQUEST_VOXELS:,}-voxel "
+        "black12.png: decoding it would bring this request to "
+        f"{13 * 4096 * 4096:,} voxels, over the {DEFAULT_REQUEST_VOXELS:,}-voxel "
         "budget per request; send fewer or smaller files"
     )
     assert decoded == []
@@ -74,7 +75,10 @@ def test_requests_in_flight_share_a_total_budget_and_give_it_back(client, ct_png
 
 
 def _postscript() -> bytes:
-    return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+    return (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 "
+        b"0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,9 +97,9 @@ def test_other_image_formats_named_png_are_415(client, content, found):
     response = client.post("/api/v1/predict", files=upload(("scan.png", content)))
 
     assert response.status_code == 415
-    assert (
-        response.json()["detail"]
-        == f"scan.png: not a PNG, JPEG, BMP or TIFF image ({found}); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
+    assert response.json()["detail"] == (
+        f"scan.png: not a PNG, JPEG, BMP or TIFF image ({found}); "
+        "expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
     )
 
 

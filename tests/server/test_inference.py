@@ -12,7 +12,8 @@ from covidct.server.inference import InferencePool, ServerBusyError
 
 
 class RecordingPredictor:
-    """Stands in for ``Predictor``: records each ``predict_slices`` call; the first one waits for ``release``."""
+    """Stands in for ``Predictor``: records each ``predict_slices`` call; the first one
+    waits for ``release``."""
 
     def __init__(self, *, fail: bool = False) -> None:
         self.calls: list[tuple[list[str], bool]] = []

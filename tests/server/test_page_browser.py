@@ -1,4 +1,5 @@
-"""The page and the API docs in a real browser (Debian's Chromium driven by Playwright), with nothing fetched from the internet."""
+"""The page and the API docs in a real browser (Debian's Chromium driven by Playwright), with nothing
+fetched from the internet."""
 
 from __future__ import annotations
 
@@ -97,9 +98,9 @@ def test_a_bad_upload_shows_the_reason(browser, live_server, tmp_path):
     page.set_input_files("#files", str(notes))
     page.wait_for_selector("#status.error", timeout=30_000)
 
-    assert (
-        page.inner_text("#status")
-        == "Error 415: notes.txt: unsupported file type (content starting b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
+    assert page.inner_text("#status") == (
+        "Error 415: notes.txt: unsupported file type (content starting "
+        "b'not an i'); expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI"
     )
     assert page.is_hidden("#result")
     page.close()

@@ -1,4 +1,5 @@
-"""Who may call the API: loopback by default, an API key off it (constant-time check), CORS closed unless asked."""
+"""Who may call the API: loopback by default, an API key off it (constant-time check),
+CORS closed unless asked."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def test_loopback_hosts(host, expected):
 def test_a_non_loopback_host_needs_an_api_key(make_settings, host):
     with pytest.raises(
         OptionError,
-        match=rf"^--host {re.escape(host)} lets other machines connect, so it needs an API key: pass --api-key KEY or set COVIDCT_API_KEY",
+        match=(
+            rf"^--host {re.escape(host)} lets other machines connect, so it "
+            r"needs an API key: pass --api-key KEY or set COVIDCT_API_KEY"
+        ),
     ):
         check_exposure(make_settings(host=host))
     with pytest.raises(OptionError, match="needs an API key"):
@@ -85,7 +89,10 @@ def test_the_api_needs_the_right_key(make_client, ct_png, authorization, status,
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.json() == {
-            "detail": "missing or wrong API key; send the header 'Authorization: Bearer <key>' with the key the server was started with"
+            "detail": (
+                "missing or wrong API key; send the header 'Authorization: "
+                "Bearer <key>' with the key the server was started with"
+            )
         }
 
 

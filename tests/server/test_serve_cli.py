@@ -1,4 +1,5 @@
-"""``covidct serve`` through the real typer app: it refuses unsafe or invalid settings and hands the app to uvicorn."""
+"""``covidct serve`` through the real typer app: it refuses unsafe or invalid settings and
+hands the app to uvicorn."""
 
 from __future__ import annotations
 

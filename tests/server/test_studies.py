@@ -1,4 +1,5 @@
-"""Studies through the API: a DICOM series or a NIfTI volume gets one answer, and no patient attribute leaks."""
+"""Studies through the API: a DICOM series or a NIfTI volume gets one answer, and no
+patient attribute leaks."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def test_several_series_in_one_request_are_refused(client, dicom_series, tmp_pat
 
     assert response.status_code == 422
     assert re.match(
-        r"^the upload holds 2 studies or series: .+ \(6 slices\); .+ \(5 slices\); send the files of one series per request$",
+        r"^the upload holds 2 studies or series: .+ \(6 slices\); "
+        r".+ \(5 slices\); send the files of one series per request$",
         response.json()["detail"],
     )
 

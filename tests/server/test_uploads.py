@@ -15,7 +15,10 @@ FORM = "multipart/form-data; boundary=b"
 def part(name: str | None, content: bytes, *, field: str = "files") -> bytes:
     filename = "" if name is None else f'; filename="{name}"'
     return (
-        f'--b\r\nContent-Disposition: form-data; name="{field}"{filename}\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        (
+            "--b\r\nContent-Disposition: form-data; "
+            f'name="{field}"{filename}\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
         + content
         + b"\r\n"
     )
@@ -60,7 +63,8 @@ BAD_BODIES = [
         b"{}",
         {"content_type": "application/json"},
         UnsupportedUploadError,
-        r"^request body is application/json; expected multipart/form-data with the files as parts named 'files'$",
+        r"^request body is application/json; expected "
+        r"multipart/form-data with the files as parts named 'files'$",
     ),
     (
         "no-content-type",
@@ -154,7 +158,8 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(content_leng
 
 
 def test_a_body_slower_than_the_timeout_is_refused():
-    """A client that stops sending keeps its connection (and its bytes so far) only until the body-read timeout."""
+    """A client that stops sending keeps its connection (and its bytes so far) only until
+    the body-read timeout."""
 
     async def stalled():
         yield body(part("a.png", b"\x89PNG first"))[:20]

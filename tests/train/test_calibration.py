@@ -14,7 +14,8 @@ from covidct.train.calibration import choose_threshold, fit_calibration
 def logits_with_temperature(
     true_temperature: float, n: int = 4000, seed: int = 0, true_bias: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits whose labels are drawn from softmax(logits / true_temperature + (0, true_bias)): the NLL optimum is that T and bias."""
+    """Logits whose labels are drawn from softmax(logits / true_temperature + (0, true_bias)): the NLL
+    optimum is that T and bias."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, 2, generator=generator) * 4
     probabilities = torch.from_numpy(calibrated_probabilities(logits, true_temperature, (0.0, true_bias)))
@@ -35,7 +36,8 @@ def test_temperature_recovers_a_known_temperature(true_temperature):
 
 
 def test_calibration_recovers_a_shift_toward_one_class():
-    """Every logit leans 1.5 toward class 1 (a validation split whose prior differs from training's): the bias finds it."""
+    """Every logit leans 1.5 toward class 1 (a validation split whose prior differs from
+    training's): the bias finds it."""
     logits, labels = logits_with_temperature(2.0, true_bias=1.5)
 
     temperature, bias = fit_calibration(logits, labels)

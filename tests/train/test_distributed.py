@@ -96,7 +96,10 @@ def test_a_split_smaller_than_the_number_of_processes_is_refused(rows, size):
 
     with pytest.raises(
         OptionError,
-        match=rf"the val split has {rows} usable slice\(s\), fewer than the {size} torchrun processes; start at most {rows} \(--nproc-per-node x --nnodes\)",
+        match=(
+            rf"the val split has {rows} usable slice\(s\), fewer than the {size} "
+            rf"torchrun processes; start at most {rows} \(--nproc-per-node x --nnodes\)"
+        ),
     ):
         world.require_rows(rows, "val")
 
@@ -149,7 +152,8 @@ dist.destroy_process_group()
 
 
 def test_two_ranks_gather_shards_in_order_and_follow_rank_0(tmp_path):
-    """Rows r, r + 2, ... computed on rank r come back in the original order, in every dtype, on both ranks."""
+    """Rows r, r + 2, ... computed on rank r come back in the original order, in
+    every dtype, on both ranks."""
     script = tmp_path / "collectives.py"
     script.write_text(COLLECTIVES_SCRIPT)
     command = [
@@ -195,9 +199,11 @@ def torchrun_run(learnable_dataset, random_weights, tmp_path_factory):
     """``torchrun --nproc-per-node 2 covidct train ...`` on CPUs; each rank's output kept apart in logs/."""
     root = tmp_path_factory.mktemp("torchrun")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir", str(root / "logs"), "--redirects", "3",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "--log-dir", str(root / "logs"), "--redirects", "3",
         "--no-python", str(Path(sys.executable).parent / "covidct"),
-        "train", str(learnable_dataset.csv), "--out", str(root / "out" / "model"), "--weights", str(random_weights), "--batch-size", str(GLOBAL_BATCH // 2), *RECIPE_FLAGS,
+        "train", str(learnable_dataset.csv), "--out", str(root / "out" / "model"),
+        "--weights", str(random_weights), "--batch-size", str(GLOBAL_BATCH // 2), *RECIPE_FLAGS,
     ]  # fmt: skip
     completed = subprocess.run(
         command,
@@ -259,7 +265,8 @@ def test_torchrun_trains_like_a_single_process(torchrun_run, single_process_card
 
 @pytest.mark.slow
 def test_torchrun_training_stopped_by_ctrl_c_resumes_to_the_end(learnable_dataset, random_weights, tmp_path):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after an epoch, then ``--resume`` under torchrun."""
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after an epoch, then
+    ``--resume`` under torchrun."""
     out = tmp_path / "model"
     flags = [
         *RECIPE_FLAGS[RECIPE_FLAGS.index("--epochs") + 2 :],
@@ -268,8 +275,10 @@ def test_torchrun_training_stopped_by_ctrl_c_resumes_to_the_end(learnable_datase
         "4",
     ]
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python", str(Path(sys.executable).parent / "covidct"),
-        "train", str(learnable_dataset.csv), "--out", str(out), "--weights", str(random_weights), "--batch-size", str(GLOBAL_BATCH // 2), *flags,
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "--no-python", str(Path(sys.executable).parent / "covidct"),
+        "train", str(learnable_dataset.csv), "--out", str(out),
+        "--weights", str(random_weights), "--batch-size", str(GLOBAL_BATCH // 2), *flags,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     state = out / "resume" / "state.json"

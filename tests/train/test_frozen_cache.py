@@ -125,7 +125,10 @@ def test_each_slice_shows_every_view_once_in_as_many_epochs():
 def test_a_cache_that_does_not_fit_in_memory_is_refused(model, slices):
     with pytest.raises(
         OptionError,
-        match=r"--frozen-views 1000000000 would cache .* GiB of frozen-layer outputs for 5 training slices at 64 px, more than half of this machine's .* GiB; lower --frozen-views or leave it at 0",
+        match=(
+            r"--frozen-views 1000000000 would cache .* GiB of frozen-layer outputs for 5 training slices "
+            r"at 64 px, more than half of this machine's .* GiB; lower --frozen-views or leave it at 0"
+        ),
     ):
         cache_frozen_views(
             model,

@@ -1,4 +1,5 @@
-"""The OOD threshold's pass rate is chosen so that a new patient's slices pass, not only the validation slices."""
+"""The OOD threshold's pass rate is chosen so that a new patient's slices pass, not only
+the validation slices."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from covidct.train.ood_fit import (
 def scan_scores(
     rng: np.random.Generator, n_scans: int, slices_per_scan: int, scan_spread: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Guard scores where slices of one scan share an offset (``scan_spread`` its standard deviation), as real scans do."""
+    """Guard scores where slices of one scan share an offset (``scan_spread`` its standard
+    deviation), as real scans do."""
     offsets = rng.normal(0.0, scan_spread, n_scans)
     scores = np.concatenate([60 + offset + rng.gamma(4.0, 3.0, slices_per_scan) for offset in offsets])
     return scores, np.repeat(np.arange(n_scans), slices_per_scan)

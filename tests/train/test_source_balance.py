@@ -1,4 +1,5 @@
-"""Loss weights over (source, class) cells: each cell weighs the same, so the source is no shortcut to the label."""
+"""Loss weights over (source, class) cells: each cell weighs the same, so the source is no
+shortcut to the label."""
 
 from __future__ import annotations
 

@@ -20,7 +20,10 @@ from covidct.intended_use import RESEARCH_USE_STATEMENT
 
 app = typer.Typer(
     name="covidct",
-    help=f"COVID-19 detection in chest CT slices with an ImageNet-pretrained ResNet-50.\n\n{RESEARCH_USE_STATEMENT}",
+    help=(
+        "COVID-19 detection in chest CT slices with an "
+        f"ImageNet-pretrained ResNet-50.\n\n{RESEARCH_USE_STATEMENT}"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

@@ -37,7 +37,8 @@ def audit(
     split_col: SplitCol = None,
     positive_class: PositiveClass = "COVID",
 ) -> None:
-    """Check DATA for label shortcuts (file format, size...), duplicates across classes and splits, patient leaks and class balance.
+    """Check DATA for label shortcuts (file format, size...), duplicates across classes and splits,
+    patient leaks and class balance.
 
     Findings are warnings, not errors: the command exits 0 whatever it finds.
     """

@@ -33,7 +33,8 @@ err_console = Console(stderr=True)
 
 
 def reports_errors(command: Callable) -> Callable:
-    """Print a ``CovidctError`` as one line and exit 2, without a traceback; anything else is a bug and keeps it."""
+    """Print a ``CovidctError`` as one line and exit 2, without a traceback; anything else
+    is a bug and keeps it."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):

@@ -30,14 +30,16 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs on the 120-slice training split.")] = 8,
     weights: WeightsOpt = "auto",
 ) -> None:
-    """Fetch ImageNet weights, fine-tune on the bundled sample, evaluate on its held-out blocks, predict a few slices."""
+    """Fetch ImageNet weights, fine-tune on the bundled sample, evaluate on its held-out
+    blocks, predict a few slices."""
     from covidct.evaluate.run import evaluate_model
     from covidct.infer.predictor import load_model
 
     console.print(f"[bold]{RESEARCH_USE_STATEMENT}[/]")
     manifest = read_manifest(demo_manifest_path())
     console.print(
-        f"Demo data: {len(manifest.samples)} slices from the SARS-CoV-2 CT-scan dataset (CC BY-NC-SA 4.0), split by scan block."
+        f"Demo data: {len(manifest.samples)} slices from the SARS-CoV-2 "
+        "CT-scan dataset (CC BY-NC-SA 4.0), split by scan block."
     )
     result = run_training(manifest, out / "model", TrainConfig(epochs=epochs), weights=weights, resume=False)
     print_training_summary(result)

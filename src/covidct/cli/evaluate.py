@@ -47,7 +47,10 @@ def evaluate(
     aggregate: Annotated[
         Aggregate | None,
         typer.Option(
-            help="Patient probability from its slices: mean, max or topk (mean of the top 25%) (default: the model card's study rule)."
+            help=(
+                "Patient probability from its slices: mean, max or topk (mean "
+                "of the top 25%) (default: the model card's study rule)."
+            )
         ),
     ] = None,
     n_resamples: Annotated[
@@ -64,7 +67,8 @@ def evaluate(
         bool,
         typer.Option(
             "--overwrite",
-            help="Write into a non-empty --out that is not a covidct evaluation (files of the names covidct writes are "
+            help="Write into a non-empty --out that is not a covidct "
+            "evaluation (files of the names covidct writes are "
             "replaced; others are left alone).",
         ),
     ] = False,

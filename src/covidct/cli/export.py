@@ -1,4 +1,5 @@
-"""``covidct export``: the model as ONNX (fp32, or int8 calibrated on training slices) for ``predict --engine onnx``."""
+"""``covidct export``: the model as ONNX (fp32, or int8 calibrated on training slices) for
+``predict --engine onnx``."""
 
 from __future__ import annotations
 
@@ -42,21 +43,30 @@ def export(
         Path | None,
         typer.Option(
             "--out",
-            help="FILE.onnx to write (default: MODEL_DIR/model.onnx, or model.int8.onnx with --int8: the files that predict --engine onnx / onnx-int8 read).",
+            help=(
+                "FILE.onnx to write (default: MODEL_DIR/model.onnx, or model.int8.onnx "
+                "with --int8: the files that predict --engine onnx / onnx-int8 read)."
+            ),
         ),
     ] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
             "--calibration",
-            help="Data whose train split calibrates --int8, a folder or CSV (default: the training data recorded in model.json).",
+            help=(
+                "Data whose train split calibrates --int8, a folder or "
+                "CSV (default: the training data recorded in model.json)."
+            ),
         ),
     ] = None,
     calibration_slices: Annotated[
         int,
         typer.Option(
             "--calibration-slices",
-            help="How many train-split slices calibrate --int8 (the calibrator holds about 120 MB per 224 px slice).",
+            help=(
+                "How many train-split slices calibrate --int8 (the "
+                "calibrator holds about 120 MB per 224 px slice)."
+            ),
         ),
     ] = DEFAULT_CALIBRATION_SLICES,
     path_col: PathCol = "path",
@@ -64,7 +74,8 @@ def export(
     group_col: GroupCol = None,
     split_col: SplitCol = None,
 ) -> None:
-    """Export MODEL_DIR for onnxruntime; the file's sha256 and settings go to FILE.onnx.json (model.json is not changed)."""
+    """Export MODEL_DIR for onnxruntime; the file's sha256 and settings go to FILE.onnx.json
+    (model.json is not changed)."""
     from covidct.export.calibration import default_calibration_data
     from covidct.export.onnx import export_onnx
     from covidct.model.card import read_card
@@ -93,14 +104,17 @@ def export(
         )
     agreement = result.settings["agreement_with_torch"]
     console.print(
-        f"{result.settings['precision']} ONNX model written to {result.path} ({result.settings['size_bytes'] / 2**20:.1f} MiB)"
+        f"{result.settings['precision']} ONNX model written to "
+        f"{result.path} ({result.settings['size_bytes'] / 2**20:.1f} MiB)"
     )
     console.print(
-        f"vs torch fp32 on {agreement['n_slices']} {agreement['inputs']}: max |logit diff| {agreement['max_abs_logit_diff']:.2g}, "
+        f"vs torch fp32 on {agreement['n_slices']} {agreement['inputs']}: "
+        f"max |logit diff| {agreement['max_abs_logit_diff']:.2g}, "
         f"max |prob_covid diff| {agreement['max_abs_prob_covid_diff']:.2g}"
     )
     if "ood_flag_agreement" in agreement:
         console.print(
-            f"out-of-distribution guard: same decision on {agreement['ood_flag_agreement']:.0%} of them, max relative score diff {agreement['max_rel_ood_score_diff']:.2g}"
+            f"out-of-distribution guard: same decision on {agreement['ood_flag_agreement']:.0%} "
+            f"of them, max relative score diff {agreement['max_rel_ood_score_diff']:.2g}"
         )
     console.print(f"sha256 and settings: {result.settings_path}")

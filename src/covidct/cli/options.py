@@ -25,14 +25,20 @@ GroupCol = Annotated[
     str | None,
     typer.Option(
         "--group-col",
-        help="CSV column with patient (group) ids; splits never share a patient. [default: patient_id, if present]",
+        help=(
+            "CSV column with patient (group) ids; splits never "
+            "share a patient. [default: patient_id, if present]"
+        ),
     ),
 ]
 SplitCol = Annotated[
     str | None,
     typer.Option(
         "--split-col",
-        help="CSV column with train/val/test; without one covidct splits by patient. [default: split, if present]",
+        help=(
+            "CSV column with train/val/test; without one covidct "
+            "splits by patient. [default: split, if present]"
+        ),
     ),
 ]
 PositiveClass = Annotated[

@@ -1,4 +1,5 @@
-"""``covidct predict``: run a model directory on image files, DICOM series, NIfTI volumes and folders of them."""
+"""``covidct predict``: run a model directory on image files, DICOM series, NIfTI
+volumes and folders of them."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def predict(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="Image files (PNG/JPEG: already windowed), DICOM files, NIfTI files, and folders (walked recursively; one result per DICOM series)."
+            help=(
+                "Image files (PNG/JPEG: already windowed), DICOM files, NIfTI files, "
+                "and folders (walked recursively; one result per DICOM series)."
+            )
         ),
     ],
     out: Annotated[
@@ -50,14 +54,20 @@ def predict(
         Path | None,
         typer.Option(
             "--cam",
-            help="Also write a Grad-CAM overlay per image, or per most suspicious slice of a study, to DIR (slower: one backward pass each).",
+            help=(
+                "Also write a Grad-CAM overlay per image, or per most suspicious "
+                "slice of a study, to DIR (slower: one backward pass each)."
+            ),
         ),
     ] = None,
     plots: Annotated[
         Path | None,
         typer.Option(
             "--plots",
-            help="Write each study's probability-along-the-slices PNG to DIR (default: FILE_plots/ beside --out FILE; none without --out).",
+            help=(
+                "Write each study's probability-along-the-slices PNG to DIR "
+                "(default: FILE_plots/ beside --out FILE; none without --out)."
+            ),
         ),
     ] = None,
     per_slice: Annotated[
@@ -68,14 +78,18 @@ def predict(
         int,
         typer.Option(
             "--max-pixels",
-            help="Refuse an image (or a DICOM/NIfTI slice) whose header claims more pixels than this, before decoding it (decompression bombs).",
+            help=(
+                "Refuse an image (or a DICOM/NIfTI slice) whose header claims "
+                "more pixels than this, before decoding it (decompression bombs)."
+            ),
         ),
     ] = MAX_PIXELS,
     max_voxels: Annotated[
         int,
         typer.Option(
             "--max-voxels",
-            help="Refuse a DICOM series or NIfTI volume whose headers claim more voxels than this, before decoding it "
+            help="Refuse a DICOM series or NIfTI volume whose headers "
+            "claim more voxels than this, before decoding it "
             "(its memory: 4 bytes a voxel).",
         ),
     ] = DEFAULT_REQUEST_VOXELS,
@@ -83,7 +97,10 @@ def predict(
         str | None,
         typer.Option(
             "--window",
-            help="HU window LEVEL,WIDTH for DICOM/NIfTI, e.g. -600,1500 (default: the model's, from model.json).",
+            help=(
+                "HU window LEVEL,WIDTH for DICOM/NIfTI, e.g. "
+                "-600,1500 (default: the model's, from model.json)."
+            ),
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
@@ -93,11 +110,16 @@ def predict(
         int | None,
         typer.Option(
             "--decode-workers",
-            help="Processes that decode files (0: one thread beside the network). Default: half the cores (up to 8) when torch runs on a GPU; on the CPU (and for the onnx engines), none below 8 cores, else a quarter (up to 4).",
+            help=(
+                "Processes that decode files (0: one thread beside the network). Default: "
+                "half the cores (up to 8) when torch runs on a GPU; on the CPU (and for "
+                "the onnx engines), none below 8 cores, else a quarter (up to 4)."
+            ),
         ),
     ] = None,
 ) -> None:
-    """Predict COVID-19 probability for each image and each study; exits 1 if any input failed (all others are still predicted).
+    """Predict COVID-19 probability for each image and each study; exits 1 if any input failed (all
+    others are still predicted).
 
     Images that do not look like the chest CT slices the model was trained on get the label not-ct
     and no probability. A study (DICOM series, NIfTI volume) is scored on its lung slices only and
@@ -137,7 +159,9 @@ def predict(
             )
         elif out is None:
             run = predictor.predict(inputs, progress=progress)
-        else:  # streamed: each batch's rows are written as soon as it is done, so memory stays flat however many files
+        else:
+            # streamed: each batch's rows are written as soon as it is done, so memory stays flat
+            # however many files
             run = write_predictions(
                 predictor.iter_predict(inputs, progress=progress), out, per_slice=per_slice, plots_dir=plots
             )
@@ -162,7 +186,8 @@ def predict(
 
 
 def warn_if_window_differs(predictor: Predictor) -> None:
-    """Warn when ``--window`` is not the window the model was trained with: its probabilities are then off-card."""
+    """Warn when ``--window`` is not the window the model was trained with: its
+    probabilities are then off-card."""
     trained, used = predictor.card.preprocessing.hu_window, predictor.preprocessing.hu_window
     if used != trained:
         warnings.warn(
@@ -227,7 +252,8 @@ def _probability(prob_covid: float | None) -> str:
 
 
 def write_study_overlays(studies: Sequence[StudyPrediction], cam_dir: Path) -> list[Path]:
-    """The Grad-CAM overlay of each study's most suspicious slice, as ``cam_dir/<study file name>_cam.png``."""
+    """The Grad-CAM overlay of each study's most suspicious slice, as
+    ``cam_dir/<study file name>_cam.png``."""
     from covidct.infer.overlay import render_overlay
     from covidct.infer.study_plot import study_file_names
 

@@ -27,7 +27,10 @@ def preprocess_preview(
     data: Annotated[
         Path,
         typer.Argument(
-            help="A folder of CT slice images or DICOM/NIfTI volumes (searched recursively), one file, or a CSV manifest (path, label, ...)."
+            help=(
+                "A folder of CT slice images or DICOM/NIfTI volumes (searched "
+                "recursively), one file, or a CSV manifest (path, label, ...)."
+            )
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for the before|after PNGs and index.html.")],
@@ -44,7 +47,8 @@ def preprocess_preview(
     fill_padding: FillPaddingOpt = False,
     seed: int = 0,
 ) -> None:
-    """Show what the network would see for a sample of DATA: each slice before (whole image) and after the site steps."""
+    """Show what the network would see for a sample of DATA: each slice before (whole image)
+    and after the site steps."""
     from covidct.data.preview import write_preview
     from covidct.preprocess.transforms import Preprocessing
 

@@ -28,7 +28,8 @@ def serve(
             "--api-key",
             envvar="COVIDCT_API_KEY",
             show_envvar=True,
-            help="Require 'Authorization: Bearer KEY' on the API. On the command line the key is visible to every user "
+            help="Require 'Authorization: Bearer KEY' on the API. On "
+            "the command line the key is visible to every user "
             "of the machine (ps): prefer COVIDCT_API_KEY or --api-key-file.",
         ),
     ] = None,
@@ -42,7 +43,10 @@ def serve(
         list[str] | None,
         typer.Option(
             "--cors-origin",
-            help="A browser origin allowed to call the API from its own pages (repeatable); CORS is off without one.",
+            help=(
+                "A browser origin allowed to call the API from its "
+                "own pages (repeatable); CORS is off without one."
+            ),
         ),
     ] = None,
     engine: Annotated[

@@ -69,7 +69,11 @@ def train(
         int,
         typer.Option(
             "--frozen-views",
-            help="With --train-layers layer4/layer3: run the frozen layers once on this many augmented views per slice and reuse them (faster epochs; the views repeat after that many epochs). 0: fresh augmentation every epoch.",
+            help=(
+                "With --train-layers layer4/layer3: run the frozen layers once on this "
+                "many augmented views per slice and reuse them (faster epochs; the views "
+                "repeat after that many epochs). 0: fresh augmentation every epoch."
+            ),
         ),
     ] = 0,
     epochs: Annotated[
@@ -88,7 +92,10 @@ def train(
         float | None,
         typer.Option(
             "--ema-epochs",
-            help="Validate and keep an exponential moving average of the weights over about this many epochs (0 turns it off).",
+            help=(
+                "Validate and keep an exponential moving average of the "
+                "weights over about this many epochs (0 turns it off)."
+            ),
         ),
     ] = 1.0,
     max_minutes: Annotated[
@@ -115,7 +122,10 @@ def train(
         str,
         typer.Option(
             "--window",
-            help="HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG are already windowed); stored in the model card.",
+            help=(
+                "HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG "
+                "are already windowed); stored in the model card."
+            ),
         ),
     ] = str(LUNG_WINDOW),
     seed: int = 0,
@@ -132,7 +142,10 @@ def train(
         bool,
         typer.Option(
             "--tta/--no-tta",
-            help="Average each slice with its mirror image at inference (twice the time; no validation gain measured here).",
+            help=(
+                "Average each slice with its mirror image at inference "
+                "(twice the time; no validation gain measured here)."
+            ),
         ),
     ] = False,
     resume: Annotated[
@@ -142,7 +155,8 @@ def train(
         bool,
         typer.Option(
             "--overwrite",
-            help="Write into a non-empty --out that is not a covidct training run (files of the names covidct writes are "
+            help="Write into a non-empty --out that is not a covidct "
+            "training run (files of the names covidct writes are "
             "replaced; others are left alone).",
         ),
     ] = False,
@@ -225,8 +239,10 @@ def print_training_summary(result: TrainResult) -> None:
     print_failures(result.failures, title="Training images that could not be used")
     console.print(
         f"Model written to [bold]{result.model_dir}[/] (best epoch {card.training['best_epoch'] + 1}, "
-        f"validation ROC-AUC {metrics['auc']:.3f}, threshold {card.decision.threshold:.3f} by {card.decision.threshold_rule}, "
-        f"temperature {card.decision.temperature:.2f}, class bias {', '.join(f'{b:+.2f}' for b in card.decision.class_bias)})"
+        f"validation ROC-AUC {metrics['auc']:.3f}, threshold "
+        f"{card.decision.threshold:.3f} by {card.decision.threshold_rule}, "
+        f"temperature {card.decision.temperature:.2f}, class bias "
+        f"{', '.join(f'{b:+.2f}' for b in card.decision.class_bias)})"
     )
 
 
@@ -259,5 +275,8 @@ class RichTrainCallbacks(TrainCallbacks):
         self.bars.update(self.step_task, completed=step, total=steps, status=f"loss {loss:.3f}")
 
     def on_epoch_end(self, record: dict, epochs: int) -> None:
-        status = f"epoch {record['epoch'] + 1}: loss {record['train_loss']:.3f}, val loss {record['val_loss']:.3f}, val AUC {record['val_auc']:.3f}"
+        status = (
+            f"epoch {record['epoch'] + 1}: loss {record['train_loss']:.3f}, val "
+            f"loss {record['val_loss']:.3f}, val AUC {record['val_auc']:.3f}"
+        )
         self.bars.update(self.epoch_task, completed=record["epoch"] + 1, total=epochs, status=status)

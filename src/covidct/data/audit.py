@@ -112,7 +112,8 @@ class AttributeAuc:
 
 @dataclass(frozen=True)
 class DuplicateCluster:
-    """Images that are copies of each other: all identical (``is_exact``) or linked by near-identical hashes."""
+    """Images that are copies of each other: all identical (``is_exact``) or linked by
+    near-identical hashes."""
 
     paths: tuple[Path, ...]
     labels: tuple[str, ...]
@@ -333,7 +334,8 @@ def _inspect_all(manifest: Manifest, progress) -> tuple[list[_ImageFacts | None]
 
 def _inspect(path: Path) -> _ImageFacts:
     if is_volume_path(path):
-        # File attributes and perceptual hashes describe 2-D image files; a volume's slices are windowed from HU.
+        # File attributes and perceptual hashes describe 2-D image files; a volume's
+        # slices are windowed from HU.
         raise InputError(
             "a CT volume (DICOM or NIfTI): the audit checks 2-D image files only, so this row is not audited",
             path=path,
@@ -405,7 +407,8 @@ def _score_attributes(manifest: Manifest, facts: list[_ImageFacts], indices: lis
 def _duplicate_clusters(
     manifest: Manifest, facts: list[_ImageFacts | None], readable: list[int], splits: list[str | None]
 ) -> list[DuplicateCluster]:
-    """Single-linkage clusters: identical file bytes or decoded pixels, or hashes within NEAR_DUPLICATE_BITS."""
+    """Single-linkage clusters: identical file bytes or decoded pixels, or hashes
+    within NEAR_DUPLICATE_BITS."""
     exact, near = _UnionFind(len(facts)), _UnionFind(len(facts))
     for key in ("file_sha256", "pixel_sha256"):
         first_with: dict[str, int] = {}
@@ -478,7 +481,8 @@ def _shortcut_finding(attribute: AttributeAuc, manifest: Manifest) -> Finding:
     return Finding(
         Severity.WARNING,
         "shortcut",
-        f"{name} alone predicts {manifest.positive_class} ({how} {attribute.auc:.2f} >= {SHORTCUT_AUC:.2f}): {detail}; "
+        f"{name} alone predicts {manifest.positive_class} ({how} "
+        f"{attribute.auc:.2f} >= {SHORTCUT_AUC:.2f}): {detail}; "
         "a model can learn this instead of the anatomy, so decode and resize every class alike or balance it",
     )
 
@@ -585,8 +589,10 @@ def _balance_findings(balance: dict[str, dict[str, int]]) -> list[Finding]:
                 Finding(
                     Severity.WARNING,
                     "class_imbalance",
-                    f"{where} has {counts[largest] / counts[smallest]:.1f} {largest} images per {smallest} image "
-                    f"({_counts_text(counts)}); accuracy there mostly reflects {largest}, so read sensitivity and specificity",
+                    f"{where} has {counts[largest] / counts[smallest]:.1f} "
+                    f"{largest} images per {smallest} image "
+                    f"({_counts_text(counts)}); accuracy there mostly "
+                    f"reflects {largest}, so read sensitivity and specificity",
                 )
             )
     shown = "; ".join(f"{split} {_counts_text(counts)}" for split, counts in balance.items())

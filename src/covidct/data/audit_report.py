@@ -48,7 +48,8 @@ def write_audit(out_dir: str | Path, result: AuditResult) -> tuple[Path, Path]:
     body = _BODY.substitute(
         dataset=html.escape(str(result.root)),
         summary=html.escape(
-            f"{result.n_images} images, {len(result.failures)} unreadable; classes {', '.join(result.classes)} "
+            f"{result.n_images} images, {len(result.failures)} "
+            f"unreadable; classes {', '.join(result.classes)} "
             f"(positive: {result.positive_class}); splits: {result.split_source}."
         ),
         findings=_findings_table(result),
@@ -62,7 +63,8 @@ def write_audit(out_dir: str | Path, result: AuditResult) -> tuple[Path, Path]:
 
 def _findings_table(result: AuditResult) -> str:
     rows = "".join(
-        f"<tr class='{html.escape(f.severity.value)}'><td>{html.escape(f.severity.value)}</td><td>{html.escape(f.code)}</td>"
+        f"<tr class='{html.escape(f.severity.value)}'>"
+        f"<td>{html.escape(f.severity.value)}</td><td>{html.escape(f.code)}</td>"
         f"<td>{html.escape(f.message)}</td></tr>"
         for f in result.findings
     )
@@ -84,10 +86,14 @@ def _attributes_table(result: AuditResult) -> str:
         cells = (attribute.name, attribute.kind, auc, flag, detail)
         rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>")
     return (
-        f"<p class='small'>AUC of each attribute alone for predicting {html.escape(result.positive_class)}, in [0.5, 1]; "
-        f"flagged at {SHORTCUT_AUC:.2f} or more. Categorical attributes: mean AUC over 5 stratified folds of the "
-        "category's positive rate measured on the other folds; numeric ones: max(AUC, 1 &minus; AUC) of the raw value.</p>"
-        f"<table><tr><th>Attribute</th><th>Kind</th><th>AUC</th><th></th><th>By class</th></tr>{''.join(rows)}</table>"
+        "<p class='small'>AUC of each attribute alone for predicting "
+        f"{html.escape(result.positive_class)}, in [0.5, 1]; "
+        f"flagged at {SHORTCUT_AUC:.2f} or more. Categorical "
+        "attributes: mean AUC over 5 stratified folds of the "
+        "category's positive rate measured on the other folds; "
+        "numeric ones: max(AUC, 1 &minus; AUC) of the raw value.</p>"
+        "<table><tr><th>Attribute</th><th>Kind</th><th>AUC</th>"
+        f"<th></th><th>By class</th></tr>{''.join(rows)}</table>"
     )
 
 
@@ -120,11 +126,15 @@ def _cluster_html(result: AuditResult, cluster: DuplicateCluster) -> str:
     ]:
         caption = f"{result.display_path(path)} ({label}, {split or 'no split'})"
         figures.append(
-            f"<figure>{_thumbnail_html(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            f"<figure>{_thumbnail_html(path, caption)}"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     more = len(cluster.paths) - _THUMBNAILS_PER_CLUSTER
     extra = f"<p class='small'>and {more} more images</p>" if more > 0 else ""
-    return f"<div class='cluster'><h3>{html.escape(', '.join(tags))} ({len(cluster.paths)} images)</h3>{''.join(figures)}{extra}</div>"
+    return (
+        f"<div class='cluster'><h3>{html.escape(', '.join(tags))} "
+        f"({len(cluster.paths)} images)</h3>{''.join(figures)}{extra}</div>"
+    )
 
 
 def _thumbnail_html(path: Path, caption: str) -> str:

@@ -24,7 +24,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class DecodedSlices:
-    """Slices that decoded, as (N, S, S) float16 in [0, 1], with their source indices, and those that did not."""
+    """Slices that decoded, as (N, S, S) float16 in [0, 1], with their source indices,
+    and those that did not."""
 
     images: np.ndarray
     indices: np.ndarray
@@ -39,7 +40,8 @@ def decode_slices(
     max_pixels: int = MAX_PIXELS,
     pool: Executor | None = None,
 ) -> DecodedSlices:
-    """Decode every path once and prepare it as ``preprocessing`` says; a file that fails is recorded and the rest go on.
+    """Decode every path once and prepare it as ``preprocessing`` says; a file that fails is
+    recorded and the rest go on.
 
     Holding the resized slices in memory (224 x 224 x 2 bytes each) lets every epoch skip PNG decoding,
     which on a 2-core machine would otherwise compete with the network for the CPU.
@@ -47,8 +49,8 @@ def decode_slices(
     A path naming a CT volume (a DICOM file, a folder of DICOM series, a NIfTI file) gives one slice per
     lung slice in it (``lung_slice_indices``), windowed from HU with ``preprocessing.hu_window``; all of
     them carry that path's index, so each becomes a sample with its manifest row's label and group.
-    ``max_pixels`` caps an image's (or a volume slice's) width x height, checked from the header before decoding.
-    With a ``pool`` (see ``decode_pool``) the files are decoded in its worker processes, in order.
+    ``max_pixels`` caps an image's (or a volume slice's) width x height, checked from the header before
+    decoding. With a ``pool`` (see ``decode_pool``) the files are decoded in its worker processes, in order.
     """
     decode = partial(decode_path, preprocessing=preprocessing, max_pixels=max_pixels)
     results = (
@@ -84,7 +86,8 @@ def decode_path(
 
 
 def decode_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for ``decode_slices``: PNG decoding and the site steps (scipy.ndimage) hold the GIL, threads would not help.
+    """Worker processes for ``decode_slices``: PNG decoding and the site steps (scipy.ndimage) hold the
+    GIL, threads would not help.
 
     Spawned, not forked: the parent runs torch's thread pools, which a fork would copy in an unusable state.
     """

@@ -41,7 +41,8 @@ class Columns:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: where it is, its class index, its patient/group id, its split and the site or dataset it came from (None if unknown)."""
+    """One image: where it is, its class index, its patient/group id, its split and the site or dataset it
+    came from (None if unknown)."""
 
     path: Path
     label: int
@@ -52,7 +53,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The labelled samples of a dataset and its class names; ``classes[positive_index]`` is the positive class."""
+    """The labelled samples of a dataset and its class names; ``classes[positive_index]``
+    is the positive class."""
 
     samples: tuple[Sample, ...]
     classes: tuple[str, ...]
@@ -72,7 +74,8 @@ class Manifest:
         return all(sample.split is not None for sample in self.samples)
 
     def sha256(self) -> str:
-        """Hash of the rows (relative paths, class names, groups, splits), independent of where the data lives."""
+        """Hash of the rows (relative paths, class names, groups, splits), independent
+        of where the data lives."""
         digest = hashlib.sha256()
         root = self.origin if self.origin.is_dir() else self.origin.parent
         for sample in self.samples:

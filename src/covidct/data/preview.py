@@ -1,4 +1,5 @@
-"""Before/after pictures of the slice pipeline on a sample of a dataset: see what the site steps do before training."""
+"""Before/after pictures of the slice pipeline on a sample of a dataset: see what the site
+steps do before training."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def write_preview(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Preview:
-    """Sample ``n`` inputs of ``data`` (a folder, a file or a CSV manifest); write before|after PNGs and an index.html to ``out_dir``.
+    """Sample ``n`` inputs of ``data`` (a folder, a file or a CSV manifest); write before|after PNGs and an
+    index.html to ``out_dir``.
 
     An input is an image file or a CT volume (DICOM series, NIfTI file), shown by its middle lung
     slice in the card's HU window. "Before" is the whole slice resized (every site step off), "after"
@@ -122,7 +124,8 @@ def _source(item: Path | VolumeInput) -> str:
 
 
 def _manifest_images(csv_path: Path) -> Discovered:
-    """The rows of a CSV manifest (default column names), as discovered files (a volume row's path is read as one)."""
+    """The rows of a CSV manifest (default column names), as discovered files (a volume
+    row's path is read as one)."""
     return Discovered([sample.path for sample in read_manifest(csv_path).samples], [], [])
 
 
@@ -151,7 +154,8 @@ def _index_html(
         or "none"
     )
     figures = "".join(
-        f"<figure><img src='{html.escape(pair.name)}' alt='{html.escape(pair.stem)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+        f"<figure><img src='{html.escape(pair.name)}' alt='{html.escape(pair.stem)}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for caption, pair in zip(captions, pairs, strict=True)
     )
     unused = "".join(
@@ -160,7 +164,8 @@ def _index_html(
         for f in items
     )
     body = (
-        f"<p>{len(pairs)} of {total} inputs under {html.escape(str(data))} (a volume by its middle lung slice), each shown as the whole "
+        f"<p>{len(pairs)} of {total} inputs under {html.escape(str(data))} "
+        "(a volume by its middle lung slice), each shown as the whole "
         f"slice resized (left) and as the network sees it (right). Site steps on: {html.escape(steps)}; "
         f"{preprocessing.image_size} x {preprocessing.image_size} px.</p>{figures}"
         + (f"<h2>Not shown</h2><ul>{unused}</ul>" if unused else "")
@@ -168,5 +173,8 @@ def _index_html(
     return html_page(
         "covidct preprocessing preview",
         body,
-        extra_css="figure { display: inline-block; margin: 0.4rem; } figcaption { font-size: 0.75rem; max-width: 30rem; overflow-wrap: anywhere; }",
+        extra_css=(
+            "figure { display: inline-block; margin: 0.4rem; } figcaption { "
+            "font-size: 0.75rem; max-width: 30rem; overflow-wrap: anywhere; }"
+        ),
     )

@@ -78,7 +78,8 @@ def _one_fold(
         n_groups = len(set(groups[labels == label].tolist()))
         if n_groups < n_splits:
             raise InputError(
-                f"class {classes[label]} has only {n_groups} patients/groups; a stratified {fraction:.0%} hold-out needs at least "
+                f"class {classes[label]} has only {n_groups} patients/groups; "
+                f"a stratified {fraction:.0%} hold-out needs at least "
                 f"{n_splits}: add data or give a split column"
             )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -101,7 +102,8 @@ def check_no_patient_leak(manifest: Manifest) -> None:
         group, splits = sorted(leaks.items())[0]
         ordered = " and ".join(s for s in SPLITS if s in splits)
         raise SplitLeakError(
-            f"patient {group} is in both {ordered} ({len(leaks)} leaking patients in all); fix the split column, "
+            f"patient {group} is in both {ordered} ({len(leaks)} "
+            "leaking patients in all); fix the split column, "
             "or remove it from the CSV to let covidct split by patient.",
             path=manifest.origin,
         )

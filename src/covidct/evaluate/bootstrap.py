@@ -140,9 +140,9 @@ def resampling_groups(names: Sequence[str], min_groups: int = MIN_GROUPS) -> np.
     """(N,) int group of each sample: the named groups when there are at least ``min_groups`` of them.
 
     Otherwise each named group's rows are cut into the same number of runs of consecutive rows, enough to
-    make at least ``min_groups`` groups in all: consecutive rows of one patient are usually consecutive slices of one scan, so a run
-    stands in for a scan (SARS-CoV-2 has no patient ids, only blocks of scans). Runs of one patient are
-    still correlated, so intervals from them are narrower than patient intervals would be.
+    make at least ``min_groups`` groups in all: consecutive rows of one patient are usually consecutive slices
+    of one scan, so a run stands in for a scan (SARS-CoV-2 has no patient ids, only blocks of scans). Runs of
+    one patient are still correlated, so intervals from them are narrower than patient intervals would be.
     """
     _, ids = np.unique(np.asarray(names, dtype=str), return_inverse=True)
     n_groups = int(ids.max()) + 1 if len(ids) else 0

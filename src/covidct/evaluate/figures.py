@@ -26,7 +26,8 @@ _DPI = 110
 
 
 def plot_roc(y_true: np.ndarray, prob: np.ndarray, threshold: float, path: str | Path) -> Path:
-    """Write the ROC curve, AUC in the legend and the operating point at ``threshold`` marked; return ``path``.
+    """Write the ROC curve, AUC in the legend and the operating point at
+    ``threshold`` marked; return ``path``.
 
     With one class the curve is undefined; the figure then says so instead of failing.
 
@@ -56,7 +57,8 @@ def plot_roc(y_true: np.ndarray, prob: np.ndarray, threshold: float, path: str |
 
 
 def plot_pr(y_true: np.ndarray, prob: np.ndarray, threshold: float, path: str | Path) -> Path:
-    """Write the precision-recall curve, average precision in the legend and the operating point; return ``path``.
+    """Write the precision-recall curve, average precision in the legend and the
+    operating point; return ``path``.
 
     The dashed line is the prevalence, the precision of a random classifier.
 
@@ -102,7 +104,8 @@ def plot_confusion(
     *,
     class_names: tuple[str, str] = ("negative", "positive"),
 ) -> Path:
-    """Write the confusion matrix at ``threshold`` as counts, rows true and columns predicted; return ``path``.
+    """Write the confusion matrix at ``threshold`` as counts, rows true and columns
+    predicted; return ``path``.
 
     Raises:
         InputError: see ``check_binary_inputs``.
@@ -127,7 +130,8 @@ def plot_confusion(
 def plot_reliability(
     y_true: np.ndarray, prob: np.ndarray, path: str | Path, *, n_bins: int = ECE_BINS
 ) -> Path:
-    """Write the reliability diagram (observed vs predicted per bin) over a histogram of ``prob``; return ``path``.
+    """Write the reliability diagram (observed vs predicted per bin) over a histogram of
+    ``prob``; return ``path``.
 
     Raises:
         InputError: see ``check_binary_inputs``.

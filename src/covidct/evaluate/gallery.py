@@ -103,7 +103,8 @@ def build_gallery(
 def gallery_section(images: Sequence[GalleryImage]) -> str:
     """The report's HTML section: one row of overlays per kind, or a line saying there were none."""
     intro = (
-        "<h2>Grad-CAM gallery</h2><p class='small'>Where the evidence for the positive class was (red is most) in the "
+        "<h2>Grad-CAM gallery</h2><p class='small'>Where the "
+        "evidence for the positive class was (red is most) in the "
         "slices the model was surest about; each kind shows its most confident cases.</p>"
     )
     parts = [intro]
@@ -116,6 +117,7 @@ def gallery_section(images: Sequence[GalleryImage]) -> str:
             data = base64.b64encode(image.png).decode("ascii")
             caption = html.escape(image.caption)
             parts.append(
-                f"<figure class='cam'><img alt='{html.escape(kind)}: {caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
+                f"<figure class='cam'><img alt='{html.escape(kind)}: {caption}' "
+                f"src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
             )
     return "\n".join(parts)

@@ -68,7 +68,8 @@ def check_binary_inputs(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarra
         raise InputError(f"labels must be 0 (negative) or 1 (positive); found {bad_labels[:5]}.")
     if not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0:
         raise InputError(
-            f"probabilities must be finite and in [0, 1]; found min {np.nanmin(p):.4g}, max {np.nanmax(p):.4g}, "
+            "probabilities must be finite and in [0, 1]; found "
+            f"min {np.nanmin(p):.4g}, max {np.nanmax(p):.4g}, "
             f"{int(np.sum(~np.isfinite(p)))} not finite. Pass probabilities, not logits."
         )
     return y.astype(np.int64), p
@@ -134,7 +135,8 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int
 def ece_sampling_floor(
     prob: np.ndarray, *, n_draws: int = 200, seed: int = 0, n_bins: int = ECE_BINS
 ) -> float:
-    """The ECE a perfectly calibrated model would show on average with these probabilities on this many slices.
+    """The ECE a perfectly calibrated model would show on average with these
+    probabilities on this many slices.
 
     Binned ECE is biased upward on small test sets: labels drawn as Bernoulli(``prob``) are calibrated by
     construction, yet on the UCSD test split (201 slices) their ECE averages about 0.06. A measured ECE near

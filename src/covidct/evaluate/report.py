@@ -53,7 +53,8 @@ def write_report(
     gallery_html: str = "",
     site_shift: SiteShift | None = None,
 ) -> Path:
-    """Write metrics.json, roc/pr/confusion/reliability PNGs and report.html to ``out_dir``; return the HTML path.
+    """Write metrics.json, roc/pr/confusion/reliability PNGs and report.html to
+    ``out_dir``; return the HTML path.
 
     Figures show slice-level ``y_true``/``prob``. The HTML embeds them as base64 data URIs and carries
     no external CSS or JS, so the single file can be mailed or archived and still opens offline.
@@ -67,7 +68,8 @@ def write_report(
     """
     if not math.isclose(float(threshold), result.threshold, abs_tol=1e-12):
         raise OptionError(
-            f"threshold {threshold!r} differs from the evaluated threshold {result.threshold!r}; pass the same one."
+            f"threshold {threshold!r} differs from the evaluated "
+            f"threshold {result.threshold!r}; pass the same one."
         )
     if len(class_names) != 2:
         raise OptionError(
@@ -127,17 +129,23 @@ def _setup_section(result: EvaluationResult, class_names: tuple[str, str]) -> st
 
 
 def _site_shift_section(site_shift: SiteShift | None) -> str:
-    """The shift flag under the slice-level metrics: a warning when the test set differs from the training data."""
+    """The shift flag under the slice-level metrics: a warning when the test set differs
+    from the training data."""
     if site_shift is None:
-        return "<p class='small'>Site shift: not checked (the model card records no training-image statistics; retrain to get them).</p>"
+        return (
+            "<p class='small'>Site shift: not checked (the model card "
+            "records no training-image statistics; retrain to get them).</p>"
+        )
     rows = "".join(
-        f"<tr><td>{html.escape(STATISTIC_DESCRIPTIONS[name])}</td><td>{distance:.3f}</td><td>{site_shift.threshold[name]:.3f}</td></tr>"
+        f"<tr><td>{html.escape(STATISTIC_DESCRIPTIONS[name])}</td>"
+        f"<td>{distance:.3f}</td><td>{site_shift.threshold[name]:.3f}</td></tr>"
         for name, distance in site_shift.ks_distance.items()
     )
     css = "warn" if site_shift.is_shifted else "small"
     return (
         f"<h2>Site shift</h2><p class='{css}'>{html.escape(site_shift.note())}</p>"
-        "<table><tr><th>Statistic (test vs. training data)</th><th>KS distance</th><th>Flagged above</th></tr>"
+        "<table><tr><th>Statistic (test vs. training data)"
+        "</th><th>KS distance</th><th>Flagged above</th></tr>"
         f"{rows}</table>"
     )
 
@@ -145,7 +153,8 @@ def _site_shift_section(site_shift: SiteShift | None) -> str:
 def _patient_section(result: EvaluationResult) -> str:
     if result.patient_level is None:
         return (
-            "<h2>Patient level</h2><p class='warn'>Not computed: no patient ids. Slice-level intervals resample "
+            "<h2>Patient level</h2><p class='warn'>Not computed: "
+            "no patient ids. Slice-level intervals resample "
             "slices one by one, which understates uncertainty when slices of one patient are correlated, and "
             "slices of one patient may have been in both training and test data.</p>"
         )
@@ -156,7 +165,8 @@ def _slice_unit_word(level: BootstrapResult) -> str:
     """What the slice-level bootstrap resampled, in words for the table caption."""
     if level.runs_from_groups:
         return (
-            f"runs of consecutive slices (only {level.runs_from_groups} patient ids, too few to resample: each one's slices "
+            f"runs of consecutive slices (only {level.runs_from_groups} "
+            "patient ids, too few to resample: each one's slices "
             "were cut into runs that stand in for scans, so the intervals are approximate)"
         )
     return "patients" if level.is_grouped else "slices"
@@ -165,7 +175,8 @@ def _slice_unit_word(level: BootstrapResult) -> str:
 def _level_section(heading: str, level: BootstrapResult, *, sample_word: str, unit_word: str) -> str:
     """A level's metric table (value, CI, dropped resamples) with the sample size and resampling unit."""
     caption = (
-        f"n = {level.n} {sample_word}; {level.confidence:.0%} percentile CIs from {level.n_resamples} bootstrap "
+        f"n = {level.n} {sample_word}; {level.confidence:.0%} "
+        f"percentile CIs from {level.n_resamples} bootstrap "
         f"resamples of the {level.n_units} {unit_word}."
     )
     rows, notes = [], []
@@ -177,7 +188,8 @@ def _level_section(heading: str, level: BootstrapResult, *, sample_word: str, un
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
         if dropped:
             notes.append(
-                f"<li>{_METRIC_LABELS[name]}: {dropped} of {level.n_resamples} resamples dropped because the metric "
+                f"<li>{_METRIC_LABELS[name]}: {dropped} of "
+                f"{level.n_resamples} resamples dropped because the metric "
                 "was undefined in them (e.g. one class only, or no predicted positives).</li>"
             )
     note_html = (
@@ -187,7 +199,8 @@ def _level_section(heading: str, level: BootstrapResult, *, sample_word: str, un
     )
     return (
         f"<h2>{html.escape(heading)}</h2><p class='small'>{html.escape(caption)}</p>"
-        f"<table><tr><th>Metric</th><th>Value</th><th>{level.confidence:.0%} CI</th><th>Resamples dropped</th></tr>"
+        "<table><tr><th>Metric</th><th>Value</th>"
+        f"<th>{level.confidence:.0%} CI</th><th>Resamples dropped</th></tr>"
         f"{''.join(rows)}</table>{note_html}"
     )
 

@@ -161,21 +161,25 @@ def _patient_rule(card: ModelCard, aggregate: Aggregate | None) -> tuple[Aggrega
         return (
             card_rule,
             card_fraction,
-            f"Patient aggregation rule: {described}, the model card's study rule ({card.decision.study_rule_source}).",
+            f"Patient aggregation rule: {described}, the model "
+            f"card's study rule ({card.decision.study_rule_source}).",
         )
     override = Aggregate(aggregate)
     return (
         override,
         DEFAULT_TOPK_FRACTION,
-        f"Patient aggregation rule: {describe_rule(override)}, set by --aggregate instead of the model card's study rule ({described}).",
+        f"Patient aggregation rule: {describe_rule(override)}, set by "
+        f"--aggregate instead of the model card's study rule ({described}).",
     )
 
 
 def _ece_note(ece: float, prob: np.ndarray) -> str:
-    """Slice-level ECE next to what a perfectly calibrated model would show here (binned ECE is biased upward on small sets)."""
+    """Slice-level ECE next to what a perfectly calibrated model would show here (binned ECE is biased
+    upward on small sets)."""
     return (
         f"Slice-level ECE {ece:.3f}; a perfectly calibrated model with these probabilities would show "
-        f"{ece_sampling_floor(prob):.3f} on average on {len(prob)} slices (labels drawn from the probabilities): "
+        f"{ece_sampling_floor(prob):.3f} on average on {len(prob)} "
+        "slices (labels drawn from the probabilities): "
         "an ECE near that floor is as calibrated as this test set can show."
     )
 
@@ -199,7 +203,8 @@ def _write_predictions(
 
 
 def _site_shift(card: ModelCard, slices: np.ndarray, ood_scores: np.ndarray | None) -> SiteShift | None:
-    """Compare the test slices (and their OOD scores) with the training statistics the card records, if any."""
+    """Compare the test slices (and their OOD scores) with the training statistics
+    the card records, if any."""
     reference = card.data.get("site_statistics")
     if reference is None:
         return None
@@ -209,11 +214,16 @@ def _site_shift(card: ModelCard, slices: np.ndarray, ood_scores: np.ndarray | No
 
 def _ood_note(detector: OodDetector | None, scores: np.ndarray | None) -> str:
     if detector is None:
-        return "The model has no out-of-distribution guard (trained with an older covidct): no slice could be flagged as not a chest CT slice."
+        return (
+            "The model has no out-of-distribution guard (trained with an older "
+            "covidct): no slice could be flagged as not a chest CT slice."
+        )
     flagged = int((~detector.is_in_distribution(scores)).sum())
     return (
-        f"Out-of-distribution guard: {flagged} of {len(scores)} slices ({flagged / len(scores):.1%}) were flagged as not looking like "
-        f"the training CT slices (OOD score > {detector.threshold:.1f}; about 5% of validation slices are by design). "
+        f"Out-of-distribution guard: {flagged} of {len(scores)} slices "
+        f"({flagged / len(scores):.1%}) were flagged as not looking like "
+        f"the training CT slices (OOD score > {detector.threshold:.1f}; "
+        "about 5% of validation slices are by design). "
         "They are still scored: every metric above covers all decoded slices."
     )
 
@@ -221,13 +231,17 @@ def _ood_note(detector: OodDetector | None, scores: np.ndarray | None) -> str:
 def _select_split(
     manifest: Manifest, split: str, training: dict, trained_sha256: str | None
 ) -> tuple[Manifest, list[str]]:
-    """Rows of ``split``; without a split column, rebuild the split ``train`` made (same seed, same fractions)."""
+    """Rows of ``split``; without a split column, rebuild the split ``train`` made (same
+    seed, same fractions)."""
     if split == ALL_SPLITS:
         return manifest, [f"Evaluated on every row of {manifest.origin.name}."]
     notes = []
     if not manifest.has_splits:
         if manifest.sha256() != trained_sha256:
-            message = f"{manifest.origin}: differs from the training data, so the rebuilt '{split}' split may overlap the data the model was trained on"
+            message = (
+                f"{manifest.origin}: differs from the training data, so the rebuilt "
+                f"'{split}' split may overlap the data the model was trained on"
+            )
             warnings.warn(message, CovidctWarning, stacklevel=3)
             notes.append(message)
         seed, val_fraction, test_fraction = (
@@ -237,7 +251,8 @@ def _select_split(
         )
         manifest = assign_splits(manifest, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         notes.append(
-            f"No split column: the {split} split was rebuilt as in training (seed {seed}, grouped by patient where ids exist)."
+            f"No split column: the {split} split was rebuilt as in "
+            f"training (seed {seed}, grouped by patient where ids exist)."
         )
     part = manifest.select(split)
     if not part.samples:

@@ -33,8 +33,12 @@ _CHUNK = 256
 STATISTIC_DESCRIPTIONS = {
     "mean_intensity": "mean intensity of the preprocessed slice",
     "intensity_std": "intensity spread (standard deviation) of the preprocessed slice",
-    "dark_fraction": f"share of pixels darker than {DARK_LEVEL} (air and aerated lung: field of view and window)",
-    "ood_score": "out-of-distribution score (distance to the training features; reference: validation slices)",
+    "dark_fraction": (
+        f"share of pixels darker than {DARK_LEVEL} (air and aerated lung: field of view and window)"
+    ),
+    "ood_score": (
+        "out-of-distribution score (distance to the training features; reference: validation slices)"
+    ),
 }
 
 
@@ -57,12 +61,16 @@ def slice_statistics(slices: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def reference_statistics(train_slices: np.ndarray, val_ood_scores: np.ndarray | None) -> dict:
-    """The model card's record of the training data: quantiles of each statistic (and of validation OOD scores)."""
+    """The model card's record of the training data: quantiles of each statistic (and of
+    validation OOD scores)."""
     values = slice_statistics(train_slices)
     if val_ood_scores is not None:
         values["ood_score"] = np.asarray(val_ood_scores, dtype=np.float64)
     return {
-        "rule": f"a test set is flagged when, for any statistic, its Kolmogorov-Smirnov distance to these quantiles exceeds both {SHIFT_KS_THRESHOLD} and the 1% critical value",
+        "rule": (
+            "a test set is flagged when, for any statistic, its Kolmogorov-Smirnov distance "
+            f"to these quantiles exceeds both {SHIFT_KS_THRESHOLD} and the 1% critical value"
+        ),
         "quantile_levels": list(QUANTILE_LEVELS),
         "quantiles": {
             name: [round(float(q), 5) for q in np.quantile(v, QUANTILE_LEVELS)] for name, v in values.items()
@@ -116,7 +124,8 @@ class SiteShift:
 
 
 def detect_site_shift(reference: dict, test_statistics: dict[str, np.ndarray]) -> SiteShift:
-    """Compare ``test_statistics`` (name -> (N,) values, as ``slice_statistics`` gives plus ``ood_score``) with a card's reference."""
+    """Compare ``test_statistics`` (name -> (N,) values, as ``slice_statistics`` gives plus ``ood_score``)
+    with a card's reference."""
     levels = np.asarray(reference["quantile_levels"], dtype=np.float64)
     distances, thresholds = {}, {}
     for name, quantiles in reference["quantiles"].items():

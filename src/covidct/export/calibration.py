@@ -57,7 +57,8 @@ def default_calibration_data(card: ModelCard, model_dir: Path) -> Path:
         else f"{model_dir / 'model.json'} records no training data"
     )
     raise OptionError(
-        f"--int8 calibrates on training slices, but {where}; pass --calibration DATA (the training folder or CSV)"
+        f"--int8 calibrates on training slices, but {where}; "
+        "pass --calibration DATA (the training folder or CSV)"
     )
 
 
@@ -84,13 +85,15 @@ def calibration_set(
         raise OptionError(f"--calibration-slices must be at least 1; got {n_slices}")
     if tuple(manifest.classes) != tuple(card.classes):
         raise InputError(
-            f"classes {list(manifest.classes)} differ from the model's {list(card.classes)}; pass the model's training data",
+            f"classes {list(manifest.classes)} differ from the model's "
+            f"{list(card.classes)}; pass the model's training data",
             path=manifest.origin,
         )
     is_training_data = manifest.sha256() == card.data.get("manifest_sha256")
     if not is_training_data:
         warnings.warn(
-            f"{manifest.origin}: not the data this model was trained on (manifest hash differs); int8 ranges are calibrated on its train split anyway",
+            f"{manifest.origin}: not the data this model was trained on (manifest "
+            "hash differs); int8 ranges are calibrated on its train split anyway",
             CovidctWarning,
             stacklevel=2,
         )
@@ -114,7 +117,8 @@ def calibration_set(
     if len(decoded.indices) == 0:
         first = decoded.failures[0]
         raise InputError(
-            f"none of the {len(chosen)} sampled train slices could be decoded (first: {first.path}: {first.reason})",
+            f"none of the {len(chosen)} sampled train slices could "
+            f"be decoded (first: {first.path}: {first.reason})",
             path=manifest.origin,
         )
     facts = {

@@ -13,7 +13,8 @@ with int8 weights (per output channel) and uint8 activations whose ranges are th
 percentiles of their values on training slices (``export.calibration``). The first convolution (it
 sees the image itself, about 3% of the work) and the classifier head stay fp32. Both choices were
 made on UCSD validation agreement with the fp32 export (one pass, BENCHMARKS.md): logit RMSE 0.71 and
-|delta AUC| 0.015 with MinMax ranges and everything int8; 0.16 and 0.0003 with these. model.json is never modified.
+|delta AUC| 0.015 with MinMax ranges and everything int8; 0.16 and 0.0003 with these.
+model.json is never modified.
 
 uint8 activations with int8 weights (U8S8) is the pairing onnxruntime's x86 kernels are built for
 (AVX2 / AVX512-VNNI dot products take one unsigned and one signed operand); int8 activations (S8S8)
@@ -83,13 +84,16 @@ QUANTIZATION = {
     "calibrate_method": "Percentile",
     "calib_percentile": 99.99,
     "fp32_nodes": "the first convolution and the classifier head",
-    "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process (shape inference, graph optimisation)",
+    "preprocess": (
+        "onnxruntime.quantization.shape_inference.quant_pre_process (shape inference, graph optimisation)"
+    ),
 }
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """The exported file, its settings file and what the settings say (hash, how it was made, agreement with torch)."""
+    """The exported file, its settings file and what the settings say (hash, how it was made,
+    agreement with torch)."""
 
     path: Path
     settings_path: Path
@@ -106,7 +110,8 @@ def export_onnx(
     progress: Callable[[int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export ``model_dir`` to ``out`` (default ``model.onnx``, or ``model.int8.onnx`` with ``int8``) and its settings file.
+    """Export ``model_dir`` to ``out`` (default ``model.onnx``, or ``model.int8.onnx`` with
+    ``int8``) and its settings file.
 
     Args:
         model_dir: a directory written by ``covidct train``.
@@ -201,7 +206,8 @@ def _quantize(fp32_path: Path, out: Path, calibrated: CalibrationSet, card: Mode
 
 
 def _fp32_nodes(graph: onnx.GraphProto) -> list[str]:
-    """The nodes int8 would hurt most for what they save: the convolution that reads the image, and the head."""
+    """The nodes int8 would hurt most for what they save: the convolution that reads
+    the image, and the head."""
     stem = [
         node.name for node in graph.node if node.op_type == "Conv" and node.input[0] == graph.input[0].name
     ]
@@ -243,7 +249,8 @@ def _agreement(
         "max_abs_prob_covid_diff": float(np.abs(prob - ref_prob).max()),
     }
     if card.ood is not None:
-        # The guard's Mahalanobis distance over 2048 features magnifies small feature errors (int8 most of all).
+        # The guard's Mahalanobis distance over 2048 features magnifies small feature
+        # errors (int8 most of all).
         detector = load_detector(model_dir, card)
         scores, ref_scores = detector.scores(features), detector.scores(ref_features)
         agreement["max_rel_ood_score_diff"] = float(np.max(np.abs(scores - ref_scores) / ref_scores))
@@ -261,7 +268,8 @@ def _check_agreement(out: Path, engine: Engine, agreement: dict) -> None:
         out.unlink(missing_ok=True)
         raise ModelDirError(
             f"the {engine} export gives probabilities up to {difference:.3g} away from the torch model's on "
-            f"{agreement['n_slices']} {agreement['inputs']} (tolerance {tolerance:g}); it was not kept. Re-run the export; "
+            f"{agreement['n_slices']} {agreement['inputs']} (tolerance "
+            f"{tolerance:g}); it was not kept. Re-run the export; "
             "if int8 keeps failing, use the fp32 export (covidct export without --int8)",
             path=out,
         )
@@ -293,10 +301,15 @@ def _settings(
                 "name": INPUT_NAME,
                 "shape": ["N", 3, size, size],
                 "dtype": "float32",
-                "values": "grayscale in [0, 1] replicated to 3 channels, normalised with the card's mean and std",
+                "values": (
+                    "grayscale in [0, 1] replicated to 3 channels, normalised with the card's mean and std"
+                ),
             },
             "outputs": {"features": ["N", FEATURE_DIM], "logits": ["N", len(card.classes)]},
-            "not_in_graph": "test-time flips, calibration (temperature, class bias) and threshold: covidct applies them from model.json",
+            "not_in_graph": (
+                "test-time flips, calibration (temperature, class bias) "
+                "and threshold: covidct applies them from model.json"
+            ),
         },
         "exporter": {
             "function": "torch.onnx.export",

@@ -77,7 +77,8 @@ class OnnxEngine(InferenceEngine):
     """An ONNX export run by onnxruntime's CPU provider, one intra-op thread per usable core.
 
     Args:
-        path: an ONNX file written by ``covidct export`` (input ``input``, outputs ``features`` and ``logits``).
+        path: an ONNX file written by ``covidct export`` (input ``input``, outputs
+            ``features`` and ``logits``).
         kind: ``Engine.ONNX`` or ``Engine.ONNX_INT8`` (a label; the file decides the precision).
         threads: intra-op threads; default: the cores this process may use.
 
@@ -94,13 +95,15 @@ class OnnxEngine(InferenceEngine):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        # Spinning threads would compete with the decoding thread (and other jobs) for a small machine's cores.
+        # Spinning threads would compete with the decoding thread (and other jobs)
+        # for a small machine's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind11 types (Fail, InvalidProtobuf...)
+        # onnxruntime raises its own pybind11 types (Fail, InvalidProtobuf...)
+        except Exception as error:  # noqa: BLE001
             raise ModelDirError(
                 f"onnxruntime cannot load this file ({str(error).splitlines()[0]})", path=self.path
             ) from None
@@ -108,7 +111,8 @@ class OnnxEngine(InferenceEngine):
         outputs = {o.name: o.shape for o in self._session.get_outputs()}
         if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
             raise ModelDirError(
-                f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; found {inputs} and {sorted(outputs)}; re-export it with 'covidct export'",
+                f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; found "
+                f"{inputs} and {sorted(outputs)}; re-export it with 'covidct export'",
                 path=self.path,
             )
         self.num_classes = int(outputs["logits"][1])
@@ -151,19 +155,22 @@ def open_onnx_engine(
     engine = Engine(engine)
     if Device(device) is Device.CUDA:
         raise OptionError(
-            f"--engine {engine} runs on the CPU (onnxruntime's CPU provider); use --device cpu or auto, or --engine torch for the GPU"
+            f"--engine {engine} runs on the CPU (onnxruntime's CPU provider); "
+            "use --device cpu or auto, or --engine torch for the GPU"
         )
     model_dir = Path(model_dir)
     path = model_dir / engine.onnx_file
     if not path.is_file():
         raise ModelDirError(
-            f"no {engine.onnx_file} for --engine {engine}; create it with '{engine.export_command.replace('MODEL_DIR', str(model_dir))}'",
+            f"no {engine.onnx_file} for --engine {engine}; create it with "
+            f"'{engine.export_command.replace('MODEL_DIR', str(model_dir))}'",
             path=model_dir,
         )
     settings = read_export_settings(path)
     if settings.get("sha256") != file_sha256(path):
         raise ModelDirError(
-            f"{path.name} does not match the sha256 in {settings_path(path).name}; the file was modified: export it again",
+            f"{path.name} does not match the sha256 in "
+            f"{settings_path(path).name}; the file was modified: export it again",
             path=model_dir,
         )
     if settings.get("source", {}).get("checkpoint_sha256") != card.checkpoint_sha256:

@@ -31,7 +31,8 @@ def gradcam_heatmaps(
     Gradients are needed, so this works inside ``torch.inference_mode`` callers too: it leaves that
     mode for its own forward and backward passes. The model's weights are not changed.
     """
-    # Imported here, not at the top: pytorch-grad-cam loads OpenCV and pyplot, which plain predictions never need.
+    # Imported here, not at the top: pytorch-grad-cam loads OpenCV and pyplot, which
+    # plain predictions never need.
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

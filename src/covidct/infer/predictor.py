@@ -94,7 +94,8 @@ class Explanation:
 
 @dataclass(frozen=True)
 class ExplanationRun:
-    """Explanations for the inputs that worked, and the failures and skipped files, as in ``PredictionRun``."""
+    """Explanations for the inputs that worked, and the failures and skipped files,
+    as in ``PredictionRun``."""
 
     explanations: list[Explanation]
     failures: list[InputFailure]
@@ -107,17 +108,19 @@ class ExplanationRun:
 
 
 class Predictor:
-    """A loaded model: weights, card-driven preprocessing, calibration, threshold and out-of-distribution guard.
+    """A loaded model: weights, card-driven preprocessing, calibration, threshold and
+    out-of-distribution guard.
 
     Without a ``detector`` (a model trained before the guard) every input counts as in distribution.
     ``engine`` computes features and logits (default: ``model`` on ``device``, see ``infer.engines``);
     Grad-CAM always uses the torch ``model``, which may be None beside an ONNX ``engine``: it is then
     read from ``model_dir`` when Grad-CAM first needs it. ``window`` replaces the card's HU window for
     DICOM/NIfTI input in ``preprocessing`` (the card's own stays the one the model was trained with). An input
-    whose header claims more than ``max_pixels`` pixels per image (or slice), or a study more than ``max_voxels`` voxels, is a failure, before decoding.
-    ``decode_workers`` processes decode files (default 0: one thread beside the network). They are
-    spawned, so a script that asks for them needs the ``if __name__ == "__main__":`` guard; the CLI
-    picks a number for the machine (``infer.stream.default_decode_workers``).
+    whose header claims more than ``max_pixels`` pixels per image (or slice), or a study more than
+    ``max_voxels`` voxels, is a failure, before decoding. ``decode_workers`` processes decode files (default
+    0: one thread beside the network). They are spawned, so a script that asks for them needs the ``if
+    __name__ == "__main__":`` guard; the CLI picks a number for the machine
+    (``infer.stream.default_decode_workers``).
     """
 
     def __init__(
@@ -265,13 +268,15 @@ class Predictor:
                 raise InputError(
                     "NaN or infinite pixel values; expected finite gray levels in [0, 1]", path=name
                 )
-        # The file path's preparation (data.dataset.decode_slices), so an upload and its file get the same answer.
+        # The file path's preparation (data.dataset.decode_slices), so an upload and its
+        # file get the same answer.
         return self._explained(
             list(names), prepare_slices(slices, self.preprocessing), explain=explain, keep_slices=True
         )
 
     def predict_volume(self, volume: Volume, *, explain: bool = False) -> StudyPrediction:
-        """Predict one study: its lung slices in batches, aggregated by the card's study rule (see ``infer.study``).
+        """Predict one study: its lung slices in batches, aggregated by the card's study
+        rule (see ``infer.study``).
 
         Args:
             volume: a DICOM series or NIfTI volume in HU, as ``io.readers.read_volume`` returns it.
@@ -378,7 +383,8 @@ class Predictor:
     def _explained(
         self, names: list[str], images: np.ndarray, *, explain: bool, keep_slices: bool
     ) -> list[Explanation]:
-        """One forward pass (and Grad-CAM when ``explain``) over (N, S, S) slices, one ``Explanation`` per name."""
+        """One forward pass (and Grad-CAM when ``explain``) over (N, S, S) slices, one
+        ``Explanation`` per name."""
         if not names:
             return []
         probabilities, scores = self.score(images)

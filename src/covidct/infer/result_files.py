@@ -53,7 +53,8 @@ PREDICTION_COLUMNS = (
 
 @dataclass(frozen=True)
 class WrittenPredictions:
-    """What a prediction file received: the number of rows, every failure and skipped file, the studies' plots.
+    """What a prediction file received: the number of rows, every failure and skipped
+    file, the studies' plots.
 
     Attributes:
         n_predictions: image and study rows (per-slice rows not counted).

@@ -46,7 +46,8 @@ class SliceBatch:
         images: (N, S, S) float16 grayscale in [0, 1], N <= the batch size (N may be 0).
         failures: inputs that failed (missing, unreadable folder, undecodable image).
         skipped: files left out for their type.
-        n_images_seen: image files and volumes taken so far in the whole stream, decoded or failed (for progress).
+        n_images_seen: image files and volumes taken so far in the whole stream, decoded
+            or failed (for progress).
         volumes: CT volumes (DICOM series, NIfTI files) read in HU; each comes in a batch of its own
             making, since one can hold hundreds of slices (the caller batches their slices).
     """
@@ -84,7 +85,8 @@ def iter_slice_batches(
     decode_workers: int = 0,
     max_voxels: int = DEFAULT_REQUEST_VOXELS,
 ) -> Iterator[SliceBatch]:
-    """Yield ``SliceBatch``es of at most ``batch_size`` slices prepared as ``preprocessing`` says, decoded ahead in a thread.
+    """Yield ``SliceBatch``es of at most ``batch_size`` slices prepared as ``preprocessing`` says,
+    decoded ahead in a thread.
 
     At most ``prefetch`` decoded batches wait in the queue. Stopping early (``break``, an exception in
     the caller) stops the thread after the batch it is decoding. An unexpected error in the thread is
@@ -129,7 +131,8 @@ def _produce(
                 if not _put(batches, batch, stop):
                     return
         _put(batches, _DONE, stop)
-    except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it with its traceback
+    # Handed to the consumer, which raises it with its traceback
+    except BaseException as error:  # noqa: BLE001
         _put(batches, error, stop)
 
 

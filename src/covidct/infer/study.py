@@ -1,4 +1,5 @@
-"""One study's answer from its slices: lung slices only, the out-of-distribution guard, the card's aggregation rule.
+"""One study's answer from its slices: lung slices only, the out-of-distribution guard,
+the card's aggregation rule.
 
 How a volume (DICOM series, multi-frame DICOM, NIfTI) becomes one answer:
 
@@ -99,7 +100,8 @@ class StudyPrediction:
 
     @property
     def suspicious_slices(self) -> list[SlicePrediction]:
-        """Up to ``N_MARKED_SLICES`` scored slices with the highest probability, highest first (ties: lower index)."""
+        """Up to ``N_MARKED_SLICES`` scored slices with the highest probability, highest
+        first (ties: lower index)."""
         scored = [s for s in self.slices if s.prob_covid is not None]
         return sorted(scored, key=lambda s: (-s.prob_covid, s.index))[:N_MARKED_SLICES]
 
@@ -133,7 +135,10 @@ def study_prediction(
         "slices": scored,
         "ood_score": float(np.median(scores)) if scores else None,
     }
-    flagged = f"{n_flagged} of {len(scored)} lung slices do not look like the chest CT slices the model was trained on"
+    flagged = (
+        f"{n_flagged} of {len(scored)} lung slices do not look "
+        "like the chest CT slices the model was trained on"
+    )
     if n_flagged > MAX_FLAGGED_FRACTION * len(scored):
         message = f"{flagged} (out-of-distribution guard), so the study gets no COVID probability"
         return StudyPrediction(

@@ -79,7 +79,8 @@ def plot_study(study: StudyPrediction, path: str | Path) -> Path:
 
 
 def study_file_names(studies: Sequence[StudyPrediction], suffix: str) -> list[str]:
-    """``<source name>_<study key>_<series key><suffix>`` per study: from the path and hashed keys, never patient data.
+    """``<source name>_<study key>_<series key><suffix>`` per study: from the path and hashed
+    keys, never patient data.
 
     The keys keep two series of one folder, or two files named alike in different folders, apart.
     """

@@ -45,7 +45,8 @@ class VoxelPool:
 
 
 class VoxelBudget:
-    """One request's decoded voxels: ``reserve`` before decoding a file, ``release`` once its arrays are dropped.
+    """One request's decoded voxels: ``reserve`` before decoding a file, ``release``
+    once its arrays are dropped.
 
     Use as a context manager so the voxels go back to the shared ``pool`` whatever happens. ``scope`` and
     ``fix`` word the error: what the budget is for, and what the user can do.
@@ -80,7 +81,8 @@ class VoxelBudget:
             )
         if self.pool is not None and not self.pool.take(voxels):
             raise BusyError(
-                f"decoding it would take the server over its {self.pool.limit:,}-voxel budget for the requests "
+                "decoding it would take the server over its "
+                f"{self.pool.limit:,}-voxel budget for the requests "
                 "it is decoding; retry in a few seconds",
                 path=name,
             )

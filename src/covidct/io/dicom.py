@@ -41,7 +41,8 @@ MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 
 def is_dicom(source: DicomSource) -> bool:
-    """True for a ``.dcm`` name, or for content carrying the ``DICM`` marker after its preamble (extension-less files).
+    """True for a ``.dcm`` name, or for content carrying the ``DICM`` marker after its
+    preamble (extension-less files).
 
     A 2-D image suffix (``.png``, ``.jpg``, ...) is never DICOM: its content is not even read.
     """
@@ -90,7 +91,8 @@ def read_dicom_series(
     max_pixels: int = MAX_PIXELS,
     budget: VoxelBudget | None = None,
 ) -> Volume:
-    """Read the files of ONE series (single- or multi-frame) into a ``Volume`` of HU, ordered along the slice normal.
+    """Read the files of ONE series (single- or multi-frame) into a ``Volume`` of HU,
+    ordered along the slice normal.
 
     HU come from the modality LUT, ``stored * RescaleSlope + RescaleIntercept`` (PS3.3 C.11.1; for
     Enhanced CT, the Pixel Value Transformation functional group). MONOCHROME1 only says how to
@@ -107,7 +109,8 @@ def read_dicom_series(
         files: paths, or uploads as ``(name, bytes)`` decoded in memory.
         source: what to call the series in messages and outputs; by default its folder (or file).
         max_pixels: per-slice pixel cap, checked from the headers before any pixel is decoded.
-        budget: decoded voxels the series counts against, reserved from the headers before any pixel is decoded.
+        budget: decoded voxels the series counts against, reserved from the headers
+            before any pixel is decoded.
 
     Raises:
         InputError: unreadable or truncated file, no pixel data, a modality other than CT, colour
@@ -155,7 +158,8 @@ class _Frame:
 
 @dataclass(frozen=True)
 class _Header:
-    """The values of one file that reading needs, converted once (a corrupt value fails here, naming the file)."""
+    """The values of one file that reading needs, converted once (a corrupt value fails
+    here, naming the file)."""
 
     rows: int
     columns: int
@@ -168,7 +172,8 @@ class _Header:
 
 
 def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
-    """Check that ``dataset`` is a grayscale CT image of an acceptable size, and read its geometry and modality LUT.
+    """Check that ``dataset`` is a grayscale CT image of an acceptable size, and read its
+    geometry and modality LUT.
 
     Raises:
         InputError: not a CT image (see ``_check_is_ct_image``), a size over the caps (checked before
@@ -201,7 +206,8 @@ def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
         )
     except CovidctError:
         raise
-    except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
+    # A corrupt value surfaces as anything from ValueError to IndexError
+    except Exception as error:  # noqa: BLE001
         raise InputError(
             f"invalid value in the DICOM header ({type(error).__name__}: {error})", path=name
         ) from None
@@ -210,14 +216,16 @@ def _header(dataset: Dataset, name: str, max_pixels: int) -> _Header:
 def _series_uid(dataset: Dataset, name: str) -> str:
     try:
         return _raw_text(dataset, "SeriesInstanceUID")
-    except Exception as error:  # noqa: BLE001 - a corrupt value surfaces as anything from ValueError to IndexError
+    # A corrupt value surfaces as anything from ValueError to IndexError
+    except Exception as error:  # noqa: BLE001
         raise InputError(
             f"invalid SeriesInstanceUID in the DICOM header ({type(error).__name__})", path=name
         ) from None
 
 
 def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
-    """Parse one file; files without the preamble (older than PS3.10) are read too when they parse to an SOP instance."""
+    """Parse one file; files without the preamble (older than PS3.10) are read too when they
+    parse to an SOP instance."""
     from pydicom.errors import InvalidDicomError  # pydicom loads when a DICOM file is read, not for --help
 
     name = _name(file)
@@ -240,13 +248,14 @@ def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
         raise InputError(
             "empty file" if is_empty else "not a DICOM file (no 'DICM' marker and no DICOM header)", path=name
         ) from None
-    except Exception as error:  # noqa: BLE001 - on corrupt input pydicom raises anything from EOFError to struct.error
+    # On corrupt input pydicom raises anything from EOFError to struct.error
+    except Exception as error:  # noqa: BLE001
         raise InputError(f"not a readable DICOM file ({type(error).__name__}: {error})", path=name) from None
 
 
 def _parse(file: DicomSource, *, stop_before_pixels: bool, force: bool) -> Dataset:
-    # pydicom converts values lazily, on access: only the attributes read in ``_header`` are ever converted (so a
-    # corrupt value fails there, and patient attributes are never even decoded, let alone warned about).
+    # pydicom converts values lazily, on access: only the attributes read in ``_header`` are ever converted
+    # (so a corrupt value fails there, and patient attributes are never even decoded, let alone warned about).
     from pydicom import dcmread
     from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -278,7 +287,8 @@ def _inflated_dataset(
     data = inflater.decompress(stream.read(), MAX_INFLATED_BYTES)
     if inflater.unconsumed_tail:
         raise InputError(
-            f"Deflated Explicit VR Little Endian data inflates past {MAX_INFLATED_BYTES:,} bytes; expected one CT slice "
+            "Deflated Explicit VR Little Endian data inflates past "
+            f"{MAX_INFLATED_BYTES:,} bytes; expected one CT slice "
             "(re-encode the file as Explicit VR Little Endian if it is genuine)",
             path=name,
         )
@@ -290,7 +300,8 @@ def _inflated_dataset(
 
 
 def _raw_text(dataset: Dataset, keyword: str) -> str:
-    """``keyword``'s value as text, read raw: pydicom's validation would print a malformed UID (PHI-bearing) in its warning."""
+    """``keyword``'s value as text, read raw: pydicom's validation would print a malformed UID
+    (PHI-bearing) in its warning."""
     element = dataset.get_item(keyword)
     if element is None or element.value is None:
         return ""
@@ -304,7 +315,8 @@ def _check_is_ct_image(dataset: Dataset, name: str) -> None:
 
     sop_class = UID(_raw_text(dataset, "SOPClassUID")).name or "unknown SOP class"
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
-        # pydicom stops quietly at the end of a file cut between elements: an image SOP class without pixels is that.
+        # pydicom stops quietly at the end of a file cut between elements: an image SOP
+        # class without pixels is that.
         hint = ", so the file is probably truncated" if "Image Storage" in sop_class else ""
         raise InputError(f"no pixel data ({sop_class}{hint}); expected a CT image slice", path=name)
     modality = str(dataset.get("Modality") or "")
@@ -342,7 +354,8 @@ def _frames(dataset: Dataset, n_frames: int) -> list[_Frame]:
 
 
 def _slice_order(frames: list[list[_Frame]]) -> tuple[list[tuple[int, int]], np.ndarray | None]:
-    """(file index, frame index) of each slice in order, and positions along the normal when the geometry is known."""
+    """(file index, frame index) of each slice in order, and positions along the normal when
+    the geometry is known."""
     keyed = [((f, i), frame) for f, file_frames in enumerate(frames) for i, frame in enumerate(file_frames)]
     for attribute in ("position_mm", "slice_location", "instance"):
         if all(getattr(frame, attribute) is not None for _, frame in keyed):
@@ -362,7 +375,8 @@ def _common_slice_shape(headers: list[_Header], names: list[str], source: str) -
         if shape != shapes[0]:
             first = f"{Path(names[0]).name}: {shapes[0][1]}x{shapes[0][0]}"
             raise InputError(
-                f"slices differ in size ({first}, {Path(name).name}: {shape[1]}x{shape[0]}); expected one series",
+                f"slices differ in size ({first}, {Path(name).name}: "
+                f"{shape[1]}x{shape[0]}); expected one series",
                 path=source,
             )
     return shapes[0]
@@ -398,13 +412,14 @@ def _hu_frames(dataset: Dataset, header: _Header, name: str) -> np.ndarray:
 
 
 def _is_decoder_failure(error: BaseException) -> bool:
-    """Any ``Exception``, or the ``PanicException`` (a ``BaseException``) that the Rust RLE decoder raises through pyo3 on corrupt data."""
+    """Any ``Exception``, or the ``PanicException`` (a ``BaseException``) that the Rust RLE decoder raises
+    through pyo3 on corrupt data."""
     return isinstance(error, Exception) or type(error).__name__ == "PanicException"
 
 
 def _frame_rescales(dataset: Dataset, n_frames: int, name: str) -> np.ndarray:
-    """(F, 2) float32 RescaleSlope and RescaleIntercept of each frame: top level (CT Image), else the shared or
-    per-frame Pixel Value Transformation (Enhanced CT), else identity for MONOCHROME2.
+    """(F, 2) float32 RescaleSlope and RescaleIntercept of each frame: top level (CT Image), else the shared
+    or per-frame Pixel Value Transformation (Enhanced CT), else identity for MONOCHROME2.
 
     Raises:
         InputError: no rescale tags and not MONOCHROME2 (see ``read_dicom_series``).
@@ -422,7 +437,8 @@ def _frame_rescales(dataset: Dataset, n_frames: int, name: str) -> np.ndarray:
     photometric = str(dataset.get("PhotometricInterpretation") or "")
     if photometric != "MONOCHROME2":
         raise InputError(
-            f"{photometric or 'no photometric interpretation'} without RescaleSlope/RescaleIntercept; cannot tell Hounsfield units",
+            f"{photometric or 'no photometric interpretation'} without "
+            "RescaleSlope/RescaleIntercept; cannot tell Hounsfield units",
             path=name,
         )
     return np.tile(np.array([[1.0, 0.0]], np.float32), (n_frames, 1))
@@ -455,7 +471,8 @@ def _normal(dataset: Dataset) -> np.ndarray | None:
 
 
 def _shared(dataset: Dataset, sequence: str, keyword: str) -> object | None:
-    """``keyword`` in the Shared Functional Groups (Enhanced CT), where classic CT files have it at the top level."""
+    """``keyword`` in the Shared Functional Groups (Enhanced CT), where classic CT files
+    have it at the top level."""
     return _first(_item(dataset, "SharedFunctionalGroupsSequence"), sequence, keyword)
 
 

@@ -1,4 +1,5 @@
-"""Walk the inputs a user names (files and folders) into 2-D images and CT volumes, recording what cannot be used.
+"""Walk the inputs a user names (files and folders) into 2-D images and CT volumes,
+recording what cannot be used.
 
 A 2-D image file (PNG, JPEG, ...) is one input; a NIfTI file is one volume; DICOM files are grouped
 by SeriesInstanceUID, one volume per series, so a folder of a study's slices gives one result per series.
@@ -46,7 +47,8 @@ class VolumeInput:
 
 @dataclass(frozen=True)
 class Discovered:
-    """Image files and volumes to process, inputs that failed, and files skipped for their type (listed, not failed)."""
+    """Image files and volumes to process, inputs that failed, and files skipped for their
+    type (listed, not failed)."""
 
     paths: list[Path]
     failures: list[InputFailure]
@@ -76,7 +78,8 @@ def discover_images(inputs: Iterable[str | Path]) -> Discovered:
 
 
 def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path | VolumeInput | InputFailure]:
-    """Yield, in ``discover_images`` order, each image path, volume, failed input and ``SkippedFile`` as it is found.
+    """Yield, in ``discover_images`` order, each image path, volume, failed input and
+    ``SkippedFile`` as it is found.
 
     Nothing is collected but one folder's listing and its DICOM file names, so a folder tree of
     millions of slices can be streamed. DICOM files named one by one (``scan/*.dcm``) are grouped
@@ -98,7 +101,8 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path | VolumeInput | I
 
 
 def count_images(inputs: Iterable[str | Path]) -> int:
-    """The number of image paths and volumes ``iter_inputs`` yields (one walk, nothing kept): a total for progress bars."""
+    """The number of image paths and volumes ``iter_inputs`` yields (one walk, nothing kept): a
+    total for progress bars."""
     return sum(isinstance(item, Path | VolumeInput) for item in iter_inputs(inputs))
 
 
@@ -159,7 +163,8 @@ def _walk(root: Path) -> Iterator[Path | VolumeInput | InputFailure]:
 
 
 def _not_regular(path: Path) -> str | None:
-    """Why ``path`` (its target, for a symlink) is not a regular file to read, or None when it is one or is missing."""
+    """Why ``path`` (its target, for a symlink) is not a regular file to read, or None when
+    it is one or is missing."""
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -179,8 +184,9 @@ def _outside(path: Path, top: Path) -> Path | None:
 
 
 def _series_inputs(files: Sequence[Path], *, folder: str | None) -> Iterator[VolumeInput | InputFailure]:
-    """One ``VolumeInput`` per DICOM series in ``files`` (headers only), then the files whose header is unreadable,
-    each saying that the series beside it are read without it (its slices are missing from their study)."""
+    """One ``VolumeInput`` per DICOM series in ``files`` (headers only), then the files whose
+    header is unreadable, each saying that the series beside it are read without it (its slices are
+    missing from their study)."""
     groups, failures = group_dicom_series(files)
     sources = []
     for index, group in enumerate(groups, start=1):

@@ -20,7 +20,8 @@ class InputFailure:
 
     @classmethod
     def from_error(cls, error: InputError, source: str) -> InputFailure:
-        """The failure ``error`` describes, named by the error's own path or else by ``source`` (the input that raised it)."""
+        """The failure ``error`` describes, named by the error's own path or else by ``source`` (the
+        input that raised it)."""
         return cls(error.path or source, error.reason)
 
 

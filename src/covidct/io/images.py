@@ -27,7 +27,8 @@ MAX_PIXELS = 64_000_000
 def read_grayscale(
     source: str | Path | tuple[str, bytes], *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
 ) -> np.ndarray:
-    """Return the image at ``source`` (a path, or an upload's ``(name, bytes)``) as a (H, W) float32 array in [0, 1].
+    """Return the image at ``source`` (a path, or an upload's ``(name, bytes)``) as a (H,
+    W) float32 array in [0, 1].
 
     8-bit PNG/JPEG slices are taken as already windowed: their gray levels go to the model as they are
     (HU windowing only applies to DICOM and NIfTI). Colour is converted with ITU-R 601 luma; transparency
@@ -46,7 +47,8 @@ def read_grayscale(
     )
     try:
         with warnings.catch_warnings():
-            # Pillow warns from 89M pixels; our own, lower max_pixels check refuses those with a clearer error.
+            # Pillow warns from 89M pixels; our own, lower max_pixels check refuses
+            # those with a clearer error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(opened, formats=IMAGE_FORMATS)
         with image:

@@ -76,7 +76,8 @@ def read_nifti(
         ) from None
     data = data.reshape(data.shape[:3])
     _check_looks_like_hu(name, data)
-    # RAS+ array axes (x: to the right, y: to anterior, z: to superior) -> (z, rows from anterior, columns from the right).
+    # RAS+ array axes (x: to the right, y: to anterior, z: to superior) -> (z, rows from
+    # anterior, columns from the right).
     hu = np.ascontiguousarray(np.transpose(data[::-1, ::-1, :], (2, 1, 0)))
     zooms = canonical.header.get_zooms()[:3]
     positions = np.array([(canonical.affine @ np.array([0.0, 0.0, k, 1.0]))[2] for k in range(hu.shape[0])])
@@ -114,7 +115,8 @@ def _check_shape(name: str, shape: tuple[int, ...], orientation: np.ndarray, max
     is_3d = len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)
     if not is_3d:
         raise InputError(
-            f"{len(shape)}-D volume of shape {shape}; expected one 3-D CT volume (split a 4-D series into 3-D files)",
+            f"{len(shape)}-D volume of shape {shape}; expected one "
+            "3-D CT volume (split a 4-D series into 3-D files)",
             path=name,
         )
     canonical = [

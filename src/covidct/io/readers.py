@@ -25,7 +25,8 @@ from covidct.io.volume import Volume
 def read_volume(
     item: VolumeInput, *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
 ) -> Volume:
-    """Read a volume found by ``iter_inputs`` (a DICOM series or a NIfTI file), within ``budget`` when one is given.
+    """Read a volume found by ``iter_inputs`` (a DICOM series or a NIfTI file), within
+    ``budget`` when one is given.
 
     Raises:
         InputError: the reader's errors, naming the file (``UploadTooLargeError`` over ``budget``).
@@ -36,12 +37,14 @@ def read_volume(
 
 
 def is_volume_path(path: Path) -> bool:
-    """True when ``path`` names a CT volume (a folder of DICOM files, a DICOM file, a NIfTI file), not a 2-D image."""
+    """True when ``path`` names a CT volume (a folder of DICOM files, a DICOM file, a NIfTI
+    file), not a 2-D image."""
     return path.is_dir() or is_nifti(path.name) or is_dicom(path)
 
 
 def read_path_volumes(path: Path, *, max_pixels: int = MAX_PIXELS) -> list[Volume]:
-    """Read the volumes a manifest row names: a NIfTI file, a DICOM file, or every series of the DICOM files in a folder.
+    """Read the volumes a manifest row names: a NIfTI file, a DICOM file, or every series of
+    the DICOM files in a folder.
 
     A folder is not walked into: its subfolders may be other studies, which need rows of their own.
 
@@ -61,7 +64,8 @@ def read_path_volumes(path: Path, *, max_pixels: int = MAX_PIXELS) -> list[Volum
         raise InputError(f"cannot read folder ({error.strerror})", path=path) from None
     if not files:
         raise InputError(
-            "no DICOM files in this folder (subfolders are not searched); name a series folder, a DICOM or a NIfTI file",
+            "no DICOM files in this folder (subfolders are not "
+            "searched); name a series folder, a DICOM or a NIfTI file",
             path=path,
         )
     groups, failures = group_dicom_series(files)
@@ -91,7 +95,8 @@ class Upload:
 def read_upload(
     files: Sequence[tuple[str, bytes]], *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
 ) -> Upload:
-    """Decode uploaded ``(name, bytes)`` files without writing them to disk; a bad file is a failure, the rest go on.
+    """Decode uploaded ``(name, bytes)`` files without writing them to disk; a bad file is
+    a failure, the rest go on.
 
     DICOM files (a ``.dcm`` name or the DICM marker) are grouped by series across the whole upload.
 

@@ -62,7 +62,8 @@ class Volume:
 
 @dataclass(frozen=True)
 class StudyOrigin:
-    """What a study's result says about where it came from: the name the user gave, hashed keys, the slice count.
+    """What a study's result says about where it came from: the name the user gave,
+    hashed keys, the slice count.
 
     A ``Volume`` has one (``Volume.origin``); so has a set of uploaded 2-D slices answered as one study,
     which has no volume.
@@ -83,7 +84,8 @@ def check_volume_size(source: str, shape: tuple[int, int, int], *, max_pixels: i
     """Refuse a (slices, rows, columns) ``shape`` read from a header before any pixel is decoded.
 
     Raises:
-        InputError: no slice, a slice over ``max_pixels`` or under ``MIN_SIDE_PX`` on a side, or over ``MAX_VOXELS`` in all.
+        InputError: no slice, a slice over ``max_pixels`` or under ``MIN_SIDE_PX`` on a side, or
+            over ``MAX_VOXELS`` in all.
     """
     n_slices, rows, columns = shape
     if n_slices < 1:

@@ -49,7 +49,8 @@ class Decision:
     study_rule_source: str = "default: the model card predates study-level rules"
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """(N, C) calibrated class probabilities from (N, C) logits, as every path (predict, evaluate, export check) computes them."""
+        """(N, C) calibrated class probabilities from (N, C) logits, as every path (predict, evaluate,
+        export check) computes them."""
         return calibrated_probabilities(logits, self.temperature, self.class_bias)
 
 
@@ -103,7 +104,8 @@ class ModelCard:
             raise ValueError(f"temperature must be positive; got {self.decision.temperature}")
         if self.decision.class_bias and len(self.decision.class_bias) != len(self.classes):
             raise ValueError(
-                f"class_bias needs one value per class ({len(self.classes)}); got {list(self.decision.class_bias)}"
+                "class_bias needs one value per class "
+                f"({len(self.classes)}); got {list(self.decision.class_bias)}"
             )
         if not all(isinstance(b, int | float) and math.isfinite(b) for b in self.decision.class_bias):
             raise ValueError(f"class_bias must be finite numbers; got {list(self.decision.class_bias)}")
@@ -112,7 +114,8 @@ class ModelCard:
             isinstance(size, int) and not isinstance(size, bool) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE
         ):
             raise ValueError(
-                f"preprocessing.image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}; got {size!r}"
+                "preprocessing.image_size must be a whole number of pixels "
+                f"from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}; got {size!r}"
             )
         if self.decision.study_aggregate not in ("mean", "max", "topk"):
             raise ValueError(

@@ -44,7 +44,8 @@ def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     head_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
     if head_classes != len(card.classes):
         raise ModelDirError(
-            f"model.json names {len(card.classes)} classes but {WEIGHTS_FILE} has a {head_classes}-class head",
+            f"model.json names {len(card.classes)} classes but "
+            f"{WEIGHTS_FILE} has a {head_classes}-class head",
             path=model_dir,
         )
     model = build_resnet50(num_classes=len(card.classes), stride_variant=card.stride_variant)

@@ -44,7 +44,8 @@ def predict_logits(
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
-    """Fold ``model``'s BatchNorms into its convolutions; move it to ``device`` in eval mode and channels_last.
+    """Fold ``model``'s BatchNorms into its convolutions; move it to ``device`` in
+    eval mode and channels_last.
 
     channels_last is the fast layout for oneDNN and cuDNN. In eval mode a BatchNorm is an affine map
     that folds exactly into the convolution before it (ONNX Runtime does the same to the export), and
@@ -55,7 +56,8 @@ def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """Replace every eval-mode (convolution, BatchNorm) pair of a ResNet with the folded convolution and an identity.
+    """Replace every eval-mode (convolution, BatchNorm) pair of a ResNet with the folded
+    convolution and an identity.
 
     The pairs are torchvision's: ``convK``/``bnK`` attributes of one module, and a ``downsample``
     Sequential of a convolution and a BatchNorm.

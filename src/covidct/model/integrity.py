@@ -34,7 +34,8 @@ def checked_weights_path(model_dir: Path, card: ModelCard) -> Path:
     if not (isinstance(card.checkpoint_sha256, str) and _SHA256.match(card.checkpoint_sha256)):
         # Without the hash the weights could be anyone's: a blank one used to skip the check (issue 15).
         raise ModelDirError(
-            f"checkpoint_sha256 in model.json is {card.checkpoint_sha256!r}; expected the 64 hex digits of the SHA-256 "
+            f"checkpoint_sha256 in model.json is {card.checkpoint_sha256!r}; "
+            "expected the 64 hex digits of the SHA-256 "
             f"of {WEIGHTS_FILE} that 'covidct train' writes",
             path=model_dir,
         )

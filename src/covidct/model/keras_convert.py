@@ -98,7 +98,8 @@ def read_manifest_weights(model_json: Mapping[str, Any], weight_bytes: bytes) ->
         name = entry["name"]
         if entry.get("dtype") != "float32" or "quantization" in entry:
             raise WeightsError(
-                f"weight {name!r} is {entry.get('dtype')} (quantised: {'quantization' in entry}); expected plain float32"
+                f"weight {name!r} is {entry.get('dtype')} (quantised: "
+                f"{'quantization' in entry}); expected plain float32"
             )
         if name in arrays:
             raise WeightsError(f"weight {name!r} appears twice in the manifest")
@@ -131,7 +132,8 @@ def check_keras_topology(model_json: Mapping[str, Any]) -> dict[str, float]:
     wrong = {name: value for name, value in found.items() if value != expected[name]}
     if wrong:
         raise WeightsError(
-            f"model.json is not Keras ResNet50 v1: found {wrong}, expected { ({k: expected[k] for k in wrong}) }"
+            f"model.json is not Keras ResNet50 v1: found {wrong}, "
+            f"expected { ({k: expected[k] for k in wrong}) }"
         )
     return {
         name: float(layer["config"]["epsilon"])

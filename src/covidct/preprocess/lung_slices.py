@@ -41,7 +41,8 @@ def lung_slice_indices(volume: Volume) -> np.ndarray:
     indices = np.flatnonzero(select_lung_slices(volume.hu))
     if indices.size == 0:
         raise InputError(
-            f"none of its {volume.n_slices} slices shows lung (too few pixels in the lung HU range inside the body); "
+            f"none of its {volume.n_slices} slices shows lung (too "
+            "few pixels in the lung HU range inside the body); "
             "expected a chest CT series through the lungs, not a localizer, head or abdomen series",
             path=volume.source,
         )

@@ -18,7 +18,8 @@ from covidct.preprocess.window import window_hu
 
 
 def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """Return (S, S) float32 in [0, 1] from a (H, W) float32 slice in [0, 1], S = ``preprocessing.image_size``.
+    """Return (S, S) float32 in [0, 1] from a (H, W) float32 slice in [0, 1], S =
+    ``preprocessing.image_size``.
 
     The site steps run in a fixed order: a gray frame outside the field of view is filled first (the body
     search needs air there), annotations are removed on the whole image (they sit beside
@@ -44,7 +45,8 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
 
 
 def prepare_slices(grays: Iterable[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
-    """(N, S, S) float16 network-ready slices from (H, W) float32 slices in [0, 1]: ``prepare_slice`` on each, stacked."""
+    """(N, S, S) float16 network-ready slices from (H, W) float32 slices in [0, 1]:
+    ``prepare_slice`` on each, stacked."""
     return stack_prepared([prepare_slice(gray, preprocessing) for gray in grays], preprocessing.image_size)
 
 

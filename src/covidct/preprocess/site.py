@@ -7,8 +7,8 @@ other worse than chance. Each step here is one function on a (H, W) float32 slic
 
 0. ``fill_padding``: a flat gray frame around a circular field of view (a scanner's padding, exported
    gray instead of black) is set to the darkest level inside the field, so the steps below see air there.
-1. ``find_body``: Otsu threshold (air vs. body), morphological opening, the largest connected components (the body;
-   the same body crop COVID-Net CT uses: Gunraj et al., "COVIDNet-CT", Front. Med. 2020).
+1. ``find_body``: Otsu threshold (air vs. body), morphological opening, the largest connected components (the
+   body; the same body crop COVID-Net CT uses: Gunraj et al., "COVIDNet-CT", Front. Med. 2020).
 2. ``remove_annotations``: bright components outside the body's hull (letters, arrows, the table,
    figure borders) are set to the background.
 3. ``crop_to_field``: the bounding box of the body with a margin.
@@ -58,7 +58,8 @@ class Body:
             with the lungs inside.
         box: (top, bottom, left, right) of the body, end-exclusive; the whole image when ``found`` is False.
         found: False when no body-like region was found and the steps use the whole image.
-        bright_threshold: Otsu's upper threshold of the slice (bright structures above it); 1.0 when not ``found``.
+        bright_threshold: Otsu's upper threshold of the slice (bright structures above
+            it); 1.0 when not ``found``.
     """
 
     hull: np.ndarray
@@ -129,7 +130,8 @@ def find_body(gray: np.ndarray) -> Body:
 
 
 def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | None:
-    """Otsu's two thresholds for three classes of ``gray`` in [0, 1] (air, soft tissue, bright), or None for a flat image.
+    """Otsu's two thresholds for three classes of ``gray`` in [0, 1] (air, soft tissue, bright),
+    or None for a flat image.
 
     Three classes, not two: in a soft-tissue (mediastinal) window the two-class split falls between
     the tissue and the contrast-filled heart, and the "body" would shrink to the heart. The lower
@@ -212,7 +214,8 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, iterations=...)``: the 4-connected cross, nothing grows in from beyond the edge."""
+    """``ndimage.binary_dilation(mask, iterations=...)``: the 4-connected cross, nothing grows
+    in from beyond the edge."""
     for _ in range(iterations):
         grown = mask.copy()
         grown[1:] |= mask[:-1]

@@ -32,7 +32,10 @@ class Preprocessing:
     """
 
     image_size: int = 224
-    resize: str = "the whole image (the body crop when crop_field), bilinear with antialiasing, to a square (aspect not kept)"
+    resize: str = (
+        "the whole image (the body crop when crop_field), "
+        "bilinear with antialiasing, to a square (aspect not kept)"
+    )
     channels: str = "grayscale in [0, 1] replicated to 3 channels"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -1,4 +1,5 @@
-"""Predictor results -> the API's ``PredictResponse``: one slice's answer or one study's, overlay as base64 PNG.
+"""Predictor results -> the API's ``PredictResponse``: one slice's answer or one
+study's, overlay as base64 PNG.
 
 A study is a DICOM series or NIfTI volume (``Predictor.predict_volume``) or several 2-D slices
 uploaded together; both are answered through ``infer.study``, so a set of PNGs is aggregated with
@@ -86,7 +87,8 @@ def study_answer(study: StudyPrediction, errors: Sequence[InputError]) -> Predic
 def images_study(
     names: Sequence[str], explanations: Sequence[Explanation], card: ModelCard
 ) -> StudyPrediction:
-    """Several uploaded 2-D slices as one study: ``infer.study``'s guard and aggregation over their predictions."""
+    """Several uploaded 2-D slices as one study: ``infer.study``'s guard and aggregation
+    over their predictions."""
     key = privacy_key("\n".join(names))
     origin = StudyOrigin(
         source=f"{names[0]} (+{len(names) - 1} slices)", study_key=key, series_key=key, n_slices=len(names)

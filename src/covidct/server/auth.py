@@ -22,6 +22,9 @@ def require_api_key(request: Request) -> None:
     ):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong API key; send the header 'Authorization: Bearer <key>' with the key the server was started with",
+            detail=(
+                "missing or wrong API key; send the header 'Authorization: "
+                "Bearer <key>' with the key the server was started with"
+            ),
             headers={"WWW-Authenticate": "Bearer"},
         )

@@ -57,7 +57,8 @@ def decode_upload(
     """Decode every usable file in memory; each file that cannot be used is recorded and the rest go on.
 
     Raises:
-        UploadTooLargeError: the files' decoded voxels are over ``budget``'s limit (the whole upload is refused).
+        UploadTooLargeError: the files' decoded voxels are over ``budget``'s limit (the
+            whole upload is refused).
         BusyError: ``budget``'s shared pool is held by other requests.
     """
     accepted, rejected = [], []
@@ -74,8 +75,9 @@ def decode_upload(
 
 
 def _checked_pixels(name: str, data: bytes, *, max_pixels: int) -> int:
-    """An image's declared pixels (0 for a volume, counted when it is read); raise unless a reader takes the file
-    (by name or signature, and in one of ``IMAGE_FORMATS`` for an image) and an image is within ``max_pixels``."""
+    """An image's declared pixels (0 for a volume, counted when it is read); raise unless a reader
+    takes the file (by name or signature, and in one of ``IMAGE_FORMATS`` for an image) and an image is
+    within ``max_pixels``."""
     if is_nifti(name) or is_dicom((name, data)):
         return 0
     if not (data.startswith(_IMAGE_SIGNATURES) or PurePath(name).suffix.lower() in IMAGE_SUFFIXES):
@@ -96,7 +98,8 @@ def _declared_size(name: str, data: bytes, *, max_pixels: int) -> tuple[int, int
 
     Raises:
         UploadTooLargeError: Pillow refuses the header outright (over twice its 89M-pixel bomb limit).
-        UnsupportedUploadError: content of another image format (PostScript, GIF, WEBP...) under an image name.
+        UnsupportedUploadError: content of another image format (PostScript, GIF,
+            WEBP...) under an image name.
     """
     try:
         with warnings.catch_warnings():

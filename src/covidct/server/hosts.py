@@ -19,7 +19,8 @@ def needs_host_check(settings: ServerSettings) -> bool:
 
 
 def host_name(header: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``localhost:80`` -> ``localhost``."""
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``,
+    ``localhost:80`` -> ``localhost``."""
     if header.startswith("["):
         return header[1:].partition("]")[0]
     return header.rpartition(":")[0] if header.count(":") == 1 else header
@@ -38,8 +39,10 @@ class LoopbackHostGuard:
             name = host_name(header).lower()
             if not (is_loopback(name) or name in self.allowed):
                 detail = (
-                    f"Host header '{header}' is not this server's address; covidct on loopback without an API key answers "
-                    "only requests for localhost or 127.0.0.1 (add other names with COVIDCT_ALLOWED_HOSTS, or set an API key)"
+                    f"Host header '{header}' is not this server's address; "
+                    "covidct on loopback without an API key answers "
+                    "only requests for localhost or 127.0.0.1 (add other "
+                    "names with COVIDCT_ALLOWED_HOSTS, or set an API key)"
                 )
                 await JSONResponse({"detail": detail}, status_code=421)(scope, receive, send)
                 return

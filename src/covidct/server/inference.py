@@ -30,7 +30,8 @@ class ServerBusyError(Exception):
 
 @dataclass
 class _Job:
-    """Slices to predict (batched with other jobs), or ``call``: other work that runs alone (a whole study)."""
+    """Slices to predict (batched with other jobs), or ``call``: other work that runs
+    alone (a whole study)."""
 
     names: list[str]
     slices: list[np.ndarray]
@@ -77,7 +78,8 @@ class InferencePool:
         return await self._submit(_Job(list(names), list(slices), explain))
 
     async def run(self, call: Callable[[], T]) -> T:
-        """``call()``'s result, computed in a worker thread on its own (not batched), e.g. a study's prediction.
+        """``call()``'s result, computed in a worker thread on its own (not batched),
+        e.g. a study's prediction.
 
         Raises:
             ServerBusyError: the queue is full.

@@ -45,10 +45,14 @@ class PredictResponse(BaseModel):
         description="False when the out-of-distribution guard says this is not a chest CT slice (or study)."
     )
     ood_score: float | None = Field(
-        description="The guard's distance (a study's median over its slices); null for a model without a guard."
+        description=(
+            "The guard's distance (a study's median over its slices); null for a model without a guard."
+        )
     )
     message: str = Field(
-        description="Empty, or what the guard did (why there is no probability, or how many slices it left out)."
+        description=(
+            "Empty, or what the guard did (why there is no probability, or how many slices it left out)."
+        )
     )
     is_study: bool = Field(
         description="True for a DICOM series, a NIfTI volume or several slices, combined into one answer."
@@ -81,7 +85,10 @@ class UploadForm(BaseModel):
 
     files: list[bytes] = Field(
         json_schema_extra={"items": {"type": "string", "format": "binary"}},
-        description="One image (PNG, JPEG, BMP, TIFF, DICOM), or the files of one study (DICOM slices, a NIfTI, PNGs).",
+        description=(
+            "One image (PNG, JPEG, BMP, TIFF, DICOM), or the "
+            "files of one study (DICOM slices, a NIfTI, PNGs)."
+        ),
     )
 
 
@@ -95,7 +102,8 @@ class ModelInfo(BaseModel):
     has_ood_guard: bool
     engine: str
     card: dict[str, Any] = Field(
-        description="model.json as written by 'covidct train', without the training data's location, the paths of files "
+        description="model.json as written by 'covidct train', without "
+        "the training data's location, the paths of files "
         "it could not use (their count instead), the host's platform string or any other absolute path."
     )
     research_use: str = RESEARCH_USE_STATEMENT
@@ -106,6 +114,7 @@ class Health(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    """Every 4xx and 503 body: '<file name>: <reason>' (the same reason the CLI prints), or the reason alone."""
+    """Every 4xx and 503 body: '<file name>: <reason>' (the same reason the CLI
+    prints), or the reason alone."""
 
     detail: str

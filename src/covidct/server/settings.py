@@ -27,8 +27,8 @@ class ServerSettings(BaseSettings):
         max_pixels: width x height of one image or volume slice, read from its header before decoding,
             so a small compressed file cannot expand into gigabytes (a decompression bomb): 413 for a
             2-D image over it, 422 with the reader's reason for a DICOM or NIfTI slice.
-        max_request_voxels: decoded voxels (pixels of every image and slice) one request may hold, counted from
-            the headers before decoding: 413 naming the file that goes over it.
+        max_request_voxels: decoded voxels (pixels of every image and slice) one request may hold, counted
+            from the headers before decoding: 413 naming the file that goes over it.
         max_total_voxels: decoded voxels every request in flight may hold together: 503 (retry later) over it.
         limit_concurrency: connections uvicorn serves at once; more get 503 before their body is read.
         body_timeout_s: seconds a client may take to send its upload; a slower one gets 408, so slow clients

@@ -28,7 +28,8 @@ def check_declared_size(content_length: str | None, *, max_bytes: int) -> None:
     """
     if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
         raise UploadTooLargeError(
-            f"upload is {int(content_length):,} bytes, over the {max_bytes:,}-byte limit; send fewer or smaller files"
+            f"upload is {int(content_length):,} bytes, over the "
+            f"{max_bytes:,}-byte limit; send fewer or smaller files"
         )
 
 
@@ -143,7 +144,8 @@ class _Parts:
             raise UploadTooLargeError(
                 f"more than {self.max_files:,} files in one upload; send at most {self.max_files:,}"
             )
-        # Browsers send a bare name, but some clients send a full path; only the name is kept (and echoed back).
+        # Browsers send a bare name, but some clients send a full path; only the name
+        # is kept (and echoed back).
         name = (
             PureWindowsPath(options[b"filename"].decode("utf-8", "replace")).name
             or f"upload-{len(self.files) + 1}"

@@ -8,7 +8,8 @@ from sklearn.metrics import roc_curve
 
 
 def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, tuple[float, ...]]:
-    """Return (T, b): the temperature T > 0 and class biases b (b[0] = 0) minimising the validation NLL of ``softmax(logits / T + b)``.
+    """Return (T, b): the temperature T > 0 and class biases b (b[0] = 0) minimising the validation NLL of
+    ``softmax(logits / T + b)``.
 
     Bias-corrected temperature scaling (Alexandari et al., ICML 2020; with two classes, Platt scaling of the
     logit margin). The temperature fixes the over-confidence of fine-tuned networks (Guo et al. 2017); the

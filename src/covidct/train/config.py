@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class Mode(StrEnum):
-    """``linear``: frozen backbone, cached features, logistic head. ``finetune``: train the last stages too."""
+    """``linear``: frozen backbone, cached features, logistic head. ``finetune``:
+    train the last stages too."""
 
     LINEAR = "linear"
     FINETUNE = "finetune"
@@ -41,7 +42,8 @@ class TrainConfig:
     image_size: int = 224
     crop_field: bool = True
     remove_annotations: bool = True
-    # Off by default: on validation data it cost in-domain ROC-AUC (see BENCHMARKS.md, "Cross-site generalisation").
+    # Off by default: on validation data it cost in-domain ROC-AUC (see BENCHMARKS.md,
+    # "Cross-site generalisation").
     standardise_intensity: bool = False
     fill_padding: bool = False
     # Augment over how a slice was exported (window, circular field of view with gray or black padding):
@@ -130,7 +132,8 @@ class TrainConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """The slice pipeline this run trains with; the card stores it and inference rebuilds it from there."""
+        """The slice pipeline this run trains with; the card stores it and inference
+        rebuilds it from there."""
         from covidct.preprocess.transforms import Preprocessing  # loaded for training, not for --help
 
         return Preprocessing(

@@ -1,4 +1,5 @@
-"""Training under ``torchrun``: the process group, which rank does what, and the collectives the trainer needs.
+"""Training under ``torchrun``: the process group, which rank does what, and the
+collectives the trainer needs.
 
 ``covidct train`` runs unchanged under torchrun: when torchrun's environment (RANK, WORLD_SIZE,
 LOCAL_RANK) is present, ``distributed_session`` joins the process group (nccl on GPUs, one GPU per
@@ -72,7 +73,8 @@ class World:
         """
         if rows < self.size:
             raise OptionError(
-                f"the {split} split has {rows} usable slice(s), fewer than the {self.size} torchrun processes; start at most {rows} (--nproc-per-node x --nnodes)"
+                f"the {split} split has {rows} usable slice(s), fewer than the {self.size} "
+                f"torchrun processes; start at most {rows} (--nproc-per-node x --nnodes)"
             )
 
     def shard(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,8 @@ class World:
     def gathered_validation(
         self, local_logits: Callable[[nn.Module], torch.Tensor], total: int
     ) -> Callable[[nn.Module], torch.Tensor]:
-        """Turn "logits of this rank's validation shard" into "logits of the whole split", the same on every rank."""
+        """Turn "logits of this rank's validation shard" into "logits of the whole split",
+        the same on every rank."""
         if not self.is_distributed:
             return local_logits
 
@@ -121,7 +124,8 @@ class World:
         return logits
 
     def seed_augmentation(self, seed: int) -> None:
-        """Give each rank its own stream of random augmentations (a single process keeps its stream as it is)."""
+        """Give each rank its own stream of random augmentations (a single process
+        keeps its stream as it is)."""
         if self.is_distributed:
             torch.manual_seed(seed + self.rank)
 
@@ -134,7 +138,8 @@ class World:
         )
 
     def sampler(self, dataset: Dataset, *, seed: int) -> DistributedSampler | None:
-        """A sampler giving each rank its own share of ``dataset``, reshuffled by ``set_epoch``; None in a single process."""
+        """A sampler giving each rank its own share of ``dataset``, reshuffled by ``set_epoch``;
+        None in a single process."""
         if not self.is_distributed:
             return None
         return DistributedSampler(dataset, num_replicas=self.size, rank=self.rank, shuffle=True, seed=seed)
@@ -181,7 +186,8 @@ def _local_gpu(local_rank: int) -> torch.device:
     count = torch.cuda.device_count()
     if local_rank >= count:
         raise OptionError(
-            f"torchrun started local rank {local_rank}, but this node has {count} GPU(s); use --nproc-per-node {count} or fewer"
+            f"torchrun started local rank {local_rank}, but this node "
+            f"has {count} GPU(s); use --nproc-per-node {count} or fewer"
         )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)

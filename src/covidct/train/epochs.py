@@ -1,4 +1,5 @@
-"""One training epoch and one validation pass, for both modes (finetune on slices, linear on cached features)."""
+"""One training epoch and one validation pass, for both modes (finetune on slices,
+linear on cached features)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ class EpochRunner:
             schedule.plan(epochs)
 
     def run_epoch(self, epoch: int) -> dict:
-        """Train one epoch, then validate; return the log row (loss, validation loss and ROC-AUC, lr, seconds)."""
+        """Train one epoch, then validate; return the log row (loss, validation loss and
+        ROC-AUC, lr, seconds)."""
         started = time.perf_counter()
         self.loader.generator.manual_seed(self.seed * 1000 + epoch)
         for part in (
@@ -135,12 +137,14 @@ def make_runner(
     callbacks: TrainCallbacks,
     world: World | None = None,
 ) -> EpochRunner:
-    """Build the runner for ``config.mode``; linear mode and ``--frozen-views`` run the frozen layers here, once.
+    """Build the runner for ``config.mode``; linear mode and ``--frozen-views`` run the
+    frozen layers here, once.
 
     ``train_sources`` names the site or dataset of each training slice (None where unknown); the
     training loss weights each (source, class) cell equally (see ``cell_weights``). Under torchrun
     (``world``) the training module is wrapped in DistributedDataParallel, each rank draws its share of
-    the training data, and each validates its shard of the validation split (see ``covidct.train.distributed``).
+    the training data, and each validates its shard of the validation split (see
+    ``covidct.train.distributed``).
     """
     model.to(device=device, memory_format=torch.channels_last)
     world = world or World(device)
@@ -158,7 +162,8 @@ def make_runner(
         val_logits = lambda net: _head_logits(net.fc, val_features, device)
     elif config.frozen_views:
         callbacks.on_stage(
-            f"running the frozen layers once on {config.frozen_views} augmented views of each training slice (--frozen-views)"
+            f"running the frozen layers once on {config.frozen_views} "
+            "augmented views of each training slice (--frozen-views)"
         )
         frozen = {"device": device, "use_bf16": use_bf16, "train_layers": config.train_layers}
         views = cache_frozen_views(
@@ -307,7 +312,8 @@ class WarmupCosine:
 
 
 def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (n / (C * n_c)), so the validation loss treats classes equally whatever the balance."""
+    """Inverse-frequency weights (n / (C * n_c)), so the validation loss treats classes
+    equally whatever the balance."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
     return counts.sum() / (num_classes * counts)
 

@@ -44,7 +44,8 @@ def build_card(
     pretrained: Pretrained,
     facts: RunFacts,
 ) -> ModelCard:
-    """Fit calibration (temperature and class bias), threshold and the study aggregation rule on the validation split (never test); assemble the card.
+    """Fit calibration (temperature and class bias), threshold and the study aggregation rule on the
+    validation split (never test); assemble the card.
 
     Args:
         val: the validation split's (N, C) logits, computed as inference will (mirror averaged when

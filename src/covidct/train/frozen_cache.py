@@ -38,7 +38,8 @@ MEMORY_SHARE = 0.5
 
 
 def run_trunk(model: nn.Module, images: torch.Tensor, train_layers: TrainLayers) -> torch.Tensor:
-    """Return the (N, C, h, w) output of the frozen layers (stem and the stages before ``train_layers``) for (N, 3, S, S) images."""
+    """Return the (N, C, h, w) output of the frozen layers (stem and the stages before ``train_layers``)
+    for (N, 3, S, S) images."""
     return run_stages(model, stem(model, images), STAGES[: _first_trained(train_layers)])
 
 
@@ -52,7 +53,8 @@ def _first_trained(train_layers: TrainLayers) -> int:
 
 
 class TrainableTail(nn.Module):
-    """The part of ``model`` that trains, as a module (what DistributedDataParallel wraps and the optimizer sees).
+    """The part of ``model`` that trains, as a module (what DistributedDataParallel
+    wraps and the optimizer sees).
 
     It holds the whole ``model`` so parameter order and names stay the model's; the frozen parameters
     do not require gradients and are never called.
@@ -68,7 +70,8 @@ class TrainableTail(nn.Module):
 
 
 class CachedViews(Dataset):
-    """Cached trunk outputs (views, N, C, h, w) with (N,) labels and loss weights; ``set_epoch(e)`` shows view (e + offset_i) mod views of slice i."""
+    """Cached trunk outputs (views, N, C, h, w) with (N,) labels and loss weights; ``set_epoch(e)`` shows view
+    (e + offset_i) mod views of slice i."""
 
     def __init__(
         self, views: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *, seed: int
@@ -106,7 +109,8 @@ def cache_frozen_views(
     world: World,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Return (views, N, C, h, w): ``views`` augmented draws of each (N, S, S) slice through the frozen layers, run once.
+    """Return (views, N, C, h, w): ``views`` augmented draws of each (N, S, S) slice through
+    the frozen layers, run once.
 
     Each rank computes its shard of the slices; the outputs are gathered so every rank holds them all.
 
@@ -155,9 +159,11 @@ def trunk_outputs(
     device: torch.device,
     use_bf16: bool,
 ) -> torch.Tensor:
-    """(N, C, h, w) frozen-layer outputs of (N, S, S) slices in [0, 1], kept on the CPU in bf16 under autocast, else float32.
+    """(N, C, h, w) frozen-layer outputs of (N, S, S) slices in [0, 1], kept on the CPU in bf16
+    under autocast, else float32.
 
-    bf16 loses nothing under autocast: the trained stages only read their input through convolutions, which cast it to bf16.
+    bf16 loses nothing under autocast: the trained stages only read their input through
+    convolutions, which cast it to bf16.
     """
     outputs = predict_logits(
         lambda x: run_trunk(model, x, train_layers),
@@ -206,6 +212,8 @@ def _check_memory(
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > MEMORY_SHARE * available:
         raise OptionError(
-            f"--frozen-views {views} would cache {needed / 2**30:.1f} GiB of frozen-layer outputs for {len(slices)} training slices "
-            f"at {size} px, more than half of this machine's {available / 2**30:.1f} GiB; lower --frozen-views or leave it at 0"
+            f"--frozen-views {views} would cache {needed / 2**30:.1f} GiB "
+            f"of frozen-layer outputs for {len(slices)} training slices "
+            f"at {size} px, more than half of this machine's "
+            f"{available / 2**30:.1f} GiB; lower --frozen-views or leave it at 0"
         )

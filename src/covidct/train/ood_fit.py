@@ -36,7 +36,8 @@ PASS_RATE_STEP = 0.005
 
 @dataclass(frozen=True)
 class OodFit:
-    """A fitted detector, the facts the model card records about its fit, and the validation scores it was thresholded on."""
+    """A fitted detector, the facts the model card records about its fit, and the validation scores
+    it was thresholded on."""
 
     detector: OodDetector
     facts: dict
@@ -54,7 +55,8 @@ def fit_ood_guard(
     batch_size: int = 32,
     pass_rate: float = DEFAULT_PASS_RATE,
 ) -> OodFit:
-    """Fit the detector on the features of ``train`` (slices, labels); threshold it so ``pass_rate`` of a new patient's slices pass.
+    """Fit the detector on the features of ``train`` (slices, labels); threshold it so ``pass_rate`` of a
+    new patient's slices pass.
 
     The cost is one pass of ``engine`` (the trained network, as inference runs it) over the training
     slices (with ``tta_hflip`` each slice and its mirror, as inference does). ``val_features`` are
@@ -100,13 +102,17 @@ def threshold_on_validation(
     *,
     pass_rate: float = DEFAULT_PASS_RATE,
 ) -> OodFit:
-    """``detector`` with the threshold the group-calibrated validation quantile gives, and the facts the card records."""
+    """``detector`` with the threshold the group-calibrated validation quantile gives, and the
+    facts the card records."""
     groups = calibration_groups(val_groups)
     quantile, new_group_flag_rate = group_calibrated_pass_rate(val_scores, groups, target=pass_rate)
     detector = with_threshold(detector, val_scores, pass_rate=quantile)
     facts = {
         "target_pass_rate": pass_rate,
-        "threshold_rule": "leave-one-group-out on validation: the smallest validation quantile whose threshold flags at most 1 - target of a left-out group",
+        "threshold_rule": (
+            "leave-one-group-out on validation: the smallest validation quantile "
+            "whose threshold flags at most 1 - target of a left-out group"
+        ),
         "val_quantile": quantile,
         "val_pass_rate": round(float(np.mean(detector.is_in_distribution(val_scores))), 4),
         "estimated_new_group_flag_rate": round(new_group_flag_rate, 4),
@@ -134,7 +140,8 @@ def calibration_groups(groups: Sequence[str | None]) -> np.ndarray:
 def group_calibrated_pass_rate(
     scores: np.ndarray, groups: np.ndarray, *, target: float
 ) -> tuple[float, float]:
-    """The smallest validation quantile (``target`` up to ``MAX_PASS_RATE``) whose left-out-group flag rate is at most ``1 - target``.
+    """The smallest validation quantile (``target`` up to ``MAX_PASS_RATE``) whose left-out-group flag rate
+    is at most ``1 - target``.
 
     Returns:
         (quantile, the leave-one-group-out flag rate at it). With fewer than two groups nothing can be
@@ -152,7 +159,8 @@ def group_calibrated_pass_rate(
 
 
 def left_out_group_flag_rate(scores: np.ndarray, groups: np.ndarray, quantile: float) -> float:
-    """Share of slices flagged when each group is scored against the ``quantile`` threshold of the other groups' scores."""
+    """Share of slices flagged when each group is scored against the ``quantile`` threshold of
+    the other groups' scores."""
     flagged = 0
     for group in np.unique(groups):
         held_out = groups == group

@@ -88,7 +88,8 @@ def save_resume_state(
 
 
 def remove_resume_state(out_dir: Path) -> None:
-    """Delete the files the last ``state.json`` names and ``state.json`` itself, then ``resume/`` if that left it empty."""
+    """Delete the files the last ``state.json`` names and ``state.json`` itself, then ``resume/``
+    if that left it empty."""
     folder = Path(out_dir) / RESUME_DIR
     meta = _saved_state(folder)
     for name in {meta.get("last_file"), meta.get("best_file")} - {None}:
@@ -145,7 +146,8 @@ def load_best_weights(out_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _saved_state(folder: Path) -> dict:
-    """The last committed ``state.json``, or {} before the first epoch; a folder from before the epoch-named files lacks the names."""
+    """The last committed ``state.json``, or {} before the first epoch; a folder from before the epoch-named
+    files lacks the names."""
     path = folder / "state.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 

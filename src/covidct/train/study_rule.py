@@ -51,7 +51,8 @@ class StudyRuleChoice:
     """The chosen rule and, for the model card, where it came from.
 
     Attributes:
-        source: "validation: ..." with every candidate's patient-level ROC-AUC, or "default: ..." with the reason.
+        source: "validation: ..." with every candidate's patient-level ROC-AUC, or
+            "default: ..." with the reason.
         auc_by_rule: each candidate's validation patient-level ROC-AUC (empty for the default).
     """
 
@@ -77,7 +78,8 @@ def choose_study_rule(
     n_negative = len(patients.labels) - n_positive
     if min(n_positive, n_negative) < MIN_PATIENTS_PER_CLASS:
         return _default(
-            f"validation has {n_positive} positive and {n_negative} negative patients; need {MIN_PATIENTS_PER_CLASS} of each"
+            f"validation has {n_positive} positive and {n_negative} "
+            f"negative patients; need {MIN_PATIENTS_PER_CLASS} of each"
         )
     auc_by_rule = {}
     for rule in CANDIDATES:
@@ -88,7 +90,10 @@ def choose_study_rule(
     best = max(auc_by_rule.values())
     chosen = next(rule for rule in CANDIDATES if auc_by_rule[str(rule)] >= best - _AUC_TIE)
     listed = ", ".join(f"{name} {auc:.3f}" for name, auc in auc_by_rule.items())
-    source = f"validation: best patient-level ROC-AUC over {len(patients.labels)} patients (ties go to the smoother rule); {listed}"
+    source = (
+        f"validation: best patient-level ROC-AUC over {len(patients.labels)} "
+        f"patients (ties go to the smoother rule); {listed}"
+    )
     return StudyRuleChoice(chosen, source, auc_by_rule)
 
 

@@ -46,7 +46,8 @@ from covidct.train.resume import (
 
 @dataclass(frozen=True)
 class SplitData:
-    """Decoded slices, class indices, sources and patient ids (None where unknown) of one split, with the files that failed to decode."""
+    """Decoded slices, class indices, sources and patient ids (None where unknown) of one split, with the
+    files that failed to decode."""
 
     slices: torch.Tensor
     labels: torch.Tensor
@@ -83,7 +84,8 @@ def fit(
     Raises:
         InputError: a split has no usable images of a class.
         TrainingInterrupted: Ctrl-C; ``out_dir/resume`` holds the state for ``--resume``.
-        OptionError: torchrun started more processes on a node than it has GPUs; ``out_dir`` holds other files.
+        OptionError: torchrun started more processes on a node than it has GPUs;
+            ``out_dir`` holds other files.
     """
     if not resume and is_main_process():
         claim_run_dir(Path(out_dir), "train", overwrite=overwrite)
@@ -212,7 +214,8 @@ def _decode_split(
     missing = [manifest.classes[c] for c in range(len(manifest.classes)) if not (labels == c).any()]
     if missing:
         raise InputError(
-            f"the {split} split has no usable images of class {missing} ({len(decoded.failures)} failed to decode)",
+            f"the {split} split has no usable images of class "
+            f"{missing} ({len(decoded.failures)} failed to decode)",
             path=manifest.origin,
         )
     samples = [part.samples[i] for i in decoded.indices]
@@ -277,7 +280,8 @@ def _run_epochs(
             callbacks.on_epoch_end(record, progress.planned_epochs or config.resolved_epochs)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
-            f"interrupted after {progress.next_epoch} completed epoch(s); run the same command with --resume to continue",
+            f"interrupted after {progress.next_epoch} completed "
+            "epoch(s); run the same command with --resume to continue",
             path=out_dir,
         ) from None
     return progress

@@ -1,4 +1,5 @@
-"""``GET /healthz``: the process is up and the model is loaded (open without an API key, for load balancers)."""
+"""``GET /healthz``: the process is up and the model is loaded (open without an API
+key, for load balancers)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ _ABSOLUTE_PATH = re.compile(r"^(/|[A-Za-z]:[\\/]|\\\\)")
 
 @router.get("/model", response_model=ModelInfo, tags=["model"])
 async def model_info(request: Request) -> ModelInfo:
-    """What the model predicts, its threshold and input size, whether it has the not-a-CT guard, and its model card."""
+    """What the model predicts, its threshold and input size, whether it has the not-a-CT
+    guard, and its model card."""
     predictor, settings = request.app.state.predictor, request.app.state.settings
     card = predictor.card
     return ModelInfo(

@@ -1,4 +1,5 @@
-"""``GET /``: the drag-and-drop page (plain HTML, CSS and JS from ``server/static``; nothing from the internet)."""
+"""``GET /``: the drag-and-drop page (plain HTML, CSS and JS from ``server/static``;
+nothing from the internet)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,9 @@ _ERRORS = {
     },
     422: {
         "model": ErrorDetail,
-        "description": "A file that cannot be decoded, several studies in one request, or a malformed request.",
+        "description": (
+            "A file that cannot be decoded, several studies in one request, or a malformed request."
+        ),
     },
     503: {
         "model": ErrorDetail,
@@ -90,7 +92,8 @@ async def predict(
 
 
 def _check_one_study(upload: Upload, errors: list[InputError]) -> None:
-    """Raise the first file's error when nothing could be used, or a 422 when the files hold several studies."""
+    """Raise the first file's error when nothing could be used, or a 422 when the
+    files hold several studies."""
     if not upload.images and not upload.volumes:
         raise errors[0]
     if len(upload.volumes) > 1 or (upload.volumes and upload.images):
@@ -98,7 +101,8 @@ def _check_one_study(upload: Upload, errors: list[InputError]) -> None:
             [f"{len(upload.images)} 2-D image(s)"] if upload.images else []
         )
         raise InputError(
-            f"the upload holds {len(parts)} studies or series: {'; '.join(parts)}; send the files of one series per request"
+            f"the upload holds {len(parts)} studies or series: "
+            f"{'; '.join(parts)}; send the files of one series per request"
         )
 
 
