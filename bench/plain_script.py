@@ -37,8 +37,9 @@ def main() -> None:
     rows = []
     for start in range(0, len(paths), BATCH):
         decoded = decode_slices(paths[start : start + BATCH], card.preprocessing)
+        images = torch.from_numpy(decoded.images).float().unsqueeze(1)
         with torch.no_grad():
-            logits = model(normalize(decoded.images.float().unsqueeze(1), card.preprocessing))
+            logits = model(normalize(images, card.preprocessing))
         prob = torch.softmax(logits, dim=1)[:, card.positive_index]
         rows += [(str(paths[start + i]), float(p)) for i, p in zip(decoded.indices, prob, strict=True)]
     with out.open("w", newline="", encoding="utf-8") as handle:
