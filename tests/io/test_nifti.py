@@ -98,6 +98,12 @@ BAD_VOLUMES = [
         r"mr\.nii\.gz: values from 300 to 300 .* do not look like CT Hounsfield units",
     ),
     (
+        "nan-voxel",
+        lambda t: _save(t, "nan.nii", np.where(np.arange(8000).reshape(40, 40, 5) == 7, np.nan, -1000.0)),
+        {},
+        r"nan\.nii: NaN or infinite voxel values; expected a CT volume in finite HU",
+    ),
+    (
         "under-32-px",
         lambda t: _save(t, "small.nii", np.full((16, 40, 5), -1000, np.int16)),
         {},

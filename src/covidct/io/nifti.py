@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ _NIFTI2_HEADER_BYTES = 540
 # A CT volume holds air outside the body (about -1000 HU). A volume whose 1st percentile is above this
 # was not stored in HU (8-bit images, MR, a label map) and windowing it would show nothing meaningful.
 _AIR_CEILING_HU = -500.0
+_HU_SAMPLE_VOXELS = 1_000_000
 
 
 def is_nifti(name: str | Path) -> bool:
@@ -131,8 +133,13 @@ def _check_shape(name: str, shape: tuple[int, ...], orientation: np.ndarray, max
 
 
 def _check_looks_like_hu(name: str, data: np.ndarray) -> None:
-    low, high = np.percentile(data, [1, 99])
-    if not np.isfinite([low, high]).all() or low > _AIR_CEILING_HU:
+    # Percentiles of an every-k-th-voxel sample (about a million voxels): np.percentile copies its input,
+    # and a full copy of a 512^3 volume would cost as much memory again as the volume the budget reserved.
+    step = max(1, math.ceil((data.size / _HU_SAMPLE_VOXELS) ** (1 / 3)))
+    if not np.isfinite(data).all():
+        raise InputError("NaN or infinite voxel values; expected a CT volume in finite HU", path=name)
+    low, high = np.percentile(data[::step, ::step, ::step], [1, 99])
+    if low > _AIR_CEILING_HU:
         raise InputError(
             f"values from {low:g} to {high:g} (1st to 99th percentile) do not look like CT Hounsfield units "
             f"(air outside the body is about -1000); expected a CT volume in HU",
