@@ -51,7 +51,7 @@ from covidct.data.dataset import decode_slices
 from covidct.data.manifest import read_manifest
 from covidct.export.calibration import DEFAULT_CALIBRATION_SLICES
 from covidct.export.onnx import export_onnx
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.infer.torch_engine import TorchEngine
 from covidct.model.card import read_card
 from covidct.model.checkpoint import WEIGHTS_FILE

@@ -19,7 +19,8 @@ from covidct.errors import CovidctWarning, InputError, ModelDirError, OptionErro
 from covidct.export import onnx as onnx_export
 from covidct.export.calibration import calibration_set
 from covidct.export.onnx import export_onnx
-from covidct.infer.engines import Engine, OnnxEngine, settings_path
+from covidct.infer.engine_kind import Engine
+from covidct.infer.engines import OnnxEngine, settings_path
 from covidct.infer.torch_engine import TorchEngine
 from covidct.model.card import read_card, write_card
 from covidct.model.checkpoint import file_sha256, load_model_dir

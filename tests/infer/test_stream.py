@@ -12,8 +12,9 @@ from PIL import Image
 from covidct import Predictor
 from covidct.errors import OptionError
 from covidct.infer import stream
-from covidct.infer.engines import Engine, InferenceEngine
-from covidct.infer.stream import iter_slice_batches
+from covidct.infer.engine_kind import Engine
+from covidct.infer.engines import InferenceEngine
+from covidct.infer.stream import iter_slice_batches, one_ahead
 from covidct.model.card import Decision, ModelCard
 from covidct.model.network import FEATURE_DIM, StrideVariant, build_resnet50
 from covidct.preprocess.transforms import Preprocessing
@@ -250,3 +251,27 @@ def test_a_volume_over_the_voxel_budget_is_a_failure_and_the_stream_goes_on(tmp_
     ]
     assert [v.n_slices for batch in batches for v in batch.volumes] == [3]
     assert [p.name for batch in batches for p in batch.paths] == ["c.png"]
+
+
+def test_one_ahead_computes_the_items_in_another_thread_in_order():
+    """The next batch is prepared in a thread while the caller runs the network on the current one."""
+    computed_in = []
+
+    def items():
+        for k in range(3):
+            computed_in.append(threading.current_thread().name)
+            yield k
+
+    assert list(one_ahead(items())) == [0, 1, 2]
+    assert len(computed_in) == 3 and all(name.startswith("covidct-prepare") for name in computed_in)
+
+
+def test_one_ahead_raises_an_error_of_the_producer_where_its_item_is_reached():
+    def items():
+        yield "first"
+        raise ValueError("slice 2 cannot be prepared")
+
+    got = one_ahead(items())
+    assert next(got) == "first"
+    with pytest.raises(ValueError, match="slice 2 cannot be prepared"):
+        next(got)

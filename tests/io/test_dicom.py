@@ -136,8 +136,8 @@ def test_enhanced_ct_rescale_in_functional_groups_is_applied(tmp_path, where):
 
 
 def test_jpeg_ls_lossless_decodes(tmp_path):
-    """No JPEG-LS encoder is installed, so the bundled JPEG-LS file is relabelled CT and checked against
-    its uncompressed twin."""
+    """The bundled JPEG-LS file (decoded through CharLS, the faster plugin) is relabelled CT and checked
+    against its uncompressed twin."""
     dataset = pydicom.dcmread(bundled("MR_small_jpeg_ls_lossless.dcm"))
     dataset.Modality = "CT"
     dataset.save_as(tmp_path / "jls.dcm")

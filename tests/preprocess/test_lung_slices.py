@@ -15,9 +15,11 @@ from volumes import (
     write_dicom_series,
 )
 
+from covidct.errors import InputError
 from covidct.io.dicom import read_dicom_series
 from covidct.io.images import read_grayscale
-from covidct.preprocess.lung_slices import select_lung_slices
+from covidct.io.volume import Volume
+from covidct.preprocess.lung_slices import iter_lung_slice_indices, lung_slice_indices, select_lung_slices
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,27 @@ def test_only_the_phantom_slices_with_lungs_are_selected(lung_slices):
 
     assert selected.dtype == bool and selected.shape == (7,)
     assert np.flatnonzero(selected).tolist() == lung_slices
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 9, 100])
+def test_lung_slices_found_chunk_by_chunk_are_those_of_the_whole_volume(chunk_size):
+    """Prediction examines a volume a batch at a time: the chunks must add up to the same slices."""
+    volume = _volume(chest_phantom(9, 48, lung_slices=[1, 2, 5, 6, 7]))
+
+    chunks = list(iter_lung_slice_indices(volume, chunk_size))
+
+    assert len(chunks) == -(-9 // chunk_size)
+    assert np.concatenate(chunks).tolist() == lung_slice_indices(volume).tolist() == [1, 2, 5, 6, 7]
+
+
+def test_a_volume_without_lung_is_an_input_error_naming_it():
+    with pytest.raises(InputError, match="none of its 4 slices shows lung") as raised:
+        lung_slice_indices(_volume(chest_phantom(4, 48, lung_slices=[])))
+    assert raised.value.path == "neck.nii.gz"
+
+
+def _volume(hu: np.ndarray) -> Volume:
+    return Volume("neck.nii.gz", "0" * 16, "1" * 16, hu, tuple(f"#{k}" for k in range(len(hu))))
 
 
 def _slice(size: int = 48) -> np.ndarray:

@@ -12,7 +12,6 @@ from covidct.cli.console import console, progress_callback, reports_errors
 from covidct.cli.evaluate import print_evaluation
 from covidct.cli.predict import print_predictions
 from covidct.cli.train import WeightsOpt, print_training_summary, run_training
-from covidct.data.manifest import read_manifest
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.train.config import TrainConfig
 
@@ -32,6 +31,7 @@ def demo(
 ) -> None:
     """Fetch ImageNet weights, fine-tune on the bundled sample, evaluate on its held-out
     blocks, predict a few slices."""
+    from covidct.data.manifest import read_manifest
     from covidct.evaluate.run import evaluate_model
     from covidct.infer.predictor import load_model
 

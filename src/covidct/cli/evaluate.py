@@ -27,7 +27,7 @@ from covidct.cli.options import (
     SplitCol,
     load_dataset,
 )
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.model.decision import Aggregate
 from covidct.model.device import Device
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from covidct.data.manifest import Columns, Manifest, read_manifest
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.model.device import Device
+
+if TYPE_CHECKING:
+    from covidct.data.manifest import Manifest
 
 DataArg = Annotated[
     Path,
@@ -94,6 +96,8 @@ def load_dataset(
     positive_class: str,
 ) -> Manifest:
     """Read DATA with the column names the user gave."""
+    from covidct.data.manifest import Columns, read_manifest  # numpy, pydicom: only when a command runs
+
     return read_manifest(
         data, columns=Columns(path_col, label_col, group_col, split_col), positive_class=positive_class
     )

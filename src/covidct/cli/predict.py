@@ -22,10 +22,9 @@ from covidct.cli.console import (
 )
 from covidct.cli.options import DeviceOpt, EngineOpt, ModelDirArg
 from covidct.errors import CovidctWarning, OptionError
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.intended_use import RESEARCH_USE_STATEMENT
-from covidct.io.budget import DEFAULT_REQUEST_VOXELS
-from covidct.io.images import MAX_PIXELS
+from covidct.io.budget import DEFAULT_REQUEST_VOXELS, MAX_PIXELS
 from covidct.model.device import Device, resolve_device
 from covidct.preprocess.window import HuWindow
 

@@ -10,7 +10,7 @@ import typer
 from covidct.cli.console import console, reports_errors
 from covidct.cli.options import DeviceOpt, ModelDirArg
 from covidct.errors import OptionError
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.device import Device
 

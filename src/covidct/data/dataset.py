@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import InputError
+from covidct.io.budget import MAX_PIXELS
 from covidct.io.failures import InputFailure
-from covidct.io.images import MAX_PIXELS, read_grayscale
+from covidct.io.images import read_grayscale
 from covidct.io.readers import is_volume_path, read_path_volumes
 from covidct.preprocess.lung_slices import lung_slice_indices
 from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slice, stack_prepared

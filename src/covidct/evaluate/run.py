@@ -19,7 +19,7 @@ from covidct.evaluate.gallery import build_gallery, gallery_section
 from covidct.evaluate.metrics import ece_sampling_floor
 from covidct.evaluate.report import write_report
 from covidct.evaluate.site_shift import SiteShift, detect_site_shift, slice_statistics
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.infer.predictor import load_model
 from covidct.io.failures import InputFailure
 from covidct.model.card import ModelCard

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
-from covidct.errors import ModelDirError, OptionError, did_you_mean
+from covidct.errors import ModelDirError, OptionError
+from covidct.infer.engine_kind import Engine
 from covidct.model.architecture import FEATURE_DIM
 from covidct.model.card import ModelCard
 from covidct.model.device import Device
@@ -26,29 +26,6 @@ from covidct.preprocess.transforms import Preprocessing, normalize
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("features", "logits")
-
-
-class Engine(StrEnum):
-    """Which runtime computes the logits: torch, or onnxruntime on the fp32 or int8 ONNX export."""
-
-    TORCH = "torch"
-    ONNX = "onnx"
-    ONNX_INT8 = "onnx-int8"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Engine:
-        names = [engine.value for engine in cls]
-        hint = did_you_mean(value, names)
-        raise OptionError(f"--engine must be {', '.join(names[:-1])} or {names[-1]}; got '{value}'{hint}")
-
-    @property
-    def onnx_file(self) -> str:
-        """The file this engine reads in the model directory (and ``covidct export`` writes by default)."""
-        return {Engine.ONNX: "model.onnx", Engine.ONNX_INT8: "model.int8.onnx"}[self]
-
-    @property
-    def export_command(self) -> str:
-        return f"covidct export MODEL_DIR --format onnx{' --int8' if self is Engine.ONNX_INT8 else ''}"
 
 
 class InferenceEngine(ABC):

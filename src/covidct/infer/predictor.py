@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covidct.errors import InputError, OptionError
-from covidct.infer.engines import Engine, InferenceEngine, open_onnx_engine
-from covidct.infer.stream import iter_slice_batches
+from covidct.infer.engine_kind import Engine
+from covidct.infer.engines import InferenceEngine, open_onnx_engine
+from covidct.infer.stream import iter_slice_batches, one_ahead
 from covidct.infer.study import StudyPrediction, study_prediction
-from covidct.io.budget import DEFAULT_REQUEST_VOXELS
+from covidct.io.budget import DEFAULT_REQUEST_VOXELS, MAX_PIXELS
 from covidct.io.discover import count_images
 from covidct.io.failures import InputFailure
-from covidct.io.images import MAX_PIXELS
 from covidct.io.volume import Volume
 from covidct.model.card import ModelCard, read_card
 from covidct.model.decision import label_at_threshold
 from covidct.model.device import Device
 from covidct.model.integrity import checked_weights_path
 from covidct.model.ood import NOT_CT_LABEL, OodDetector, load_detector, not_ct_message
-from covidct.preprocess.lung_slices import lung_slice_indices
+from covidct.preprocess.lung_slices import iter_lung_slice_indices, no_lung_error
 from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slices
 from covidct.preprocess.window import HuWindow
 
@@ -285,22 +285,29 @@ class Predictor:
         Raises:
             InputError: no slice of the volume shows lung.
         """
-        indices = lung_slice_indices(volume)
+        indices: list[int] = []
         predictions: list[Prediction] = []
-        for start in range(0, len(indices), self.batch_size):
-            batch = indices[start : start + self.batch_size]
-            images = prepare_hu_slices(volume.hu[batch], self.preprocessing)
+        for batch, images in one_ahead(self._prepared_lung_batches(volume)):
+            indices += batch.tolist()
             predictions += [
                 e.prediction
                 for e in self._explained(
                     [volume.slice_names[i] for i in batch], images, explain=False, keep_slices=False
                 )
             ]
+        if not indices:
+            raise no_lung_error(volume)
         study = study_prediction(volume.origin, indices, predictions, self.card)
         if not (explain and study.suspicious_slices):
             return study
         top = prepare_hu_slices(volume.hu[[study.suspicious_slices[0].index]], self.preprocessing)
         return replace(study, cam_slice=top[0].astype(np.float32), cam_heatmap=self._heatmaps(top)[0])
+
+    def _prepared_lung_batches(self, volume: Volume) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(indices, network-ready slices) of the volume's lung slices, at most a batch at a time."""
+        for batch in iter_lung_slice_indices(volume, self.batch_size):
+            if batch.size:
+                yield batch, prepare_hu_slices(volume.hu[batch], self.preprocessing)
 
     def score(self, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated (N, C) class probabilities and (N,) guard distances (None without a guard), in one pass.

@@ -13,18 +13,18 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from covidct.data.dataset import decode_pool, decode_slices
 from covidct.errors import InputError
-from covidct.io.budget import DEFAULT_REQUEST_VOXELS, VoxelBudget
+from covidct.io.budget import DEFAULT_REQUEST_VOXELS, MAX_PIXELS, VoxelBudget
 from covidct.io.discover import VolumeInput, iter_inputs
 from covidct.io.failures import InputFailure, SkippedFile
-from covidct.io.images import MAX_PIXELS
 from covidct.io.readers import read_volume
 from covidct.io.volume import Volume
 from covidct.preprocess.transforms import Preprocessing
@@ -34,6 +34,7 @@ _OVER_BUDGET_FIX = (
     "raise --max-voxels if the study is genuine and the machine has the memory (4 bytes a voxel)"
 )
 _DONE = object()
+_T = TypeVar("_T")
 _PUT_TIMEOUT_S = 0.1
 
 
@@ -214,3 +215,17 @@ def _drain(batches: queue.Queue) -> None:
             batches.get_nowait()
         except queue.Empty:
             return
+
+
+def one_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """Yield ``items`` while a thread computes the next one.
+
+    For a volume's batches: while the forward pass runs on one batch (onnxruntime and torch release the
+    GIL), the next is found and prepared (numpy and scipy, which release it for much of their work). At
+    most one item is computed ahead; an error computing it is raised here when it is reached.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidct-prepare") as pool:
+        upcoming = pool.submit(next, items, _DONE)
+        while (item := upcoming.result()) is not _DONE:
+            upcoming = pool.submit(next, items, _DONE)
+            yield item

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidct.infer.engines import Engine, InferenceEngine
+from covidct.infer.engine_kind import Engine
+from covidct.infer.engines import InferenceEngine
 from covidct.model.forward import predict_logits
 from covidct.model.network import FEATURE_DIM, extract_features
 from covidct.preprocess.transforms import Preprocessing

@@ -13,6 +13,8 @@ import threading
 
 from covidct.errors import BusyError, UploadTooLargeError
 
+# One image file's pixels (64 MP, 256 MiB as float32): larger images are refused from the header.
+MAX_PIXELS = 64_000_000
 # 768 slices of 512 x 512: a whole thin-slice (0.6 mm) chest CT, 768 MiB as float32 HU.
 DEFAULT_REQUEST_VOXELS = 512 * 512 * 768
 # Four such requests decoded at once: 3 GiB of float32.

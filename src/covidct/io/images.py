@@ -14,14 +14,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from covidct.errors import InputError
-from covidct.io.budget import VoxelBudget
+from covidct.io.budget import MAX_PIXELS, VoxelBudget
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # The formats the README lists, whatever a file is named: without ``formats=`` Pillow would hand a PostScript
 # file named scan.png to Ghostscript, and decode SGI, TGA, PCX, ICO, WEBP, GIF or PPM content too (issue 15).
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 MIN_SIDE_PX = 32
-MAX_PIXELS = 64_000_000
 
 
 def read_grayscale(

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covidct.errors import CovidctError, InputError
-from covidct.io.budget import VoxelBudget
-from covidct.io.images import MAX_PIXELS
+from covidct.io.budget import MAX_PIXELS, VoxelBudget
 from covidct.io.volume import Volume, check_volume_size, privacy_key
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import InputError, UploadTooLargeError
-from covidct.io.budget import VoxelBudget
+from covidct.io.budget import MAX_PIXELS, VoxelBudget
 from covidct.io.dicom import group_dicom_series, is_dicom, read_dicom_series
 from covidct.io.discover import VolumeInput, VolumeKind
 from covidct.io.failures import InputFailure
-from covidct.io.images import MAX_PIXELS, read_grayscale
+from covidct.io.images import read_grayscale
 from covidct.io.nifti import is_nifti, read_nifti
 from covidct.io.volume import Volume
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.errors import InputError
-from covidct.io.images import MAX_PIXELS, MIN_SIDE_PX
+from covidct.io.budget import MAX_PIXELS
+from covidct.io.images import MIN_SIDE_PX
 
 # 2 GiB of float32 HU: far above any chest CT (512 x 512 x 1000 slices is 262M voxels), far below what
 # would exhaust a workstation, so a header claiming more is refused before any pixel is decoded.

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from enum import StrEnum
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from covidct.errors import OptionError, did_you_mean
-from covidct.model.card import Decision, ModelCard
+
+if TYPE_CHECKING:  # the CLI declares --aggregate from this module: it must not import numpy at start-up
+    import numpy as np
+
+    from covidct.model.card import Decision, ModelCard
 
 
 class Aggregate(StrEnum):
@@ -82,7 +85,9 @@ def aggregate_slices(
         return float(slice_prob.max())
     # The epsilon keeps 0.1 * 30 (3.0000000000000004 in floating point) at 3 slices, not 4.
     k = max(1, math.ceil(topk_fraction * slice_prob.size - 1e-9))
-    return float(np.sort(slice_prob)[-k:].mean())
+    highest_last = slice_prob.copy()
+    highest_last.sort()
+    return float(highest_last[-k:].mean())
 
 
 def card_study_rule(decision: Decision) -> tuple[Aggregate, float]:

@@ -7,6 +7,8 @@ behaves the same for DICOM and NIfTI.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from scipy import ndimage
 
@@ -38,15 +40,29 @@ def lung_slice_indices(volume: Volume) -> np.ndarray:
     Raises:
         InputError: no slice shows lung.
     """
-    indices = np.flatnonzero(select_lung_slices(volume.hu))
+    indices = np.concatenate(list(iter_lung_slice_indices(volume, volume.n_slices)))
     if indices.size == 0:
-        raise InputError(
-            f"none of its {volume.n_slices} slices shows lung (too "
-            "few pixels in the lung HU range inside the body); "
-            "expected a chest CT series through the lungs, not a localizer, head or abdomen series",
-            path=volume.source,
-        )
+        raise no_lung_error(volume)
     return indices
+
+
+def iter_lung_slice_indices(volume: Volume, chunk_size: int) -> Iterator[np.ndarray]:
+    """The indices of the lung slices among each next ``chunk_size`` slices (possibly none), in order.
+
+    Prediction starts on the first lungs while the next slices are still being examined.
+    """
+    for start in range(0, volume.n_slices, chunk_size):
+        yield start + np.flatnonzero(select_lung_slices(volume.hu[start : start + chunk_size]))
+
+
+def no_lung_error(volume: Volume) -> InputError:
+    """What a volume without a lung slice is told."""
+    return InputError(
+        f"none of its {volume.n_slices} slices shows lung (too "
+        "few pixels in the lung HU range inside the body); "
+        "expected a chest CT series through the lungs, not a localizer, head or abdomen series",
+        path=volume.source,
+    )
 
 
 def _lung_fraction(slice_hu: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from covidct.errors import OptionError
-from covidct.infer.engines import Engine
+from covidct.infer.engine_kind import Engine
 from covidct.io.budget import DEFAULT_REQUEST_VOXELS, DEFAULT_TOTAL_VOXELS
 from covidct.model.device import Device
 
