@@ -56,12 +56,13 @@ from typer.testing import CliRunner
 from covidct.cli.app import app
 result = CliRunner().invoke(app, ["predict", *sys.argv[1:]])
 assert result.exit_code == 0, result.output
-print(json.dumps(sorted(name for name in ("torch", "torchvision") if name in sys.modules)))
+print(json.dumps(sorted(name for name in ("torch", "torchvision", "matplotlib") if name in sys.modules)))
 """
 
 
 def test_predict_with_an_onnx_engine_imports_no_torch(onnx_model_dir, tiny_dataset, tmp_path):
-    """``covidct predict --engine onnx-int8`` (no --cam) runs on onnxruntime and numpy alone."""
+    """``covidct predict --engine onnx-int8`` (no --cam) runs on onnxruntime and numpy alone; matplotlib
+    (0.75 s) only when --plots asks for study plots."""
     out = tmp_path / "predictions.csv"
     images = [str(path) for path in tiny_dataset.paths["COVID"][:2]]
     arguments = [str(onnx_model_dir), *images, "--engine", "onnx-int8", "--out", str(out)]
