@@ -17,7 +17,6 @@ from covidct.cli.options import (
     StandardiseIntensityOpt,
 )
 from covidct.cli.train import RichTrainCallbacks, WeightsOpt
-from covidct.data.manifest import Columns, read_unlabelled
 from covidct.model.device import Device
 from covidct.preprocess.window import LUNG_WINDOW
 from covidct.train.config import PretrainConfig
@@ -107,9 +106,11 @@ def pretrain(
         seed=seed,
         device=device,
     )
-    inputs = read_unlabelled(data, columns=Columns(path=path_col, split=split_col))
+    from covidct.data.manifest import Columns, read_unlabelled  # numpy, torch: only when the command runs
     from covidct.model.pretrained import resolve_pretrained
     from covidct.train.pretrain import pretrain as run_pretraining
+
+    inputs = read_unlabelled(data, columns=Columns(path=path_col, split=split_col))
 
     with progress_callback("ImageNet weights") as progress:
         pretrained = resolve_pretrained(weights, progress=progress)
