@@ -113,7 +113,29 @@ def pretrain(
     input_sha256 = {_relative(path, inputs.origin): content_sha256(path) for path in used}
     run = _build_run(torch.from_numpy(decoded.images), config, pretrained)
     progress = _run_epochs(run, out_dir, config, resume=resume, callbacks=callbacks)
-    card = {
+    data = {
+        "origin": str(inputs.origin),
+        "rows": len(inputs.paths),
+        "excluded_test_rows": excluded_test,
+        "unusable_files": [{"path": f.path, "reason": f.reason} for f in decoded.failures],
+    }
+    card = _card(config, pretrained, run, progress, time.perf_counter() - started) | {
+        "data": data,
+        "n_slices": len(decoded.images),
+        "input_sha256": input_sha256,
+    }
+    card = save_backbone(
+        out_dir, run.moco.backbone_state(), stride_variant=pretrained.stride_variant, card=card
+    )
+    remove_resume_state(out_dir)
+    return PretrainResult(out_dir, card, decoded.failures, excluded_test)
+
+
+def _card(
+    config: PretrainConfig, pretrained: Pretrained, run: _Run, progress: Progress, seconds: float
+) -> dict:
+    """backbone.json's description of the method and the run (the data's part is added by the caller)."""
+    return {
         "method": METHOD,
         "reference": "He et al. 2020, arXiv:1911.05722; Chen et al. 2020, arXiv:2003.04297",
         "hyperparameters": {
@@ -123,32 +145,19 @@ def pretrain(
             "projection_head": f"2048 -> 2048 -> {PROJECTION_DIM}, ReLU",
             "augmentation": "random resized crop 0.2-1, h-flip, brightness/contrast 0.4, gamma, blur",
         },
-        "preprocessing": preprocessing.to_dict(),
+        "preprocessing": config.preprocessing.to_dict(),
         "start_weights": pretrained.provenance,
         "epochs_run": progress.next_epoch,
         "planned_epochs": progress.planned_epochs or config.epochs,
         "history": progress.history,
         "training_seconds": round(sum(record["seconds"] for record in progress.history), 1),
-        "wall_time_s": round(time.perf_counter() - started, 1),
+        "wall_time_s": round(seconds, 1),
         "device": str(run.device),
         "bf16_autocast": run.use_bf16,
-        "data": {
-            "origin": str(inputs.origin),
-            "rows": len(inputs.paths),
-            "excluded_test_rows": excluded_test,
-            "unusable_files": [{"path": f.path, "reason": f.reason} for f in decoded.failures],
-        },
-        "n_slices": len(decoded.images),
-        "input_sha256": input_sha256,
         "covidct_version": version("covidct"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "intended_use": RESEARCH_USE_STATEMENT,
     }
-    card = save_backbone(
-        out_dir, run.moco.backbone_state(), stride_variant=pretrained.stride_variant, card=card
-    )
-    remove_resume_state(out_dir)
-    return PretrainResult(out_dir, card, decoded.failures, excluded_test)
 
 
 def _exclusion_note(inputs: UnlabelledInputs, excluded_test: int) -> str:
