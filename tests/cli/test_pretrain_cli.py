@@ -43,7 +43,7 @@ def pretrained_cli(flat_folder, random_weights, tmp_path_factory):
         "--epochs",
         1,
         "--queue-size",
-        32,
+        8,
         "--weights",
         random_weights,
         *TINY,

@@ -1,7 +1,7 @@
 """pretrain (MoCo v2): a backbone folder with its provenance, resumable, never fed a test split; and
 fit --backbone starting from it.
 
-64 x 64 synthetic slices, batches of 16 and a queue of 64 keep every run to a few seconds on one core;
+64 x 64 synthetic slices, batches of 16 and a queue of 32 keep every run to a few seconds on one core;
 the start weights are random (no download).
 """
 
@@ -31,7 +31,7 @@ from covidct.train.moco import MoCo
 from covidct.train.pretrain import pretrain
 from covidct.train.trainer import fit
 
-CONFIG = PretrainConfig(epochs=2, batch_size=16, image_size=64, queue_size=64, device="cpu")
+CONFIG = PretrainConfig(epochs=2, batch_size=16, image_size=64, queue_size=32, device="cpu")
 FINETUNE = TrainConfig(image_size=64, epochs=1, batch_size=16, device="cpu", train_layers="layer3")
 
 
@@ -45,6 +45,16 @@ def backbone_run(tiny_dataset, pretrained, tmp_path_factory):
     """Two epochs of MoCo on the tiny CSV dataset (its test rows left out)."""
     out = tmp_path_factory.mktemp("pretrain") / "backbone"
     return pretrain(read_unlabelled(tiny_dataset.csv), out, CONFIG, pretrained=pretrained)
+
+
+def test_a_queue_longer_than_the_data_is_named_in_a_warning(tiny_dataset, pretrained, tmp_path):
+    """37 places for 36 slices: a query would meet older keys of its own slice as negatives."""
+    config = dataclasses.replace(CONFIG, epochs=1, queue_size=37)
+
+    with pytest.warns(
+        CovidctWarning, match=r"queue_size \(--queue-size\) 37 is more than the 36 slices.*e\.g\. 18"
+    ):
+        pretrain(read_unlabelled(tiny_dataset.csv), tmp_path / "out", config, pretrained=pretrained)
 
 
 def test_pretrain_writes_the_backbone_and_its_card(backbone_run):
@@ -61,7 +71,7 @@ def test_the_card_records_method_start_weights_and_data(backbone_run, random_wei
     hyper = card["hyperparameters"]
 
     assert card["method"] == "MoCo v2" and card["epochs_run"] == 2 and len(card["history"]) == 2
-    assert (hyper["momentum"], hyper["temperature"], hyper["queue_size"]) == (0.999, 0.2, 64)
+    assert (hyper["momentum"], hyper["temperature"], hyper["queue_size"]) == (0.999, 0.2, 32)
     assert hyper["lr"] == pytest.approx(0.03 * 16 / 256)
     assert card["start_weights"] == {
         "source": "local file",
@@ -249,7 +259,7 @@ def test_an_interrupted_run_resumes_at_the_next_epoch_and_ends_as_an_uninterrupt
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     saved = load_file(out / "resume" / "last-0.safetensors")
     with pytest.raises(ModelDirError, match=r"different options than the interrupted run: \['queue_size'\]"):
-        pretrain(inputs, out, dataclasses.replace(CONFIG, queue_size=32), pretrained=pretrained, resume=True)
+        pretrain(inputs, out, dataclasses.replace(CONFIG, queue_size=16), pretrained=pretrained, resume=True)
     resumed = pretrain(inputs, out, CONFIG, pretrained=pretrained, resume=True)
 
     assert left == [".covidct-run.json", "resume", "resume/last-0.safetensors", "resume/state.json"]

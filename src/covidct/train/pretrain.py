@@ -10,6 +10,7 @@ like ``covidct train``: the state after each epoch (both encoders, the queue, op
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -23,7 +24,7 @@ from covidct.data.content_hash import content_sha256
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import UnlabelledInputs
 from covidct.data.slice_dataset import SliceDataset
-from covidct.errors import InputError, TrainingInterrupted
+from covidct.errors import CovidctWarning, InputError, TrainingInterrupted
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.io.failures import InputFailure
 from covidct.model.backbone import save_backbone
@@ -107,6 +108,14 @@ def pretrain(
             f"{len(decoded.images)} slice(s) decoded ({len(decoded.failures)} files failed); "
             "pre-training needs at least two",
             path=inputs.origin,
+        )
+    if config.queue_size > len(decoded.images):
+        warnings.warn(
+            f"queue_size (--queue-size) {config.queue_size} is more than the {len(decoded.images)} slices: "
+            "the queue then holds earlier keys of the very slice a query is matched with, as negatives; "
+            f"a queue below the slice count (e.g. {max(1, len(decoded.images) // 2)}) avoids that",
+            CovidctWarning,
+            stacklevel=2,
         )
     used = [paths[index] for index in dict.fromkeys(decoded.indices.tolist())]
     callbacks.on_stage(f"hashing the {len(used)} input files (backbone.json lists them)")
