@@ -204,12 +204,12 @@ def _tamper_weights(folder: Path) -> None:
         (
             lambda d: edit_card(d, lambda c: c.pop("input_sha256")),
             BACKBONE_CARD,
-            "'input_sha256' is None; expected a dict",
+            "'input_sha256' is None; expected an object",
         ),
         (
             lambda d: edit_card(d, lambda c: c.update(n_slices="36")),
             BACKBONE_CARD,
-            "'n_slices' is '36'; expected a int",
+            "'n_slices' is '36'; expected a whole number",
         ),
         (lambda d: edit_card(d, lambda c: c["input_sha256"].update(x="abc")), BACKBONE_CARD, "64 hex digits"),
         (lambda d: (d / BACKBONE_WEIGHTS).unlink(), BACKBONE_WEIGHTS, "missing; backbone.json beside it"),

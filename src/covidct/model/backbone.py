@@ -29,7 +29,7 @@ BACKBONE_CARD = "backbone.json"
 BACKBONE_FORMAT = "covidct-backbone/1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # The keys of backbone.json that fine-tuning reads, and what each must be.
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
+_REQUIRED: dict[str, type] = {
     "method": str,
     "hyperparameters": dict,
     "preprocessing": dict,
@@ -39,6 +39,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "n_slices": int,
     "input_sha256": dict,
 }
+_JSON_KIND = {str: "a string", dict: "an object", int: "a whole number"}
 
 
 def save_backbone(
@@ -154,8 +155,7 @@ def _read_card(path: Path) -> dict[str, Any]:
     for key, kind in _REQUIRED.items():
         if not isinstance(card.get(key), kind) or isinstance(card.get(key), bool):
             raise ModelDirError(
-                f"'{key}' is {card.get(key)!r}; expected a {getattr(kind, '__name__', kind)} as "
-                "'covidct pretrain' writes it",
+                f"'{key}' is {card.get(key)!r}; expected {_JSON_KIND[kind]}, as 'covidct pretrain' writes it",
                 path=path,
             )
     hashes = card["input_sha256"].values()
