@@ -12,6 +12,7 @@ from covidct.cli import (
     pacs,
     predict,
     preprocess_preview,
+    pretrain,
     serve,
     train,
     weights,
@@ -35,6 +36,7 @@ app.command()(export.export)
 app.command()(demo.demo)
 app.command()(audit.audit)
 app.command("preprocess-preview")(preprocess_preview.preprocess_preview)
+app.command()(pretrain.pretrain)
 app.command()(serve.serve)
 app.add_typer(weights.app, name="weights")
 app.add_typer(pacs.app, name="pacs")

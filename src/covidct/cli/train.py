@@ -31,6 +31,7 @@ from covidct.cli.options import (
     StandardiseIntensityOpt,
     load_dataset,
 )
+from covidct.errors import OptionError
 from covidct.model.device import Device
 from covidct.model.train_layers import TrainLayers
 from covidct.preprocess.window import LUNG_WINDOW
@@ -130,6 +131,14 @@ def train(
     ] = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
+    backbone: Annotated[
+        Path | None,
+        typer.Option(
+            "--backbone",
+            help="Start from a backbone 'covidct pretrain' wrote (DIR with backbone.safetensors) instead "
+            "of ImageNet; refused if it pre-trained on any file of this test split. Excludes --weights.",
+        ),
+    ] = None,
     device: DeviceOpt = Device.AUTO,
     target_sensitivity: Annotated[
         float | None,
@@ -189,6 +198,7 @@ def train(
         device=device,
         target_sensitivity=target_sensitivity,
         tta_hflip=tta,
+        backbone=backbone,
     )
     manifest = load_dataset(
         data,
@@ -208,17 +218,31 @@ def run_training(
 ) -> TrainResult | None:
     """Resolve the start weights and fit, drawing progress bars (shared by ``train`` and ``demo``).
 
-    Under torchrun only rank 0 draws anything; the other ranks train silently and get None.
+    With ``config.backbone`` the start weights are that backbone's (``fit`` reads it), and ``weights``
+    must be left at ``auto``. Under torchrun only rank 0 draws anything; the other ranks train silently
+    and get None.
+
+    Raises:
+        OptionError: both a backbone and a ``weights`` other than ``auto``.
     """
     from covidct.model.pretrained import resolve_pretrained
     from covidct.train.distributed import is_main_process
     from covidct.train.trainer import fit
 
-    if not is_main_process():
+    if config.backbone is not None and weights != "auto":
+        raise OptionError(
+            f"--backbone and --weights {weights} both name start weights; the backbone's own start weights "
+            "are in its backbone.json: drop --weights (or --backbone)"
+        )
+    if config.backbone is not None:
+        pretrained = None
+    elif not is_main_process():
         pretrained = resolve_pretrained(weights)
+    else:
+        with progress_callback("ImageNet weights") as progress:
+            pretrained = resolve_pretrained(weights, progress=progress)
+    if not is_main_process():
         return fit(manifest, out, config, pretrained=pretrained, resume=resume, overwrite=overwrite)
-    with progress_callback("ImageNet weights") as progress:
-        pretrained = resolve_pretrained(weights, progress=progress)
     with new_progress() as bars:
         callbacks = RichTrainCallbacks(bars)
         return fit(

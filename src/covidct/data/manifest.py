@@ -10,6 +10,7 @@ from pathlib import Path
 
 from covidct.errors import CovidctWarning, InputError, OptionError, did_you_mean
 from covidct.io.discover import VolumeInput, VolumeKind, discover_images
+from covidct.io.failures import InputFailure
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -139,6 +140,46 @@ def read_manifest(
     return Manifest(samples, classes, positive_index, data)
 
 
+@dataclass(frozen=True)
+class UnlabelledInputs:
+    """Inputs without labels (self-supervised pre-training): each row's path and split (None if unknown)."""
+
+    paths: tuple[Path, ...]
+    splits: tuple[str | None, ...]
+    origin: Path
+
+    def without_test(self) -> tuple[tuple[Path, ...], int]:
+        """The paths of rows not in the test split, and how many test rows were left out."""
+        kept = tuple(path for path, split in zip(self.paths, self.splits, strict=True) if split != "test")
+        return kept, len(self.paths) - len(kept)
+
+
+def read_unlabelled(data: str | Path, *, columns: Columns = Columns()) -> UnlabelledInputs:
+    """Read ``data`` for use without labels: every image or volume under a folder (in class subfolders or
+    not), or every row of a CSV manifest (a label column may be there; it is not read).
+
+    The CSV's split column is read as ``read_manifest`` reads it, so a caller can leave the test rows out.
+
+    Raises:
+        InputError: a missing dataset, a CSV without its path column (or a named split column), an empty
+            path, an unknown split value, or no images at all.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise InputError("dataset not found; expected a folder of images or a CSV manifest", path=data)
+    if data.is_dir():
+        found = discover_images([data])
+        _warn_unused(found.failures + found.skipped)
+        rows = [(path, None) for path in found.paths + _volume_paths(found.volumes)]
+    elif data.suffix.lower() == ".csv":
+        rows = [(row[0], row[3]) for row in _rows_from_csv(data, columns, is_labelled=False)]
+    else:
+        raise InputError("expected a folder of images or a .csv manifest", path=data)
+    if not rows:
+        raise InputError("no images found", path=data)
+    return UnlabelledInputs(tuple(row[0] for row in rows), tuple(row[1] for row in rows), data)
+
+
 def _positive_index(classes: tuple[str, ...], positive_class: str) -> int:
     if positive_class in classes:
         return classes.index(positive_class)
@@ -156,9 +197,13 @@ def _rows_from_folder(root: Path) -> list[tuple[Path, str, None, None, None]]:
         rows += [
             (path, class_dir.name, None, None, None) for path in found.paths + _volume_paths(found.volumes)
         ]
-        for unused in found.failures + found.skipped:
-            warnings.warn(f"{unused.path}: {unused.reason}; not used", CovidctWarning, stacklevel=4)
+        _warn_unused(found.failures + found.skipped)
     return rows
+
+
+def _warn_unused(unused: list[InputFailure]) -> None:
+    for failure in unused:
+        warnings.warn(f"{failure.path}: {failure.reason}; not used", CovidctWarning, stacklevel=5)
 
 
 def _volume_paths(volumes: list[VolumeInput]) -> list[Path]:
@@ -170,12 +215,14 @@ def _volume_paths(volumes: list[VolumeInput]) -> list[Path]:
 
 
 def _rows_from_csv(
-    csv_path: Path, columns: Columns
+    csv_path: Path, columns: Columns, *, is_labelled: bool = True
 ) -> list[tuple[Path, str, str | None, str | None, str | None]]:
+    """(path, label, group, split, source) per row; without ``is_labelled`` the label is not read ("")."""
+    label_column = [(columns.label, "--label-col")] if is_labelled else []
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
-        for required, option in ((columns.path, "--path-col"), (columns.label, "--label-col")):
+        for required, option in [(columns.path, "--path-col"), *label_column]:
             if required not in header:
                 raise InputError(
                     f"no column '{required}' (columns: {header}); name yours with {option}", path=csv_path
@@ -190,9 +237,10 @@ def _rows_from_csv(
         source_col = DEFAULT_SOURCE_COLUMN if DEFAULT_SOURCE_COLUMN in header else None
         rows = []
         for line, record in enumerate(reader, start=2):
-            label = (record[columns.label] or "").strip()
+            label = (record[columns.label] or "").strip() if is_labelled else ""
             path = (record[columns.path] or "").strip()
-            for value, kind, column in ((label, "label", columns.label), (path, "path", columns.path)):
+            checked = [(label, "label", columns.label)] if is_labelled else []
+            for value, kind, column in [*checked, (path, "path", columns.path)]:
                 if not value:
                     raise InputError(f"line {line}: empty {kind} in column '{column}'", path=csv_path)
             group = ((record[group_col] or "").strip() or None) if group_col else None

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
+from covidct.data.content_hash import file_sha256
 from covidct.errors import ModelDirError
 from covidct.model.card import ModelCard
 
+__all__ = ["WEIGHTS_FILE", "checked_weights_path", "file_sha256"]
+
 WEIGHTS_FILE = "model.safetensors"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checked_weights_path(model_dir: Path, card: ModelCard) -> Path:

@@ -19,12 +19,34 @@ from covidct.model.weights import (
 
 
 @dataclass(frozen=True)
+class Backbone:
+    """What a ``covidct pretrain`` folder tells fine-tuning (``covidct.model.backbone`` reads it).
+
+    Attributes:
+        facts: its provenance for the model card (method, hyper-parameters, start weights, the sha256 of
+            backbone.safetensors, slices seen).
+        input_sha256: the content hashes of every file it pre-trained on (``covidct.data.content_hash``),
+            so that a test split it saw is refused.
+        preprocessing: the slice pipeline it learned on (``Preprocessing.to_dict``).
+    """
+
+    facts: dict
+    input_sha256: frozenset[str]
+    preprocessing: dict
+
+
+@dataclass(frozen=True)
 class Pretrained:
-    """A ResNet-50 state dict, where its downsampling strides sit, and where it came from (for the card)."""
+    """A ResNet-50 state dict, where its downsampling strides sit, and where it came from (for the card).
+
+    ``provenance`` describes the ImageNet (or local) weights the run started from; for a self-supervised
+    backbone, those its pre-training started from, and ``backbone`` describes the pre-training.
+    """
 
     state: dict[str, torch.Tensor]
     stride_variant: StrideVariant
     provenance: dict
+    backbone: Backbone | None = None
 
 
 def resolve_pretrained(

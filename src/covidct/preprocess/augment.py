@@ -37,6 +37,36 @@ def train_augmentation(image_size: int, *, vary_export: bool = False) -> v2.Comp
     )
 
 
+def contrastive_augmentation(image_size: int) -> v2.Compose:
+    """MoCo v2's augmentation (Chen et al. 2020) for one (1, S, S) float CT slice in [0, 1].
+
+    Random resized crop (scale 0.2-1), horizontal flip, brightness/contrast jitter (p 0.8), gamma
+    (p 0.5) and Gaussian blur (sigma 0.1-2, kernel about a tenth of the side, p 0.5). No hue, saturation
+    or grayscale steps: a CT slice is one gray channel replicated to three, and has no colour to vary.
+    """
+    kernel = max(3, image_size // 10) | 1
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+            v2.RandomApply([RandomGamma(max_factor=1.5)], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0))], p=0.5),
+        ]
+    )
+
+
+class TwoViews(nn.Module):
+    """Two independent draws of ``augment`` on one (1, S, S) slice, stacked as (2, S, S): a positive pair."""
+
+    def __init__(self, augment: nn.Module) -> None:
+        super().__init__()
+        self.augment = augment
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.augment(image), self.augment(image)])
+
+
 class RandomGamma(nn.Module):
     """``image ** gamma``, log-uniform gamma in [1 / max_factor, max_factor]: a non-linear window change."""
 

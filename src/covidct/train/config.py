@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covidct.errors import OptionError
@@ -58,21 +59,15 @@ class TrainConfig:
     tta_hflip: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # A folder 'covidct pretrain' wrote: fine-tuning starts from its backbone.safetensors instead of ImageNet
+    # (covidct.model.backbone); kept as an absolute path.
+    backbone: str | None = None
 
     def __post_init__(self) -> None:
-        for name, kind in (("mode", Mode), ("train_layers", TrainLayers), ("device", Device)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, kind(value))
-            except ValueError:
-                choices = ", ".join(member.value for member in kind)
-                raise OptionError(
-                    f"{name} must be one of {choices}; got '{value}'", parameters=(name,)
-                ) from None
-        if isinstance(self.hu_window, str):
-            object.__setattr__(
-                self, "hu_window", HuWindow.parse(self.hu_window)
-            )  # raises OptionError naming window
+        _parse_choices(self, (("mode", Mode), ("train_layers", TrainLayers), ("device", Device)))
+        _parse_window(self)
+        if self.backbone is not None:
+            object.__setattr__(self, "backbone", str(Path(self.backbone).absolute()))
         _require(self.epochs is None or self.epochs >= 1, "epochs", "must be at least 1", self.epochs)
         _require(
             self.frozen_views >= 0, "frozen_views", "must be 0 (off) or a number of views", self.frozen_views
@@ -102,13 +97,7 @@ class TrainConfig:
             self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs", "must be positive", self.ema_epochs
         )
         _require(self.patience >= 1, "patience", "must be at least 1", self.patience)
-        _require(
-            self.max_minutes is None or self.max_minutes > 0,
-            "max_minutes",
-            "must be positive",
-            self.max_minutes,
-        )
-        _require(32 <= self.image_size <= 1024, "image_size", "must be between 32 and 1024", self.image_size)
+        _require_budget_and_size(self)
         if self.target_sensitivity is not None:
             _require(
                 0 < self.target_sensitivity < 1,
@@ -134,21 +123,116 @@ class TrainConfig:
     def preprocessing(self) -> Preprocessing:
         """The slice pipeline this run trains with; the card stores it and inference
         rebuilds it from there."""
-        from covidct.preprocess.transforms import Preprocessing  # loaded for training, not for --help
-
-        return Preprocessing(
-            image_size=self.image_size,
-            crop_field=self.crop_field,
-            remove_annotations=self.remove_annotations,
-            standardise_intensity=self.standardise_intensity,
-            fill_padding=self.fill_padding,
-            hu_window=self.hu_window,
-        )
+        return _preprocessing(self)
 
     def to_dict(self) -> dict:
         """Plain JSON values (enums and the window as text), as the model card and resume state keep them."""
-        values = {**asdict(self), "hu_window": str(self.hu_window)}
-        return {key: (str(value) if isinstance(value, StrEnum) else value) for key, value in values.items()}
+        return _plain_values(self)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Every hyperparameter of a ``covidct pretrain`` run (MoCo v2, see ``covidct.train.moco``); all of it
+    goes into ``backbone.json``.
+
+    The defaults follow MoCo v2 (Chen et al. 2020, arXiv:2003.04297), the method of the Self-Trans paper
+    (He et al. 2020, the published UCSD-AI4H COVID-CT result): momentum 0.999, temperature 0.2, SGD at
+    ``base_lr`` x batch / 256 with cosine decay, weight decay 1e-4; a queue of 4096 negatives, which is what
+    lets the small batches a CPU affords still contrast each slice with thousands of others. The site steps
+    and HU window are ``covidct train``'s defaults, so the backbone sees slices as fine-tuning will.
+    """
+
+    epochs: int = 100
+    batch_size: int = 32
+    image_size: int = 224
+    queue_size: int = 4096
+    momentum: float = 0.999
+    temperature: float = 0.2
+    base_lr: float = 0.03
+    weight_decay: float = 1e-4
+    # Batch norm over this many parts of each batch, the key encoder's on a shuffled order: one device's
+    # stand-in for MoCo's shuffled BN, without which the BN statistics leak which key matches which query.
+    bn_splits: int = 2
+    max_minutes: float | None = None
+    crop_field: bool = TrainConfig.crop_field
+    remove_annotations: bool = TrainConfig.remove_annotations
+    standardise_intensity: bool = TrainConfig.standardise_intensity
+    fill_padding: bool = TrainConfig.fill_padding
+    hu_window: HuWindow = LUNG_WINDOW  # a "LEVEL,WIDTH" string is parsed
+    seed: int = 0
+    device: Device = Device.AUTO
+
+    def __post_init__(self) -> None:
+        _parse_choices(self, (("device", Device),))
+        _parse_window(self)
+        _require(self.epochs >= 1, "epochs", "must be at least 1", self.epochs)
+        _require(self.batch_size >= 4, "batch_size", "must be at least 4", self.batch_size)
+        _require(self.queue_size >= 1, "queue_size", "must be at least 1", self.queue_size)
+        _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
+        _require(self.temperature > 0, "temperature", "must be positive", self.temperature)
+        _require(self.base_lr > 0, "base_lr", "must be positive", self.base_lr)
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        _require(
+            1 <= self.bn_splits <= self.batch_size // 2,
+            "bn_splits",
+            "must be from 1 to half the batch size (two slices per batch-norm part at least)",
+            self.bn_splits,
+            also=("batch_size",),
+        )
+        _require_budget_and_size(self)
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate: ``base_lr`` scaled linearly with the batch (Goyal et al. 2017)."""
+        return self.base_lr * self.batch_size / 256
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The slice pipeline the backbone learns on: ``covidct train``'s, with this run's options."""
+        return _preprocessing(self)
+
+    def to_dict(self) -> dict:
+        """Plain JSON values, as ``backbone.json`` and the resume state keep them."""
+        return _plain_values(self)
+
+
+def _parse_choices(config: TrainConfig | PretrainConfig, fields: tuple[tuple[str, type], ...]) -> None:
+    for name, kind in fields:
+        value = getattr(config, name)
+        try:
+            object.__setattr__(config, name, kind(value))
+        except ValueError:
+            choices = ", ".join(member.value for member in kind)
+            raise OptionError(f"{name} must be one of {choices}; got '{value}'", parameters=(name,)) from None
+
+
+def _parse_window(config: TrainConfig | PretrainConfig) -> None:
+    if isinstance(config.hu_window, str):
+        object.__setattr__(config, "hu_window", HuWindow.parse(config.hu_window))  # OptionError names window
+
+
+def _require_budget_and_size(config: TrainConfig | PretrainConfig) -> None:
+    budget = config.max_minutes
+    _require(budget is None or budget > 0, "max_minutes", "must be positive", budget)
+    _require(32 <= config.image_size <= 1024, "image_size", "must be between 32 and 1024", config.image_size)
+
+
+def _preprocessing(config: TrainConfig | PretrainConfig) -> Preprocessing:
+    from covidct.preprocess.transforms import Preprocessing  # loaded for training, not for --help
+
+    return Preprocessing(
+        image_size=config.image_size,
+        crop_field=config.crop_field,
+        remove_annotations=config.remove_annotations,
+        standardise_intensity=config.standardise_intensity,
+        fill_padding=config.fill_padding,
+        hu_window=config.hu_window,
+    )
+
+
+def _plain_values(config: TrainConfig | PretrainConfig) -> dict:
+    values = {**asdict(config), "hu_window": str(config.hu_window)}
+    return {key: (str(value) if isinstance(value, StrEnum) else value) for key, value in values.items()}
 
 
 def _require(

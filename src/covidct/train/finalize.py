@@ -73,7 +73,8 @@ def build_card(
         stride_variant=pretrained.stride_variant,
         preprocessing=preprocessing,
         decision=decision,
-        weights={"imagenet": pretrained.provenance},
+        weights={"imagenet": pretrained.provenance}
+        | ({"backbone": pretrained.backbone.facts} if pretrained.backbone else {}),
         data=_data_facts(manifest, facts),
         training={**config.to_dict(), **_run_facts(facts, config.resolved_epochs)},
         validation_metrics={

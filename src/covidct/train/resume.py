@@ -34,21 +34,29 @@ class Progress:
     planned_epochs: int | None = None
     history: list[dict] = field(default_factory=list)
 
+    def epochs_within_budget(self, *, max_minutes: float, max_epochs: int) -> int:
+        """Epochs that fit ``max_minutes`` at the mean epoch time so far (a log row's ``seconds``), at most
+        ``max_epochs`` and never fewer than those already run."""
+        seconds_per_epoch = sum(record["seconds"] for record in self.history) / len(self.history)
+        affordable = int(max_minutes * 60 // seconds_per_epoch)
+        return max(self.next_epoch, min(max_epochs, affordable))
+
 
 def save_resume_state(
     out_dir: Path,
     *,
     modules: dict[str, torch.nn.Module],
-    best: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
     progress: Progress,
     config: dict,
-    is_best: bool,
+    best: torch.nn.Module | None = None,
+    is_best: bool = False,
 ) -> None:
     """Write the modules (by name), optimizer, scheduler, RNG states and progress under ``out_dir/resume``.
 
-    ``best`` is the network whose weights are kept (``best-EPOCH.safetensors``) when ``is_best``.
+    ``best`` is the network whose weights are kept (``best-EPOCH.safetensors``) when ``is_best``; a run
+    without model selection (pre-training) passes neither.
     """
     folder = Path(out_dir) / RESUME_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +93,13 @@ def save_resume_state(
         meta["best_file"],
     }:
         (folder / stale).unlink(missing_ok=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the Python, numpy and torch generators: those a resume state saves and restores."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def remove_resume_state(out_dir: Path) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import random
+import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,16 +17,17 @@ from covidct.data.audit import audit_manifest
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits, split_method
-from covidct.errors import InputError, TrainingInterrupted
+from covidct.errors import CovidctWarning, InputError, OptionError, TrainingInterrupted
 from covidct.evaluate.site_shift import reference_statistics
 from covidct.infer.torch_engine import TorchEngine
 from covidct.io.failures import InputFailure
+from covidct.model.backbone import read_backbone, refuse_seen_test_files
 from covidct.model.card import ModelCard
 from covidct.model.checkpoint import save_model_dir
 from covidct.model.device import supports_bf16
 from covidct.model.network import build_resnet50, load_backbone_state, set_trainable
 from covidct.model.ood import save_detector
-from covidct.model.pretrained import Pretrained
+from covidct.model.pretrained import Backbone, Pretrained
 from covidct.preprocess.transforms import Preprocessing
 from covidct.run_dir import claim_run_dir
 from covidct.train.callbacks import TrainCallbacks
@@ -41,6 +42,7 @@ from covidct.train.resume import (
     load_resume_state,
     remove_resume_state,
     save_resume_state,
+    seed_everything,
 )
 
 
@@ -70,23 +72,33 @@ def fit(
     out_dir: Path,
     config: TrainConfig,
     *,
-    pretrained: Pretrained,
+    pretrained: Pretrained | None = None,
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
     overwrite: bool = False,
 ) -> TrainResult | None:
     """Train on ``manifest``'s train split, select and calibrate on val, fit the OOD guard, write ``out_dir``.
 
+    The network starts from ``pretrained`` (ImageNet weights, see ``resolve_pretrained``), or, when
+    ``config.backbone`` names a ``covidct pretrain`` folder, from that backbone, and then ``pretrained``
+    is not used (a script can keep passing its ImageNet weights to every recipe).
+
     Under torchrun every process trains its share (see ``covidct.train.distributed``); rank 0 alone
     reports through ``callbacks`` and writes ``out_dir``, and the other ranks return None. ``out_dir`` must be
     new, empty or a covidct training run, unless ``overwrite`` (see ``covidct.run_dir``).
 
     Raises:
-        InputError: a split has no usable images of a class.
+        InputError: a split has no usable images of a class; a test file is among the backbone's
+            pre-training inputs.
+        ModelDirError: ``config.backbone`` is not a complete, untampered ``covidct pretrain`` folder.
         TrainingInterrupted: Ctrl-C; ``out_dir/resume`` holds the state for ``--resume``.
         OptionError: torchrun started more processes on a node than it has GPUs;
-            ``out_dir`` holds other files.
+            ``out_dir`` holds other files; neither ``pretrained`` nor ``config.backbone`` is given.
     """
+    if config.backbone is not None:
+        pretrained = read_backbone(Path(config.backbone))
+    elif pretrained is None:
+        raise OptionError("fit needs start weights: pass pretrained or set config.backbone")
     if not resume and is_main_process():
         claim_run_dir(Path(out_dir), "train", overwrite=overwrite)
     with distributed_session(config.device) as world:
@@ -115,11 +127,13 @@ def _fit(
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     method = split_method(manifest)
     manifest = assign_splits(
         manifest, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
     )
+    if pretrained.backbone is not None:
+        _check_backbone(pretrained.backbone, manifest, config)
     if world.is_main:  # the audit decodes every image; the other ranks would only repeat it
         audit = audit_manifest(manifest, progress=callbacks.decode_progress("auditing the data"))
         callbacks.on_audit(audit)
@@ -197,10 +211,23 @@ def _fit(
     return TrainResult(out_dir, card, failures)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def _check_backbone(backbone: Backbone, manifest: Manifest, config: TrainConfig) -> None:
+    """Refuse a test split the backbone pre-trained on; warn when it learned on other slices than these."""
+    here = json.loads(json.dumps(config.preprocessing.to_dict()))  # as backbone.json holds it: lists
+    differing = {
+        key: (backbone.preprocessing.get(key), value)
+        for key, value in here.items()
+        if backbone.preprocessing.get(key) != value
+    }
+    if differing:
+        warnings.warn(
+            "--backbone was pre-trained on slices prepared otherwise (option: (pre-training, here) "
+            f"{differing}); it learned slices unlike the ones it now fine-tunes on",
+            CovidctWarning,
+            stacklevel=4,
+        )
+    test_paths = [sample.path for sample in manifest.select("test").samples]
+    refuse_seen_test_files(test_paths, backbone, origin=manifest.origin)
 
 
 def _decode_split(
@@ -271,7 +298,9 @@ def _run_epochs(
             progress.history.append(record)
             progress.next_epoch = epoch + 1
             if config.max_minutes is not None:
-                progress.planned_epochs = _epochs_within_budget(progress, config)
+                progress.planned_epochs = progress.epochs_within_budget(
+                    max_minutes=config.max_minutes, max_epochs=config.resolved_epochs
+                )
                 runner.plan_epochs(progress.planned_epochs)
             if world.is_main:
                 save_resume_state(
@@ -285,13 +314,6 @@ def _run_epochs(
             path=out_dir,
         ) from None
     return progress
-
-
-def _epochs_within_budget(progress: Progress, config: TrainConfig) -> int:
-    """Epochs that fit ``--max-minutes`` at the mean epoch time so far (training + validation passes)."""
-    seconds_per_epoch = sum(record["seconds"] for record in progress.history) / len(progress.history)
-    affordable = int(config.max_minutes * 60 // seconds_per_epoch)
-    return max(progress.next_epoch, min(config.resolved_epochs, affordable))
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
