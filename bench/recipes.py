@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,export,peer --folds 0,1 --max-minutes 7
     .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe from what is measured
+    .venv/bin/python bench/recipes.py --recipes ssl --backbone DIR   # DIR: `covidct pretrain` on train+val
 
 Folds never touch a test split. UCSD-AI4H: its official train and val splits pooled and cut into 5
 patient-grouped folds (patients of each class shuffled with a fixed seed and dealt round-robin, so the
@@ -38,6 +39,7 @@ from reexport import EXPORTS, card_scorer, decode_grays, labels_of, score_varian
 from shared_datasets import SOURCE_ROWS, write_manifest
 
 from covidct.data.manifest import read_manifest
+from covidct.model.backbone import read_backbone
 from covidct.model.pretrained import resolve_pretrained
 from covidct.train.config import TrainConfig
 from covidct.train.trainer import fit
@@ -49,6 +51,10 @@ RECIPES = {
     "default": {},
     "export": {"vary_export": True, "fill_padding": True},
     "export-aug-only": {"vary_export": True},
+    # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone. Pre-train
+    # it on the dataset's train+val only: it then saw every fold's validation slices, without labels, which
+    # makes this recipe's fold scores somewhat optimistic next to the others.
+    "ssl": {"backbone": None},
     "peer": None,
 }
 
@@ -76,6 +82,12 @@ def main() -> None:
         default=None,
         help="at most this many slices per fold and class (smoke tests only; such rows are marked)",
     )
+    parser.add_argument(
+        "--backbone",
+        type=Path,
+        default=None,
+        help="for the ssl recipe: a folder `covidct pretrain` wrote (never pre-trained on a test split)",
+    )
     parser.add_argument("--summary", action="store_true", help="only print the summary of --out")
     args = parser.parse_args()
     results = _read(args.out)
@@ -89,9 +101,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-recipes-"))
     rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
     pretrained = resolve_pretrained("auto")
-    results["recipes"] |= {
-        name: RECIPES[name] if RECIPES[name] is not None else PEER_RECIPE for name in recipes
-    }
+    results["recipes"] |= {name: _recipe_options(name, args.backbone) for name in recipes}
     results["exports"] = {name: vars(export) for name, export in EXPORTS.items()}
     for fold in folds:
         split = _limited(_fold_split(rows, fold), args.limit)
@@ -110,7 +120,8 @@ def main() -> None:
                     print(f"{key}: kept from {args.out}", flush=True)
                     continue
                 tag = f"{args.dataset}-{recipe}-fold{fold}-seed{seed}-{args.max_minutes:g}min"
-                record = _train_and_score(recipe, split, workdir / tag, args.max_minutes, seed, pretrained)
+                options, out_dir = results["recipes"][recipe], workdir / tag
+                record = _train_and_score(recipe, options, split, out_dir, args.max_minutes, seed, pretrained)
                 results["rows"].append(
                     {**key, **record, "measured": datetime.now(UTC).isoformat(timespec="seconds")}
                 )
@@ -151,10 +162,24 @@ def _fold_split(rows: list[dict], fold: int) -> list[dict]:
     ]
 
 
+def _recipe_options(name: str, backbone: Path | None) -> dict:
+    """What a row records as its recipe: ``TrainConfig`` options, the peer's recipe, or for ``ssl`` the
+    backbone folder and its weights' sha256 (so a row of another backbone is never taken for it)."""
+    if RECIPES[name] is None:
+        return PEER_RECIPE
+    if name != "ssl":
+        return RECIPES[name]
+    if backbone is None:
+        raise SystemExit("--recipes ssl needs --backbone DIR (a folder `covidct pretrain` wrote)")
+    sha256 = read_backbone(backbone).backbone.facts["weights_sha256"]
+    return {"backbone": str(backbone.absolute()), "backbone_sha256": sha256}
+
+
 def _train_and_score(
-    recipe: str, rows: list[dict], out_dir: Path, max_minutes: float, seed: int, pretrained
+    recipe: str, options: dict, rows: list[dict], out_dir: Path, max_minutes: float, seed: int, pretrained
 ) -> dict:
-    """Train one fold model with ``recipe`` and score its validation fold as shipped and re-exported."""
+    """Train one fold model with ``recipe`` (``options``: its ``_recipe_options``) and score its validation
+    fold as shipped and re-exported."""
     train_rows = [row for row in rows if row["split"] == "train"]
     val_rows = [row for row in rows if row["split"] == "val"]
     started = time.perf_counter()
@@ -167,7 +192,8 @@ def _train_and_score(
             "val_auc_by_epoch": [round(a, 4) for a in peer.val_auc_by_epoch],
         }
     else:
-        config = TrainConfig(max_minutes=max_minutes, seed=seed, **RECIPES[recipe])
+        train_options = {k: v for k, v in options.items() if k != "backbone_sha256"}
+        config = TrainConfig(max_minutes=max_minutes, seed=seed, **train_options)
         manifest = read_manifest(write_manifest(rows, out_dir.with_suffix(".csv")))
         trained = fit(manifest, out_dir, config, pretrained=pretrained, callbacks=EpochPrinter(out_dir.name))
         scorer, threshold = card_scorer(trained.model_dir)
