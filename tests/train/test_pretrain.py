@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from covidct.model.checkpoint import load_model_dir
 from covidct.model.pretrained import resolve_pretrained
 from covidct.model.weights import load_weights_file
 from covidct.train.callbacks import TrainCallbacks
-from covidct.train.config import PretrainConfig, TrainConfig
+from covidct.train.config import PretrainConfig, TrainConfig, auto_queue_size
 from covidct.train.moco import MoCo
 from covidct.train.pretrain import pretrain
 from covidct.train.trainer import fit
@@ -45,6 +46,25 @@ def backbone_run(tiny_dataset, pretrained, tmp_path_factory):
     """Two epochs of MoCo on the tiny CSV dataset (its test rows left out)."""
     out = tmp_path_factory.mktemp("pretrain") / "backbone"
     return pretrain(read_unlabelled(tiny_dataset.csv), out, CONFIG, pretrained=pretrained)
+
+
+@pytest.mark.parametrize(
+    ("n_slices", "batch_size", "expected"),
+    [(543, 32, 256), (2482, 32, 1216), (10**6, 32, 4096), (20, 16, 16)],
+)
+def test_the_default_queue_holds_at_most_half_the_slices_in_whole_batches(n_slices, batch_size, expected):
+    assert auto_queue_size(n_slices, batch_size) == expected
+
+
+def test_without_a_queue_size_the_run_records_the_one_it_chose(tiny_dataset, pretrained, tmp_path):
+    inputs = read_unlabelled(tiny_dataset.root)
+    config = dataclasses.replace(CONFIG, epochs=1, queue_size=None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CovidctWarning)  # the chosen queue is never longer than the data
+        result = pretrain(inputs, tmp_path / "bb", config, pretrained=pretrained)
+
+    assert result.card["hyperparameters"]["queue_size"] == 16  # 36 slices, batches of 16
 
 
 def test_a_queue_longer_than_the_data_is_named_in_a_warning(tiny_dataset, pretrained, tmp_path):

@@ -48,8 +48,13 @@ def pretrain(
         int, typer.Option("--image-size", help="Slice size; fine-tune at the same size.")
     ] = _DEFAULTS.image_size,
     queue_size: Annotated[
-        int, typer.Option("--queue-size", help="Negatives each slice is contrasted with (MoCo's queue).")
-    ] = _DEFAULTS.queue_size,
+        int | None,
+        typer.Option(
+            "--queue-size",
+            help="Negatives each slice is contrasted with (MoCo's queue). "
+            "[default: half the slices in whole batches, at most 4096]",
+        ),
+    ] = None,
     max_minutes: Annotated[
         float | None,
         typer.Option(

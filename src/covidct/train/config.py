@@ -137,15 +137,17 @@ class PretrainConfig:
 
     The defaults follow MoCo v2 (Chen et al. 2020, arXiv:2003.04297), the method of the Self-Trans paper
     (He et al. 2020, the published UCSD-AI4H COVID-CT result): momentum 0.999, temperature 0.2, SGD at
-    ``base_lr`` x batch / 256 with cosine decay, weight decay 1e-4; a queue of 4096 negatives, which is what
-    lets the small batches a CPU affords still contrast each slice with thousands of others. The site steps
-    and HU window are ``covidct train``'s defaults, so the backbone sees slices as fine-tuning will.
+    ``base_lr`` x batch / 256 with cosine decay, weight decay 1e-4; a queue of up to 4096 negatives, which is
+    what lets the small batches a CPU affords still contrast each slice with thousands of others. By default
+    (``queue_size`` None) the queue holds at most half the slices, in whole batches (``auto_queue_size``): a
+    queue longer than the data would hold earlier keys of the very slice a query is matched with. The site
+    steps and HU window are ``covidct train``'s defaults, so the backbone sees slices as fine-tuning will.
     """
 
     epochs: int = 100
     batch_size: int = 32
     image_size: int = 224
-    queue_size: int = 4096
+    queue_size: int | None = None
     momentum: float = 0.999
     temperature: float = 0.2
     base_lr: float = 0.03
@@ -167,7 +169,12 @@ class PretrainConfig:
         _parse_window(self)
         _require(self.epochs >= 1, "epochs", "must be at least 1", self.epochs)
         _require(self.batch_size >= 4, "batch_size", "must be at least 4", self.batch_size)
-        _require(self.queue_size >= 1, "queue_size", "must be at least 1", self.queue_size)
+        _require(
+            self.queue_size is None or self.queue_size >= 1,
+            "queue_size",
+            "must be at least 1",
+            self.queue_size,
+        )
         _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
         _require(self.temperature > 0, "temperature", "must be positive", self.temperature)
         _require(self.base_lr > 0, "base_lr", "must be positive", self.base_lr)
@@ -241,3 +248,9 @@ def _require(
     """Raise "``parameter`` ``requirement``; got ``value``" unless ``condition`` (the CLI shows flags)."""
     if not condition:
         raise OptionError(f"{parameter} {requirement}; got {value}", parameters=(parameter, *also))
+
+
+def auto_queue_size(n_slices: int, batch_size: int) -> int:
+    """MoCo's queue for ``n_slices``: half of them in whole batches, from one batch up to 4096
+    (e.g. 256 for UCSD-AI4H's 543 train+val slices in batches of 32)."""
+    return batch_size * max(1, min(4096 // batch_size, n_slices // (2 * batch_size)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -35,7 +35,7 @@ from covidct.preprocess.augment import TwoViews, contrastive_augmentation
 from covidct.preprocess.transforms import normalize
 from covidct.run_dir import claim_run_dir
 from covidct.train.callbacks import TrainCallbacks
-from covidct.train.config import PretrainConfig
+from covidct.train.config import PretrainConfig, auto_queue_size
 from covidct.train.epochs import WarmupCosine
 from covidct.train.moco import PROJECTION_DIM, MoCo
 from covidct.train.resume import (
@@ -109,7 +109,9 @@ def pretrain(
             "pre-training needs at least two",
             path=inputs.origin,
         )
-    if config.queue_size > len(decoded.images):
+    if config.queue_size is None:
+        config = replace(config, queue_size=auto_queue_size(len(decoded.images), config.batch_size))
+    elif config.queue_size > len(decoded.images):
         warnings.warn(
             f"queue_size (--queue-size) {config.queue_size} is more than the {len(decoded.images)} slices: "
             "the queue then holds earlier keys of the very slice a query is matched with, as negatives; "
