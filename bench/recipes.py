@@ -36,6 +36,7 @@ from generalise import _choose, _limited
 from machine import machine_facts
 from peers import PEER_RECIPE, train_peer
 from reexport import EXPORTS, card_scorer, decode_grays, labels_of, score_variants
+from scipy.stats import t as student_t
 from shared_datasets import SOURCE_ROWS, write_manifest
 
 from covidct.data.manifest import read_manifest
@@ -261,8 +262,8 @@ def _paired_table(cells: dict[tuple, list[dict]]) -> str:
     """Each recipe minus ``default`` on the folds and seeds both were measured on (paired: less noise)."""
     lines = [
         "| dataset | recipe - default | budget (min) | paired folds "
-        "| delta slice ROC-AUC | delta patient ROC-AUC |",
-        "|---|---|---|---|---|---|",
+        "| delta slice ROC-AUC | 95% CI | delta patient ROC-AUC | 95% CI |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (dataset, recipe, budget), cell in sorted(cells.items()):
         reference = {(r["fold"], r["seed"]): r for r in cells.get((dataset, "default", budget), [])}
@@ -277,9 +278,21 @@ def _paired_table(cells: dict[tuple, list[dict]]) -> str:
         }
         lines.append(
             f"| {dataset} | {recipe} | {budget:g} | {len(pairs)} | {_mean_sd(deltas['auc'], signed=True)} "
-            f"| {_mean_sd(deltas['patient_auc'], signed=True)} |"
+            f"| {_paired_ci(deltas['auc'])} | {_mean_sd(deltas['patient_auc'], signed=True)} "
+            f"| {_paired_ci(deltas['patient_auc'])} |"
         )
     return "\n".join(lines)
+
+
+def _paired_ci(deltas: list[float | None], level: float = 0.95) -> str:
+    """Student-t interval of the mean paired difference over folds (folds share training data, so it is
+    somewhat too narrow; Nadeau & Bengio 2003); "n/a" below two pairs."""
+    values = [d for d in deltas if d is not None]
+    if len(values) < 2:
+        return "n/a"
+    half = student_t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    mean = statistics.fmean(values)
+    return f"[{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
 def _delta(value: float | None, reference: float | None) -> float | None:
