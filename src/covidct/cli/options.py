@@ -101,3 +101,22 @@ def load_dataset(
     return read_manifest(
         data, columns=Columns(path_col, label_col, group_col, split_col), positive_class=positive_class
     )
+
+
+MaxMinutesOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-minutes",
+        help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).",
+    ),
+]
+TrainWindowOpt = Annotated[
+    str,
+    typer.Option(
+        "--window",
+        help=(
+            "HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG "
+            "are already windowed); stored in the model card."
+        ),
+    ),
+]

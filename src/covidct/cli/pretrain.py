@@ -12,9 +12,11 @@ from covidct.cli.options import (
     CropFieldOpt,
     DeviceOpt,
     FillPaddingOpt,
+    MaxMinutesOpt,
     PathCol,
     RemoveAnnotationsOpt,
     StandardiseIntensityOpt,
+    TrainWindowOpt,
 )
 from covidct.cli.train import RichTrainCallbacks, WeightsOpt
 from covidct.model.device import Device
@@ -55,20 +57,12 @@ def pretrain(
             "[default: half the slices in whole batches, at most 4096]",
         ),
     ] = None,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(
-            "--max-minutes",
-            help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).",
-        ),
-    ] = None,
+    max_minutes: MaxMinutesOpt = None,
     crop_field: CropFieldOpt = _DEFAULTS.crop_field,
     remove_annotations: RemoveAnnotationsOpt = _DEFAULTS.remove_annotations,
     standardise_intensity: StandardiseIntensityOpt = _DEFAULTS.standardise_intensity,
     fill_padding: FillPaddingOpt = _DEFAULTS.fill_padding,
-    window: Annotated[
-        str, typer.Option("--window", help="HU window LEVEL,WIDTH for DICOM/NIfTI slices.")
-    ] = str(LUNG_WINDOW),
+    window: TrainWindowOpt = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
     device: DeviceOpt = Device.AUTO,

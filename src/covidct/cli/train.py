@@ -24,11 +24,13 @@ from covidct.cli.options import (
     FillPaddingOpt,
     GroupCol,
     LabelCol,
+    MaxMinutesOpt,
     PathCol,
     PositiveClass,
     RemoveAnnotationsOpt,
     SplitCol,
     StandardiseIntensityOpt,
+    TrainWindowOpt,
     load_dataset,
 )
 from covidct.errors import OptionError
@@ -99,13 +101,7 @@ def train(
             ),
         ),
     ] = 1.0,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(
-            "--max-minutes",
-            help="Time budget: after each epoch, plan only the epochs that fit (the LR schedule follows).",
-        ),
-    ] = None,
+    max_minutes: MaxMinutesOpt = None,
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
@@ -119,16 +115,7 @@ def train(
             "circular field of view with gray or black padding.",
         ),
     ] = TrainConfig.vary_export,
-    window: Annotated[
-        str,
-        typer.Option(
-            "--window",
-            help=(
-                "HU window LEVEL,WIDTH for DICOM/NIfTI slices (PNG/JPEG "
-                "are already windowed); stored in the model card."
-            ),
-        ),
-    ] = str(LUNG_WINDOW),
+    window: TrainWindowOpt = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
     backbone: Annotated[

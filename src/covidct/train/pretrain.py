@@ -24,7 +24,7 @@ from covidct.data.content_hash import content_sha256
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import UnlabelledInputs
 from covidct.data.slice_dataset import SliceDataset
-from covidct.errors import CovidctWarning, InputError, TrainingInterrupted
+from covidct.errors import CovidctWarning, InputError
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.io.failures import InputFailure
 from covidct.model.backbone import save_backbone
@@ -40,6 +40,7 @@ from covidct.train.epochs import WarmupCosine
 from covidct.train.moco import PROJECTION_DIM, MoCo
 from covidct.train.resume import (
     Progress,
+    interrupted,
     load_resume_state,
     remove_resume_state,
     save_resume_state,
@@ -234,11 +235,7 @@ def _run_epochs(
             save_resume_state(out_dir, progress=progress, **state_args)
             callbacks.on_epoch_end(record, progress.planned_epochs or config.epochs)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"interrupted after {progress.next_epoch} completed "
-            "epoch(s); run the same command with --resume to continue",
-            path=out_dir,
-        ) from None
+        raise interrupted(progress, out_dir) from None
     return progress
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from covidct.errors import ModelDirError
+from covidct.errors import ModelDirError, TrainingInterrupted
 
 RESUME_DIR = "resume"
 
@@ -93,6 +93,15 @@ def save_resume_state(
         meta["best_file"],
     }:
         (folder / stale).unlink(missing_ok=True)
+
+
+def interrupted(progress: Progress, out_dir: Path) -> TrainingInterrupted:
+    """What Ctrl-C in a training loop tells the user: how far it got and how to go on."""
+    return TrainingInterrupted(
+        f"interrupted after {progress.next_epoch} completed epoch(s); run the same command with --resume "
+        "to continue",
+        path=out_dir,
+    )
 
 
 def seed_everything(seed: int) -> None:

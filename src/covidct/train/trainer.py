@@ -17,7 +17,7 @@ from covidct.data.audit import audit_manifest
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import Manifest
 from covidct.data.splits import assign_splits, split_method
-from covidct.errors import CovidctWarning, InputError, OptionError, TrainingInterrupted
+from covidct.errors import CovidctWarning, InputError, OptionError
 from covidct.evaluate.site_shift import reference_statistics
 from covidct.infer.torch_engine import TorchEngine
 from covidct.io.failures import InputFailure
@@ -38,6 +38,7 @@ from covidct.train.finalize import RunFacts, build_card
 from covidct.train.ood_fit import fit_ood_guard
 from covidct.train.resume import (
     Progress,
+    interrupted,
     load_best_weights,
     load_resume_state,
     remove_resume_state,
@@ -308,11 +309,7 @@ def _run_epochs(
                 )
             callbacks.on_epoch_end(record, progress.planned_epochs or config.resolved_epochs)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"interrupted after {progress.next_epoch} completed "
-            "epoch(s); run the same command with --resume to continue",
-            path=out_dir,
-        ) from None
+        raise interrupted(progress, out_dir) from None
     return progress
 
 
