@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import typer.testing
 import volumes
@@ -246,6 +247,38 @@ def test_no_patient_attribute_reaches_any_output(model_dir, studies, tmp_path):
     for secret in SECRETS.values():
         for text in (secret, secret.replace("^", " ")):
             assert not any(text.encode() in output for output in outputs), text
+
+
+def test_a_series_with_an_undecodable_slice_fails_naming_the_file_and_the_batch_goes_on(
+    model_dir, studies, tmp_path
+):
+    """The series' pixels are decoded as its slices are predicted (issue 16): a corrupt file met late
+    still fails the whole series, named, and the studies around it are predicted."""
+    series = tmp_path / "series_c"
+    files = write_dicom_series(series, training_like_phantom(9, LUNG_SLICES, covid=True))
+    corrupt = max(files, key=lambda path: pydicom.dcmread(path).ImagePositionPatient[2])
+    corrupt.write_bytes(corrupt.read_bytes()[:-300])
+
+    result = invoke(
+        "predict",
+        model_dir,
+        studies["nifti"],
+        series,
+        studies["dicom"],
+        "--out",
+        tmp_path / "x.json",
+        "--window",
+        PHANTOM_WINDOW,
+        "--device",
+        "cpu",
+    )
+
+    assert result.exit_code == 1, result.output
+    written = json.loads((tmp_path / "x.json").read_text())
+    assert [row["path"] for row in written["predictions"]] == [str(studies["nifti"]), str(studies["dicom"])]
+    [failure] = written["failures"]
+    assert Path(failure["path"]).name == corrupt.name
+    assert failure["reason"].startswith("cannot decode pixel data")
 
 
 def test_max_pixels_refuses_images_and_series_over_the_cap_and_the_batch_goes_on(

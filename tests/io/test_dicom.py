@@ -88,6 +88,37 @@ def test_a_written_series_reads_back_in_hu_and_in_slice_order(tmp_path, options,
     assert volume.spacing_mm == pytest.approx((2.5, 0.7, 0.7))
 
 
+@pytest.mark.parametrize("options", [case[1] for case in SERIES], ids=[case[0] for case in SERIES])
+def test_a_deferred_read_gives_the_eager_read_s_hu(tmp_path, options):
+    files = write_dicom_series(tmp_path / "series", PHANTOM, seed=3, **options)
+    eager = read_dicom_series(files)
+
+    deferred = read_dicom_series(files, defer_pixels=True)
+
+    assert deferred.pending is not None and eager.pending is None
+    np.testing.assert_array_equal(deferred.hu_until(2), eager.hu[:2])
+    np.testing.assert_array_equal(deferred.hu_until(deferred.n_slices), eager.hu)
+    assert deferred.slice_names == eager.slice_names
+
+
+def test_a_deferred_read_decodes_only_the_slices_asked_for_and_names_a_corrupt_file(tmp_path):
+    """Headers are all checked up front; pixel data is decoded in slice order as asked, so a corrupt last
+    slice fails only when it is reached, with the error an eager read gives."""
+    files = write_dicom_series(tmp_path / "series", PHANTOM, seed=4)
+    last = tmp_path / "series" / read_dicom_series(files).slice_names[-1]
+    last.write_bytes(last.read_bytes()[:-200])
+    with pytest.raises(InputError, match="cannot decode pixel data") as eager_error:
+        read_dicom_series(files)
+
+    deferred = read_dicom_series(files, defer_pixels=True)
+
+    assert deferred.hu_until(len(files) - 1).shape == (len(files) - 1, 40, 40)
+    for _ in range(2):  # the error is kept for every later caller
+        with pytest.raises(InputError, match="cannot decode pixel data") as deferred_error:
+            deferred.hu_until(len(files))
+        assert deferred_error.value.path == eager_error.value.path == str(last)
+
+
 @pytest.mark.shared_data
 @pytest.mark.parametrize("options", [case[1] for case in SERIES[:6]], ids=[case[0] for case in SERIES[:6]])
 def test_a_series_written_from_real_slices_windows_back_to_them(shared_data, tmp_path, options):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 from volumes import (
     AIR_HU,
     LUNG_HU,
@@ -19,7 +20,12 @@ from covidct.errors import InputError
 from covidct.io.dicom import read_dicom_series
 from covidct.io.images import read_grayscale
 from covidct.io.volume import Volume
-from covidct.preprocess.lung_slices import iter_lung_slice_indices, lung_slice_indices, select_lung_slices
+from covidct.preprocess.lung_slices import (
+    _fill_holes,
+    iter_lung_slice_indices,
+    lung_slice_indices,
+    select_lung_slices,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +49,16 @@ def test_lung_slices_found_chunk_by_chunk_are_those_of_the_whole_volume(chunk_si
 
     assert len(chunks) == -(-9 // chunk_size)
     assert np.concatenate(chunks).tolist() == lung_slice_indices(volume).tolist() == [1, 2, 5, 6, 7]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holes_are_filled_as_scipy_fills_them(seed):
+    """The labelling shortcut must be ``binary_fill_holes`` exactly: the lung selection may not move."""
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.random()
+        for candidate in (mask, ndimage.binary_dilation(mask), ndimage.binary_erosion(mask)):
+            np.testing.assert_array_equal(_fill_holes(candidate), ndimage.binary_fill_holes(candidate))
 
 
 def test_a_volume_without_lung_is_an_input_error_naming_it():

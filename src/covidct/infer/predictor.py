@@ -283,7 +283,8 @@ class Predictor:
             explain: also attach the Grad-CAM heatmap of the most suspicious slice (one backward pass).
 
         Raises:
-            InputError: no slice of the volume shows lung.
+            InputError: no slice of the volume shows lung, or (read with deferred pixels) a file of it
+                cannot be decoded.
         """
         indices: list[int] = []
         predictions: list[Prediction] = []
@@ -300,7 +301,8 @@ class Predictor:
         study = study_prediction(volume.origin, indices, predictions, self.card)
         if not (explain and study.suspicious_slices):
             return study
-        top = prepare_hu_slices(volume.hu[[study.suspicious_slices[0].index]], self.preprocessing)
+        index = study.suspicious_slices[0].index
+        top = prepare_hu_slices(volume.hu_until(index + 1)[[index]], self.preprocessing)
         return replace(study, cam_slice=top[0].astype(np.float32), cam_heatmap=self._heatmaps(top)[0])
 
     def _prepared_lung_batches(self, volume: Volume) -> Iterator[tuple[np.ndarray, np.ndarray]]:

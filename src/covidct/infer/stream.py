@@ -160,6 +160,7 @@ def _decoded_batches(
                     item,
                     max_pixels=max_pixels,
                     budget=VoxelBudget(max_voxels, scope="study", fix=_OVER_BUDGET_FIX),
+                    defer_pixels=True,  # decoded by the study's own pipeline (Predictor.predict_volume)
                 )
             except InputError as error:
                 failures.append(InputFailure.from_error(error, item.source))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from covidct.errors import CovidctError, InputError
 from covidct.io.budget import MAX_PIXELS, VoxelBudget
 from covidct.io.failures import InputFailure
 from covidct.io.images import IMAGE_SUFFIXES
-from covidct.io.volume import Volume, check_volume_size, privacy_key
+from covidct.io.volume import PendingSlices, Volume, check_volume_size, privacy_key
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -94,6 +94,7 @@ def read_dicom_series(
     source: str | None = None,
     max_pixels: int = MAX_PIXELS,
     budget: VoxelBudget | None = None,
+    defer_pixels: bool = False,
 ) -> Volume:
     """Read the files of ONE series (single- or multi-frame) into a ``Volume`` of HU,
     ordered along the slice normal.
@@ -115,6 +116,8 @@ def read_dicom_series(
         max_pixels: per-slice pixel cap, checked from the headers before any pixel is decoded.
         budget: decoded voxels the series counts against, reserved from the headers
             before any pixel is decoded.
+        defer_pixels: check every header now but decode the pixels when ``Volume.hu_until`` asks for them
+            (``Volume.pending``), so that a caller can work on the first slices while the rest decode.
 
     Raises:
         InputError: unreadable or truncated file, no pixel data, a modality other than CT, colour
@@ -135,10 +138,10 @@ def read_dicom_series(
         budget.reserve(source, n_frames * shape[0] * shape[1])
     order, positions = _slice_order([header.frames for header in headers])
     hu = np.empty((len(order), *shape), dtype=np.float32)
-    destination = {frame: index for index, frame in enumerate(order)}
-    for file_index, (dataset, header, name) in enumerate(zip(datasets, headers, names, strict=True)):
-        for frame_index, frame_hu in enumerate(_hu_frames(dataset, header, name)):
-            hu[destination[(file_index, frame_index)]] = frame_hu
+    steps = _decode_steps(datasets, headers, names, order, hu)
+    if not defer_pixels:
+        for _ in steps:  # every file decoded now
+            pass
     first = headers[0]
     return Volume(
         source=source,
@@ -148,7 +151,31 @@ def read_dicom_series(
         slice_names=tuple(_slice_name(names[f], i, len(headers[f].frames)) for f, i in order),
         slice_positions_mm=positions,
         spacing_mm=_spacing_mm(first, positions),
+        pending=PendingSlices(steps) if defer_pixels else None,
     )
+
+
+def _decode_steps(
+    datasets: list[Dataset | None],
+    headers: list[_Header],
+    names: list[str],
+    order: list[tuple[int, int]],
+    hu: np.ndarray,
+) -> Iterator[int]:
+    """Decode the files into ``hu`` (slices in ``order``: (file, frame) pairs), one file a step, files in the
+    order of their first slice; each step yields how many leading slices of ``hu`` are then decoded."""
+    destination = {frame: index for index, frame in enumerate(order)}
+    first_slice = {}
+    for index, (file_index, _) in enumerate(order):
+        first_slice.setdefault(file_index, index)
+    decoded = np.zeros(len(order), dtype=bool)
+    for file_index in sorted(first_slice, key=first_slice.__getitem__):
+        dataset, header, name = datasets[file_index], headers[file_index], names[file_index]
+        for frame_index, frame_hu in enumerate(_hu_frames(dataset, header, name)):
+            index = destination[(file_index, frame_index)]
+            hu[index], decoded[index] = frame_hu, True
+        datasets[file_index] = None  # its pixel bytes are no longer needed
+        yield int(np.argmin(decoded)) if not decoded.all() else len(order)
 
 
 @dataclass(frozen=True)

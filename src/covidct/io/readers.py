@@ -23,17 +23,26 @@ from covidct.io.volume import Volume
 
 
 def read_volume(
-    item: VolumeInput, *, max_pixels: int = MAX_PIXELS, budget: VoxelBudget | None = None
+    item: VolumeInput,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    budget: VoxelBudget | None = None,
+    defer_pixels: bool = False,
 ) -> Volume:
     """Read a volume found by ``iter_inputs`` (a DICOM series or a NIfTI file), within
     ``budget`` when one is given.
+
+    ``defer_pixels``: a DICOM series' pixels are decoded as ``Volume.hu_until`` asks for them (see
+    ``read_dicom_series``); a NIfTI file is read whole either way.
 
     Raises:
         InputError: the reader's errors, naming the file (``UploadTooLargeError`` over ``budget``).
     """
     if item.kind is VolumeKind.NIFTI:
         return read_nifti(item.files[0], max_pixels=max_pixels, budget=budget)
-    return read_dicom_series(item.files, source=item.source, max_pixels=max_pixels, budget=budget)
+    return read_dicom_series(
+        item.files, source=item.source, max_pixels=max_pixels, budget=budget, defer_pixels=defer_pixels
+    )
 
 
 def is_volume_path(path: Path) -> bool:

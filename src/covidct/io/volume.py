@@ -7,7 +7,9 @@ study-level prediction never care which format a study came in.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +37,8 @@ class Volume:
             the files carry no geometry (order then came from SliceLocation or InstanceNumber).
         slice_names: (N,) a label per slice for per-slice results (file name, or "<file>#<index>").
         spacing_mm: (slice, row, column) spacing in mm where known, else None.
+        pending: for a volume read with its pixels deferred (``io.readers.read_volume``), the decoding
+            still to do; ``hu`` is complete only once ``hu_until(n_slices)`` returned. None: complete.
     """
 
     source: str
@@ -44,6 +48,7 @@ class Volume:
     slice_names: tuple[str, ...]
     slice_positions_mm: np.ndarray | None = None
     spacing_mm: tuple[float, float, float] | None = None
+    pending: PendingSlices | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
@@ -55,10 +60,48 @@ class Volume:
     def n_slices(self) -> int:
         return int(self.hu.shape[0])
 
+    def hu_until(self, stop: int) -> np.ndarray:
+        """``hu[:stop]``, decoding first what a deferred read left to do there (a no-op when complete).
+
+        Raises:
+            InputError: a file of the series cannot be decoded (as an eager read would have raised it).
+        """
+        if self.pending is not None:
+            self.pending.decode_until(min(stop, self.n_slices))
+        return self.hu[:stop]
+
     @property
     def origin(self) -> StudyOrigin:
         """What a study result built from this volume names it by."""
         return StudyOrigin(self.source, self.study_key, self.series_key, self.n_slices)
+
+
+class PendingSlices:
+    """The decoding a deferred read left, done on demand in order, so that work on a series' first
+    slices (lung selection, the site steps, the forward pass) starts while the rest is still compressed.
+
+    ``steps`` decodes one file each and yields how many leading slices are then decoded. Thread-safe: the
+    thread that asks first decodes; an error is kept and raised again to whoever asks later.
+    """
+
+    def __init__(self, steps: Iterator[int]) -> None:
+        self._steps = steps
+        self._decoded = 0
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def decode_until(self, stop: int) -> None:
+        with self._lock:
+            while self._error is None and self._decoded < stop:
+                try:
+                    self._decoded = next(self._steps)
+                except StopIteration:
+                    self._error = RuntimeError(f"a deferred read ended after {self._decoded} slices")
+                # kept for every later caller, then raised
+                except BaseException as error:  # noqa: BLE001
+                    self._error = error
+            if self._error is not None:
+                raise self._error
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,12 @@ def lung_slice_indices(volume: Volume) -> np.ndarray:
 def iter_lung_slice_indices(volume: Volume, chunk_size: int) -> Iterator[np.ndarray]:
     """The indices of the lung slices among each next ``chunk_size`` slices (possibly none), in order.
 
-    Prediction starts on the first lungs while the next slices are still being examined.
+    Prediction starts on the first lungs while the next slices are still being examined (and, for a
+    volume read with deferred pixels, decoded).
     """
     for start in range(0, volume.n_slices, chunk_size):
-        yield start + np.flatnonzero(select_lung_slices(volume.hu[start : start + chunk_size]))
+        chunk = volume.hu_until(start + chunk_size)[start:]
+        yield start + np.flatnonzero(select_lung_slices(chunk))
 
 
 def no_lung_error(volume: Volume) -> InputError:
@@ -71,7 +73,18 @@ def _lung_fraction(slice_hu: np.ndarray) -> float:
     if n_regions == 0:
         return 0.0
     sizes = np.bincount(labels.ravel())[1:]
-    body = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    body = _fill_holes(labels == 1 + int(np.argmax(sizes)))
     low, high = LUNG_RANGE_HU
     lung = body & (slice_hu >= low) & (slice_hu <= high)
     return float(lung.sum()) / float(body.sum())
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask)``: the background regions that do not reach the border are holes.
+
+    The same result, from one labelling of the background instead of a dilation repeated until it stops
+    (a third of the time per 512 x 512 slice; issue 16).
+    """
+    background, _ = ndimage.label(~mask)
+    border = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    return ~np.isin(background, border[border > 0])
