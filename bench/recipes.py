@@ -56,6 +56,10 @@ RECIPES = {
     # The default's optimiser and site steps with the peer's batch of 10 and its epoch count at 20 minutes:
     # 20 default epochs at batch 32 are ~270 updates, the peer's ~1,200 (is the default update-starved?).
     "more-steps": {"batch_size": 10, "epochs": 28, "patience": 28},
+    # Frozen ImageNet features and a logistic head (minutes, not tens): a fast baseline, and with "-whole"
+    # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
+    "linear": {"mode": "linear"},
+    "linear-whole": {"mode": "linear", "crop_field": False, "remove_annotations": False},
     # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone. Pre-train
     # it on the dataset's train+val only: it then saw every fold's validation slices, without labels, which
     # makes this recipe's fold scores somewhat optimistic next to the others.
