@@ -56,6 +56,16 @@ RECIPES = {
     # The default's optimiser and site steps with the peer's batch of 10 and its epoch count at 20 minutes:
     # 20 default epochs at batch 32 are ~270 updates, the peer's ~1,200 (is the default update-starved?).
     "more-steps": {"batch_size": 10, "epochs": 28, "patience": 28},
+    # A final-candidate shape: the peer's update count and augmentation (crop and flip only; gray levels
+    # untouched), with the export variation as the one intensity augmentation, and the padding fill.
+    "light-export": {
+        "augmentation": "light",
+        "vary_export": True,
+        "fill_padding": True,
+        "batch_size": 10,
+        "epochs": 28,
+        "patience": 28,
+    },
     # Frozen ImageNet features and a logistic head (minutes, not tens): a fast baseline, and with "-whole"
     # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
     "linear": {"mode": "linear"},

@@ -59,6 +59,23 @@ def test_vary_export_switches_random_export_into_the_training_augmentation():
     assert any(isinstance(t, RandomExport) for t in train_augmentation(SIZE, vary_export=True).transforms)
 
 
+@pytest.mark.parametrize("vary_export", [False, True])
+def test_light_augmentation_moves_pixels_but_never_changes_a_gray_level(vary_export):
+    torch.manual_seed(0)
+    flat = torch.full((1, SIZE, SIZE), 0.4)
+    full = train_augmentation(SIZE, vary_export=vary_export)
+    light = train_augmentation(SIZE, light=True, vary_export=vary_export)
+
+    assert not all(torch.allclose(full(flat), flat) for _ in range(5)), (
+        "full augmentation kept the gray level"
+    )
+    if not vary_export:
+        assert all(torch.allclose(light(flat), flat) for _ in range(20))
+        assert not torch.equal(light(_ramp()), _ramp()), "light augmentation did not move the slice"
+    else:  # the export variation still re-windows and pads
+        assert not all(torch.allclose(light(flat), flat) for _ in range(20))
+
+
 def test_the_config_records_the_switches_and_fill_padding_reaches_the_card_preprocessing():
     config = TrainConfig(vary_export=True, fill_padding=True)
     assert config.to_dict()["vary_export"] is True

@@ -7,7 +7,7 @@ import pytest
 from covidct.errors import OptionError
 from covidct.model.device import Device
 from covidct.model.network import TrainLayers
-from covidct.train.config import Mode, TrainConfig
+from covidct.train.config import Augmentation, Mode, TrainConfig
 
 
 def test_defaults():
@@ -15,6 +15,7 @@ def test_defaults():
 
     assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.ALL, Device.AUTO)
     assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, False)
+    assert config.augmentation is Augmentation.FULL and not config.vary_export
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,7 @@ INVALID = [
         "train_layers must be one of head, layer4, layer3, all; got 'layer2'",
     ),
     ("device", {"device": "tpu"}, "device must be one of auto, cpu, cuda; got 'tpu'"),
+    ("augmentation", {"augmentation": "heavy"}, "augmentation must be one of full, light; got 'heavy'"),
     ("epochs-zero", {"epochs": 0}, "epochs must be at least 1; got 0"),
     ("batch-size-one", {"batch_size": 1}, "batch_size must be at least 2; got 1"),
     ("lr-zero", {"lr": 0.0}, "lr must be positive; got 0.0"),

@@ -14,6 +14,7 @@ from covidct.errors import OptionError
 from covidct.model.forward import predict_logits
 from covidct.model.network import TrainLayers, build_resnet50, set_trainable
 from covidct.model.pretrained import resolve_pretrained
+from covidct.preprocess.augment import train_augmentation
 from covidct.preprocess.transforms import Preprocessing, normalize
 from covidct.train.config import TrainConfig
 from covidct.train.distributed import World
@@ -94,6 +95,7 @@ def test_cache_holds_the_asked_number_of_distinct_augmented_views(model, slices)
         preprocessing=PREPROCESSING,
         device=CPU,
         use_bf16=False,
+        augment=train_augmentation(SIZE),
         batch_size=2,
         world=World(CPU),
     )
@@ -138,6 +140,7 @@ def test_a_cache_that_does_not_fit_in_memory_is_refused(model, slices):
             preprocessing=PREPROCESSING,
             device=CPU,
             use_bf16=False,
+            augment=train_augmentation(SIZE),
             batch_size=2,
             world=World(CPU),
         )

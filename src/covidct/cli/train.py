@@ -38,7 +38,7 @@ from covidct.model.device import Device
 from covidct.model.train_layers import TrainLayers
 from covidct.preprocess.window import LUNG_WINDOW
 from covidct.train.callbacks import TrainCallbacks
-from covidct.train.config import Mode, TrainConfig
+from covidct.train.config import Augmentation, Mode, TrainConfig
 
 if TYPE_CHECKING:
     from covidct.data.audit import AuditResult
@@ -115,6 +115,13 @@ def train(
             "circular field of view with gray or black padding.",
         ),
     ] = TrainConfig.vary_export,
+    augmentation: Annotated[
+        Augmentation,
+        typer.Option(
+            help="full (default): crop, flip, rotation, gray levels, resolution, blur, noise. "
+            "light: the UCSD baseline's random resized crop and flip only.",
+        ),
+    ] = TrainConfig.augmentation,
     window: TrainWindowOpt = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
@@ -180,6 +187,7 @@ def train(
         standardise_intensity=standardise_intensity,
         fill_padding=fill_padding,
         vary_export=vary_export,
+        augmentation=augmentation,
         hu_window=window,
         seed=seed,
         device=device,

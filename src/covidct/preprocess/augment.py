@@ -11,17 +11,27 @@ from torch.nn import functional
 from torchvision.transforms import v2
 
 
-def train_augmentation(image_size: int, *, vary_export: bool = False) -> v2.Compose:
+def train_augmentation(image_size: int, *, light: bool = False, vary_export: bool = False) -> v2.Compose:
     """Augmentation for one (1, S, S) float slice in [0, 1]: what varies between sites but is not disease.
 
     Random resized crop (zoom and framing), horizontal flip (left/right lungs are both affected by
     COVID-19), a small rotation (patient positioning), brightness/contrast (window, scanner), and, each
     on a share of the slices, gamma (non-linear windows, figure export), a lower resolution (small or
     upscaled figures), blur (reconstruction kernel, JPEG) and noise (dose). All of it is a few elementwise or
-    small-kernel operations per slice, cheap next to the network on a CPU. ``vary_export`` adds
-    ``RandomExport``: the slice as another site's pipeline might have exported it (window, field of view).
+    small-kernel operations per slice, cheap next to the network on a CPU. ``light`` keeps only the UCSD
+    baseline's geometry (random resized crop, scale 0.5-1, and the flip): gray levels pass unchanged.
+    ``vary_export`` adds ``RandomExport``: the slice as another site's pipeline might have exported it
+    (window, field of view).
     """
     export = [RandomExport()] if vary_export else []
+    if light:
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                *export,
+            ]
+        )
     return v2.Compose(
         [
             v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),

@@ -24,6 +24,14 @@ class Mode(StrEnum):
     FINETUNE = "finetune"
 
 
+class Augmentation(StrEnum):
+    """``full``: geometry, gray levels, resolution, blur and noise (``preprocess.augment``). ``light``: the
+    UCSD baseline's random resized crop and flip only."""
+
+    FULL = "full"
+    LIGHT = "light"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of a run; all of it goes into the model card."""
@@ -50,6 +58,7 @@ class TrainConfig:
     # Augment over how a slice was exported (window, circular field of view with gray or black padding):
     # covidct.preprocess.augment.RandomExport (BENCHMARKS.md, "Robust to how a slice was exported").
     vary_export: bool = False
+    augmentation: Augmentation = Augmentation.FULL
     hu_window: HuWindow = LUNG_WINDOW  # a "LEVEL,WIDTH" string is parsed
     seed: int = 0
     device: Device = Device.AUTO
@@ -64,7 +73,15 @@ class TrainConfig:
     backbone: str | None = None
 
     def __post_init__(self) -> None:
-        _parse_choices(self, (("mode", Mode), ("train_layers", TrainLayers), ("device", Device)))
+        _parse_choices(
+            self,
+            (
+                ("mode", Mode),
+                ("train_layers", TrainLayers),
+                ("device", Device),
+                ("augmentation", Augmentation),
+            ),
+        )
         _parse_window(self)
         if self.backbone is not None:
             object.__setattr__(self, "backbone", str(Path(self.backbone).absolute()))

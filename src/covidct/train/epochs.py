@@ -24,7 +24,7 @@ from covidct.model.network import train_mode
 from covidct.preprocess.augment import train_augmentation
 from covidct.preprocess.transforms import Preprocessing, normalize
 from covidct.train.callbacks import TrainCallbacks
-from covidct.train.config import Mode, TrainConfig
+from covidct.train.config import Augmentation, Mode, TrainConfig
 from covidct.train.distributed import World
 from covidct.train.frozen_cache import (
     CachedViews,
@@ -171,7 +171,7 @@ def make_runner(
             train[0],
             views=config.frozen_views,
             preprocessing=preprocessing,
-            vary_export=config.vary_export,
+            augment=_augmentation(config, preprocessing),
             batch_size=config.batch_size,
             world=world,
             progress=callbacks.decode_progress("frozen layers"),
@@ -188,7 +188,7 @@ def make_runner(
             train[0],
             train[1],
             weights,
-            augment=train_augmentation(preprocessing.image_size, vary_export=config.vary_export),
+            augment=_augmentation(config, preprocessing),
         )
         to_input = lambda gray: normalize(gray, preprocessing).contiguous(memory_format=torch.channels_last)
         val_logits = lambda net: _engine_outputs(
@@ -232,6 +232,12 @@ def make_runner(
         positive_index,
         averaged,
     )
+
+
+def _augmentation(config: TrainConfig, preprocessing: Preprocessing) -> nn.Module:
+    """The training augmentation ``config`` asks for (``--augmentation``, ``--vary-export``)."""
+    light = config.augmentation is Augmentation.LIGHT
+    return train_augmentation(preprocessing.image_size, light=light, vary_export=config.vary_export)
 
 
 def _weight_average(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int) -> AveragedModel | None:

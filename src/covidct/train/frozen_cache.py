@@ -29,7 +29,6 @@ from covidct.errors import OptionError
 from covidct.model.device import autocast
 from covidct.model.forward import predict_logits
 from covidct.model.network import STAGES, TrainLayers, pooled, run_stages, stem
-from covidct.preprocess.augment import train_augmentation
 from covidct.preprocess.transforms import Preprocessing
 from covidct.train.distributed import World
 
@@ -104,13 +103,13 @@ def cache_frozen_views(
     preprocessing: Preprocessing,
     device: torch.device,
     use_bf16: bool,
+    augment: nn.Module,
     batch_size: int,
-    vary_export: bool = False,
     world: World,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Return (views, N, C, h, w): ``views`` augmented draws of each (N, S, S) slice through
-    the frozen layers, run once.
+    """Return (views, N, C, h, w): ``views`` draws of ``augment`` (the run's training augmentation) on each
+    (N, S, S) slice through the frozen layers, run once.
 
     Each rank computes its shard of the slices; the outputs are gathered so every rank holds them all.
 
@@ -121,7 +120,6 @@ def cache_frozen_views(
         model, slices, views=views, train_layers=train_layers, preprocessing=preprocessing, use_bf16=use_bf16
     )
     model.eval()
-    augment = train_augmentation(preprocessing.image_size, vary_export=vary_export)
     local_slices = world.shard(slices)
     cached = []
     for view in range(views):
