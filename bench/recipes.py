@@ -1,6 +1,6 @@
 """Training recipes compared by cross-validation, row by row, resumable across sessions (not a test).
 
-    .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,export,peer --folds 0,1 --max-minutes 7
+    .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,peer --folds 0,1 --max-minutes 7
     .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe from what is measured
     .venv/bin/python bench/recipes.py --recipes ssl --backbone DIR   # DIR: `covidct pretrain` on train+val
 
@@ -52,14 +52,17 @@ from covidct.train.trainer import fit
 REPO = Path(__file__).resolve().parent.parent
 N_FOLDS = 5
 SELECTIONS = ("fold", "inner")
-# Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's).
+# Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's). The
+# default took --vary-export --fill-padding on 2026-12-03 (the rows of the recipe then called "export");
+# recipes measured before say what they ran with, explicitly.
+_BEFORE_EXPORT = {"vary_export": False, "fill_padding": False}
 RECIPES = {
     "default": {},
-    "export": {"vary_export": True, "fill_padding": True},
-    "export-aug-only": {"vary_export": True},
-    # The default's optimiser and site steps with the peer's batch of 10 and its epoch count at 20 minutes:
-    # 20 default epochs at batch 32 are ~270 updates, the peer's ~1,200 (is the default update-starved?).
-    "more-steps": {"batch_size": 10, "epochs": 28, "patience": 28},
+    "no-export": _BEFORE_EXPORT,  # the default until 2026-12-03
+    "export-aug-only": {"fill_padding": False},
+    # The pre-export default's optimiser and site steps with the peer's batch of 10 and its epoch count at 20
+    # minutes: 20 epochs at batch 32 are ~270 updates, the peer's ~1,200 (is the default update-starved?).
+    "more-steps": {"batch_size": 10, "epochs": 28, "patience": 28, **_BEFORE_EXPORT},
     # A final-candidate shape: the peer's update count and augmentation (crop and flip only; gray levels
     # untouched), with the export variation as the one intensity augmentation, and the padding fill.
     "light-export": {
@@ -72,8 +75,13 @@ RECIPES = {
     },
     # Frozen ImageNet features and a logistic head (minutes, not tens): a fast baseline, and with "-whole"
     # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
-    "linear": {"mode": "linear"},
-    "linear-whole": {"mode": "linear", "crop_field": False, "remove_annotations": False},
+    "linear": {"mode": "linear", "fill_padding": False},
+    "linear-whole": {
+        "mode": "linear",
+        "crop_field": False,
+        "remove_annotations": False,
+        "fill_padding": False,
+    },
     # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone. Pre-train
     # it on the dataset's train+val only: it then saw every fold's validation slices, without labels, which
     # makes this recipe's fold scores somewhat optimistic next to the others.
@@ -86,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(SOURCE_ROWS), default="ucsd")
     parser.add_argument(
-        "--recipes", default="default,export,peer", help=f"comma-separated, of: {', '.join(RECIPES)}"
+        "--recipes", default="default,peer", help=f"comma-separated, of: {', '.join(RECIPES)}"
     )
     parser.add_argument("--folds", default="0,1,2,3,4", help="comma-separated fold numbers (0-4)")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")

@@ -15,7 +15,7 @@ def test_defaults():
 
     assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.ALL, Device.AUTO)
     assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, False)
-    assert config.augmentation is Augmentation.FULL and not config.vary_export
+    assert config.augmentation is Augmentation.FULL and config.vary_export and config.fill_padding
 
 
 @pytest.mark.parametrize(

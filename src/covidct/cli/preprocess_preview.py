@@ -44,7 +44,7 @@ def preprocess_preview(
     crop_field: CropFieldOpt = True,
     remove_annotations: RemoveAnnotationsOpt = True,
     standardise_intensity: StandardiseIntensityOpt = False,
-    fill_padding: FillPaddingOpt = False,
+    fill_padding: FillPaddingOpt = True,
     seed: int = 0,
 ) -> None:
     """Show what the network would see for a sample of DATA: each slice before (whole image)
