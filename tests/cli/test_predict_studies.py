@@ -157,27 +157,23 @@ def test_a_window_other_than_the_cards_is_warned_about(model_dir, studies, tmp_p
     assert result.exit_code == 0, result.output
 
 
+def _predict_to_json(model_dir, inputs, out):
+    """``covidct predict`` of ``inputs`` in the phantom window, on the CPU, to the JSON file ``out``:
+    the CLI result and what the file holds (written even when some inputs fail)."""
+    result = invoke(
+        "predict", model_dir, *inputs, "--out", out, "--window", PHANTOM_WINDOW, "--device", "cpu"
+    )
+    return result, json.loads(out.read_text())
+
+
 def test_studies_that_fail_are_reported_and_the_batch_goes_on(model_dir, studies, tmp_path):
     head = write_nifti(tmp_path / "head.nii.gz", chest_phantom(3, 64, ()))
     broken = tmp_path / "broken.nii.gz"
     broken.write_text("not a NIfTI file")
 
-    result = invoke(
-        "predict",
-        model_dir,
-        head,
-        broken,
-        studies["nifti"],
-        "--out",
-        tmp_path / "x.json",
-        "--window",
-        PHANTOM_WINDOW,
-        "--device",
-        "cpu",
-    )
+    result, written = _predict_to_json(model_dir, [head, broken, studies["nifti"]], tmp_path / "x.json")
 
     assert result.exit_code == 1, result.output
-    written = json.loads((tmp_path / "x.json").read_text())
     assert [row["path"] for row in written["predictions"]] == [str(studies["nifti"])]
     assert [failure["path"] for failure in written["failures"]] == [str(head), str(broken)]
     assert written["failures"][0]["reason"].startswith("none of its 3 slices shows lung")
@@ -259,22 +255,11 @@ def test_a_series_with_an_undecodable_slice_fails_naming_the_file_and_the_batch_
     corrupt = max(files, key=lambda path: pydicom.dcmread(path).ImagePositionPatient[2])
     corrupt.write_bytes(corrupt.read_bytes()[:-300])
 
-    result = invoke(
-        "predict",
-        model_dir,
-        studies["nifti"],
-        series,
-        studies["dicom"],
-        "--out",
-        tmp_path / "x.json",
-        "--window",
-        PHANTOM_WINDOW,
-        "--device",
-        "cpu",
+    result, written = _predict_to_json(
+        model_dir, [studies["nifti"], series, studies["dicom"]], tmp_path / "x.json"
     )
 
     assert result.exit_code == 1, result.output
-    written = json.loads((tmp_path / "x.json").read_text())
     assert [row["path"] for row in written["predictions"]] == [str(studies["nifti"]), str(studies["dicom"])]
     [failure] = written["failures"]
     assert Path(failure["path"]).name == corrupt.name
