@@ -56,6 +56,18 @@ SELECTIONS = ("fold", "inner")
 # default took --vary-export --fill-padding on 2026-12-03 (the rows of the recipe then called "export");
 # recipes measured before say what they ran with, explicitly.
 _BEFORE_EXPORT = {"vary_export": False, "fill_padding": False}
+_WHOLE_IMAGE = {"crop_field": False, "remove_annotations": False}
+# The peer's update count and augmentation: batch 10, ~28 epochs in 20 minutes, crop and flip only.
+_PEER_STEPS = {"augmentation": "light", "batch_size": 10, "epochs": 28, "patience": 28}
+# The peer's optimiser as far as covidct's trainer expresses it (Adam: one learning rate of 1e-4, no weight
+# decay, no warm-up, no weight average); the cosine decay stays.
+_PEER_OPTIMISER = {
+    "lr": 1e-4,
+    "backbone_lr_factor": 1.0,
+    "weight_decay": 0.0,
+    "warmup_epochs": 0.0,
+    "ema_epochs": None,
+}
 RECIPES = {
     "default": {},
     "no-export": _BEFORE_EXPORT,  # the default until 2026-12-03
@@ -63,23 +75,24 @@ RECIPES = {
     # The pre-export default's optimiser and site steps with the peer's batch of 10 and its epoch count at 20
     # minutes: 20 epochs at batch 32 are ~270 updates, the peer's ~1,200 (is the default update-starved?).
     "more-steps": {"batch_size": 10, "epochs": 28, "patience": 28, **_BEFORE_EXPORT},
-    # A final-candidate shape: the peer's update count and augmentation (crop and flip only; gray levels
-    # untouched), with the export variation as the one intensity augmentation, and the padding fill.
-    "light-export": {
-        "augmentation": "light",
-        "vary_export": True,
-        "fill_padding": True,
-        "batch_size": 10,
-        "epochs": 28,
-        "patience": 28,
-    },
+    # A final-candidate shape: the peer's update count and augmentation (gray levels untouched), with the
+    # export variation as the one intensity augmentation, and the padding fill.
+    "light-export": {**_PEER_STEPS, "vary_export": True, "fill_padding": True},
+    # light-export on the whole image (no annotation removal, no body crop), as the peer and linear-whole see
+    # it: linear-whole beat linear by +0.017, and the peer, which sees the whole image, leads the default.
+    "whole-light-export": {**_PEER_STEPS, "vary_export": True, "fill_padding": True, **_WHOLE_IMAGE},
+    # The peer's recipe in covidct's trainer: what is left differs from the peer by the cosine decay, the
+    # class weights (~1 on UCSD) and the square resize (the peer keeps the aspect and centre-crops). An
+    # ablation probe, first on the fold where the peer leads most.
+    "peer-like": {**_PEER_STEPS, **_PEER_OPTIMISER, **_WHOLE_IMAGE, **_BEFORE_EXPORT},
+    # peer-like with the export variation and the padding fill: a default candidate if peer-like holds up.
+    "peer-like-export": {**_PEER_STEPS, **_PEER_OPTIMISER, **_WHOLE_IMAGE},
     # Frozen ImageNet features and a logistic head (minutes, not tens): a fast baseline, and with "-whole"
     # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
     "linear": {"mode": "linear", "fill_padding": False},
     "linear-whole": {
         "mode": "linear",
-        "crop_field": False,
-        "remove_annotations": False,
+        **_WHOLE_IMAGE,
         "fill_padding": False,
     },
     # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone. Pre-train
