@@ -56,6 +56,7 @@ SELECTIONS = ("fold", "inner")
 # default took --vary-export --fill-padding on 2026-12-03 (the rows of the recipe then called "export");
 # recipes measured before say what they ran with, explicitly.
 _BEFORE_EXPORT = {"vary_export": False, "fill_padding": False}
+_EXPORT = {"vary_export": True, "fill_padding": True}  # stated where a recipe was measured before the change
 _WHOLE_IMAGE = {"crop_field": False, "remove_annotations": False}
 # The peer's update count and augmentation: batch 10, ~28 epochs in 20 minutes, crop and flip only.
 _PEER_STEPS = {"augmentation": "light", "batch_size": 10, "epochs": 28, "patience": 28}
@@ -77,10 +78,10 @@ RECIPES = {
     "more-steps": {"batch_size": 10, "epochs": 28, "patience": 28, **_BEFORE_EXPORT},
     # A final-candidate shape: the peer's update count and augmentation (gray levels untouched), with the
     # export variation as the one intensity augmentation, and the padding fill.
-    "light-export": {**_PEER_STEPS, "vary_export": True, "fill_padding": True},
+    "light-export": {**_PEER_STEPS, **_EXPORT},
     # light-export on the whole image (no annotation removal, no body crop), as the peer and linear-whole see
     # it: linear-whole beat linear by +0.017, and the peer, which sees the whole image, leads the default.
-    "whole-light-export": {**_PEER_STEPS, "vary_export": True, "fill_padding": True, **_WHOLE_IMAGE},
+    "whole-light-export": {**_PEER_STEPS, **_EXPORT, **_WHOLE_IMAGE},
     # The peer's recipe in covidct's trainer: what is left differs from the peer by the cosine decay, the
     # class weights (~1 on UCSD) and the square resize (the peer keeps the aspect and centre-crops). An
     # ablation probe, first on the fold where the peer leads most.
@@ -90,11 +91,7 @@ RECIPES = {
     # Frozen ImageNet features and a logistic head (minutes, not tens): a fast baseline, and with "-whole"
     # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
     "linear": {"mode": "linear", "fill_padding": False},
-    "linear-whole": {
-        "mode": "linear",
-        **_WHOLE_IMAGE,
-        "fill_padding": False,
-    },
+    "linear-whole": {"mode": "linear", "fill_padding": False, **_WHOLE_IMAGE},
     # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone. Pre-train
     # it on the dataset's train+val only: it then saw every fold's validation slices, without labels, which
     # makes this recipe's fold scores somewhat optimistic next to the others.
