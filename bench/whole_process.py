@@ -161,16 +161,30 @@ def _vm_hwm_mib(pid: int) -> float | None:
     return None
 
 
-def test_auc(prob_csv: Path, rows: list[dict]) -> float:
-    """ROC-AUC on the UCSD test rows of ``rows`` from a CSV with path and prob_covid columns."""
+def test_probabilities(prob_csv: Path, rows: list[dict]) -> dict[str, float]:
+    """prob_covid of the UCSD test rows of ``rows`` from a CSV with path and prob_covid columns; a file the
+    out-of-distribution guard flagged has none and is not in the result."""
+    test = {str(r["path"]) for r in rows if r["is_ucsd_test"]}
     with prob_csv.open(newline="", encoding="utf-8") as handle:
-        prob = {
+        return {
             r["path"]: float(r["prob_covid"])
             for r in csv.DictReader(handle)
-            if r.get("prob_covid") not in (None, "")
+            if r["path"] in test and r.get("prob_covid") not in (None, "")
         }
+
+
+def add_test_aucs(table: dict, probabilities: dict[str, dict[str, float]], rows: list[dict]) -> None:
+    """Each row's ROC-AUC over the UCSD test files that every row scored (the same files for all, so the
+    differences are the engines'), and how many of them the row's guard flagged."""
     test = [r for r in rows if r["is_ucsd_test"]]
-    return float(roc_auc_score([r["is_covid"] for r in test], [prob[str(r["path"])] for r in test]))
+    common = [r for r in test if all(str(r["path"]) in prob for prob in probabilities.values())]
+    for name, prob in probabilities.items():
+        table[name]["auc_ucsd_test"] = round(
+            float(roc_auc_score([r["is_covid"] for r in common], [prob[str(r["path"])] for r in common])), 4
+        )
+        table[name]["ucsd_test_scored"] = (
+            f"{len(common)} of {len(test)} (flagged by this row: {len(test) - len(prob)})"
+        )
 
 
 def measure(
@@ -186,6 +200,7 @@ def measure(
     repeats = 1 if quick else 3
     result = {"n_files": len(paths), "series": series_facts, "rows": {}}
     table = result["rows"]
+    probabilities = {}
 
     def row(name: str, command: list[str], repeat: int = 1) -> dict:
         print(f"  whole process: {name} ...", flush=True)
@@ -219,7 +234,7 @@ def measure(
             name,
             [*covidct, "predict", str(model_dir), *paths, "--engine", engine, "--out", str(out), *options],
         )
-        table[name]["auc_ucsd_test"] = round(test_auc(out, rows), 4)
+        probabilities[name] = test_probabilities(out, rows)
     row(
         f"predict one {series_facts['slices']}-slice DICOM series, onnx-int8",
         [*covidct, "predict", str(model_dir), str(series), "--engine", "onnx-int8"],
@@ -228,7 +243,8 @@ def measure(
     print("  whole process: serve cold start ...", flush=True)
     table["serve --engine onnx-int8: launch to healthy /healthz"] = serve_cold_start(model_dir, "onnx-int8")
     plain = table[f"plain script, {len(paths)} files"]
-    plain["auc_ucsd_test"] = round(test_auc(workdir / "plain.csv", rows), 4)
+    probabilities[f"plain script, {len(paths)} files"] = test_probabilities(workdir / "plain.csv", rows)
+    add_test_aucs(table, probabilities, rows)
     for name, entry in table.items():
         if name.startswith(f"predict {len(paths)} files"):
             entry["speedup_vs_plain_script"] = round(plain["seconds"] / entry["seconds"], 2)

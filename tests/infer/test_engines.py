@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -62,6 +64,24 @@ def test_onnx_engines_agree_with_torch(
         )  # the guard reads the engine's features
         if engine is Engine.ONNX:
             assert onnx_p.label == torch_p.label
+
+
+@pytest.mark.parametrize("engine", [Engine.ONNX, Engine.ONNX_INT8], ids=str)
+def test_the_engines_session_computes_what_onnxruntimes_default_session_computes(onnx_model_dir, engine):
+    """The optimizer the engine leaves out (``DISABLED_OPTIMIZERS``) only moves where work happens:
+    the outputs are bit-identical."""
+    path = onnx_model_dir / engine.onnx_file
+    images = np.random.default_rng(0).standard_normal((4, 3, *_input_size(path))).astype(np.float32)
+    default = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    expected = np.concatenate(default.run(["features", "logits"], {"input": images}), axis=1)
+
+    np.testing.assert_array_equal(OnnxEngine(path, kind=engine)(images), expected)
+
+
+def _input_size(path) -> tuple[int, int]:
+    shape = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return shape[2].dim_value, shape[3].dim_value
 
 
 def test_the_default_engine_is_torch(onnx_model_dir):

@@ -20,19 +20,22 @@ from covidct.errors import InputError
 from covidct.io.dicom import read_dicom_series
 from covidct.io.images import read_grayscale
 from covidct.io.volume import Volume
+from covidct.preprocess import lung_slices
 from covidct.preprocess.lung_slices import (
     _fill_holes,
+    _lung_fraction,
     iter_lung_slice_indices,
     lung_slice_indices,
     select_lung_slices,
 )
 
 
+@pytest.mark.parametrize("size", [48, 512], ids=["pixels", "2x2-blocks"])
 @pytest.mark.parametrize(
     "lung_slices", [[2, 3, 4], [0], [], list(range(7))], ids=["middle", "first-only", "none", "all"]
 )
-def test_only_the_phantom_slices_with_lungs_are_selected(lung_slices):
-    hu = chest_phantom(7, 48, lung_slices=lung_slices)
+def test_only_the_phantom_slices_with_lungs_are_selected(lung_slices, size):
+    hu = chest_phantom(7, size, lung_slices=lung_slices)
 
     selected = select_lung_slices(hu)
 
@@ -40,14 +43,20 @@ def test_only_the_phantom_slices_with_lungs_are_selected(lung_slices):
     assert np.flatnonzero(selected).tolist() == lung_slices
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 3, 9, 100])
-def test_lung_slices_found_chunk_by_chunk_are_those_of_the_whole_volume(chunk_size):
-    """Prediction examines a volume a batch at a time: the chunks must add up to the same slices."""
+@pytest.mark.parametrize(
+    ("chunk_size", "first_chunk_size", "n_chunks"),
+    [(1, None, 9), (2, None, 5), (3, None, 3), (9, None, 1), (100, None, 1), (4, 1, 3), (3, 2, 4), (2, 5, 5)],
+)
+def test_lung_slices_found_chunk_by_chunk_are_those_of_the_whole_volume(
+    chunk_size, first_chunk_size, n_chunks
+):
+    """Prediction examines a volume a batch at a time (the first one smaller): the chunks must add up to the
+    same slices."""
     volume = _volume(chest_phantom(9, 48, lung_slices=[1, 2, 5, 6, 7]))
 
-    chunks = list(iter_lung_slice_indices(volume, chunk_size))
+    chunks = list(iter_lung_slice_indices(volume, chunk_size, first_chunk_size=first_chunk_size))
 
-    assert len(chunks) == -(-9 // chunk_size)
+    assert len(chunks) == n_chunks
     assert np.concatenate(chunks).tolist() == lung_slice_indices(volume).tolist() == [1, 2, 5, 6, 7]
 
 
@@ -59,6 +68,16 @@ def test_holes_are_filled_as_scipy_fills_them(seed):
         mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.random()
         for candidate in (mask, ndimage.binary_dilation(mask), ndimage.binary_erosion(mask)):
             np.testing.assert_array_equal(_fill_holes(candidate), ndimage.binary_fill_holes(candidate))
+
+
+def test_the_lung_share_found_on_blocks_is_the_full_resolution_share(monkeypatch):
+    """A 512 x 512 slice is examined on 2 x 2 blocks: the lung share may move by a block's edge, no more."""
+    slice_hu = chest_phantom(1, 512, lung_slices=[0])[0]
+    on_blocks = _lung_fraction(slice_hu)
+    monkeypatch.setattr(lung_slices, "EXAMINED_SIZE", 10**6)
+
+    assert _lung_fraction(slice_hu) == pytest.approx(on_blocks, abs=0.005)
+    assert 0.2 < on_blocks < 0.5
 
 
 def test_a_volume_without_lung_is_an_input_error_naming_it():

@@ -199,6 +199,19 @@ def test_fill_padding_leaves_slices_without_gray_padding_unchanged(gray):
     assert np.array_equal(fill_padding(gray), gray)
 
 
+@pytest.mark.parametrize(("above_air", "is_filled"), [(3, False), (6, True)])
+def test_fill_padding_fills_a_frame_only_when_it_is_brighter_than_the_air_inside(above_air, is_filled):
+    """Padding within 4 gray levels of the air inside the field is black padding: nothing to fill."""
+    gray = _whole_body_figure()
+    air = float(gray.min())
+    exported = _exported(gray, Export(fov_radius=1.0, padding=air + above_air / 255))
+
+    filled = fill_padding(exported)
+
+    assert np.array_equal(filled, exported) is not is_filled
+    assert filled[0, 0] == pytest.approx(air if is_filled else air + above_air / 255, abs=1e-6)
+
+
 @pytest.mark.shared_data
 @pytest.mark.parametrize("dataset", ["sars_cov2_ct", "ucsd_covid_ct"])
 def test_on_real_slices_fill_padding_keeps_shipped_slices_and_finds_the_field_when_gray_padded(

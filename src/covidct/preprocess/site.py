@@ -84,7 +84,13 @@ def fill_padding(gray: np.ndarray) -> np.ndarray:
     height, width = gray.shape
     corners = gray[[0, 0, -1, -1], [0, -1, 0, -1]]
     level = np.float32(np.median(corners))
-    if np.ptp(corners) > _PADDING_TOLERANCE or level > _MAX_PADDING_LEVEL:
+    # The air level below is never under the slice's minimum: a frame this close to it (black padding, the
+    # common case) is returned now, without the two labellings the answer would otherwise cost.
+    if (
+        np.ptp(corners) > _PADDING_TOLERANCE
+        or level > _MAX_PADDING_LEVEL
+        or level - gray.min() < _PADDING_ABOVE_AIR
+    ):
         return gray
     labels, _ = ndimage.label(np.abs(gray - level) <= _PADDING_TOLERANCE)
     flat = np.isin(labels, labels[[0, 0, -1, -1], [0, -1, 0, -1]])
@@ -112,7 +118,8 @@ def find_body(gray: np.ndarray) -> Body:
     if thresholds is None:
         return whole
     bright = _dilate(_erode(gray > thresholds[0], _OPENING_ITERATIONS), _OPENING_ITERATIONS)
-    labels, count = ndimage.label(bright)
+    # Labels as numpy's index type: bincount and the indexing below would otherwise convert them first.
+    labels, count = ndimage.label(bright, output=np.intp)
     if count == 0:
         return whole
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
@@ -234,11 +241,16 @@ def _orthogonal_hull(mask: np.ndarray) -> np.ndarray:
     oval body.
     """
 
-    def spans(m: np.ndarray) -> np.ndarray:
-        has = m.any(axis=1)
-        first = np.where(has, m.argmax(axis=1), m.shape[1])
-        last = np.where(has, m.shape[1] - 1 - m[:, ::-1].argmax(axis=1), -1)
-        index = np.arange(m.shape[1])
-        return (index >= first[:, None]) & (index <= last[:, None])
+    def spans(axis: int) -> np.ndarray:
+        """Each line along ``axis`` filled from its first to its last pixel (an empty line stays empty)."""
+        length = mask.shape[axis]
+        has = mask.any(axis=axis)
+        first = np.where(has, mask.argmax(axis=axis), length)
+        last = np.where(has, length - 1 - np.flip(mask, axis).argmax(axis=axis), -1)
+        index = np.arange(length).reshape((1, -1) if axis == 1 else (-1, 1))
+        first, last = np.expand_dims(first, axis), np.expand_dims(last, axis)
+        return (index >= first) & (index <= last)
 
-    return spans(mask) | spans(mask.T).T
+    hull = spans(1)
+    hull |= spans(0)
+    return hull
