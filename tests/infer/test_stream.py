@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -14,7 +15,7 @@ from covidct.errors import OptionError
 from covidct.infer import stream
 from covidct.infer.engine_kind import Engine
 from covidct.infer.engines import InferenceEngine
-from covidct.infer.stream import iter_slice_batches, one_ahead
+from covidct.infer.stream import computed_ahead, iter_slice_batches
 from covidct.model.card import Decision, ModelCard
 from covidct.model.network import FEATURE_DIM, StrideVariant, build_resnet50
 from covidct.preprocess.transforms import Preprocessing
@@ -253,7 +254,7 @@ def test_a_volume_over_the_voxel_budget_is_a_failure_and_the_stream_goes_on(tmp_
     assert [p.name for batch in batches for p in batch.paths] == ["c.png"]
 
 
-def test_one_ahead_computes_the_items_in_another_thread_in_order():
+def test_computed_ahead_computes_the_items_in_another_thread_in_order():
     """The next batch is prepared in a thread while the caller runs the network on the current one."""
     computed_in = []
 
@@ -262,16 +263,35 @@ def test_one_ahead_computes_the_items_in_another_thread_in_order():
             computed_in.append(threading.current_thread().name)
             yield k
 
-    assert list(one_ahead(items())) == [0, 1, 2]
+    assert list(computed_ahead(items())) == [0, 1, 2]
     assert len(computed_in) == 3 and all(name.startswith("covidct-prepare") for name in computed_in)
 
 
-def test_one_ahead_raises_an_error_of_the_producer_where_its_item_is_reached():
+def test_computed_ahead_prepares_two_items_while_the_caller_holds_one():
+    """The thread does not wait for the caller to finish a batch before starting the one after next."""
+    computed = []
+
+    def items():
+        for k in range(5):
+            computed.append(k)
+            yield k
+
+    got = computed_ahead(items())
+    assert next(got) == 0
+    deadline = time.monotonic() + 10
+    while len(computed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # and no further than that
+    assert computed == [0, 1, 2]
+    assert list(got) == [1, 2, 3, 4]
+
+
+def test_computed_ahead_raises_an_error_of_the_producer_where_its_item_is_reached():
     def items():
         yield "first"
         raise ValueError("slice 2 cannot be prepared")
 
-    got = one_ahead(items())
+    got = computed_ahead(items())
     assert next(got) == "first"
     with pytest.raises(ValueError, match="slice 2 cannot be prepared"):
         next(got)

@@ -19,7 +19,7 @@ import numpy as np
 from covidct.errors import InputError, OptionError
 from covidct.infer.engine_kind import Engine
 from covidct.infer.engines import InferenceEngine, open_onnx_engine
-from covidct.infer.stream import iter_slice_batches, one_ahead
+from covidct.infer.stream import computed_ahead, iter_slice_batches
 from covidct.infer.study import StudyPrediction, study_prediction
 from covidct.io.budget import DEFAULT_REQUEST_VOXELS, MAX_PIXELS
 from covidct.io.discover import count_images
@@ -293,7 +293,7 @@ class Predictor:
         """
         indices: list[int] = []
         predictions: list[Prediction] = []
-        for batch, images in one_ahead(self._prepared_lung_batches(volume)):
+        for batch, images in computed_ahead(self._prepared_lung_batches(volume)):
             indices += batch.tolist()
             predictions += [
                 e.prediction

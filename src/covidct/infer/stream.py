@@ -12,6 +12,7 @@ import contextlib
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -218,15 +219,18 @@ def _drain(batches: queue.Queue) -> None:
             return
 
 
-def one_ahead(items: Iterator[_T]) -> Iterator[_T]:
-    """Yield ``items`` while a thread computes the next one.
+def computed_ahead(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """Yield ``items`` while a thread computes the next ``depth`` of them.
 
     For a volume's batches: while the forward pass runs on one batch (onnxruntime and torch release the
-    GIL), the next is found and prepared (numpy and scipy, which release it for much of their work). At
-    most one item is computed ahead; an error computing it is raised here when it is reached.
+    GIL), the next ones are found and prepared (numpy and scipy, which release it for some of their work).
+    Two, not one: preparing a series' batch takes about as long as its forward pass, so with one the
+    thread stopped whenever it finished first and the forward pass then waited for it (0.4 s of a 150-slice
+    series, issue 16). At most ``depth`` items are computed ahead (a few MB each); an error computing one is
+    raised here when it is reached.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidct-prepare") as pool:
-        upcoming = pool.submit(next, items, _DONE)
-        while (item := upcoming.result()) is not _DONE:
-            upcoming = pool.submit(next, items, _DONE)
+        upcoming = deque(pool.submit(next, items, _DONE) for _ in range(depth))
+        while (item := upcoming.popleft().result()) is not _DONE:
+            upcoming.append(pool.submit(next, items, _DONE))
             yield item
