@@ -13,7 +13,7 @@ from PIL import Image
 from covidct.data.dataset import decode_slices
 from covidct.preprocess.augment import Export, export_as
 from covidct.preprocess.pipeline import prepare_hu_slices, prepare_slice
-from covidct.preprocess.transforms import Preprocessing, resize_gray
+from covidct.preprocess.transforms import Preprocessing, normalize, resize_gray
 from covidct.preprocess.window import LUNG_WINDOW, HuWindow
 
 SITE_STEPS = ("crop_field", "remove_annotations", "standardise_intensity", "fill_padding")
@@ -119,3 +119,17 @@ def test_hu_slices_are_windowed_through_the_card_window_at_the_card_size(hu, win
 
     assert (slices.shape, str(slices.dtype)) == ((2, 32, 32), "float16")
     np.testing.assert_allclose(slices.astype(np.float32), expected, atol=1e-3)
+
+
+def test_normalize_gives_numpy_and_torch_the_same_three_channel_input():
+    """The ONNX engines normalise in numpy, training and the torch engine in torch: the network must see
+    the same values from both, each channel with its own ImageNet mean and std."""
+    gray = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    preprocessing = Preprocessing(image_size=8)
+
+    from_numpy = normalize(gray, preprocessing)
+    from_torch = normalize(torch.from_numpy(gray), preprocessing).numpy()
+
+    assert from_numpy.shape == (2, 3, 8, 8) and from_numpy.dtype == np.float32
+    np.testing.assert_array_equal(from_numpy, from_torch)
+    np.testing.assert_allclose(from_numpy[:, 2], (gray[:, 0] - 0.406) / 0.225, rtol=1e-6)

@@ -84,6 +84,11 @@ def normalize(gray: Array, preprocessing: Preprocessing) -> Array:
     std = np.asarray(preprocessing.std, dtype=np.float32).reshape(1, 3, 1, 1)
     if isinstance(gray, np.ndarray):
         mean, std = mean.astype(gray.dtype), std.astype(gray.dtype)
-    else:  # a torch tensor: the constants follow its dtype and device
-        mean, std = gray.new_tensor(mean), gray.new_tensor(std)
+        # Into one array, in place: the temporary of ``(gray - mean) / std`` cost the ONNX engines' calling
+        # thread, which the forward pass waits for, 50 ms a batch of 32 in page faults (issue 16).
+        normalised = np.empty(np.broadcast_shapes(gray.shape, mean.shape), gray.dtype)
+        np.subtract(gray, mean, out=normalised)
+        return np.divide(normalised, std, out=normalised)
+    # a torch tensor: the constants follow its dtype and device
+    mean, std = gray.new_tensor(mean), gray.new_tensor(std)
     return (gray - mean) / std
