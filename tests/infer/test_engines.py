@@ -22,6 +22,7 @@ from covidct.infer.engines import (
     settings_path,
 )
 from covidct.infer.torch_engine import TorchEngine
+from covidct.model.card import read_card
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +72,13 @@ def test_the_engines_session_computes_what_onnxruntimes_default_session_computes
     """The optimizer the engine leaves out (``DISABLED_OPTIMIZERS``) only moves where work happens:
     the outputs are bit-identical."""
     path = onnx_model_dir / engine.onnx_file
-    images = np.random.default_rng(0).standard_normal((4, 3, *_input_size(path))).astype(np.float32)
+    size = read_card(onnx_model_dir).preprocessing.image_size
+    images = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
     default = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     expected = np.concatenate(default.run(["features", "logits"], {"input": images}), axis=1)
 
     np.testing.assert_array_equal(OnnxEngine(path, kind=engine)(images), expected)
-
-
-def _input_size(path) -> tuple[int, int]:
-    shape = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
-    return shape[2].dim_value, shape[3].dim_value
 
 
 def test_the_default_engine_is_torch(onnx_model_dir):
