@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from covidct.io.images import read_grayscale
+from covidct.preprocess import site
 from covidct.preprocess.augment import Export, export_as
 from covidct.preprocess.site import (
     crop_to_field,
@@ -72,6 +73,19 @@ def test_find_body_boxes_the_oval_and_leaves_out_the_letter():
     # The oval spans rows 0.30-0.80 and columns 0.20-0.80 of the image; the letter sits at rows/columns 3-8.
     assert (top, left) > (20, 15)
     assert abs(bottom - 0.8 * SIZE) <= 3 and abs(right - 0.8 * SIZE) <= 3
+
+
+def test_a_large_slice_is_searched_at_reduced_resolution_and_boxed_as_at_full(monkeypatch):
+    """A 4x larger copy of the figure is searched on every 4th pixel (24 a side here, 256 for a 512 px
+    slice): the same body, its box and hull scaled back to the slice, the letter still out."""
+    monkeypatch.setattr(site, "_EXAMINED_SIZE", SIZE // 4)
+    small = _whole_body_figure()
+    large = small.repeat(4, axis=0).repeat(4, axis=1)
+    body, reference = find_body(large), find_body(small)
+    assert body.found and body.hull.shape == large.shape
+    assert np.abs(np.subtract(body.box, np.multiply(reference.box, 4))).max() <= 4
+    assert not body.hull[12:36, 12:36].any()  # the letter (rows and columns 3-8 of the small figure)
+    assert np.mean(body.hull == reference.hull.repeat(4, axis=0).repeat(4, axis=1)) > 0.99
 
 
 def test_crop_to_field_keeps_the_body_with_a_small_margin():
