@@ -128,7 +128,7 @@ def find_body(gray: np.ndarray) -> Body:
     thresholds = otsu_thresholds(examined)
     if thresholds is None:
         return whole
-    # The opening removes the same widths in slice pixels: 2 steps at full resolution, 1 at half.
+    # The opening removes about the same widths of slice pixels at k = 2: 2 steps at full size, 1 at half.
     iterations = max(1, _OPENING_ITERATIONS // k)
     bright = _dilate(_erode(examined > thresholds[0], iterations), iterations)
     # Labels as numpy's index type: bincount and the indexing below would otherwise convert them first.
