@@ -53,7 +53,8 @@ _AIR_PERCENTILE = 0.5
 # The body is searched on every k-th pixel of every k-th row, k chosen to leave at least this many a side: a
 # 512 x 512 DICOM slice is searched at 256 x 256, a quarter of the work (issue 16), and its hull and box are
 # scaled back (the margin of ``crop_to_field`` covers the k - 1 pixels a box edge may move). Most PNG and JPEG
-# slices (under 512 px) are searched at full resolution, as before.
+# slices (under 512 px) are searched at full resolution, as before. The same size as the lung selection's
+# ``lung_slices.EXAMINED_SIZE`` (blocks there, sampling here), so a series slice is examined at one scale.
 _EXAMINED_SIZE = 256
 
 
