@@ -146,7 +146,12 @@ def main() -> None:
         )
     for name, entry in ((whole or {}).get("rows") or {}).items():
         ratio = entry.get("speedup_vs_plain_script")
-        extra = f", x{ratio} the plain script, AUC {entry['auc_ucsd_test']}" if ratio else ""
+        extra = (
+            f", x{ratio} the plain script (by round {entry['speedup_by_round']}), "
+            f"AUC {entry['auc_ucsd_test']}"
+            if ratio
+            else ""
+        )
         cpu, rss = entry.get("cpu_seconds"), entry["peak_rss_mib"]
         print(f"{name:>60}: {entry['seconds']:7.2f} s (CPU {cpu} s), peak RSS {rss} MiB{extra}")
     print(f"wrote {args.out}")

@@ -2,10 +2,11 @@
 
 What a user waits for at the terminal: ``covidct --help``, ``covidct predict`` on 1 file, on 512 files and
 on one ~150-slice DICOM series, the plain eager-fp32 torchvision script (``bench/plain_script.py``) on the
-same 512 files, and ``covidct serve`` from launch to a healthy ``/healthz``. Wall seconds by
-``time.perf_counter`` around the process, CPU seconds (user + system, the process and the children it waited
-for) and peak resident memory (the largest of them) by GNU time's ``%U``, ``%S`` and ``%M`` or, for the
-server, its ``VmHWM`` just before it is stopped.
+same 512 files, and ``covidct serve`` from launch to a healthy ``/healthz``. The plain script and the
+512-file rows run in turn, round after round (``run_interleaved``), and their ratios are also given round by
+round. Wall seconds by ``time.perf_counter`` around the process, CPU seconds (user + system, the process and
+the children it waited for) and peak resident memory (the largest of them) by GNU time's ``%U``, ``%S`` and
+``%M`` or, for the server, its ``VmHWM`` just before it is stopped.
 """
 
 from __future__ import annotations
@@ -41,25 +42,48 @@ def run_timed(command: list[str], *, repeats: int = 1) -> dict:
 
     On a shared machine the wall time grows with everyone else's load; the CPU seconds much less so.
     """
-    seconds, cpu_seconds, peaks = [], [], []
-    for _ in range(repeats):
-        with tempfile.NamedTemporaryFile(suffix=".time") as report:
-            wrapped = (
-                [str(GNU_TIME), "-f", "%M %U %S", "-o", report.name, *command]
-                if GNU_TIME.exists()
-                else command
+    return _summary([_run_once(command) for _ in range(repeats)])
+
+
+def run_interleaved(commands: dict[str, list[str]], *, rounds: int) -> dict[str, dict]:
+    """``run_timed`` of each command, run in turn for ``rounds`` rounds (A B C, A B C, ...): a burst of
+    someone else's load then slows one round of every row rather than every run of one row, so ratios
+    between rows are taken within a round (``round_ratios``)."""
+    runs: dict[str, list[tuple]] = {name: [] for name in commands}
+    for index in range(rounds):
+        for name, command in commands.items():
+            print(f"  whole process: {name} (round {index + 1} of {rounds}) ...", flush=True)
+            runs[name].append(_run_once(command))
+    return {name: _summary(measured) for name, measured in runs.items()}
+
+
+def round_ratios(reference: dict, entry: dict) -> list[float]:
+    """``reference``'s wall seconds over ``entry``'s, round by round (rows from ``run_interleaved``)."""
+    return [round(a / b, 2) for a, b in zip(reference["runs_s"], entry["runs_s"], strict=True)]
+
+
+def _run_once(command: list[str]) -> tuple[float, float | None, float | None]:
+    """(wall s, CPU s, peak RSS MiB) of one run of ``command``, which must succeed."""
+    with tempfile.NamedTemporaryFile(suffix=".time") as report:
+        wrapped = (
+            [str(GNU_TIME), "-f", "%M %U %S", "-o", report.name, *command] if GNU_TIME.exists() else command
+        )
+        started = time.perf_counter()
+        done = subprocess.run(wrapped, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{' '.join(command[:4])} ... failed ({done.returncode}):\n"
+                f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
             )
-            started = time.perf_counter()
-            done = subprocess.run(wrapped, capture_output=True, text=True)
-            seconds.append(time.perf_counter() - started)
-            if done.returncode != 0:
-                raise SystemExit(
-                    f"{' '.join(command[:4])} ... failed ({done.returncode}):\n"
-                    f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-                )
-            fields = Path(report.name).read_text().split()[-3:] if GNU_TIME.exists() else [None] * 3
-            peaks.append(None if fields[0] is None else int(fields[0]) / 1024)
-            cpu_seconds.append(None if fields[1] is None else float(fields[1]) + float(fields[2]))
+        fields = Path(report.name).read_text().split()[-3:] if GNU_TIME.exists() else [None] * 3
+    peak = None if fields[0] is None else int(fields[0]) / 1024
+    cpu = None if fields[1] is None else float(fields[1]) + float(fields[2])
+    return seconds, cpu, peak
+
+
+def _summary(runs: list[tuple[float, float | None, float | None]]) -> dict:
+    seconds, cpu_seconds, peaks = zip(*runs, strict=True)
     return {
         "seconds": round(statistics.median(seconds), 3),
         "runs_s": [round(s, 3) for s in seconds],
@@ -200,7 +224,6 @@ def measure(
     repeats = 1 if quick else 3
     result = {"n_files": len(paths), "series": series_facts, "rows": {}}
     table = result["rows"]
-    probabilities = {}
 
     def row(name: str, command: list[str], repeat: int = 1) -> dict:
         print(f"  whole process: {name} ...", flush=True)
@@ -214,27 +237,38 @@ def measure(
         [*covidct, "predict", str(model_dir), paths[0], "--engine", "onnx-int8"],
         repeat=repeats,
     )
-    row(
-        f"plain script, {len(paths)} files",
-        [
+    plain_name = f"plain script, {len(paths)} files"
+    outputs = {plain_name: workdir / "plain.csv"}
+    commands = {
+        plain_name: [
             sys.executable,
             str(BENCH / "plain_script.py"),
             str(model_dir),
             str(files),
-            str(workdir / "plain.csv"),
-        ],
-    )
+            str(outputs[plain_name]),
+        ]
+    }
     for engine, workers in (("onnx-int8", None), ("onnx-int8", 2), *([] if quick else [("torch", None)])):
         name = f"predict {len(paths)} files, {engine}" + (
             "" if workers is None else f", --decode-workers {workers}"
         )
-        out = workdir / f"{engine}-{workers}.csv"
+        outputs[name] = workdir / f"{engine}-{workers}.csv"
         options = [] if workers is None else ["--decode-workers", str(workers)]
-        row(
-            name,
-            [*covidct, "predict", str(model_dir), *paths, "--engine", engine, "--out", str(out), *options],
-        )
-        probabilities[name] = test_probabilities(out, rows)
+        commands[name] = [
+            *covidct,
+            "predict",
+            str(model_dir),
+            *paths,
+            "--engine",
+            engine,
+            *options,
+            "--out",
+            str(outputs[name]),
+        ]
+    for name, measured in run_interleaved(commands, rounds=repeats).items():
+        table[name] = measured
+        print(f"    {name}: {measured}", flush=True)
+    probabilities = {name: test_probabilities(out, rows) for name, out in outputs.items()}
     row(
         f"predict one {series_facts['slices']}-slice DICOM series, onnx-int8",
         [*covidct, "predict", str(model_dir), str(series), "--engine", "onnx-int8"],
@@ -242,14 +276,13 @@ def measure(
     )
     print("  whole process: serve cold start ...", flush=True)
     table["serve --engine onnx-int8: launch to healthy /healthz"] = serve_cold_start(model_dir, "onnx-int8")
-    plain = table[f"plain script, {len(paths)} files"]
-    probabilities[f"plain script, {len(paths)} files"] = test_probabilities(workdir / "plain.csv", rows)
     add_test_aucs(table, probabilities, rows)
-    for name, entry in table.items():
-        if name.startswith(f"predict {len(paths)} files"):
-            entry["speedup_vs_plain_script"] = round(plain["seconds"] / entry["seconds"], 2)
-            entry["abs_delta_auc_vs_plain_fp32"] = round(
-                abs(entry["auc_ucsd_test"] - plain["auc_ucsd_test"]), 4
-            )
+    for name in commands.keys() - {plain_name}:
+        entry = table[name]
+        entry["speedup_vs_plain_script"] = round(table[plain_name]["seconds"] / entry["seconds"], 2)
+        entry["speedup_by_round"] = round_ratios(table[plain_name], entry)
+        entry["abs_delta_auc_vs_plain_fp32"] = round(
+            abs(entry["auc_ucsd_test"] - table[plain_name]["auc_ucsd_test"]), 4
+        )
     result["load_average_after"] = os.getloadavg()
     return result
