@@ -97,8 +97,31 @@ def _link_model(onnx_model_dir, target, *, onnx_files=(), settings=None):
     return target
 
 
+def _tampered_weights(onnx_model_dir, target, *, onnx_files=("model.onnx",)):
+    """Links, but model.safetensors is a copy with its last byte changed: the card's hash no longer matches
+    the weights, though the export still names that hash as its source."""
+    _link_model(onnx_model_dir, target, onnx_files=onnx_files)
+    weights = target / "model.safetensors"
+    content = bytearray(weights.read_bytes())
+    content[-1] ^= 1
+    weights.unlink()
+    weights.write_bytes(bytes(content))
+    return target
+
+
+WEIGHTS_MODIFIED = r"model.safetensors does not match the hash in model.json"
 # (id, setup from (fixture model dir, new folder), engine, device, error, message)
 ERRORS = [
+    ("tampered-weights", _tampered_weights, "onnx", "cpu", ModelDirError, WEIGHTS_MODIFIED),
+    # the weights are checked in a thread while onnxruntime opens the export; their error still comes first
+    (
+        "tampered-weights-and-no-export",
+        lambda m, t: _tampered_weights(m, t, onnx_files=()),
+        "onnx-int8",
+        "cpu",
+        ModelDirError,
+        WEIGHTS_MODIFIED,
+    ),
     (
         "no-model-onnx",
         lambda m, t: _link_model(m, t),
