@@ -1,4 +1,5 @@
-"""Build the demo sample shipped in src/covidct/demo/ from ../shared/data/sars_cov2_ct (run once, by a maintainer).
+"""Build the demo sample shipped in src/covidct/demo/ from ../shared/data/sars_cov2_ct (run once, by a
+maintainer).
 
 10 slices per class from each of the 10 contiguous blocks (evenly spaced inside the block), 200 in all.
 Blocks stand in for patients (consecutive file numbers are consecutive slices of one scan), so the
@@ -19,7 +20,10 @@ def main(source: Path, target: Path) -> None:
     out_rows = []
     for label in ("COVID", "non-COVID"):
         for block in range(10):
-            members = sorted((r for r in rows if r["label_name"] == label and int(r["contiguous_block10"]) == block), key=lambda r: int(r["seq_index"]))
+            members = sorted(
+                (r for r in rows if r["label_name"] == label and int(r["contiguous_block10"]) == block),
+                key=lambda r: int(r["seq_index"]),
+            )
             step = len(members) / PER_BLOCK
             for k in range(PER_BLOCK):
                 row = members[int(k * step + step / 2)]
@@ -27,7 +31,16 @@ def main(source: Path, target: Path) -> None:
                 destination = target / "images" / label / name
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / row["rel_path"], destination)
-                out_rows.append({"path": f"images/{label}/{name}", "label": label, "patient_id": f"{label}-block{block}", "split": SPLIT_OF_BLOCK[block], "original_file_name": row["original_file_name"], "stored_sha256": row["stored_sha256"]})
+                out_rows.append(
+                    {
+                        "path": f"images/{label}/{name}",
+                        "label": label,
+                        "patient_id": f"{label}-block{block}",
+                        "split": SPLIT_OF_BLOCK[block],
+                        "original_file_name": row["original_file_name"],
+                        "stored_sha256": row["stored_sha256"],
+                    }
+                )
     with (target / "manifest.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(out_rows[0]))
         writer.writeheader()
