@@ -32,6 +32,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from covidct.train.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
 N_FOLDS = 5
+REFERENCE_BUDGET = 20.0  # minutes a fold model; the budget study (issue 13) compares other budgets with it
 SELECTIONS = ("fold", "inner")
 # Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's). The
 # default took --vary-export --fill-padding on 2026-12-03 (the rows of the recipe then called "export");
@@ -96,6 +98,10 @@ RECIPES = {
     # it on the dataset's train+val only: it then saw every fold's validation slices, without labels, which
     # makes this recipe's fold scores somewhat optimistic next to the others.
     "ssl": {"backbone": None},
+    # The default's schedule without its 20-epoch cap and early stop, so that it spends whatever budget it is
+    # given: the budget study's long rows (the default stops after 17-20 epochs, 10-16 minutes on UCSD, so
+    # more minutes alone change nothing there).
+    "long-schedule": {"epochs": 200, "patience": 200},
     "peer": None,
 }
 
@@ -321,7 +327,10 @@ def summary_table(rows: list[dict]) -> str:
             f"| {_mean_sd([r['val']['as shipped']['auc'] for r in cell])} "
             f"| {_mean_sd([r['val']['as shipped'].get('patient_auc') for r in cell])} | {' | '.join(shown)} |"
         )
-    tables = [_paired_table(cells, reference) for reference in ("default", "peer")]
+    tables = [_paired_table(cells, f"recipe - {name}", _same_budget(name)) for name in ("default", "peer")]
+    tables.append(
+        _paired_table(cells, f"budget - default at {REFERENCE_BUDGET:g} min", _default_at_reference_budget)
+    )
     return "\n\n".join(["\n".join(lines), *tables])
 
 
@@ -329,20 +338,40 @@ def _label(recipe: str, selection: str) -> str:
     return recipe if selection == "fold" else f"{recipe} (inner selection)"
 
 
-def _paired_table(cells: dict[tuple, list[dict]], reference_recipe: str) -> str:
-    """Each recipe minus ``reference_recipe`` on the folds and seeds both were measured on with the same
-    budget and selection (paired: less noise)."""
+def _same_budget(reference_recipe: str) -> Callable[[tuple], tuple | None]:
+    """Pairs each recipe with ``reference_recipe`` at the same budget and selection."""
+
+    def reference_of(key: tuple) -> tuple | None:
+        dataset, recipe, budget, selection = key
+        return None if recipe == reference_recipe else (dataset, reference_recipe, budget, selection)
+
+    return reference_of
+
+
+def _default_at_reference_budget(key: tuple) -> tuple | None:
+    """Pairs each cell at another budget with the default at ``REFERENCE_BUDGET`` minutes (the budget study:
+    what other minutes, and the schedule that spends them, give over the shipped setting)."""
+    dataset, _recipe, budget, selection = key
+    return None if budget == REFERENCE_BUDGET else (dataset, "default", REFERENCE_BUDGET, selection)
+
+
+def _paired_table(
+    cells: dict[tuple, list[dict]], heading: str, reference_of: Callable[[tuple], tuple | None]
+) -> str:
+    """Each cell minus its reference cell (``reference_of(key)``) on the folds and seeds both were measured
+    on (paired: less noise)."""
     lines = [
-        f"| dataset | recipe - {reference_recipe} | budget (min) | paired folds "
+        f"| dataset | recipe | budget (min) | {heading}: paired folds "
         "| delta slice ROC-AUC | 95% CI | delta patient ROC-AUC | 95% CI |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (dataset, recipe, budget, selection), cell in sorted(cells.items()):
-        reference_cell = cells.get((dataset, reference_recipe, budget, selection), [])
-        reference = {(r["fold"], r["seed"]): r for r in reference_cell}
+    for key, cell in sorted(cells.items()):
+        reference_key = reference_of(key)
+        reference = {(r["fold"], r["seed"]): r for r in cells.get(reference_key, [])}
         pairs = [(r, reference[(r["fold"], r["seed"])]) for r in cell if (r["fold"], r["seed"]) in reference]
-        if recipe == reference_recipe or not pairs:
+        if not pairs:
             continue
+        dataset, recipe, budget, selection = key
         deltas = {
             level: [
                 _delta(r["val"]["as shipped"].get(level), d["val"]["as shipped"].get(level)) for r, d in pairs
