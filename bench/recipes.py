@@ -1,7 +1,8 @@
 """Training recipes compared by cross-validation, row by row, resumable across sessions (not a test).
 
     .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,peer --folds 0,1 --max-minutes 7
-    .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe from what is measured
+    .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe; paired deltas vs default,
+                                                         # peer, and (other budgets) the default at 20 min
     .venv/bin/python bench/recipes.py --recipes ssl --backbone DIR   # DIR: `covidct pretrain` on train+val
 
 Folds never touch a test split. UCSD-AI4H: its official train and val splits pooled and cut into 5
