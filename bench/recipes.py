@@ -103,6 +103,10 @@ RECIPES = {
     # given: the budget study's long rows (the default stops after 17-20 epochs, 10-16 minutes on UCSD, so
     # more minutes alone change nothing there).
     "long-schedule": {"epochs": 200, "patience": 200},
+    # Regularisers of the loss (covidct.train.loss) on top of the default: mixup at a fine-tuning strength
+    # (alpha 0.2; 1.0 is the from-scratch ImageNet setting) and the usual label smoothing of 0.1.
+    "mixup": {"mixup_alpha": 0.2},
+    "label-smoothing": {"label_smoothing": 0.1},
     "peer": None,
 }
 

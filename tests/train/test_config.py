@@ -68,6 +68,13 @@ INVALID = [
     ),
     ("weight-decay-negative", {"weight_decay": -0.1}, "weight_decay must be >= 0; got -0.1"),
     ("patience-zero", {"patience": 0}, "patience must be at least 1; got 0"),
+    ("label-smoothing-half", {"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\); got 0.5"),
+    (
+        "label-smoothing-negative",
+        {"label_smoothing": -0.1},
+        r"label_smoothing must be in \[0, 0.5\); got -0.1",
+    ),
+    ("mixup-negative", {"mixup_alpha": -0.2}, r"mixup_alpha must be >= 0 \(0: off\); got -0.2"),
     ("image-size-small", {"image_size": 16}, "image_size must be between 32 and 1024; got 16"),
     ("image-size-large", {"image_size": 2048}, "image_size must be between 32 and 1024; got 2048"),
     (
@@ -102,6 +109,7 @@ def test_invalid_options_raise_option_error(options, message):
         {"weight_decay": 0.0},
         {"batch_size": 2},
         {"target_sensitivity": 0.99},
+        {"label_smoothing": 0.0, "mixup_alpha": 0.0},
     ],
     ids=[
         "image-size-32",
@@ -110,6 +118,7 @@ def test_invalid_options_raise_option_error(options, message):
         "weight-decay-0",
         "batch-size-2",
         "target-sensitivity-0.99",
+        "regularisers-off",
     ],
 )
 def test_boundary_values_are_accepted(options):

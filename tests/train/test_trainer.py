@@ -116,6 +116,20 @@ def test_saved_model_loads_and_keeps_frozen_layers(folder_run, random_weights):
     assert not torch.equal(trained["layer4.2.conv3.weight"], start["layer4.2.conv3.weight"])
 
 
+def test_mixup_and_label_smoothing_change_the_training_and_are_recorded(
+    folder_run, tiny_dataset, pretrained, tmp_path
+):
+    """The same run with both regularisers: another training loss, the validation pass as before."""
+    regularised = dataclasses.replace(CONFIG, mixup_alpha=0.2, label_smoothing=0.1)
+    with pytest.warns(OptimisticMetricsWarning):
+        run = fit(read_manifest(tiny_dataset.root), tmp_path / "model", regularised, pretrained=pretrained)
+    log, plain = read_log(run.model_dir), read_log(folder_run.model_dir)
+
+    assert run.card.training["mixup_alpha"] == 0.2 and run.card.training["label_smoothing"] == 0.1
+    assert [row["epoch"] for row in log] == ["0", "1"]
+    assert log[0]["train_loss"] != plain[0]["train_loss"]
+
+
 class InterruptAfterFirstEpoch(TrainCallbacks):
     """Simulates Ctrl-C right after the first epoch's resumable state was written."""
 

@@ -101,6 +101,20 @@ def train(
             ),
         ),
     ] = 1.0,
+    label_smoothing: Annotated[
+        float,
+        typer.Option(
+            "--label-smoothing", help="Train against labels smoothed by this much (0: off, e.g. 0.1)."
+        ),
+    ] = TrainConfig.label_smoothing,
+    mixup_alpha: Annotated[
+        float,
+        typer.Option(
+            "--mixup-alpha",
+            help="Train on blends of two slices and their labels, blend ~ Beta(a, a) for this a "
+            "(0: off, e.g. 0.2).",
+        ),
+    ] = TrainConfig.mixup_alpha,
     max_minutes: MaxMinutesOpt = None,
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
     crop_field: CropFieldOpt = True,
@@ -180,6 +194,8 @@ def train(
         backbone_lr_factor=backbone_lr_factor,
         patience=patience,
         ema_epochs=ema_epochs or None,
+        label_smoothing=label_smoothing,
+        mixup_alpha=mixup_alpha,
         max_minutes=max_minutes,
         image_size=image_size,
         crop_field=crop_field,

@@ -69,6 +69,9 @@ class TrainConfig:
     # Off by default: on validation the mirror-image average moved ROC-AUC by +0.0009 (UCSD) and 0.0000
     # (SARS-CoV-2 block 8) for twice the inference time (BENCHMARKS.md, "Inference speed").
     tta_hflip: bool = False
+    # Regularisers of the training loss (covidct.train.loss), off by default: under measurement (issue 13).
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) blend; 0 is off
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     # A folder 'covidct pretrain' wrote: fine-tuning starts from its backbone.safetensors instead of ImageNet
@@ -116,6 +119,13 @@ class TrainConfig:
         _require(
             self.ema_epochs is None or self.ema_epochs > 0, "ema_epochs", "must be positive", self.ema_epochs
         )
+        _require(
+            0 <= self.label_smoothing < 0.5,
+            "label_smoothing",
+            "must be in [0, 0.5)",
+            self.label_smoothing,
+        )
+        _require(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0 (0: off)", self.mixup_alpha)
         _require(self.patience >= 1, "patience", "must be at least 1", self.patience)
         _require_budget_and_size(self)
         if self.target_sensitivity is not None:

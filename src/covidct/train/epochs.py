@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.nn import functional
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,6 +32,7 @@ from covidct.train.frozen_cache import (
     tail_logits,
     trunk_outputs,
 )
+from covidct.train.loss import batch_loss, draw_mix
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -56,6 +56,8 @@ class EpochRunner:
     seed: int
     positive_index: int
     averaged: AveragedModel | None = None
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
 
     @property
     def evaluated(self) -> nn.Module:
@@ -88,17 +90,19 @@ class EpochRunner:
             self.model
         )  # after module.train(): frozen blocks go back to eval, their BatchNorms keep ImageNet's statistics
         losses = []
+        mix_rng = np.random.default_rng(self.seed * 1000 + epoch)  # a resumed epoch blends as before
         for step, (inputs, labels, weights) in enumerate(self.loader):
             inputs, labels, weights = (
                 self.to_input(inputs.to(self.device)),
                 labels.to(self.device),
                 weights.to(self.device),
             )
+            mix = draw_mix(len(labels), self.mixup_alpha, mix_rng)
+            if mix is not None:
+                inputs = mix.blend(inputs)
             with autocast(self.device, self.use_bf16):
-                losses_per_sample = functional.cross_entropy(
-                    self.module(inputs).float(), labels, reduction="none"
-                )
-            loss = (losses_per_sample * weights).sum() / weights.sum()
+                logits = self.module(inputs).float()
+            loss = batch_loss(logits, labels, weights, mix=mix, label_smoothing=self.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -231,6 +235,8 @@ def make_runner(
         config.seed,
         positive_index,
         averaged,
+        label_smoothing=config.label_smoothing,
+        mixup_alpha=config.mixup_alpha,
     )
 
 
