@@ -69,7 +69,10 @@ class TrainConfig:
     # Off by default: on validation the mirror-image average moved ROC-AUC by +0.0009 (UCSD) and 0.0000
     # (SARS-CoV-2 block 8) for twice the inference time (BENCHMARKS.md, "Inference speed").
     tta_hflip: bool = False
-    # Regularisers of the training loss (covidct.train.loss), off by default: under measurement (issue 13).
+    # Regularisers of the training loss (covidct.train.loss), off by default: in UCSD cross-validation mixup
+    # cost ROC-AUC at the default's budget and label smoothing moved it by less than the noise (BENCHMARKS.md,
+    # "Loss regularisers"). Mixup blends what the trained layers see: slices, or with --mode linear and
+    # --frozen-views the cached features.
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) blend; 0 is off
     val_fraction: float = 0.15
