@@ -427,6 +427,16 @@ ERRORS = [
         "--epochs must be at least 1; got 0",
     ),
     (
+        "train-bad-label-smoothing",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--label-smoothing", 0.5, "--weights", w],
+        r"--label-smoothing must be in \[0, 0.5\); got 0.5",
+    ),
+    (
+        "train-bad-mixup-alpha",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--mixup-alpha", -1, "--weights", w],
+        r"--mixup-alpha must be >= 0 \(0: off\); got -1.0",
+    ),
+    (
         "train-missing-weights",
         lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--weights", t / "none.safetensors"],
         "none.safetensors: no such file",
