@@ -2,8 +2,9 @@
 
 Both are regularisers for small datasets (UCSD-AI4H trains on ~450 slices): label smoothing (Szegedy et al.
 2016) keeps the logits from growing without bound on slices the network already separates; mixup (Zhang
-et al. 2018, arXiv:1710.09412) trains on convex blends of two slices and their labels. Issue 13 measures
-both under cross-validation (``bench/recipes.py``, recipes ``label-smoothing`` and ``mixup``).
+et al. 2018, arXiv:1710.09412) trains on convex blends of two slices and their labels. Measured under
+cross-validation for issue 13 (``bench/recipes.py``, recipes ``label-smoothing`` and ``mixup``; BENCHMARKS.md,
+"Loss regularisers"): neither beat the default, so both are off by default.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ def batch_loss(
     scored against both of its labels, each term weighted by its share and its own slice's weight, so a
     blend of two slices carries what the two carry between them and the (source, class) balance holds.
     """
-    terms = functional.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+
+    def against(targets: torch.Tensor) -> torch.Tensor:
+        return functional.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+
     if mix is None:
-        return (terms * weights).sum() / weights.sum()
+        return (against(labels) * weights).sum() / weights.sum()
     partner = mix.partner.to(labels.device)
-    partner_terms = functional.cross_entropy(
-        logits, labels[partner], reduction="none", label_smoothing=label_smoothing
+    weighted = mix.share * weights * against(labels) + (1.0 - mix.share) * weights[partner] * against(
+        labels[partner]
     )
-    weighted = mix.share * weights * terms + (1.0 - mix.share) * weights[partner] * partner_terms
     return weighted.sum() / weights.sum()
