@@ -107,6 +107,9 @@ RECIPES = {
     # (alpha 0.2; 1.0 is the from-scratch ImageNet setting) and the usual label smoothing of 0.1.
     "mixup": {"mixup_alpha": 0.2},
     "label-smoothing": {"label_smoothing": 0.1},
+    # Layer-wise learning-rate decay on top of the default's backbone factor: layer3 at half layer4's rate,
+    # the stem at 1/16 (item 3 of issue 13).
+    "layer-lr-decay": {"layer_lr_decay": 0.5},
     "peer": None,
 }
 

@@ -437,6 +437,11 @@ ERRORS = [
         r"--mixup-alpha must be >= 0 \(0: off\); got -1.0",
     ),
     (
+        "train-bad-layer-lr-decay",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--layer-lr-decay", 0, "--weights", w],
+        r"--layer-lr-decay must be in \(0, 1\] \(1: off\); got 0.0",
+    ),
+    (
         "train-missing-weights",
         lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--weights", t / "none.safetensors"],
         "none.safetensors: no such file",

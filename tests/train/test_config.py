@@ -66,6 +66,16 @@ INVALID = [
         {"backbone_lr_factor": 1.5},
         r"backbone_lr_factor must be in \(0, 1\]; got 1.5",
     ),
+    (
+        "layer-lr-decay-zero",
+        {"layer_lr_decay": 0.0},
+        r"layer_lr_decay must be in \(0, 1\] \(1: off\); got 0.0",
+    ),
+    (
+        "layer-lr-decay-above-one",
+        {"layer_lr_decay": 1.2},
+        r"layer_lr_decay must be in \(0, 1\] \(1: off\); got 1.2",
+    ),
     ("weight-decay-negative", {"weight_decay": -0.1}, "weight_decay must be >= 0; got -0.1"),
     ("patience-zero", {"patience": 0}, "patience must be at least 1; got 0"),
     ("label-smoothing-half", {"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\); got 0.5"),

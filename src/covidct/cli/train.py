@@ -88,6 +88,14 @@ def train(
         typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor."),
     ] = 1e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor")] = 0.1,
+    layer_lr_decay: Annotated[
+        float,
+        typer.Option(
+            "--layer-lr-decay",
+            help="Each backbone block below layer4 learns at this fraction of the rate of the block above "
+            "it (1: off, e.g. 0.5).",
+        ),
+    ] = TrainConfig.layer_lr_decay,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without a better validation ROC-AUC.")
     ] = 8,
@@ -192,6 +200,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         backbone_lr_factor=backbone_lr_factor,
+        layer_lr_decay=layer_lr_decay,
         patience=patience,
         ema_epochs=ema_epochs or None,
         label_smoothing=label_smoothing,

@@ -43,6 +43,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     backbone_lr_factor: float = 0.1
+    # Layer-wise learning-rate decay: each block below layer4 learns at this fraction d of the rate of the
+    # block above it (layer3 x d, layer2 x d^2, layer1 x d^3, the stem x d^4), so the generic early filters
+    # move least. 1.0 is off: the whole backbone at lr x backbone_lr_factor.
+    layer_lr_decay: float = 1.0
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     patience: int = 8
@@ -117,6 +121,9 @@ class TrainConfig:
             "backbone_lr_factor",
             "must be in (0, 1]",
             self.backbone_lr_factor,
+        )
+        _require(
+            0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1] (1: off)", self.layer_lr_decay
         )
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
         _require(

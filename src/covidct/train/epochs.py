@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from covidct.data.slice_dataset import SliceDataset
 from covidct.infer.torch_engine import TorchEngine
 from covidct.model.device import autocast
-from covidct.model.network import train_mode
+from covidct.model.network import BLOCK_NAMES, STAGES, train_mode
 from covidct.preprocess.augment import train_augmentation
 from covidct.preprocess.transforms import Preprocessing, normalize
 from covidct.train.callbacks import TrainCallbacks
@@ -209,7 +209,7 @@ def make_runner(
         drop_last=drop_last,
         generator=generator,
     )
-    optimizer = _optimizer(model, module, config)
+    optimizer = build_optimizer(model, module, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         WarmupCosine(
@@ -289,14 +289,17 @@ def _head_logits(head: nn.Module, features: torch.Tensor, device: torch.device) 
     return head(features.to(device)).float().cpu()
 
 
-def _optimizer(model: nn.Module, module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; the pretrained backbone learns ``backbone_lr_factor`` times slower than the new head."""
-    head = list(model.fc.parameters())
-    head_ids = {id(p) for p in head}
-    backbone = [p for p in module.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [{"params": head, "lr": config.lr}]
-    if backbone:
-        groups.append({"params": backbone, "lr": config.lr * config.backbone_lr_factor})
+def build_optimizer(model: nn.Module, module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the pretrained backbone learns at ``backbone_lr_factor`` times the new head's rate, each block
+    below layer4 at ``layer_lr_decay`` times the rate of the block above it (a parameter group per block)."""
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    groups = [{"params": list(model.fc.parameters()), "lr": config.lr}]
+    for block in BLOCK_NAMES:  # the stem (conv1, bn1) sits one step below layer1
+        depth = len(STAGES) - 1 - STAGES.index(block) if block in STAGES else len(STAGES)
+        params = [p for p in getattr(model, block).parameters() if id(p) in trainable]
+        if params:
+            lr = config.lr * config.backbone_lr_factor * config.layer_lr_decay**depth
+            groups.append({"params": params, "lr": lr})
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
