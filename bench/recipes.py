@@ -181,8 +181,7 @@ def main() -> None:
                 if any(all(row.get(k) == v for k, v in key.items()) for row in results["rows"]):
                     print(f"{key}: kept from {args.out}", flush=True)
                     continue
-                tag = f"{args.dataset}-{recipe}-fold{fold}-seed{seed}-{args.max_minutes:g}min"
-                tag += "-inner" if args.selection == "inner" else ""
+                tag = fold_model_tag(args.dataset, recipe, fold, seed, args.max_minutes, args.selection)
                 options, out_dir = results["recipes"][recipe], workdir / tag
                 record = _train_and_score(recipe, options, split, out_dir, args.max_minutes, seed, pretrained)
                 results["rows"].append(
@@ -196,6 +195,14 @@ def main() -> None:
                     flush=True,
                 )
     print(summary_table(results["rows"]))
+
+
+def fold_model_tag(
+    dataset: str, recipe: str, fold: int, seed: int, max_minutes: float, selection: str
+) -> str:
+    """The name of a fold model's folder under ``--workdir`` (``bench/ensembles.py`` finds models by it)."""
+    tag = f"{dataset}-{recipe}-fold{fold}-seed{seed}-{max_minutes:g}min"
+    return tag + ("-inner" if selection == "inner" else "")
 
 
 def fold_rows(rows: list[dict], dataset: str) -> list[dict]:
