@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from recipes import N_FOLDS, _fold_split, fold_model_tag, fold_rows
+from recipes import N_FOLDS, fold_model_tag, fold_rows, fold_split
 from reexport import card_scorer, decode_grays, labels_of, patient_auc, score_variants
 from shared_datasets import SOURCE_ROWS
 
@@ -57,7 +57,7 @@ def main() -> None:
         if missing:
             print(f"fold {fold}: skipped, no fold model at {', '.join(missing)}", flush=True)
             continue
-        scored = [row for row in _fold_split(rows, fold, "fold") if row["split"] == "val"]
+        scored = [row for row in fold_split(rows, fold, "fold") if row["split"] == "val"]
         results["rows"].append(
             {**key, **_score(model_dirs, scored), "measured": datetime.now(UTC).isoformat(timespec="seconds")}
         )
@@ -99,12 +99,15 @@ def _score(model_dirs: list[Path], scored: list[dict]) -> dict:
 def _print_summary(rows: list[dict]) -> None:
     """Mean ± sd over folds, as shipped, of the ensemble and of each member, and the ensemble minus each
     member on the same folds."""
+    if not rows:
+        print("no fold scored for these members")
+        return
     folds = ", ".join(str(row["fold"]) for row in sorted(rows, key=lambda row: row["fold"]))
     print(f"{len(rows)} folds ({folds})")
     for level in ("auc", "patient_auc"):
         ensemble = [row["val"]["as shipped"][level] for row in rows]
         print(f"{level}: ensemble {_mean_sd(ensemble)}")
-        for i, name in enumerate(rows[0]["members"] if rows else []):
+        for i, name in enumerate(rows[0]["members"]):
             member = [row["members_auc"][i][level] for row in rows]
             paired = [e - m for e, m in zip(ensemble, member, strict=True)]
             print(f"  {name} {_mean_sd(member)}; ensemble minus it {_mean_sd(paired, '+.3f')}")

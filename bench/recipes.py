@@ -166,7 +166,7 @@ def main() -> None:
     results["recipes"] |= {name: _recipe_options(name, args.backbone) for name in recipes}
     results["exports"] = {name: vars(export) for name, export in EXPORTS.items()}
     for fold in folds:
-        split = _limited(_fold_split(rows, fold, args.selection), args.limit)
+        split = _limited(fold_split(rows, fold, args.selection), args.limit)
         for seed in seeds:
             for recipe in recipes:
                 key = {
@@ -224,7 +224,7 @@ def _sars_block(row: dict) -> int:
     return int(row["patient_id"].rpartition("block")[2])
 
 
-def _fold_split(rows: list[dict], fold: int, selection: str) -> list[dict]:
+def fold_split(rows: list[dict], fold: int, selection: str) -> list[dict]:
     """Rows with ``split`` train, val (where epoch and threshold are chosen) and, for ``inner`` selection,
     scored (``fold``, never trained or selected on); ``fold`` itself is dropped for the manifest."""
     chosen_on = fold if selection == "fold" else (fold + 1) % N_FOLDS

@@ -58,7 +58,6 @@ def batch_loss(
     if mix is None:
         return (against(labels) * weights).sum() / weights.sum()
     partner = mix.partner.to(labels.device)
-    weighted = mix.share * weights * against(labels) + (1.0 - mix.share) * weights[partner] * against(
-        labels[partner]
-    )
+    own, other = against(labels), against(labels[partner])
+    weighted = mix.share * weights * own + (1.0 - mix.share) * weights[partner] * other
     return weighted.sum() / weights.sum()
