@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from recipes import N_FOLDS, fold_model_tag, fold_rows, fold_split
+from recipes import N_FOLDS, fold_model_tag, fold_rows, fold_split, mean_sd, paired_ci, recipe_at_minutes
 from reexport import card_scorer, decode_grays, labels_of, patient_auc, score_variants
 from shared_datasets import SOURCE_ROWS
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ensembles.json")
     args = parser.parse_args()
-    members = [_member(spec) for spec in args.members.split(",")]
+    members = [recipe_at_minutes(spec) for spec in args.members.split(",")]
     if len(members) < 2:
         raise SystemExit(f"--members needs at least two RECIPE@MINUTES; got {args.members}")
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"rows": []}
@@ -71,14 +70,6 @@ def main() -> None:
     )
 
 
-def _member(spec: str) -> tuple[str, float]:
-    recipe, _, minutes = spec.partition("@")
-    try:
-        return recipe, float(minutes)
-    except ValueError:
-        raise SystemExit(f"--members: {spec!r} is not RECIPE@MINUTES") from None
-
-
 def _score(model_dirs: list[Path], scored: list[dict]) -> dict:
     """The ensemble's figures (as shipped and re-exported) and each member's ROC-AUC as shipped."""
     scorers, thresholds = zip(*(card_scorer(d) for d in model_dirs), strict=True)
@@ -106,17 +97,12 @@ def _print_summary(rows: list[dict]) -> None:
     print(f"{len(rows)} folds ({folds})")
     for level in ("auc", "patient_auc"):
         ensemble = [row["val"]["as shipped"][level] for row in rows]
-        print(f"{level}: ensemble {_mean_sd(ensemble)}")
+        print(f"{level}: ensemble {mean_sd(ensemble)}")
         for i, name in enumerate(rows[0]["members"]):
             member = [row["members_auc"][i][level] for row in rows]
             paired = [e - m for e, m in zip(ensemble, member, strict=True)]
-            print(f"  {name} {_mean_sd(member)}; ensemble minus it {_mean_sd(paired, '+.3f')}")
-
-
-def _mean_sd(values: list[float], form: str = ".3f") -> str:
-    if len(values) == 1:
-        return format(values[0], form)
-    return f"{format(statistics.mean(values), form)} ± {statistics.stdev(values):.3f}"
+            gain = f"{mean_sd(paired, signed=True)} {paired_ci(paired)}"
+            print(f"  {name} {mean_sd(member)}; ensemble minus it {gain}")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,11 @@ RECIPES = {
     # Layer-wise learning-rate decay on top of the default's backbone factor: layer3 at half layer4's rate,
     # the stem at 1/16 (item 3 of issue 13).
     "layer-lr-decay": {"layer_lr_decay": 0.5},
+    # A larger input (item 3: 224 / 288 / 320): 1.65x the pixels of 224, so about 1.65x the time an epoch
+    # and fewer epochs in the same budget; 68% of UCSD train+val slices have a short side above 224 px
+    # (median 288), so 224 discards detail they have.
+    "input-288": {"image_size": 288},
+    "input-320": {"image_size": 320},
     "peer": None,
 }
 
@@ -203,6 +208,15 @@ def fold_model_tag(
     """The name of a fold model's folder under ``--workdir`` (``bench/ensembles.py`` finds models by it)."""
     tag = f"{dataset}-{recipe}-fold{fold}-seed{seed}-{max_minutes:g}min"
     return tag + ("-inner" if selection == "inner" else "")
+
+
+def recipe_at_minutes(spec: str) -> tuple[str, float]:
+    """``RECIPE@MINUTES``, how ``bench/ensembles.py`` and ``bench/tta.py`` name fold models, split in two."""
+    recipe, _, minutes = spec.partition("@")
+    try:
+        return recipe, float(minutes)
+    except ValueError:
+        raise SystemExit(f"{spec!r} is not RECIPE@MINUTES, e.g. long-schedule@40") from None
 
 
 def fold_rows(rows: list[dict], dataset: str) -> list[dict]:
@@ -339,8 +353,8 @@ def summary_table(rows: list[dict]) -> str:
         epochs = "/".join(str(r["epochs_run"]) for r in cell)
         lines.append(
             f"| {dataset} | {_label(recipe, selection)} | {budget:g} | {folds} | {epochs} "
-            f"| {_mean_sd([r['val']['as shipped']['auc'] for r in cell])} "
-            f"| {_mean_sd([r['val']['as shipped'].get('patient_auc') for r in cell])} | {' | '.join(shown)} |"
+            f"| {mean_sd([r['val']['as shipped']['auc'] for r in cell])} "
+            f"| {mean_sd([r['val']['as shipped'].get('patient_auc') for r in cell])} | {' | '.join(shown)} |"
         )
     tables = [_paired_table(cells, f"recipe - {name}", _same_budget(name)) for name in ("default", "peer")]
     tables.append(
@@ -395,14 +409,14 @@ def _paired_table(
         }
         lines.append(
             f"| {dataset} | {_label(recipe, selection)} | {budget:g} | {len(pairs)} "
-            f"| {_mean_sd(deltas['auc'], signed=True)} "
-            f"| {_paired_ci(deltas['auc'])} | {_mean_sd(deltas['patient_auc'], signed=True)} "
-            f"| {_paired_ci(deltas['patient_auc'])} |"
+            f"| {mean_sd(deltas['auc'], signed=True)} "
+            f"| {paired_ci(deltas['auc'])} | {mean_sd(deltas['patient_auc'], signed=True)} "
+            f"| {paired_ci(deltas['patient_auc'])} |"
         )
     return "\n".join(lines)
 
 
-def _paired_ci(deltas: list[float | None], level: float = 0.95) -> str:
+def paired_ci(deltas: list[float | None], level: float = 0.95) -> str:
     """Student-t interval of the mean paired difference over folds (folds share training data, so it is
     somewhat too narrow; Nadeau & Bengio 2003); "n/a" below two pairs."""
     values = [d for d in deltas if d is not None]
@@ -417,7 +431,7 @@ def _delta(value: float | None, reference: float | None) -> float | None:
     return None if value is None or reference is None else value - reference
 
 
-def _mean_sd(values: list[float | None], *, signed: bool = False) -> str:
+def mean_sd(values: list[float | None], *, signed: bool = False) -> str:
     """Mean ± sample sd (the mean alone for one value); "n/a" without values."""
     values = [v for v in values if v is not None]
     if not values:
