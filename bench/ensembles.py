@@ -13,61 +13,32 @@ patient ROC-AUC as shipped; rows are appended to ``--out`` and kept when the com
 
 from __future__ import annotations
 
-import argparse
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from recipes import N_FOLDS, fold_model_tag, fold_rows, fold_split, mean_sd, paired_ci, recipe_at_minutes
+from fold_models import fold_model_parser, score_fold_models
+from recipes import mean_sd, paired_ci, recipe_at_minutes
 from reexport import card_scorer, decode_grays, labels_of, patient_auc, score_variants
-from shared_datasets import SOURCE_ROWS
 
 from covidct.evaluate.metrics import binary_metrics
 
-REPO = Path(__file__).resolve().parent.parent
-SEED = 0
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(SOURCE_ROWS), default="ucsd")
+    parser = fold_model_parser(__doc__.splitlines()[0], "ensembles.json")
     parser.add_argument("--members", required=True, help="comma-separated RECIPE@MINUTES, at least two")
-    parser.add_argument("--folds", default=",".join(str(f) for f in range(N_FOLDS)))
-    parser.add_argument("--workdir", type=Path, required=True, help="the --workdir of bench/recipes.py")
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ensembles.json")
     args = parser.parse_args()
     members = [recipe_at_minutes(spec) for spec in args.members.split(",")]
     if len(members) < 2:
         raise SystemExit(f"--members needs at least two RECIPE@MINUTES; got {args.members}")
-    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"rows": []}
-    rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
     names = [f"{recipe}@{minutes:g}" for recipe, minutes in members]
-    for fold in [int(f) for f in args.folds.split(",")]:
-        key = {"dataset": args.dataset, "members": names, "fold": fold, "seed": SEED, "selection": "fold"}
-        if any(all(row.get(k) == v for k, v in key.items()) for row in results["rows"]):
-            continue
-        model_dirs = [
-            args.workdir / fold_model_tag(args.dataset, recipe, fold, SEED, minutes, "fold")
-            for recipe, minutes in members
-        ]
-        missing = [str(d) for d in model_dirs if not (d / "model.json").is_file()]
-        if missing:
-            print(f"fold {fold}: skipped, no fold model at {', '.join(missing)}", flush=True)
-            continue
-        scored = [row for row in fold_split(rows, fold, "fold") if row["split"] == "val"]
-        results["rows"].append(
-            {**key, **_score(model_dirs, scored), "measured": datetime.now(UTC).isoformat(timespec="seconds")}
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        print(
-            f"fold {fold}: {results['rows'][-1]['members_auc']} -> {results['rows'][-1]['val']['as shipped']}"
-        )
-    _print_summary(
-        [row for row in results["rows"] if row["members"] == names and row["dataset"] == args.dataset]
+    rows = score_fold_models(
+        args,
+        {"members": names},
+        members,
+        _score,
+        lambda row: f"{row['members_auc']} -> {row['val']['as shipped']}",
     )
+    _print_summary(rows)
 
 
 def _score(model_dirs: list[Path], scored: list[dict]) -> dict:

@@ -15,15 +15,12 @@ look of ``bench/reexport.py``; rows are appended to ``--out`` and kept when the 
 
 from __future__ import annotations
 
-import argparse
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from recipes import N_FOLDS, fold_model_tag, fold_rows, fold_split, mean_sd, paired_ci, recipe_at_minutes
+from fold_models import fold_model_parser, score_fold_models
+from recipes import mean_sd, paired_ci, recipe_at_minutes
 from reexport import EXPORTS, decode_grays, labels_of, patient_auc
-from shared_datasets import SOURCE_ROWS
 from torchvision.transforms.v2 import functional as tvf
 
 from covidct.evaluate.metrics import binary_metrics
@@ -34,8 +31,6 @@ from covidct.preprocess.augment import export_as
 from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.transforms import Preprocessing
 
-REPO = Path(__file__).resolve().parent.parent
-SEED = 0
 CROP_SIDE = 0.85
 CROPS = ("top left", "top right", "bottom left", "bottom right", "centre")
 VIEWS = ("as prepared", "mirror", *CROPS, *(f"{crop}, mirror" for crop in CROPS))
@@ -49,37 +44,18 @@ VARIANTS = ("as shipped", "wide window + gray padding (external look)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(SOURCE_ROWS), default="ucsd")
+    parser = fold_model_parser(__doc__.splitlines()[0], "tta.json")
     parser.add_argument("--model", required=True, help="RECIPE@MINUTES: whose fold models to score")
-    parser.add_argument("--folds", default=",".join(str(f) for f in range(N_FOLDS)))
-    parser.add_argument("--workdir", type=Path, required=True, help="the --workdir of bench/recipes.py")
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "tta.json")
     args = parser.parse_args()
     recipe, minutes = recipe_at_minutes(args.model)
-    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"rows": []}
-    rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
-    name = f"{recipe}@{minutes:g}"
-    for fold in [int(f) for f in args.folds.split(",")]:
-        key = {"dataset": args.dataset, "model": name, "fold": fold, "seed": SEED, "selection": "fold"}
-        if any(all(row.get(k) == v for k, v in key.items()) for row in results["rows"]):
-            continue
-        model_dir = args.workdir / fold_model_tag(args.dataset, recipe, fold, SEED, minutes, "fold")
-        if not (model_dir / "model.json").is_file():
-            print(f"fold {fold}: skipped, no fold model at {model_dir}", flush=True)
-            continue
-        scored = [row for row in fold_split(rows, fold, "fold") if row["split"] == "val"]
-        results["rows"].append(
-            {**key, **_score(model_dir, scored), "measured": datetime.now(UTC).isoformat(timespec="seconds")}
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        shipped = results["rows"][-1]["variants"]["as shipped"]
-        print(f"fold {fold}: " + ", ".join(f"{s} {f['auc']:.3f}" for s, f in shipped.items()), flush=True)
-    _print_summary(
-        [row for row in results["rows"] if row["model"] == name and row["dataset"] == args.dataset]
+    rows = score_fold_models(
+        args,
+        {"model": f"{recipe}@{minutes:g}"},
+        [(recipe, minutes)],
+        lambda model_dirs, scored: _score(model_dirs[0], scored),
+        lambda row: ", ".join(f"{s} {f['auc']:.3f}" for s, f in row["variants"]["as shipped"].items()),
     )
+    _print_summary(rows)
 
 
 def view_logits(
