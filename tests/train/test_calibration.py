@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from covidct.errors import CovidctWarning
 from covidct.model.card import calibrated_probabilities
-from covidct.train.calibration import choose_threshold, fit_calibration
+from covidct.train.calibration import TEMPERATURE_BOUNDS, choose_threshold, fit_calibration
 
 
 def logits_with_temperature(
@@ -58,14 +61,32 @@ def test_temperature_keeps_the_ranking():
     assert roc_auc_score(labels, after) == pytest.approx(roc_auc_score(labels, before), abs=1e-12)
 
 
-def test_temperature_is_a_positive_float_within_its_bounds():
-    logits = torch.tensor([[0.0, 50.0], [50.0, 0.0]] * 10)
-    labels = torch.tensor([0, 1] * 10)  # confidently wrong every time: the best T is as large as allowed
+def test_a_fit_within_the_bounds_gives_no_warning():
+    logits, labels = logits_with_temperature(2.5)
 
-    temperature, _ = fit_calibration(logits, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CovidctWarning)
+        fit_calibration(logits, labels)
+
+
+@pytest.mark.parametrize(
+    ("logits", "bound"),
+    [
+        # confidently wrong every time: the best T is as large as allowed
+        (torch.tensor([[0.0, 50.0], [50.0, 0.0]] * 10), TEMPERATURE_BOUNDS[1]),
+        # margins of 0.01 that separate the classes perfectly: the NLL keeps falling as T shrinks
+        (torch.tensor([[0.0, -0.01], [0.0, 0.01]] * 10), TEMPERATURE_BOUNDS[0]),
+    ],
+    ids=["ceiling", "floor"],
+)
+def test_a_temperature_beyond_its_bounds_is_clamped_with_a_warning(logits, bound):
+    labels = torch.tensor([0, 1] * 10)
+
+    with pytest.warns(CovidctWarning, match=rf"clamped to {bound:g}.*\(20 images\)"):
+        temperature, _ = fit_calibration(logits, labels)
 
     assert isinstance(temperature, float)
-    assert temperature == pytest.approx(20.0)
+    assert temperature == bound
 
 
 def test_youden_threshold_separates_a_separable_case():

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
+
+from covidct.errors import CovidctWarning
+
+# Fitted temperatures are clamped to this range. A fit that leaves it means the validation logits do not pin
+# T down (near-constant margins, or classes separated with room to spare); at the floor every logit error,
+# an int8 export's included, reaches the probabilities multiplied by up to 20.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, tuple[float, ...]]:
@@ -31,7 +40,17 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
+    fitted = float(log_t.detach().exp())
+    temperature = min(max(fitted, TEMPERATURE_BOUNDS[0]), TEMPERATURE_BOUNDS[1])
+    if temperature != fitted:
+        warnings.warn(
+            f"calibration: the fitted temperature {fitted:.3g} was clamped to {temperature:g}, so the "
+            f"validation split ({len(labels)} images) does not determine it; calibrated probabilities are "
+            "unreliable and an int8 export may not pass its agreement check. More validation images or "
+            "epochs usually help.",
+            CovidctWarning,
+            stacklevel=2,
+        )
     return temperature, (0.0, *(float(value) for value in free_bias.detach()))
 
 
