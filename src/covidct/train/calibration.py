@@ -43,11 +43,15 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     fitted = float(log_t.detach().exp())
     temperature = min(max(fitted, TEMPERATURE_BOUNDS[0]), TEMPERATURE_BOUNDS[1])
     if temperature != fitted:
+        consequence = (
+            "probabilities are sharpened up to 20x, and an int8 export may fail its agreement check"
+            if temperature > fitted
+            else "the model's confident answers are mostly wrong there; check the labels and the training"
+        )
         warnings.warn(
-            f"calibration: the fitted temperature {fitted:.3g} was clamped to {temperature:g}, so the "
-            f"validation split ({len(labels)} images) does not determine it; calibrated probabilities are "
-            "unreliable and an int8 export may not pass its agreement check. More validation images or "
-            "epochs usually help.",
+            f"calibration: the fitted temperature {fitted:.3g} was clamped to {temperature:g}; the "
+            f"validation split ({len(labels)} images) does not determine it: {consequence}. More validation "
+            "images or epochs usually help.",
             CovidctWarning,
             stacklevel=2,
         )
