@@ -11,8 +11,9 @@ from sklearn.metrics import roc_curve
 from covidct.errors import CovidctWarning
 
 # Fitted temperatures are clamped to this range. A fit that leaves it means the validation logits do not pin
-# T down (near-constant margins, or classes separated with room to spare); at the floor every logit error,
-# an int8 export's included, reaches the probabilities multiplied by up to 20.
+# T down: below it, classes separated with room to spare or near-constant margins (and at the floor every
+# logit error, an int8 export's included, reaches the probabilities multiplied by up to 20); above it,
+# confident answers that are mostly wrong.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
