@@ -12,8 +12,8 @@ from covidct.errors import CovidctWarning
 
 # Fitted temperatures are clamped to this range. A fit that leaves it means the validation logits do not pin
 # T down: below it, classes separated with room to spare or near-constant margins (and at the floor every
-# logit error, an int8 export's included, reaches the probabilities multiplied by up to 20); above it,
-# confident answers that are mostly wrong.
+# logit error, an int8 export's included, reaches the probabilities multiplied by up to 1/0.05 = 20); above
+# it, confident answers that are mostly wrong.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
@@ -45,7 +45,8 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     temperature = min(max(fitted, TEMPERATURE_BOUNDS[0]), TEMPERATURE_BOUNDS[1])
     if temperature != fitted:
         consequence = (
-            "probabilities are sharpened up to 20x, and an int8 export may fail its agreement check"
+            f"probabilities are sharpened up to {1 / TEMPERATURE_BOUNDS[0]:g}x, and an int8 export may fail "
+            "its agreement check"
             if temperature > fitted
             else "the model's confident answers are mostly wrong there; check the labels and the training"
         )
