@@ -3,7 +3,9 @@
     .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,peer --folds 0,1 --max-minutes 7
     .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe; paired deltas vs default,
                                                          # peer, and (other budgets) the default at 20 min
-    .venv/bin/python bench/recipes.py --recipes ssl --backbone DIR   # DIR: `covidct pretrain` on train+val
+    .venv/bin/python bench/recipes.py --folds 0 --pretrain-manifests DIR   # fold 0's training rows
+    covidct pretrain DIR/ucsd-fold0-fold.csv --out BACKBONE --split-col split  # never sees fold 0
+    .venv/bin/python bench/recipes.py --recipes ssl --folds 0 --backbone BACKBONE
 
 Folds never touch a test split. UCSD-AI4H: its official train and val splits pooled and cut into 5
 patient-grouped folds (patients of each class shuffled with a fixed seed and dealt round-robin, so the
@@ -45,6 +47,7 @@ from reexport import EXPORTS, card_scorer, decode_grays, labels_of, score_varian
 from scipy.stats import t as student_t
 from shared_datasets import SOURCE_ROWS, write_manifest
 
+from covidct.data.content_hash import content_sha256
 from covidct.data.manifest import read_manifest
 from covidct.model.backbone import read_backbone
 from covidct.model.pretrained import resolve_pretrained
@@ -95,9 +98,9 @@ RECIPES = {
     # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
     "linear": {"mode": "linear", "fill_padding": False},
     "linear-whole": {"mode": "linear", "fill_padding": False, **_WHOLE_IMAGE},
-    # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone. Pre-train
-    # it on the dataset's train+val only: it then saw every fold's validation slices, without labels, which
-    # makes this recipe's fold scores somewhat optimistic next to the others.
+    # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone: one per
+    # fold, pre-trained on that fold's training rows (--pretrain-manifests), so that its fold scores are as
+    # honest as the other recipes'; a backbone that saw a slice the row selects or scores on is refused.
     "ssl": {"backbone": None},
     # The default's schedule without its 20-epoch cap and early stop, so that it spends whatever budget it is
     # given: the budget study's long rows (the default stops after 17-20 epochs, 10-16 minutes on UCSD, so
@@ -150,7 +153,14 @@ def main() -> None:
         "--backbone",
         type=Path,
         default=None,
-        help="for the ssl recipe: a folder `covidct pretrain` wrote (never pre-trained on a test split)",
+        help="for the ssl recipe: what `covidct pretrain` wrote from the fold's --pretrain-manifests rows",
+    )
+    parser.add_argument(
+        "--pretrain-manifests",
+        type=Path,
+        default=None,
+        help="only write, for each fold, the manifest of its training rows into this folder (for `covidct "
+        "pretrain`: an ssl backbone per fold that never saw the rows the fold is selected or scored on)",
     )
     parser.add_argument(
         "--selection",
@@ -171,11 +181,19 @@ def main() -> None:
         raise SystemExit(f"--folds must be numbers 0-{N_FOLDS - 1}; got {args.folds}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="covidct-recipes-"))
     rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
+    if args.pretrain_manifests:
+        for fold in folds:
+            training = [row for row in fold_split(rows, fold, args.selection) if row["split"] == "train"]
+            name = f"{args.dataset}-fold{fold}-{args.selection}.csv"
+            print(f"{write_manifest(training, args.pretrain_manifests / name)}: {len(training)} rows")
+        return
     pretrained = resolve_pretrained("auto")
     results["recipes"] |= {name: _recipe_options(name, args.backbone) for name in recipes}
     results["exports"] = {name: vars(export) for name, export in EXPORTS.items()}
     for fold in folds:
         split = _limited(fold_split(rows, fold, args.selection), args.limit)
+        if "ssl" in recipes:
+            _refuse_backbone_that_saw(split, args.backbone, fold)
         for seed in seeds:
             for recipe in recipes:
                 key = {
@@ -266,6 +284,19 @@ def _recipe_options(name: str, backbone: Path | None) -> dict:
         raise SystemExit("--recipes ssl needs --backbone DIR (a folder `covidct pretrain` wrote)")
     sha256 = read_backbone(backbone).backbone.facts["weights_sha256"]
     return {"backbone": str(backbone.absolute()), "backbone_sha256": sha256}
+
+
+def _refuse_backbone_that_saw(rows: list[dict], backbone: Path, fold: int) -> None:
+    """Stop before training when the ssl backbone was pre-trained on a slice this fold's model is selected
+    or scored on: its score would be optimistic next to the other recipes'."""
+    seen_hashes = read_backbone(backbone).backbone.input_sha256
+    held_out = [Path(row["path"]) for row in rows if row["split"] != "train"]
+    seen = [path for path in held_out if content_sha256(path) in seen_hashes]
+    if seen:
+        raise SystemExit(
+            f"--backbone {backbone} was pre-trained on {len(seen)} of the {len(held_out)} slices fold {fold} "
+            f"is selected or scored on (e.g. {seen[0]}); pre-train on the fold's --pretrain-manifests rows"
+        )
 
 
 def _train_and_score(
