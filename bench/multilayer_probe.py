@@ -32,7 +32,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_va
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from covidct.model.network import build_resnet50, load_backbone_state, run_stages, stem
+from covidct.model.network import STAGES, build_resnet50, load_backbone_state, run_stages, stem
 from covidct.model.pretrained import resolve_pretrained
 from covidct.preprocess.pipeline import prepare_slices
 from covidct.preprocess.transforms import normalize
@@ -41,7 +41,6 @@ from covidct.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURE_SETS = {"layer4": ("layer4",), "layer2-4": ("layer2", "layer3", "layer4")}
-STAGES = ("layer1", "layer2", "layer3", "layer4")
 C_GRID = np.logspace(-4, 1, 11)
 BATCH = 32
 
