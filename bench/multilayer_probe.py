@@ -3,6 +3,9 @@ features alone, on the recipe study's folds (issue 13, item 3: a fast baseline; 
 
     .venv/bin/python bench/multilayer_probe.py --dataset ucsd      # -> bench/results/multilayer_probe.json
 
+Each (dataset, features, fold) row is written as soon as it is measured and skipped when the command runs
+again, so an interrupted run goes on where it stopped.
+
 The slices go through ``covidct train``'s default pipeline (site steps, body crop, 224 px), no
 augmentation, into the ImageNet ResNet-50; each stage's maps are averaged over space (layer2: 512,
 layer3: 1024, layer4: 2048 values). Per fold of ``bench/recipes.py`` (fold selection: the other four folds
@@ -94,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "multilayer_probe.json")
     args = parser.parse_args()
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"rows": []}
-    results["rows"] = [row for row in results["rows"] if row["dataset"] != args.dataset]
+    done = {(row["dataset"], row["features"], row["fold"]) for row in results["rows"]}
     rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
     features = PooledFeatures()
     all_features = features(decode_grays(rows))
@@ -106,6 +109,9 @@ def main() -> None:
         scored_groups = [row["patient_id"] for row in scored_rows]
         scored = (decode_grays(scored_rows), labels_of(scored_rows), scored_groups)
         for name, stages in FEATURE_SETS.items():
+            if (args.dataset, name, fold) in done:
+                print(f"{args.dataset} fold {fold} {name}: kept from {args.out}", flush=True)
+                continue
             stacked = np.concatenate([all_features[stage] for stage in stages], axis=1)
             head, c, threshold = fit_head(stacked[train], labels[train], [groups[i] for i in train])
 
@@ -133,9 +139,9 @@ def main() -> None:
                     "measured": datetime.now(UTC).isoformat(timespec="seconds"),
                 }
             )
-    results["machine"] = machine_facts()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+            results["machine"] = machine_facts()
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")  # resumes from here
 
 
 if __name__ == "__main__":
