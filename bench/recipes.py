@@ -47,10 +47,10 @@ from reexport import EXPORTS, card_scorer, decode_grays, labels_of, score_varian
 from scipy.stats import t as student_t
 from shared_datasets import SOURCE_ROWS, write_manifest
 
-from covidct.data.content_hash import content_sha256
 from covidct.data.manifest import read_manifest
-from covidct.model.backbone import read_backbone
-from covidct.model.pretrained import resolve_pretrained
+from covidct.errors import InputError
+from covidct.model.backbone import read_backbone, refuse_seen_test_files
+from covidct.model.pretrained import Backbone, resolve_pretrained
 from covidct.train.config import TrainConfig
 from covidct.train.trainer import fit
 
@@ -190,10 +190,11 @@ def main() -> None:
     pretrained = resolve_pretrained("auto")
     results["recipes"] |= {name: _recipe_options(name, args.backbone) for name in recipes}
     results["exports"] = {name: vars(export) for name, export in EXPORTS.items()}
+    ssl_backbone = read_backbone(args.backbone).backbone if "ssl" in recipes else None
     for fold in folds:
         split = _limited(fold_split(rows, fold, args.selection), args.limit)
-        if "ssl" in recipes:
-            _refuse_backbone_that_saw(split, args.backbone, fold)
+        if ssl_backbone is not None:
+            _refuse_backbone_that_saw(split, ssl_backbone, fold)
         for seed in seeds:
             for recipe in recipes:
                 key = {
@@ -286,17 +287,14 @@ def _recipe_options(name: str, backbone: Path | None) -> dict:
     return {"backbone": str(backbone.absolute()), "backbone_sha256": sha256}
 
 
-def _refuse_backbone_that_saw(rows: list[dict], backbone: Path, fold: int) -> None:
+def _refuse_backbone_that_saw(rows: list[dict], backbone: Backbone, fold: int) -> None:
     """Stop before training when the ssl backbone was pre-trained on a slice this fold's model is selected
-    or scored on: its score would be optimistic next to the other recipes'."""
-    seen_hashes = read_backbone(backbone).backbone.input_sha256
+    or scored on (covidct's own test-split check, by content): its score would be optimistic."""
     held_out = [Path(row["path"]) for row in rows if row["split"] != "train"]
-    seen = [path for path in held_out if content_sha256(path) in seen_hashes]
-    if seen:
-        raise SystemExit(
-            f"--backbone {backbone} was pre-trained on {len(seen)} of the {len(held_out)} slices fold {fold} "
-            f"is selected or scored on (e.g. {seen[0]}); pre-train on the fold's --pretrain-manifests rows"
-        )
+    try:
+        refuse_seen_test_files(held_out, backbone, origin=Path(f"fold {fold}"))
+    except InputError as error:
+        raise SystemExit(f"{error}; for a fold, pre-train on its --pretrain-manifests rows") from None
 
 
 def _train_and_score(
