@@ -56,13 +56,14 @@ from typer.testing import CliRunner
 from covidct.cli.app import app
 result = CliRunner().invoke(app, ["predict", *sys.argv[1:]])
 assert result.exit_code == 0, result.output
-print(json.dumps(sorted(name for name in ("torch", "torchvision", "matplotlib") if name in sys.modules)))
+heavy = ("torch", "torchvision", "matplotlib", "scipy")
+print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 
 
 def test_predict_with_an_onnx_engine_imports_no_torch(onnx_model_dir, tiny_dataset, tmp_path):
     """``covidct predict --engine onnx-int8`` (no --cam) runs on onnxruntime and numpy alone; matplotlib
-    (0.75 s) only when --plots asks for study plots."""
+    (0.75 s) only when --plots asks for study plots; no scipy (importing scipy.ndimage took 0.2 s)."""
     out = tmp_path / "predictions.csv"
     images = [str(path) for path in tiny_dataset.paths["COVID"][:2]]
     arguments = [str(onnx_model_dir), *images, "--engine", "onnx-int8", "--out", str(out)]
@@ -77,3 +78,17 @@ def test_predict_with_an_onnx_engine_imports_no_torch(onnx_model_dir, tiny_datas
     assert (
         len(out.read_text(encoding="utf-8").splitlines()) >= 3
     )  # the header (after the notice) and two rows
+
+
+def test_the_server_application_imports_no_torch_matplotlib_or_scipy():
+    """What ``covidct serve`` imports before it can answer /healthz: the ONNX engines' server needs
+    none of these (matplotlib draws Grad-CAM overlays only when one is asked for)."""
+    code = (
+        "import json, sys\n"
+        "import covidct.server.app\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'scipy', 'sklearn')"
+        " if m in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -87,8 +87,8 @@ def decode_path(
 
 
 def decode_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for ``decode_slices``: PNG decoding and the site steps (scipy.ndimage) hold the
-    GIL, threads would not help.
+    """Worker processes for ``decode_slices``: PNG decoding and the site steps (numpy on small arrays) hold
+    the GIL most of the time, threads would not help.
 
     Spawned, not forked: the parent runs torch's thread pools, which a fork would copy in an unusable state.
     """

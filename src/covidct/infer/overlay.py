@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 OVERLAY_ALPHA = 0.45
@@ -27,6 +26,10 @@ def render_overlay(slice_gray: np.ndarray, heatmap: np.ndarray, caption: str) ->
 
     Small slices are enlarged (nearest neighbour) to at least 256 px so the caption stays readable.
     """
+    # Here, not at the top: the server and the PACS service import this module when they start, and
+    # matplotlib would add ~0.3 s to every start for a colour map only Grad-CAM answers draw (issue 16).
+    from matplotlib import colormaps
+
     gray = np.clip(np.asarray(slice_gray, dtype=np.float32), 0.0, 1.0)
     heat = colormaps["jet"](np.clip(heatmap, 0.0, 1.0))[..., :3].astype(np.float32)
     blended = (1 - OVERLAY_ALPHA) * gray[..., None] + OVERLAY_ALPHA * heat

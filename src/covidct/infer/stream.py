@@ -223,7 +223,7 @@ def computed_ahead(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
     """Yield ``items`` while a thread computes the next ``depth`` of them.
 
     For a volume's batches: while the forward pass runs on one batch (onnxruntime and torch release the
-    GIL), the next ones are found and prepared (numpy and scipy, which release it for some of their work).
+    GIL), the next ones are found and prepared (numpy and OpenCV, which release it for some of their work).
     Two, not one: preparing a series' batch takes about as long as its forward pass, so with one the
     thread stopped whenever it finished first and the forward pass then waited for it (0.4 s of a 150-slice
     series, issue 16). At most ``depth`` items are computed ahead (a few MB each); an error computing one is

@@ -31,7 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+from covidct.preprocess.components import label_components
 
 # A component is kept as body when it holds at least this share of the largest one: the two halves of a
 # body split by a dark band stay, letters and the table (a few percent) go.
@@ -101,12 +102,12 @@ def fill_padding(gray: np.ndarray) -> np.ndarray:
         or level - gray.min() < _PADDING_ABOVE_AIR
     ):
         return gray
-    labels, _ = ndimage.label(np.abs(gray - level) <= _PADDING_TOLERANCE)
+    labels, _ = label_components(np.abs(gray - level) <= _PADDING_TOLERANCE)
     flat = np.isin(labels, labels[[0, 0, -1, -1], [0, -1, 0, -1]])
     if flat[height // 2, width // 2]:
         return gray
     # The field is what the flat region encloses around the centre; specks of noise in the padding are not.
-    field_labels, _ = ndimage.label(~flat)
+    field_labels, _ = label_components(~flat)
     frame = field_labels != field_labels[height // 2, width // 2]
     border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
     if border.mean() < _MIN_PADDING_BORDER_SHARE:
@@ -132,8 +133,7 @@ def find_body(gray: np.ndarray) -> Body:
     # The opening removes about the same widths of slice pixels at k = 2: 2 steps at full size, 1 at half.
     iterations = max(1, _OPENING_ITERATIONS // k)
     bright = _dilate(_erode(examined > thresholds[0], iterations), iterations)
-    # Labels as numpy's index type: bincount and the indexing below would otherwise convert them first.
-    labels, count = ndimage.label(bright, output=np.intp)
+    labels, count = label_components(bright)
     if count == 0:
         return whole
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
