@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
 )
@@ -54,9 +55,26 @@ def test_a_bundled_ct_slice_reads_as_hounsfield_units():
     assert volume.spacing_mm == pytest.approx((5.0, 0.661468, 0.661468))
 
 
+def test_a_slice_without_preamble_and_file_meta_reads_as_the_full_file_does(tmp_path):
+    """Files older than PS3.10 (no preamble, no file meta, Implicit VR) are still found in old archives:
+    pydicom works out their encoding, and the HU are the same."""
+    full = bundled("CT_small.dcm")
+    bare = tmp_path / "bare"
+    pydicom.dcmwrite(
+        bare, Dataset(pydicom.dcmread(full)), implicit_vr=True, little_endian=True, enforce_file_format=False
+    )
+    assert bare.read_bytes()[128:132] != b"DICM"
+
+    volume = read_dicom_series([bare])
+
+    np.testing.assert_array_equal(volume.hu, read_dicom_series([full]).hu)
+    assert group_dicom_series([bare, full]) == ([[bare, full]], [])
+
+
 # (id, write_dicom_series options): every case is written with random slope/intercept and shuffled file names
 SERIES = [
     ("explicit-vr", {}),
+    ("implicit-vr", {"transfer_syntax": ImplicitVRLittleEndian}),
     ("rle-lossless", {"transfer_syntax": RLELossless}),
     ("jpeg2000-lossless", {"transfer_syntax": JPEG2000Lossless}),
     ("deflated", {"transfer_syntax": DeflatedExplicitVRLittleEndian}),

@@ -287,33 +287,62 @@ def _read(file: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
 def _parse(file: DicomSource, *, stop_before_pixels: bool, force: bool) -> Dataset:
     # pydicom converts values lazily, on access: only the attributes read in ``_header`` are ever converted
     # (so a corrupt value fails there, and patient attributes are never even decoded, let alone warned about).
+    # The file meta is parsed once, here: handing the file to ``dcmread`` after the Deflated check parsed it
+    # twice, 40% of reading a header (a series' headers are read when grouping and again when reading it).
     from pydicom import dcmread
-    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     stream = io.BytesIO(file[1]) if isinstance(file, tuple) else Path(file).open("rb")
     with stream:
         preamble = read_preamble(stream, force)
         meta = _read_file_meta_info(stream)
-        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            return _inflated_dataset(
-                stream, _name(file), preamble, meta, stop_before_pixels=stop_before_pixels
-            )
-        stream.seek(0)
-        return dcmread(stream, stop_before_pixels=stop_before_pixels, force=force)
+        syntax = meta.get("TransferSyntaxUID")
+        if syntax == DeflatedExplicitVRLittleEndian:
+            body, is_implicit, is_little = _inflated(stream, _name(file)), False, True
+        elif syntax is not None and syntax.is_transfer_syntax:
+            body, is_implicit, is_little = stream, syntax.is_implicit_VR, syntax.is_little_endian
+        else:  # no meta, or a private syntax: pydicom works out the encoding
+            stream.seek(0)
+            return _with_syntax(dcmread(stream, stop_before_pixels=stop_before_pixels, force=force))
+        stop = (lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None
+        dataset = read_dataset(body, is_implicit, is_little, stop_when=stop)
+    parsed = FileDataset(
+        _name(file),
+        dataset,
+        preamble=preamble,
+        file_meta=meta,
+        is_implicit_VR=is_implicit,
+        is_little_endian=is_little,
+    )
+    parsed.set_original_encoding(is_implicit, is_little, dataset._character_set)
+    return parsed
 
 
-def _inflated_dataset(
-    stream: io.IOBase, name: str, preamble: bytes | None, meta: Dataset, *, stop_before_pixels: bool
-) -> Dataset:
-    """The dataset after a Deflated file's meta header, inflated up to ``MAX_INFLATED_BYTES`` (PS3.5 A.5).
+def _with_syntax(dataset: Dataset) -> Dataset:
+    """``dataset`` with the native transfer syntax of the encoding pydicom found when its file has no meta
+    (older than PS3.10): without one, pydicom cannot decode the pixels."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        is_implicit, is_little = dataset.original_encoding
+        dataset.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if is_implicit
+            else ExplicitVRLittleEndian
+            if is_little
+            else ExplicitVRBigEndian
+        )
+    return dataset
+
+
+def _inflated(stream: io.IOBase, name: str) -> io.BytesIO:
+    """The data after a Deflated file's meta header, inflated up to ``MAX_INFLATED_BYTES`` (PS3.5 A.5).
 
     Raises:
         InputError: the data inflates past the cap.
     """
-    from pydicom.dataset import FileDataset
-    from pydicom.filereader import read_dataset
-
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     data = inflater.decompress(stream.read(), MAX_INFLATED_BYTES)
     if inflater.unconsumed_tail:
@@ -323,11 +352,7 @@ def _inflated_dataset(
             "(re-encode the file as Explicit VR Little Endian if it is genuine)",
             path=name,
         )
-    stop = (lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None
-    dataset = read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True, stop_when=stop)
-    return FileDataset(
-        name, dataset, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True
-    )
+    return io.BytesIO(data)
 
 
 def _raw_text(dataset: Dataset, keyword: str) -> str:
