@@ -308,14 +308,16 @@ def _parse(file: DicomSource, *, stop_before_pixels: bool, force: bool) -> Datas
             return _with_syntax(dcmread(stream, stop_before_pixels=stop_before_pixels, force=force))
         stop = (lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None
         dataset = read_dataset(body, is_implicit, is_little, stop_when=stop)
-    parsed = FileDataset(
-        _name(file),
-        dataset,
-        preamble=preamble,
-        file_meta=meta,
-        is_implicit_VR=is_implicit,
-        is_little_endian=is_little,
-    )
+        # Given the stream, as ``dcmread`` does: a file's path becomes ``filename``, an upload's name is not
+        # taken for a path on this machine.
+        parsed = FileDataset(
+            stream,
+            dataset,
+            preamble=preamble,
+            file_meta=meta,
+            is_implicit_VR=is_implicit,
+            is_little_endian=is_little,
+        )
     parsed.set_original_encoding(is_implicit, is_little, dataset._character_set)
     return parsed
 
