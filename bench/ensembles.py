@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/ensembles.py --dataset ucsd --members label-smoothing@20,long-schedule@40 \
         --folds 0,1,2,3,4 --workdir /tmp/cvwork
+    .venv/bin/python bench/ensembles.py --dataset ucsd --members default@20/seed1,default@20/seed2 \
+        --folds 0,1,2 --workdir /tmp/cvwork          # a seed ensemble (recipes.py --seeds 1,2 first)
 
 An ensemble averages its members' calibrated probabilities of COVID; its threshold is the mean of theirs
-(each chosen on the fold, as ``covidct train`` chooses it). Members are ``RECIPE@MINUTES``: the fold models
-``recipes.py --workdir`` left there (fold selection, seed 0), so an ensemble costs no training, only the
-members' inference, which it adds up (two ResNet-50s: twice a single model's predict time). Each fold row
-holds the ensemble's figures as shipped and re-exported (``bench/reexport.py``) and each member's slice and
-patient ROC-AUC as shipped; rows are appended to ``--out`` and kept when the command runs again.
+(each chosen on the fold, as ``covidct train`` chooses it). Members are ``RECIPE@MINUTES[/seedN]``: the fold
+models ``recipes.py --workdir`` left there (fold selection; seed 0 unless named), so an ensemble costs no
+training, only the members' inference, which it adds up (two ResNet-50s: twice a single model's predict
+time). Each fold row holds the ensemble's figures as shipped and re-exported (``bench/reexport.py``) and each
+member's slice and patient ROC-AUC as shipped; rows are appended to ``--out`` and kept when the command
+runs again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from fold_models import fold_model_parser, score_fold_models
-from recipes import mean_sd, paired_ci, recipe_at_minutes
+from recipes import mean_sd, paired_ci, parse_fold_model
 from reexport import card_scorer, decode_grays, labels_of, patient_auc, score_variants
 
 from covidct.evaluate.metrics import binary_metrics
@@ -25,12 +28,14 @@ from covidct.evaluate.metrics import binary_metrics
 
 def main() -> None:
     parser = fold_model_parser(__doc__.splitlines()[0], "ensembles.json")
-    parser.add_argument("--members", required=True, help="comma-separated RECIPE@MINUTES, at least two")
+    parser.add_argument(
+        "--members", required=True, help="comma-separated RECIPE@MINUTES[/seedN], at least two"
+    )
     args = parser.parse_args()
-    members = [recipe_at_minutes(spec) for spec in args.members.split(",")]
+    members = [parse_fold_model(spec) for spec in args.members.split(",")]
     if len(members) < 2:
-        raise SystemExit(f"--members needs at least two RECIPE@MINUTES; got {args.members}")
-    names = [f"{recipe}@{minutes:g}" for recipe, minutes in members]
+        raise SystemExit(f"--members needs at least two RECIPE@MINUTES[/seedN]; got {args.members}")
+    names = [member.name for member in members]
     rows = score_fold_models(
         args,
         {"members": names},

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recipes import N_FOLDS, fold_model_tag, fold_rows, fold_split
+from recipes import N_FOLDS, FoldModel, fold_model_tag, fold_rows, fold_split
 from shared_datasets import SOURCE_ROWS
 
 REPO = Path(__file__).resolve().parent.parent
-SEED = 0
 # score(model_dirs, validation rows) -> the row's figures; report(row) -> the line printed for it.
 Score = Callable[[list[Path], list[dict]], dict]
 
@@ -35,24 +34,25 @@ def fold_model_parser(description: str, out_name: str) -> argparse.ArgumentParse
 def score_fold_models(
     args: argparse.Namespace,
     name: dict,
-    models: list[tuple[str, float]],
+    models: list[FoldModel],
     score: Score,
     report: Callable[[dict], str],
 ) -> list[dict]:
-    """Score ``models`` (RECIPE, MINUTES) on each of ``args.folds``; return all rows of ``name`` in ``--out``.
+    """Score ``models`` on each of ``args.folds``; return all rows of ``name`` in ``--out``.
 
     ``name`` is what tells this study's rows from others in the file (e.g. ``{"model": "long-schedule@40"}``).
     """
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"rows": []}
     rows = fold_rows(SOURCE_ROWS[args.dataset](args.shared), args.dataset)
-    study = {"dataset": args.dataset, **name, "seed": SEED, "selection": "fold"}
+    # The models' names carry their seeds (rows before seeds also hold "seed": 0).
+    study = {"dataset": args.dataset, **name, "selection": "fold"}
     for fold in [int(f) for f in args.folds.split(",")]:
         key = {**study, "fold": fold}
         if any(all(row.get(k) == v for k, v in key.items()) for row in results["rows"]):
             continue
         model_dirs = [
-            args.workdir / fold_model_tag(args.dataset, recipe, fold, SEED, minutes, "fold")
-            for recipe, minutes in models
+            args.workdir / fold_model_tag(args.dataset, m.recipe, fold, m.seed, m.minutes, "fold")
+            for m in models
         ]
         missing = [str(d) for d in model_dirs if not (d / "model.json").is_file()]
         if missing:

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from accuracy import EpochPrinter
 from generalise import _choose, _limited
@@ -233,13 +234,30 @@ def fold_model_tag(
     return tag + ("-inner" if selection == "inner" else "")
 
 
-def recipe_at_minutes(spec: str) -> tuple[str, float]:
-    """``RECIPE@MINUTES``, how ``bench/ensembles.py`` and ``bench/tta.py`` name fold models, split in two."""
-    recipe, _, minutes = spec.partition("@")
+class FoldModel(NamedTuple):
+    """Fold models ``recipes.py --workdir`` left, one per fold: recipe, budget and training seed."""
+
+    recipe: str
+    minutes: float
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """``RECIPE@MINUTES``, with ``/seedN`` for a seed other than 0 (the study's rows before seeds)."""
+        return f"{self.recipe}@{self.minutes:g}" + (f"/seed{self.seed}" if self.seed else "")
+
+
+def parse_fold_model(spec: str) -> FoldModel:
+    """``RECIPE@MINUTES`` or ``RECIPE@MINUTES/seedN``: how ``bench/ensembles.py`` and ``bench/tta.py`` name
+    fold models."""
+    recipe, _, rest = spec.partition("@")
+    minutes, _, seed = rest.partition("/seed")
     try:
-        return recipe, float(minutes)
+        return FoldModel(recipe, float(minutes), int(seed or 0))
     except ValueError:
-        raise SystemExit(f"{spec!r} is not RECIPE@MINUTES, e.g. long-schedule@40") from None
+        raise SystemExit(
+            f"{spec!r} is not RECIPE@MINUTES[/seedN], e.g. long-schedule@40 or default@20/seed1"
+        ) from None
 
 
 def fold_rows(rows: list[dict], dataset: str) -> list[dict]:
@@ -353,8 +371,9 @@ def _val_auc_by_epoch(train_log: Path) -> list[float]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """Mean ± sd over folds and seeds per (dataset, recipe, budget, selection); re-exports: mean, largest
-    abs. change; then each recipe minus the default and minus the peer on paired folds.
+    """Mean ± sd over folds (a fold's seeds averaged first) per (dataset, recipe, budget, selection);
+    re-exports: mean, largest abs. change over all runs; then each recipe minus the default and minus the
+    peer on paired folds.
 
     The issue's targets bound the change either way: AUC within 0.03, sensitivity and specificity within 0.10.
     """
@@ -382,18 +401,31 @@ def summary_table(rows: list[dict]) -> str:
             f"{statistics.fmean(map(abs, d)):.3f} / {max(map(abs, d)):.3f}" if d else "n/a"
             for d in deltas.values()
         ]
-        folds = ",".join(str(r["fold"]) for r in cell)
+        seeds = sorted({r["seed"] for r in cell})
+        folds = ",".join(str(fold) for fold in sorted({r["fold"] for r in cell}))
+        if len(seeds) > 1:
+            folds += f" (seeds {','.join(map(str, seeds))})"
         epochs = "/".join(str(r["epochs_run"]) for r in cell)
         lines.append(
             f"| {dataset} | {_label(recipe, selection)} | {budget:g} | {folds} | {epochs} "
-            f"| {mean_sd([r['val']['as shipped']['auc'] for r in cell])} "
-            f"| {mean_sd([r['val']['as shipped'].get('patient_auc') for r in cell])} | {' | '.join(shown)} |"
+            f"| {mean_sd(_fold_means(cell, 'auc'))} "
+            f"| {mean_sd(_fold_means(cell, 'patient_auc'))} | {' | '.join(shown)} |"
         )
     tables = [_paired_table(cells, f"recipe - {name}", _same_budget(name)) for name in ("default", "peer")]
     tables.append(
         _paired_table(cells, f"budget - default at {REFERENCE_BUDGET:g} min", _default_at_reference_budget)
     )
     return "\n\n".join(["\n".join(lines), *tables])
+
+
+def _fold_means(cell: list[dict], level: str) -> list[float]:
+    """One figure per fold, the mean over its seeds, so that a fold run with more seeds weighs no more."""
+    by_fold: dict[int, list[float]] = {}
+    for row in cell:
+        value = row["val"]["as shipped"].get(level)
+        if value is not None:
+            by_fold.setdefault(row["fold"], []).append(value)
+    return [statistics.fmean(values) for _, values in sorted(by_fold.items())]
 
 
 def _label(recipe: str, selection: str) -> str:

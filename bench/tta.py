@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from fold_models import fold_model_parser, score_fold_models
-from recipes import mean_sd, paired_ci, recipe_at_minutes
+from recipes import mean_sd, paired_ci, parse_fold_model
 from reexport import EXPORTS, decode_grays, labels_of, patient_auc
 from torchvision.transforms.v2 import functional as tvf
 
@@ -45,13 +45,13 @@ VARIANTS = ("as shipped", "wide window + gray padding (external look)")
 
 def main() -> None:
     parser = fold_model_parser(__doc__.splitlines()[0], "tta.json")
-    parser.add_argument("--model", required=True, help="RECIPE@MINUTES: whose fold models to score")
+    parser.add_argument("--model", required=True, help="RECIPE@MINUTES[/seedN]: whose fold models")
     args = parser.parse_args()
-    recipe, minutes = recipe_at_minutes(args.model)
+    model = parse_fold_model(args.model)
     rows = score_fold_models(
         args,
-        {"model": f"{recipe}@{minutes:g}"},
-        [(recipe, minutes)],
+        {"model": model.name},
+        [model],
         lambda model_dirs, scored: _score(model_dirs[0], scored),
         lambda row: ", ".join(f"{s} {f['auc']:.3f}" for s, f in row["variants"]["as shipped"].items()),
     )
