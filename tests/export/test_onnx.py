@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from synthetic import write_csv
 
 from covidct.data.dataset import decode_slices
@@ -18,6 +19,7 @@ from covidct.data.manifest import read_manifest
 from covidct.errors import CovidctWarning, InputError, ModelDirError, OptionError
 from covidct.export import onnx as onnx_export
 from covidct.export.calibration import calibration_set
+from covidct.export.gemm_routing import cpu_has_amx_int8
 from covidct.export.onnx import export_onnx
 from covidct.infer.engine_kind import Engine
 from covidct.infer.engines import OnnxEngine, settings_path
@@ -141,6 +143,16 @@ def test_the_settings_file_records_hash_source_and_method(onnx_model_dir, engine
         ) == ("train", 24, 24, True)
         assert settings["quantization"]["format"] == "QDQ" and settings["quantization"]["per_channel"] is True
         assert settings["quantization"]["calibrate_method"] == "Percentile"
+        routing = settings["quantization"]["amx_routing"]
+        zero_points = [
+            numpy_helper.to_array(tensor)
+            for tensor in onnx.load(str(path)).graph.initializer
+            if tensor.name.endswith("weight_zero_point")
+        ]
+        assert routing["exporting_cpu_has_amx_int8"] is cpu_has_amx_int8()
+        # at 64 px every int8 convolution's output is under the limit
+        assert routing["convolutions_routed"] == sum((zp == -1).all() for zp in zero_points)
+        assert routing["convolutions_routed"] == (len(zero_points) if cpu_has_amx_int8() else 0)
 
 
 @pytest.mark.filterwarnings(

@@ -14,6 +14,8 @@ percentiles of their values on training slices (``export.calibration``). The fir
 sees the image itself, about 3% of the work) and the classifier head stay fp32. Both choices were
 made on UCSD validation agreement with the fp32 export (one pass, BENCHMARKS.md): logit RMSE 0.71 and
 |delta AUC| 0.015 with MinMax ranges and everything int8; 0.16 and 0.0003 with these.
+On a CPU with AMX-INT8 the small convolutions' weights are then re-expressed with zero point -1, so
+onnxruntime runs them on AMX (``export.gemm_routing``; the outputs are bit-identical).
 model.json is never modified.
 
 uint8 activations with int8 weights (U8S8) is the pairing onnxruntime's x86 kernels are built for
@@ -53,6 +55,11 @@ from covidct.export.calibration import (
     SliceReader,
     calibration_set,
     default_calibration_data,
+)
+from covidct.export.gemm_routing import (
+    GEMM_MAX_OUTPUT_VALUES,
+    cpu_has_amx_int8,
+    route_small_convolutions_to_gemm,
 )
 from covidct.infer.engines import (
     INPUT_NAME,
@@ -136,7 +143,7 @@ def export_onnx(
     out = Path(out) if out is not None else model_dir / engine.onnx_file
     if out.suffix.lower() != ".onnx":
         raise OptionError(f"out must end in .onnx; got '{out.name}'", parameters=("out",))
-    calibrated = None
+    calibrated, routing = None, None
     if int8:
         manifest = calibration or read_manifest(
             default_calibration_data(card, model_dir), positive_class=card.positive_class
@@ -150,11 +157,11 @@ def export_onnx(
         _export_fp32(model, card.preprocessing.image_size, fp32_path)
         if calibrated is not None:
             stage(f"quantizing to int8, calibrated on {len(calibrated.slices)} training slices")
-            _quantize(fp32_path, out, calibrated, card, Path(tmp))
+            routing = _quantize(fp32_path, out, calibrated, card, Path(tmp))
     stage("checking the export against the torch model")
     agreement = _agreement(model, card, model_dir, out, engine, calibrated)
     _check_agreement(out, engine, agreement)
-    settings = _settings(out, engine, model_dir, card, calibrated, agreement)
+    settings = _settings(out, engine, model_dir, card, calibrated, routing, agreement)
     path = settings_path(out)
     path.write_text(json.dumps(settings, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return ExportResult(out, path, settings)
@@ -188,7 +195,8 @@ def _export_fp32(model: nn.Module, image_size: int, path: Path) -> None:
     program.save(str(path))
 
 
-def _quantize(fp32_path: Path, out: Path, calibrated: CalibrationSet, card: ModelCard, tmp: Path) -> None:
+def _quantize(fp32_path: Path, out: Path, calibrated: CalibrationSet, card: ModelCard, tmp: Path) -> dict:
+    """Write the int8 export to ``out``; return what was routed to AMX (``_route_to_amx``)."""
     prepared = tmp / "model.prepared.onnx"
     quant_pre_process(str(fp32_path), str(prepared))
     quantize_static(
@@ -203,6 +211,26 @@ def _quantize(fp32_path: Path, out: Path, calibrated: CalibrationSet, card: Mode
         extra_options={"CalibPercentile": QUANTIZATION["calib_percentile"]},
         nodes_to_exclude=_fp32_nodes(onnx.load(str(prepared)).graph),
     )
+    return _route_to_amx(out)
+
+
+def _route_to_amx(path: Path) -> dict:
+    """Rewrite the int8 export at ``path`` for AMX when this CPU has it; say what was done."""
+    has_amx = cpu_has_amx_int8()
+    routed = []
+    if has_amx:
+        model = onnx.load(str(path))
+        routed = route_small_convolutions_to_gemm(model)
+        onnx.save(model, str(path))
+    return {
+        "exporting_cpu_has_amx_int8": has_amx,
+        "convolutions_routed": len(routed),
+        "rule": (
+            f"int8 convolutions with at most {GEMM_MAX_OUTPUT_VALUES} output values an image get weight "
+            "zero point -1 (weights q - 1: the same values), so onnxruntime runs them on its AMX GEMM, "
+            "faster there; bit-identical outputs on any CPU, a slower pass without AMX (re-export there)"
+        ),
+    }
 
 
 def _fp32_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -281,6 +309,7 @@ def _settings(
     model_dir: Path,
     card: ModelCard,
     calibrated: CalibrationSet | None,
+    routing: dict | None,
     agreement: dict,
 ) -> dict:
     size = card.preprocessing.image_size
@@ -320,7 +349,12 @@ def _settings(
         },
         "quantization": None
         if calibrated is None
-        else {**QUANTIZATION, "onnxruntime": version("onnxruntime"), "calibration": calibrated.facts},
+        else {
+            **QUANTIZATION,
+            "onnxruntime": version("onnxruntime"),
+            "calibration": calibrated.facts,
+            "amx_routing": routing,
+        },
         "agreement_with_torch": agreement,
         "covidct_version": version("covidct"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
