@@ -93,7 +93,9 @@ def test_small_convolutions_get_zero_point_minus_one_with_the_same_weights_and_o
     np.testing.assert_array_equal(_run(routed, x), _run(int8_model, x))
 
 
-def test_nothing_is_routed_over_the_size_limit_or_where_the_shift_would_change_a_weight(int8_model):
+def test_nothing_is_routed_over_the_limit_of_unknown_size_or_where_the_shift_would_change_a_weight(
+    int8_model,
+):
     unchanged = onnx.ModelProto()
     unchanged.CopyFrom(int8_model)
     assert route_small_convolutions_to_gemm(unchanged, max_output_values=511) == []
@@ -107,6 +109,12 @@ def test_nothing_is_routed_over_the_size_limit_or_where_the_shift_would_change_a
     assert route_small_convolutions_to_gemm(with_minus_128, max_output_values=10**9) == [
         "large.weight_quantized"
     ]
+
+    unknown_size = onnx.ModelProto()
+    unknown_size.CopyFrom(int8_model)
+    unknown_size.graph.input[0].type.tensor_type.ClearField("shape")
+    del unknown_size.graph.value_info[:]
+    assert route_small_convolutions_to_gemm(unknown_size, max_output_values=10**9) == []
     assert unchanged.SerializeToString() == int8_model.SerializeToString()
 
 

@@ -62,7 +62,7 @@ def route_small_convolutions_to_gemm(
     for conv in (node for node in model.graph.node if node.op_type == "Conv"):
         weights = dequantized.get(conv.input[1])
         output_shape = shapes.get(conv.output[0], [])
-        if weights is None or len(weights.input) < 3 or not all(output_shape[1:]):
+        if weights is None or len(weights.input) < 3 or len(output_shape) < 2 or not all(output_shape[1:]):
             continue
         if int(np.prod(output_shape[1:])) > max_output_values:
             continue
