@@ -175,8 +175,10 @@ def test_fill_padding_lets_find_body_box_the_body_again_in_a_gray_padded_wide_wi
     exported = _exported(gray, Export(contrast=0.5, fov_radius=1.0, padding=padding))
     # the padding is called body: nothing would be cropped
     assert find_body(exported).box == (0, SIZE, 0, SIZE)
-    filled = fill_padding(exported)
-    assert np.abs(np.subtract(find_body(filled).box, find_body(gray).box)).max() <= 2
+    filled, frame = fill_padding(exported)
+    assert frame[0, 0] and not frame[SIZE // 2, SIZE // 2]
+    # the air around the body reaches the frame too, but above and below the body: it stays out of the box
+    assert np.abs(np.subtract(find_body(filled, frame).box, find_body(gray).box)).max() <= 2
     inside = ~np.isclose(exported, padding, atol=3 / 255)
     assert np.array_equal(filled[inside], exported[inside])  # only the padding changes
     assert np.isclose(filled[0, 0], exported[inside].min(), atol=0.01)  # to the air level inside the field
@@ -191,8 +193,35 @@ def test_fill_padding_fills_noisy_padding_whole_not_speckled():
     specks = away & (np.random.default_rng(0).random(exported.shape) < 0.05)
     specks[0, 0] = specks[0, -1] = specks[-1, 0] = specks[-1, -1] = False
     exported[specks] = 0.7
-    filled = fill_padding(exported)
+    filled, _ = fill_padding(exported)
     assert np.ptp(filled[padding]) == 0 and filled[padding][0] < 0.3
+
+
+def _chest_crop() -> np.ndarray:
+    """A SARS-like tight crop: a ring of chest wall around two lungs beside the mediastinum."""
+    gray = np.full((SIZE, SIZE), 0.9, np.float32)
+    gray[16:80, 12:42] = 0.1
+    gray[16:80, 54:84] = 0.1
+    gray[44:48, 14:18] = 0.6  # an opacity in the left lung's outer half
+    return gray
+
+
+@pytest.mark.parametrize("fov_radius", [0.95, 0.85])
+def test_a_field_of_view_that_cuts_into_a_tight_crop_keeps_the_lungs_in_the_box(fov_radius):
+    """The circle cuts the ring of chest wall into pieces and opens the lungs onto the frame: the pieces and
+    the lungs are body, so the box spans the field and the hull holds the lungs (and the opacity)."""
+    exported = _exported(_chest_crop(), Export(fov_radius=fov_radius, padding=0.5))
+    filled, padding = fill_padding(exported)
+    field_rows, field_cols = np.flatnonzero((~padding).any(axis=1)), np.flatnonzero((~padding).any(axis=0))
+
+    cut = find_body(filled, padding)
+
+    top, bottom, left, right = cut.box
+    assert right - left >= 0.9 * len(field_cols) and bottom - top >= 0.9 * len(field_rows)
+    assert cut.hull[44:48, 14:18].all()
+    # without the frame the box shrinks towards the mediastinum and the hull leaves the opacity out
+    uncut = find_body(filled)
+    assert uncut.box[3] - uncut.box[2] < 0.7 * len(field_cols) and not uncut.hull[44:48, 14:18].any()
 
 
 @pytest.mark.parametrize(
@@ -210,7 +239,8 @@ def test_fill_padding_fills_noisy_padding_whole_not_speckled():
     ],
 )
 def test_fill_padding_leaves_slices_without_gray_padding_unchanged(gray):
-    assert np.array_equal(fill_padding(gray), gray)
+    filled, padding = fill_padding(gray)
+    assert padding is None and np.array_equal(filled, gray)
 
 
 @pytest.mark.parametrize(("above_air", "is_filled"), [(3, False), (6, True)])
@@ -220,9 +250,9 @@ def test_fill_padding_fills_a_frame_only_when_it_is_brighter_than_the_air_inside
     air = float(gray.min())
     exported = _exported(gray, Export(fov_radius=1.0, padding=air + above_air / 255))
 
-    filled = fill_padding(exported)
+    filled, padding = fill_padding(exported)
 
-    assert np.array_equal(filled, exported) is not is_filled
+    assert np.array_equal(filled, exported) is not is_filled and (padding is not None) is is_filled
     assert filled[0, 0] == pytest.approx(air if is_filled else air + above_air / 255, abs=1e-6)
 
 
@@ -234,12 +264,16 @@ def test_on_real_slices_fill_padding_keeps_shipped_slices_and_finds_the_field_wh
     """Every 40th slice: as shipped none is filled; re-exported gray-padded, the crop leaves padding out."""
     for path in sorted((shared_data / dataset / "images").rglob("*.*"))[::40]:
         gray = read_grayscale(path)
-        assert np.array_equal(fill_padding(gray), gray), path
+        assert fill_padding(gray)[1] is None, path
+        shipped_top, shipped_bottom, shipped_left, shipped_right = find_body(gray).box
         exported = _exported(gray, Export(contrast=0.5, fov_radius=0.95, padding=0.5))
-        top, bottom, left, right = find_body(fill_padding(exported)).box
+        top, bottom, left, right = find_body(*fill_padding(exported)).box
         height, width = gray.shape
-        # the field of view spans 95% of each side; the body box must not reach far past it into the padding
+        # the field of view spans 95% of each side; the body box must not reach far past it into the padding,
+        # nor lose the lungs where the field cuts into a tight crop (SARS-CoV-2 lost up to half its width)
         assert (bottom - top) <= 0.97 * height and (right - left) <= 0.97 * width, path
+        assert (bottom - top) >= 0.8 * (shipped_bottom - shipped_top), path
+        assert (right - left) >= 0.8 * (shipped_right - shipped_left), path
 
 
 @pytest.mark.shared_data

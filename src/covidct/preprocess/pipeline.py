@@ -27,13 +27,14 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     intensity window measured inside the body's hull (so black air around a whole-body figure does
     not set the contrast).
     """
+    padding = None
     if preprocessing.fill_padding:
-        gray = site.fill_padding(gray)
+        gray, padding = site.fill_padding(gray)
     if not (
         preprocessing.crop_field or preprocessing.remove_annotations or preprocessing.standardise_intensity
     ):
         return resize_gray(gray, preprocessing.image_size)
-    body = site.find_body(gray)
+    body = site.find_body(gray, padding)
     if preprocessing.remove_annotations:
         gray = site.remove_annotations(gray, body)
     hull = body.hull

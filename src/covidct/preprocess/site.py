@@ -8,7 +8,8 @@ other worse than chance. Each step here is one function on a (H, W) float32 slic
 0. ``fill_padding``: a flat gray frame around a circular field of view (a scanner's padding, exported
    gray instead of black) is set to the darkest level inside the field, so the steps below see air there.
 1. ``find_body``: Otsu threshold (air vs. body), morphological opening, the largest connected components (the
-   body; the same body crop COVID-Net CT uses: Gunraj et al., "COVIDNet-CT", Front. Med. 2020).
+   body; the same body crop COVID-Net CT uses: Gunraj et al., "COVIDNet-CT", Front. Med. 2020), and where the
+   field of view cut into the body, the pieces of chest wall and the lungs it cut open.
 2. ``remove_annotations``: bright components outside the body's hull (letters, arrows, the table,
    figure borders) are set to the background.
 3. ``crop_to_field``: the bounding box of the body with a margin.
@@ -78,8 +79,9 @@ class Body:
     bright_threshold: float = 1.0
 
 
-def fill_padding(gray: np.ndarray) -> np.ndarray:
-    """Return ``gray`` with a flat frame outside the field of view set to the air level inside it.
+def fill_padding(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return ``gray`` with a flat frame outside the field of view set to the air level inside it, and the
+    frame ((H, W) bool; None when there is none, and ``gray`` is returned unchanged).
 
     The frame is the flat region (one gray level, within JPEG error) that holds all four corners, covers
     at least 30% of the border and leaves the centre out, with the specks of noise it surrounds: everything
@@ -89,7 +91,7 @@ def fill_padding(gray: np.ndarray) -> np.ndarray:
     keeps the whole image. The air level is the 0.5th percentile inside the field. Returned unchanged: a
     slice without such a frame (tissue that runs off every edge reaches the centre too), or whose frame
     is already at most as dark as the air (black padding) or white (saturated, more likely tissue or a
-    figure border than padding).
+    figure border than padding). ``find_body`` takes the frame: tissue that touches it was cut by the field.
     """
     height, width = gray.shape
     corners = gray[[0, 0, -1, -1], [0, -1, 0, -1]]
@@ -101,28 +103,35 @@ def fill_padding(gray: np.ndarray) -> np.ndarray:
         or level > _MAX_PADDING_LEVEL
         or level - gray.min() < _PADDING_ABOVE_AIR
     ):
-        return gray
+        return gray, None
     labels, _ = label_components(np.abs(gray - level) <= _PADDING_TOLERANCE)
     flat = np.isin(labels, labels[[0, 0, -1, -1], [0, -1, 0, -1]])
     if flat[height // 2, width // 2]:
-        return gray
+        return gray, None
     # The field is what the flat region encloses around the centre; specks of noise in the padding are not.
     field_labels, _ = label_components(~flat)
     frame = field_labels != field_labels[height // 2, width // 2]
     border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
     if border.mean() < _MIN_PADDING_BORDER_SHARE:
-        return gray
+        return gray, None
     air = np.float32(np.percentile(gray[~frame], _AIR_PERCENTILE))
     if level - air < _PADDING_ABOVE_AIR:
-        return gray
+        return gray, None
     filled = gray.copy()
     filled[frame] = air
-    return filled
+    return filled, frame
 
 
-def find_body(gray: np.ndarray) -> Body:
+def find_body(gray: np.ndarray, padding: np.ndarray | None = None) -> Body:
     """Locate the body in a (H, W) float32 slice in [0, 1] (see the module docstring for the method), on
-    every k-th pixel of large slices (``_EXAMINED_SIZE``)."""
+    every k-th pixel of large slices (``_EXAMINED_SIZE``).
+
+    ``padding`` is the frame ``fill_padding`` filled. Tissue touching it is body that the circular field of
+    view cut (a tight crop, or a patient wider than the reconstruction circle), kept however small: the cut
+    splits the ring of chest wall into pieces, and without this the box shrank to the mediastinum and left
+    the lungs out (half of 120 SARS-CoV-2 slices lost over a fifth of their width in a gray-padded export).
+    A scanner draws no marks inside its field, so nothing that touches the frame is an annotation.
+    """
     height, width = gray.shape
     whole = Body(np.ones_like(gray, dtype=bool), (0, height, 0, width), False)
     k = max(1, min(height, width) // _EXAMINED_SIZE)
@@ -140,7 +149,14 @@ def find_body(gray: np.ndarray) -> Body:
     if areas.max() < _MIN_BODY_FRACTION * examined.size:
         return whole
     is_kept = np.concatenate([[False], areas >= _KEEP_FRACTION_OF_LARGEST * areas.max()])
+    if padding is not None:
+        frame = padding[::k, ::k]
+        # The opening moved tissue edges ``iterations`` pixels back from the frame.
+        is_kept[labels[_dilate(frame, iterations + 1)]] = True
+        is_kept[0] = False
     mask = is_kept[labels]
+    if padding is not None:
+        mask |= _lungs_cut_open(examined <= thresholds[0], frame, mask)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     hull = _orthogonal_hull(mask)
     if k > 1:
@@ -156,6 +172,34 @@ def find_body(gray: np.ndarray) -> Body:
         True,
         thresholds[1],
     )
+
+
+def _lungs_cut_open(air: np.ndarray, frame: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """The air inside the field that touches the frame beside ``body`` (bool masks of one shape): a lung
+    whose chest wall the field of view cut off.
+
+    Beside: its rows centred within the body's rows, its columns on one side of the body's (not across
+    them). Air outside a body lies around it, above or below it, and so spans its columns.
+    """
+    labels, count = label_components(air & ~frame)
+    touching = np.zeros(count + 1, dtype=bool)
+    touching[labels[_dilate(frame, 1)]] = True
+    body_rows, body_cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    rows, cols = np.indices(air.shape)
+    flat = labels.ravel()
+    sizes = np.maximum(np.bincount(flat, minlength=count + 1), 1)
+    centre_row = np.bincount(flat, rows.ravel(), count + 1) / sizes
+    first_col, last_col = np.full(count + 1, air.shape[1]), np.full(count + 1, -1)
+    np.minimum.at(first_col, flat, cols.ravel())
+    np.maximum.at(last_col, flat, cols.ravel())
+    is_lung = (
+        touching
+        & (centre_row >= body_rows[0])
+        & (centre_row <= body_rows[-1])
+        & ((first_col > body_cols[0]) | (last_col < body_cols[-1]))
+    )
+    is_lung[0] = False
+    return is_lung[labels]
 
 
 def otsu_thresholds(gray: np.ndarray, bins: int = 64) -> tuple[float, float] | None:
