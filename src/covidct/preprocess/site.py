@@ -149,14 +149,10 @@ def find_body(gray: np.ndarray, padding: np.ndarray | None = None) -> Body:
     if areas.max() < _MIN_BODY_FRACTION * examined.size:
         return whole
     is_kept = np.concatenate([[False], areas >= _KEEP_FRACTION_OF_LARGEST * areas.max()])
-    if padding is not None:
-        frame = padding[::k, ::k]
-        # The opening moved tissue edges ``iterations`` pixels back from the frame.
-        is_kept[labels[_dilate(frame, iterations + 1)]] = True
-        is_kept[0] = False
-    mask = is_kept[labels]
-    if padding is not None:
-        mask |= _lungs_cut_open(examined <= thresholds[0], frame, mask)
+    if padding is None:
+        mask = is_kept[labels]
+    else:
+        mask = _body_the_field_cut(labels, is_kept, examined <= thresholds[0], padding[::k, ::k], iterations)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     hull = _orthogonal_hull(mask)
     if k > 1:
@@ -172,6 +168,19 @@ def find_body(gray: np.ndarray, padding: np.ndarray | None = None) -> Body:
         True,
         thresholds[1],
     )
+
+
+def _body_the_field_cut(
+    labels: np.ndarray, is_kept: np.ndarray, air: np.ndarray, frame: np.ndarray, opening: int
+) -> np.ndarray:
+    """The body mask of ``find_body`` where a field of view cut into the body: the kept components, every
+    component touching the frame (the opening moved tissue edges ``opening`` pixels back from it) and the
+    lungs it cut open."""
+    touching = np.unique(labels[_dilate(frame, opening + 1)])
+    is_kept = is_kept.copy()
+    is_kept[touching[touching > 0]] = True
+    mask = is_kept[labels]
+    return mask | _lungs_cut_open(air, frame, mask)
 
 
 def _lungs_cut_open(air: np.ndarray, frame: np.ndarray, body: np.ndarray) -> np.ndarray:
