@@ -224,6 +224,48 @@ def test_a_field_of_view_that_cuts_into_a_tight_crop_keeps_the_lungs_in_the_box(
     assert uncut.box[3] - uncut.box[2] < 0.7 * len(field_cols) and not uncut.hull[44:48, 14:18].any()
 
 
+def test_tissue_at_the_padding_level_that_joins_the_frame_keeps_its_gray():
+    """A piece of chest wall within JPEG error of the padding's level, where the circle cuts it: the flat
+    region runs into it, but it lies inside the field's ellipse, so it is not filled with air."""
+    gray = _chest_crop()
+    gray[40:56, 0:12] = 0.5 + 2 / 255
+    exported = _exported(gray, Export(fov_radius=0.95, padding=0.5))
+    # the piece of wall inside the circle, but for the pixels within ~2 px of it (a noisy edge is frame)
+    axis = np.linspace(-1.0, 1.0, SIZE)
+    wall = np.zeros_like(exported, dtype=bool)
+    wall[40:56, 0:12] = True
+    wall &= np.hypot(axis[:, None], axis[None, :]) <= 0.95 - 0.05
+    assert wall.sum() > 50
+
+    filled, padding = fill_padding(exported)
+
+    assert padding[0, 0] and not padding[wall].any()
+    assert np.array_equal(filled[wall], exported[wall])
+
+
+def _flat_backed_figure() -> np.ndarray:
+    """A whole-body figure whose back is flat (no ellipse), on air a little brighter than the lungs."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    gray = np.full((SIZE, SIZE), 0.06, np.float32)
+    gray[(((xx - 0.5) / 0.42) ** 2 + ((yy - 0.6) / 0.45) ** 2 <= 1) & (yy <= 0.85)] = 0.7
+    for centre in (0.35, 0.65):
+        gray[((xx - centre) / 0.1) ** 2 + ((yy - 0.55) / 0.17) ** 2 <= 1] = 0.0
+    return gray
+
+
+def test_gray_air_around_a_figure_exported_with_a_wide_window_is_not_padding():
+    """The air turns flat gray and holds every corner, and the lungs are darker: like padding, but what it
+    leaves is the body's outline, not a field of view's ellipse. Taken for padding, ``find_body`` kept
+    whatever touches it (the table, letters) and the hull grew."""
+    exported = _exported(_flat_backed_figure(), Export(contrast=0.5))
+    level = np.float32(exported[0, 0])
+    assert site._flat_frame(exported, level, 3 / 255) is not None  # the frame candidate exists
+
+    filled, padding = fill_padding(exported)
+
+    assert padding is None and np.array_equal(filled, exported)
+
+
 @pytest.mark.parametrize(
     "gray",
     [
@@ -261,10 +303,13 @@ def test_fill_padding_fills_a_frame_only_when_it_is_brighter_than_the_air_inside
 def test_on_real_slices_fill_padding_keeps_shipped_slices_and_finds_the_field_when_gray_padded(
     shared_data, dataset
 ):
-    """Every 40th slice: as shipped none is filled; re-exported gray-padded, the crop leaves padding out."""
+    """Every 40th slice: as shipped or in a wider window none is filled; re-exported gray-padded, the crop
+    leaves padding out."""
     for path in sorted((shared_data / dataset / "images").rglob("*.*"))[::40]:
         gray = read_grayscale(path)
         assert fill_padding(gray)[1] is None, path
+        # a wider window alone leaves flat gray air around a tight figure: no field of view, nothing filled
+        assert fill_padding(_exported(gray, Export(contrast=0.5)))[1] is None, path
         shipped_top, shipped_bottom, shipped_left, shipped_right = find_body(gray).box
         exported = _exported(gray, Export(contrast=0.5, fov_radius=0.95, padding=0.5))
         top, bottom, left, right = find_body(*fill_padding(exported)).box
