@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from covidct.preprocess.augment import Export, RandomExport, export_as, train_augmentation
+from covidct.preprocess.augment import (
+    Export,
+    RandomExport,
+    RandomNarrowWindow,
+    export_as,
+    train_augmentation,
+)
 from covidct.train.config import TrainConfig
 
 SIZE = 64
@@ -57,6 +63,31 @@ def test_random_export_draws_every_kind_of_export_and_stays_in_range():
 def test_vary_export_switches_random_export_into_the_training_augmentation():
     assert not any(isinstance(t, RandomExport) for t in train_augmentation(SIZE).transforms)
     assert any(isinstance(t, RandomExport) for t in train_augmentation(SIZE, vary_export=True).transforms)
+
+
+def test_random_narrow_window_only_clips_never_widens_and_reaches_twice_as_narrow():
+    torch.manual_seed(0)
+    draws = [RandomNarrowWindow().draw() for _ in range(400)]
+    assert all(d.fov_radius is None and 1.0 <= d.contrast <= 2.0 for d in draws)
+    assert all(abs(d.brightness) <= 0.1 for d in draws)
+    as_shipped = sum(d == Export() for d in draws)
+    assert 150 <= as_shipped <= 250 and sum(d.contrast > 1.5 for d in draws) >= 40
+    # a narrower window turns the ends of the ramp black and white, where the slice had gray
+    clipped = [RandomNarrowWindow(p=1.0)(_ramp()) for _ in range(20)]
+    assert all(
+        out.eq(0).sum() + out.eq(1).sum() > _ramp().eq(0).sum() + _ramp().eq(1).sum() for out in clipped
+    )
+
+
+def test_narrow_windows_switches_random_narrow_window_into_the_training_augmentation_and_the_card():
+    for light in (False, True):
+        assert not any(
+            isinstance(t, RandomNarrowWindow) for t in train_augmentation(SIZE, light=light).transforms
+        )
+        transforms = train_augmentation(SIZE, light=light, narrow_windows=True).transforms
+        assert any(isinstance(t, RandomNarrowWindow) for t in transforms)
+    assert TrainConfig(narrow_windows=True).to_dict()["narrow_windows"] is True
+    assert TrainConfig().narrow_windows is False
 
 
 @pytest.mark.parametrize("vary_export", [False, True])

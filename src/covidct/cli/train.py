@@ -137,6 +137,14 @@ def train(
             "circular field of view with gray or black padding.",
         ),
     ] = TrainConfig.vary_export,
+    narrow_windows: Annotated[
+        bool,
+        typer.Option(
+            "--narrow-windows/--no-narrow-windows",
+            help="Augment over narrower windows (what they clip): with --standardise-intensity, "
+            "the part of another site's export the standardisation cannot undo.",
+        ),
+    ] = TrainConfig.narrow_windows,
     augmentation: Annotated[
         Augmentation,
         typer.Option(
@@ -212,6 +220,7 @@ def train(
         standardise_intensity=standardise_intensity,
         fill_padding=fill_padding,
         vary_export=vary_export,
+        narrow_windows=narrow_windows,
         augmentation=augmentation,
         hu_window=window,
         seed=seed,

@@ -11,7 +11,9 @@ from torch.nn import functional
 from torchvision.transforms import v2
 
 
-def train_augmentation(image_size: int, *, light: bool = False, vary_export: bool = False) -> v2.Compose:
+def train_augmentation(
+    image_size: int, *, light: bool = False, vary_export: bool = False, narrow_windows: bool = False
+) -> v2.Compose:
     """Augmentation for one (1, S, S) float slice in [0, 1]: what varies between sites but is not disease.
 
     Random resized crop (zoom and framing), horizontal flip (left/right lungs are both affected by
@@ -21,9 +23,11 @@ def train_augmentation(image_size: int, *, light: bool = False, vary_export: boo
     small-kernel operations per slice, cheap next to the network on a CPU. ``light`` keeps only the UCSD
     baseline's geometry (random resized crop, scale 0.5-1, and the flip): gray levels pass unchanged.
     ``vary_export`` adds ``RandomExport``: the slice as another site's pipeline might have exported it
-    (window, field of view).
+    (window, field of view); ``narrow_windows`` adds ``RandomNarrowWindow``: what a narrower window clips.
     """
     export = [RandomExport()] if vary_export else []
+    if narrow_windows:
+        export.append(RandomNarrowWindow())
     if light:
         return v2.Compose(
             [
@@ -175,3 +179,28 @@ class RandomExport(nn.Module):
                 export.contrast, export.brightness, fov_radius=radius, fov_shift=shift, padding=padding
             )
         return export
+
+
+class RandomNarrowWindow(nn.Module):
+    """``export_as`` with a window 1 to ``max_factor`` times as narrow (log-uniform) around a level moved by
+    up to a tenth of the width either way, on a share ``p`` of the slices: what a narrower window clips.
+
+    The augmentation for a model that standardises intensity (``site.standardise_intensity``): the
+    standardisation undoes a wider window or a moved level before the network sees the slice, but not the
+    gray levels a narrower window clipped (BENCHMARKS.md: -0.23 to -0.55 specificity on 1.5x narrower
+    re-exports without it). Twice as narrow at most, so that the 1.5x re-export is inside the range.
+    """
+
+    def __init__(self, max_factor: float = 2.0, p: float = 0.5) -> None:
+        super().__init__()
+        self.log_max, self.p = math.log(max_factor), p
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        return export_as(gray, self.draw())
+
+    def draw(self) -> Export:
+        """A random narrower window, or the slice as it is (torch's generator: the training seed fixes it)."""
+        u = torch.rand(3).tolist()
+        if u[0] >= self.p:
+            return Export()
+        return Export(contrast=math.exp(u[1] * self.log_max), brightness=0.2 * u[2] - 0.1)

@@ -65,6 +65,10 @@ class TrainConfig:
     # Augment over how a slice was exported (window, circular field of view with gray or black padding):
     # covidct.preprocess.augment.RandomExport (BENCHMARKS.md, "Robust to how a slice was exported").
     vary_export: bool = True
+    # Augment over narrower windows only (covidct.preprocess.augment.RandomNarrowWindow): with
+    # standardise_intensity, the part of an export the standardisation cannot undo. Off by default: a
+    # candidate under measurement (BENCHMARKS.md, "Recipes by cross-validation").
+    narrow_windows: bool = False
     augmentation: Augmentation = Augmentation.FULL
     hu_window: HuWindow = LUNG_WINDOW  # a "LEVEL,WIDTH" string is parsed
     seed: int = 0

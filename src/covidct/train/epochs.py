@@ -241,9 +241,15 @@ def make_runner(
 
 
 def _augmentation(config: TrainConfig, preprocessing: Preprocessing) -> nn.Module:
-    """The training augmentation ``config`` asks for (``--augmentation``, ``--vary-export``)."""
+    """The training augmentation ``config`` asks for (``--augmentation``, ``--vary-export``,
+    ``--narrow-windows``)."""
     light = config.augmentation is Augmentation.LIGHT
-    return train_augmentation(preprocessing.image_size, light=light, vary_export=config.vary_export)
+    return train_augmentation(
+        preprocessing.image_size,
+        light=light,
+        vary_export=config.vary_export,
+        narrow_windows=config.narrow_windows,
+    )
 
 
 def _weight_average(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int) -> AveragedModel | None:
