@@ -42,12 +42,19 @@ def resolve_device(device: Device | str) -> torch.device:
 
 
 def supports_bf16(device: torch.device) -> bool:
-    """True where bf16 autocast is fast: CUDA GPUs with bf16, or CPUs with AVX512-BF16/AMX (oneDNN)."""
+    """True where bf16 autocast is fast: CUDA GPUs with bf16, or CPUs that compute in bf16 (AVX512-BF16 or
+    AMX).
+
+    Not what oneDNN calls bf16 support (``torch.ops.mkldnn._is_mkldnn_bf16_supported``), which includes
+    plain AVX-512 where it converts to fp32 and back around every op: on such an Intel Xeon (2 cores, no
+    AVX512-BF16) a ResNet-50 took 2.0x as long a training step and 2.8x as long a forward pass in bf16 as in
+    fp32 (``bench/bf16.py``, BENCHMARKS.md).
+    """
     import torch
 
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
