@@ -357,6 +357,19 @@ def test_moco_moves_the_key_encoder_by_momentum_and_fills_the_queue_round_its_en
     assert torch.allclose(moco.queue.norm(dim=1), torch.ones(10))
 
 
+def test_a_moco_step_backpropagates_in_fp32_with_the_queue_written_before_the_backward_pass():
+    """In fp32 the negatives' matmul reads the queue itself; the keys the step writes into it must not break
+    the backward pass (it once did: under bf16 autocast, the only precision the development hosts used, the
+    cast had made a copy)."""
+    torch.manual_seed(0)
+    moco = MoCo(TinyEncoder(), queue_size=10, momentum=0.9, temperature=0.2, bn_splits=2)
+
+    loss = moco(torch.rand(6, 3, 4, 4), torch.rand(6, 3, 4, 4))
+    loss.backward()
+
+    assert loss.dtype == torch.float32 and moco.query.body.weight.grad.abs().sum() > 0
+
+
 def test_the_backbone_state_has_torchvision_names_without_the_projection_head():
     moco = MoCo(TinyEncoder(), queue_size=10, momentum=0.9, temperature=0.2, bn_splits=1)
 

@@ -50,7 +50,9 @@ class MoCo(nn.Module):
             shuffled = _split_bn_forward(self.key, keys[order], self.bn_splits)
             k = functional.normalize(shuffled[order.argsort()].float(), dim=1)
         positives = (q * k).sum(dim=1, keepdim=True)
-        negatives = q @ self.queue.T
+        # A copy, as in MoCo's reference code: ``_enqueue`` overwrites the queue before the backward pass
+        # needs it (under bf16 autocast the matmul's cast made the copy, which hid this; fp32 failed).
+        negatives = q @ self.queue.clone().T
         logits = torch.cat([positives, negatives], dim=1) / self.temperature
         loss = functional.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
         self._enqueue(k)
