@@ -76,6 +76,14 @@ _PEER_OPTIMISER = {
     "warmup_epochs": 0.0,
     "ema_epochs": None,
 }
+# The peer's steps and optimiser with the padding fill and the standardisation, no export variation.
+_PEER_LIKE_STANDARDISE = {
+    **_PEER_STEPS,
+    **_PEER_OPTIMISER,
+    "vary_export": False,
+    "fill_padding": True,
+    "standardise_intensity": True,
+}
 RECIPES = {
     "default": {},
     "no-export": _BEFORE_EXPORT,  # the default until 2026-12-03
@@ -130,27 +138,13 @@ RECIPES = {
     # peer-like (the strongest in-domain recipe in covidct's trainer, and the one re-exports move most) with
     # the padding fill and the standardisation in place of the export variation: can a deterministic step buy
     # the robustness that the variation bought at peer-like's cost (peer-like-export -0.032 vs peer-like)?
-    "peer-like-standardise": {
-        **_PEER_STEPS,
-        **_PEER_OPTIMISER,
-        **_WHOLE_IMAGE,
-        "vary_export": False,
-        "fill_padding": True,
-        "standardise_intensity": True,
-    },
+    "peer-like-standardise": {**_PEER_LIKE_STANDARDISE, **_WHOLE_IMAGE},
     # peer-like-standardise on the body crop (the field-of-view fixes of sessions 29-30 in place), with the
     # clipping of narrower windows as its one gray-level augmentation: the standardisation undoes wider
     # windows, the crop leaves a field of view's padding out, and what neither undoes is what a narrow window
     # clips (peer-like-standardise: padded exports -0.11 to -0.32 sensitivity, the narrow window -0.23 to
     # -0.55 specificity).
-    "peer-like-standardise-clip": {
-        **_PEER_STEPS,
-        **_PEER_OPTIMISER,
-        "vary_export": False,
-        "narrow_windows": True,
-        "fill_padding": True,
-        "standardise_intensity": True,
-    },
+    "peer-like-standardise-clip": {**_PEER_LIKE_STANDARDISE, "narrow_windows": True},
     "peer": None,
 }
 

@@ -168,9 +168,7 @@ class RandomExport(nn.Module):
         u = torch.rand(8).tolist()
         export = Export()
         if u[0] < self.p_window:
-            export = Export(
-                contrast=math.exp(math.log(0.4) + u[1] * math.log(1.5 / 0.4)), brightness=0.2 * u[2] - 0.1
-            )
+            export = _window(u[1], u[2], contrast_range=(0.4, 1.5))
         if u[3] < self.p_fov:
             padding = 0.1 + 0.6 * u[5] if u[4] < self.p_gray_padding else 0.0
             shift = (0.1 * u[6] - 0.05, 0.1 * u[7] - 0.05)
@@ -193,7 +191,7 @@ class RandomNarrowWindow(nn.Module):
 
     def __init__(self, max_factor: float = 2.0, p: float = 0.5) -> None:
         super().__init__()
-        self.log_max, self.p = math.log(max_factor), p
+        self.max_factor, self.p = max_factor, p
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         return export_as(gray, self.draw())
@@ -203,4 +201,13 @@ class RandomNarrowWindow(nn.Module):
         u = torch.rand(3).tolist()
         if u[0] >= self.p:
             return Export()
-        return Export(contrast=math.exp(u[1] * self.log_max), brightness=0.2 * u[2] - 0.1)
+        return _window(u[1], u[2], contrast_range=(1.0, self.max_factor))
+
+
+def _window(u_width: float, u_level: float, *, contrast_range: tuple[float, float]) -> Export:
+    """The window of ``RandomExport`` and ``RandomNarrowWindow`` from two uniform draws in [0, 1): its
+    contrast log-uniform in ``contrast_range``, its level moved by up to a tenth of the width either way."""
+    low, high = contrast_range
+    return Export(
+        contrast=math.exp(math.log(low) + u_width * math.log(high / low)), brightness=0.2 * u_level - 0.1
+    )
