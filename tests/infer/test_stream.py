@@ -96,6 +96,22 @@ def test_batches_keep_the_walk_order_with_failures_and_skipped_files_in_their_ba
     assert batches[0].images.dtype == np.float16
 
 
+def test_a_smaller_first_batch_starts_the_stream_then_batches_are_full(mixed_folder):
+    """The first batch is decoded while nothing else runs: ``first_batch_size`` keeps it short."""
+    batches = list(
+        iter_slice_batches(
+            [mixed_folder], preprocessing=Preprocessing(image_size=32), batch_size=3, first_batch_size=1
+        )
+    )
+
+    assert [[p.name for p in b.paths] for b in batches] == [
+        ["a0.png"],
+        ["a1.png", "a2.png", "b3.png"],
+        ["c4.png"],
+    ]
+    assert [b.n_images_seen for b in batches] == [1, 4, 6]
+
+
 def test_iter_predict_yields_each_batch_and_predict_collects_the_same(predictor, mixed_folder):
     seen = []
 

@@ -86,9 +86,13 @@ def iter_slice_batches(
     prefetch: int = DEFAULT_PREFETCH,
     decode_workers: int = 0,
     max_voxels: int = DEFAULT_REQUEST_VOXELS,
+    first_batch_size: int | None = None,
 ) -> Iterator[SliceBatch]:
     """Yield ``SliceBatch``es of at most ``batch_size`` slices prepared as ``preprocessing`` says,
     decoded ahead in a thread.
+
+    The first batch holds at most ``first_batch_size`` images (default: ``batch_size``): nothing overlaps
+    its decoding, so a smaller one starts the caller's work sooner.
 
     At most ``prefetch`` decoded batches wait in the queue. Stopping early (``break``, an exception in
     the caller) stops the thread after the batch it is decoding. An unexpected error in the thread is
@@ -101,7 +105,16 @@ def iter_slice_batches(
     stop = threading.Event()
     worker = threading.Thread(
         target=_produce,
-        args=(inputs, preprocessing, batch_size, max_pixels, max_voxels, decode_workers, batches, stop),
+        args=(
+            inputs,
+            preprocessing,
+            (min(first_batch_size or batch_size, batch_size), batch_size),
+            max_pixels,
+            max_voxels,
+            decode_workers,
+            batches,
+            stop,
+        ),
         name="covidct-decode",
         daemon=True,
     )
@@ -120,7 +133,7 @@ def iter_slice_batches(
 def _produce(
     inputs: Iterable[str | Path],
     preprocessing: Preprocessing,
-    batch_size: int,
+    batch_sizes: tuple[int, int],
     max_pixels: int,
     max_voxels: int,
     decode_workers: int,
@@ -129,7 +142,7 @@ def _produce(
 ) -> None:
     try:
         with decode_pool(decode_workers) if decode_workers else contextlib.nullcontext() as pool:
-            for batch in _decoded_batches(inputs, preprocessing, batch_size, max_pixels, max_voxels, pool):
+            for batch in _decoded_batches(inputs, preprocessing, batch_sizes, max_pixels, max_voxels, pool):
                 if not _put(batches, batch, stop):
                     return
         _put(batches, _DONE, stop)
@@ -141,11 +154,13 @@ def _produce(
 def _decoded_batches(
     inputs: Iterable[str | Path],
     preprocessing: Preprocessing,
-    batch_size: int,
+    batch_sizes: tuple[int, int],
     max_pixels: int,
     max_voxels: int,
     pool: Executor | None,
 ) -> Iterator[SliceBatch]:
+    """The batches of ``iter_slice_batches``; ``batch_sizes`` is (first batch's size, every other's)."""
+    batch_size, later_size = batch_sizes
     paths: list[Path] = []
     failures: list[InputFailure] = []
     skipped: list[InputFailure] = []
@@ -174,7 +189,7 @@ def _decoded_batches(
             failures.append(item)
         if len(paths) == batch_size:
             yield _decoded(paths, failures, skipped, preprocessing, max_pixels, n_seen, pool)
-            paths, failures, skipped = [], [], []
+            paths, failures, skipped, batch_size = [], [], [], later_size
     if paths or failures or skipped:
         yield _decoded(paths, failures, skipped, preprocessing, max_pixels, n_seen, pool)
 
