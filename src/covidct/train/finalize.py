@@ -10,6 +10,7 @@ from importlib.metadata import version
 import numpy as np
 import torch
 
+from covidct import __version__
 from covidct.data.manifest import SPLITS, Manifest
 from covidct.evaluate.metrics import binary_metrics
 from covidct.io.failures import InputFailure
@@ -82,7 +83,7 @@ def build_card(
         }
         | {"n": len(prob)},
         environment=_environment(),
-        covidct_version=version("covidct"),
+        covidct_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
