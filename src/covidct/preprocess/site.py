@@ -71,6 +71,7 @@ _AIR_PERCENTILE = 0.5
 # ``lung_slices.EXAMINED_SIZE`` (blocks there, sampling here), so a series slice is examined at one scale.
 _EXAMINED_SIZE = 256
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+_CORNERS = ([0, 0, -1, -1], [0, -1, 0, -1])
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def fill_padding(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     which the flat region reaches through, is not frame and keeps its gray. ``find_body`` takes the frame:
     tissue that touches it was cut by the field.
     """
-    corners = gray[[0, 0, -1, -1], [0, -1, 0, -1]]
+    corners = gray[_CORNERS]
     level = np.float32(np.median(corners))
     # The air level below is never under the slice's minimum: a frame this close to it (black padding, the
     # common case) is returned now, without the two labellings the answer would otherwise cost.
@@ -145,7 +146,7 @@ def _flat_frame(gray: np.ndarray, level: np.float32, tolerance: float) -> np.nda
     not field); None when the flat region reaches the centre or covers too little of the border."""
     height, width = gray.shape
     labels, _ = label_components(np.abs(gray - level) <= tolerance)
-    flat = np.isin(labels, labels[[0, 0, -1, -1], [0, -1, 0, -1]])
+    flat = np.isin(labels, labels[_CORNERS])
     if flat[height // 2, width // 2]:
         return None
     field_labels, _ = label_components(~flat)
@@ -164,12 +165,13 @@ def _beyond_field_ellipse(field: np.ndarray) -> np.ndarray | None:
     refitted on the points within tolerance (a few carved-in points would bias it otherwise).
     """
     height, width = field.shape
-    rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+    has_row, row_first, row_last = _line_ends(field, 1)
+    has_col, col_first, col_last = _line_ends(field, 0)
+    rows, cols = np.flatnonzero(has_row), np.flatnonzero(has_col)
     if len(rows) < 3 or len(cols) < 3:
         return None
-    by_row, by_col = field[rows], field[:, cols]
-    ys = np.concatenate([rows, rows, by_col.argmax(axis=0), height - 1 - by_col[::-1].argmax(axis=0)])
-    xs = np.concatenate([by_row.argmax(axis=1), width - 1 - by_row[:, ::-1].argmax(axis=1), cols, cols])
+    ys = np.concatenate([rows, rows, col_first[cols], col_last[cols]])
+    xs = np.concatenate([row_first[rows], row_last[rows], cols, cols])
     inside = (ys > 0) & (ys < height - 1) & (xs > 0) & (xs < width - 1)
     y, x = 2 * ys[inside] / (height - 1) - 1, 2 * xs[inside] / (width - 1) - 1
     on_outline = np.ones(len(x), dtype=bool)
@@ -265,7 +267,7 @@ def _body_the_field_cut(
     touching = np.unique(labels[_dilate(frame, opening + 1)])
     is_kept = is_kept.copy()
     is_kept[touching[touching > 0]] = True
-    mask = is_kept[labels]
+    mask = _members(labels, is_kept)
     return mask | _lungs_cut_open(air, frame, mask)
 
 
@@ -420,9 +422,8 @@ def _orthogonal_hull(mask: np.ndarray) -> np.ndarray:
     def spans(axis: int) -> np.ndarray:
         """Each line along ``axis`` filled from its first to its last pixel (an empty line stays empty)."""
         length = mask.shape[axis]
-        has = mask.any(axis=axis)
-        first = np.where(has, mask.argmax(axis=axis), length)
-        last = np.where(has, length - 1 - np.flip(mask, axis).argmax(axis=axis), -1)
+        has, first, last = _line_ends(mask, axis)
+        first, last = np.where(has, first, length), np.where(has, last, -1)
         index = np.arange(length).reshape((1, -1) if axis == 1 else (-1, 1))
         first, last = np.expand_dims(first, axis), np.expand_dims(last, axis)
         return (index >= first) & (index <= last)
@@ -430,3 +431,10 @@ def _orthogonal_hull(mask: np.ndarray) -> np.ndarray:
     hull = spans(1)
     hull |= spans(0)
     return hull
+
+
+def _line_ends(mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each line along ``axis`` (1: the rows, 0: the columns): whether it holds a pixel of ``mask``, and
+    the index of its first and of its last (0 and length - 1 in an empty line)."""
+    length = mask.shape[axis]
+    return mask.any(axis=axis), mask.argmax(axis=axis), length - 1 - np.flip(mask, axis).argmax(axis=axis)
