@@ -364,6 +364,26 @@ def test_the_fast_steps_match_scipy_and_numpy_exactly(seed):
         assert otsu_thresholds(sampled) == _otsu_by_np_histogram(sampled)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_sorted_percentiles_match_numpy_exactly(seed):
+    """``_percentiles`` gives np.percentile's numbers and types, for the list and the scalar ``q`` the site
+    steps pass, on 8-bit levels (many ties), continuous values, one or two values, and with a NaN."""
+    from covidct.preprocess.site import _percentiles
+
+    rng = np.random.default_rng(seed)
+    size = [1, 2, 3, 1000, 4099, 65537][seed]
+    levels = np.round(rng.random(size) * 255).astype(np.float32) / 255
+    continuous = rng.normal(0.5, 0.2, size).astype(np.float32)
+    with_nan = continuous.copy()
+    with_nan[rng.integers(size)] = np.nan
+    for values in (levels, continuous, with_nan):
+        for q in ([1, 99], [0.5, 99.5], [0, 100], 0.5, 10, 99.9):
+            expected = np.percentile(values, q)
+            got = _percentiles(values.copy(), q)
+            assert type(got) is type(expected) and got.dtype == expected.dtype, q
+            np.testing.assert_array_equal(got, expected)
+
+
 def _otsu_by_np_histogram(gray: np.ndarray, bins: int = 64) -> tuple[float, float]:
     """The three-class Otsu thresholds as they were computed before issue 16, from ``np.histogram``."""
     histogram, edges = np.histogram(gray, bins=bins, range=(0.0, 1.0))

@@ -21,7 +21,8 @@ so it never fails on an image that decoded.
 Cost: these steps run on every slice, in training and at prediction, and once took five times as long as
 decoding the file (issue 16). The morphology is OpenCV's with the cross (what scipy's
 ``binary_erosion``/``binary_dilation`` compute by default, several times faster), component areas a
-``bincount``, and the Otsu histogram OpenCV's count of exact bin indices: the results are the same.
+``bincount``, the Otsu histogram OpenCV's count of exact bin indices, and the percentiles read off numpy's
+sort (``_percentiles``): the results are the same.
 The body of a slice of 512 px or more is searched on every k-th pixel (``_EXAMINED_SIZE``): on a 150-slice
 series at 512 px, probabilities moved by 0.0008 on average (largest 0.013), and a UCSD fold's validation AUC
 from 0.9534 to 0.9539 (BENCHMARKS.md).
@@ -132,7 +133,7 @@ def fill_padding(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     else:
         return gray, None
     frame &= beyond_field
-    air = np.float32(np.percentile(gray[~frame], _AIR_PERCENTILE))
+    air = np.float32(_percentiles(gray[~frame], _AIR_PERCENTILE))
     if level - air < _PADDING_ABOVE_AIR:
         return gray, None
     filled = gray.copy()
@@ -357,7 +358,7 @@ def remove_annotations(gray: np.ndarray, body: Body) -> np.ndarray:
     outside = ~_dilate(body.hull, _OPENING_ITERATIONS)
     if not outside.any():
         return gray
-    background = np.float32(np.percentile(gray[outside], 10))
+    background = np.float32(_percentiles(gray[outside], 10))
     marks = outside & (gray > body.bright_threshold)
     cleaned = gray.copy()
     cleaned[_dilate(marks, 1) & outside] = background
@@ -380,11 +381,33 @@ def standardise_intensity(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
     A percentile window instead of min/max, so one saturated marker or one black pixel does not set
     the contrast; a flat field (no contrast to stretch) is returned unchanged.
     """
-    values = gray[field] if field.any() else gray
-    low, high = np.percentile(values, [_LOW_PERCENTILE, _HIGH_PERCENTILE]).astype(np.float32)
+    values = gray[field] if field.any() else gray.ravel().copy()
+    low, high = _percentiles(values, [_LOW_PERCENTILE, _HIGH_PERCENTILE]).astype(np.float32)
     if high - low < _MIN_CONTRAST:
         return gray
     return np.clip((gray - low) / (high - low), 0.0, 1.0)
+
+
+def _percentiles(values: np.ndarray, q: float | list[float]) -> np.floating | np.ndarray:
+    """``np.percentile(values, q)`` of a 1-D array, the same numbers, but read off ``values.sort()`` (in
+    place: pass a copy such as ``gray[mask]``).
+
+    numpy partitions for the six order statistics it reads, and that partition took three times as long as
+    its SIMD sort (0.6 ms on a 100,000-pixel field). The interpolation is numpy's "linear" method step by
+    step: float64 for a list ``q``, the values' dtype for a scalar (numpy's weak promotion of a float); a NaN
+    sorts last and makes the result NaN, as there.
+    """
+    values.sort()
+    quantiles = np.true_divide(q, 100)
+    virtual = (values.size - 1) * quantiles
+    below = np.floor(virtual)
+    gamma = virtual - below if isinstance(q, list) else float(virtual - below)
+    index = np.asarray(below, dtype=np.intp)
+    low, high = values[index], values[np.minimum(index + 1, values.size - 1)]
+    step = high - low
+    result = np.where(np.asarray(gamma) >= 0.5, high - step * (1 - gamma), low + step * gamma)
+    result = np.where(np.isnan(values[-1]), values[-1], result)
+    return result if isinstance(q, list) else result[()]
 
 
 def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
