@@ -381,7 +381,7 @@ def standardise_intensity(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
     A percentile window instead of min/max, so one saturated marker or one black pixel does not set
     the contrast; a flat field (no contrast to stretch) is returned unchanged.
     """
-    values = gray[field] if field.any() else gray.ravel().copy()
+    values = gray[field] if field.any() else gray.flatten()
     low, high = _percentiles(values, [_LOW_PERCENTILE, _HIGH_PERCENTILE]).astype(np.float32)
     if high - low < _MIN_CONTRAST:
         return gray
