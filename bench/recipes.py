@@ -24,6 +24,12 @@ fold, seed, budget) row records slice- and patient-level ROC-AUC on its validati
 re-exported (``bench/reexport.py``: wide and narrow windows, a circular field of view with gray padding),
 and is appended to ``--out`` as soon as it is measured; rows already there are skipped, so an
 interrupted study goes on where it stopped, in this session or a later one.
+
+A budget is minutes of wall-clock training, so rows compare only when trained on the same kind of compute:
+every row so far was trained on a 2-core CPU that computes in bf16 (an Intel Xeon with AMX, an AMD EPYC with
+AVX512-BF16). Elsewhere the same budget buys another number of steps (a CPU without bf16 trains in fp32,
+several times slower, a GPU far faster), so ``study_host`` refuses to train there unless ``--any-host``
+is given with another ``--out`` than the study's file; every row records the host it was trained on.
 """
 
 from __future__ import annotations
@@ -51,12 +57,14 @@ from shared_datasets import SOURCE_ROWS, write_manifest
 from covidct.data.manifest import read_manifest
 from covidct.errors import InputError
 from covidct.model.backbone import read_backbone, refuse_seen_test_files
+from covidct.model.device import resolve_device, supports_bf16
 from covidct.model.pretrained import Backbone, resolve_pretrained
 from covidct.train.config import TrainConfig
 from covidct.train.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
 N_FOLDS = 5
+STUDY_RESULTS = REPO / "bench" / "results" / "recipes.json"
 REFERENCE_BUDGET = 20.0  # minutes a fold model; the budget study (issue 13) compares other budgets with it
 SELECTIONS = ("fold", "inner")
 # Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's). The
@@ -159,7 +167,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--max-minutes", type=float, default=7.0, help="training budget per fold model")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "recipes.json")
+    parser.add_argument("--out", type=Path, default=STUDY_RESULTS)
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -192,6 +200,12 @@ def main() -> None:
         help="fold: epoch and threshold chosen on the scored fold (optimistic); inner: on the next fold, "
         "left out of training, and the scored fold unseen",
     )
+    parser.add_argument(
+        "--any-host",
+        action="store_true",
+        help="train even where the budget is not comparable with the study's rows (no bf16 CPU: see above), "
+        f"into an --out other than {STUDY_RESULTS.name}; the rows record the host",
+    )
     parser.add_argument("--summary", action="store_true", help="only print the summary of --out")
     args = parser.parse_args()
     results = _read(args.out)
@@ -210,6 +224,7 @@ def main() -> None:
             name = f"{args.dataset}-fold{fold}-{args.selection}.csv"
             print(f"{write_manifest(training, args.pretrain_manifests / name)}: {len(training)} rows")
         return
+    host = study_host(args.out, any_host=args.any_host)
     pretrained = resolve_pretrained("auto")
     results["recipes"] |= {name: _recipe_options(name, args.backbone) for name in recipes}
     results["exports"] = {name: vars(export) for name, export in EXPORTS.items()}
@@ -236,7 +251,12 @@ def main() -> None:
                 options, out_dir = results["recipes"][recipe], workdir / tag
                 record = _train_and_score(recipe, options, split, out_dir, args.max_minutes, seed, pretrained)
                 results["rows"].append(
-                    {**key, **record, "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+                    {
+                        **key,
+                        **record,
+                        "host": host,
+                        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+                    }
                 )
                 results["machine"] = machine_facts()
                 _write(args.out, results)  # after every row: the study resumes from here
@@ -254,6 +274,28 @@ def fold_model_tag(
     """The name of a fold model's folder under ``--workdir`` (``bench/ensembles.py`` finds models by it)."""
     tag = f"{dataset}-{recipe}-fold{fold}-seed{seed}-{max_minutes:g}min"
     return tag + ("-inner" if selection == "inner" else "")
+
+
+def study_host(out: Path, *, any_host: bool) -> dict:
+    """The host facts each row records (processor, device, bf16).
+
+    Raises:
+        SystemExit: the host does not train like the study's (a CPU that computes in bf16), and ``any_host``
+            is not given or ``out`` is the study's file: its budgets buy another number of steps, and a row
+            there would also count as done when a study host comes to train it.
+    """
+    facts = machine_facts()
+    device = resolve_device("auto")
+    host = {"processor": facts["processor"], "device": str(device), "bf16": facts["bf16"]}
+    comparable = device.type == "cpu" and supports_bf16(device)
+    if not comparable and (not any_host or out.resolve() == STUDY_RESULTS.resolve()):
+        raise SystemExit(
+            f"this host ({host['processor']}, {host['device']}, bf16 {host['bf16']}) does not train like the "
+            "study's (a CPU that computes in bf16), so a --max-minutes budget here would not compare with "
+            f"the rows in {STUDY_RESULTS.name}; run on such a host, or pass --any-host with another --out "
+            "to record rows marked with this host"
+        )
+    return host
 
 
 class FoldModel(NamedTuple):
