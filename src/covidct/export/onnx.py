@@ -47,6 +47,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
+from covidct import __version__
 from covidct.data.manifest import Manifest, read_manifest
 from covidct.errors import ModelDirError, OptionError
 from covidct.export.calibration import (
@@ -356,7 +357,7 @@ def _settings(
             "amx_routing": routing,
         },
         "agreement_with_torch": agreement,
-        "covidct_version": version("covidct"),
+        "covidct_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "intended_use": RESEARCH_USE_STATEMENT,
     }

@@ -13,13 +13,13 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from covidct import __version__
 from covidct.data.content_hash import content_sha256
 from covidct.data.dataset import decode_slices
 from covidct.data.manifest import UnlabelledInputs
@@ -166,7 +166,7 @@ def _card(
         "wall_time_s": round(seconds, 1),
         "device": str(run.device),
         "bf16_autocast": run.use_bf16,
-        "covidct_version": version("covidct"),
+        "covidct_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "intended_use": RESEARCH_USE_STATEMENT,
     }
