@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from cards import tiny_card
 from PIL import Image
 
 from covidct.evaluate.evaluation import evaluation_metrics
@@ -21,9 +22,7 @@ from covidct.evaluate.gallery import (
     pick_gallery_cases,
 )
 from covidct.evaluate.report import write_report
-from covidct.model.card import Decision, ModelCard
-from covidct.model.network import StrideVariant, build_resnet50
-from covidct.preprocess.transforms import Preprocessing
+from covidct.model.network import build_resnet50
 
 Y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
 PROB = np.array([0.9, 0.6, 0.2, 0.8, 0.55, 0.1, 0.45, 0.3])
@@ -50,20 +49,7 @@ def test_pick_gallery_cases(y, prob, per_kind, expected):
 @pytest.fixture(scope="module")
 def random_model_and_card():
     torch.manual_seed(0)
-    card = ModelCard(
-        classes=("COVID", "non-COVID"),
-        positive_class="COVID",
-        stride_variant=StrideVariant.V1_5,
-        preprocessing=Preprocessing(image_size=32),
-        decision=Decision(threshold=0.5, threshold_rule="youden_j"),
-        weights={},
-        data={},
-        training={},
-        validation_metrics={},
-        environment={},
-        covidct_version="0.1.0",
-        created="2025-01-01T00:00:00+00:00",
-    )
+    card = tiny_card()
     return build_resnet50(num_classes=2).eval(), card
 
 

@@ -8,14 +8,13 @@ import html
 
 import pytest
 import torch
+from cards import tiny_card
 
 from covidct.data.manifest import read_manifest
 from covidct.errors import MissingOodDetectorWarning
 from covidct.evaluate.run import evaluate_model
-from covidct.model.card import Decision, ModelCard
 from covidct.model.checkpoint import save_model_dir
-from covidct.model.network import StrideVariant, build_resnet50
-from covidct.preprocess.transforms import Preprocessing
+from covidct.model.network import build_resnet50
 
 NO_GUARD_NOTE = (
     "The model has no out-of-distribution guard (trained with an older "
@@ -28,20 +27,7 @@ def old_model_dir(tmp_path_factory):
     """A random 32 px ResNet-50 saved without ``ood.safetensors``, as covidct wrote model
     directories before the guard."""
     torch.manual_seed(0)
-    card = ModelCard(
-        classes=("COVID", "non-COVID"),
-        positive_class="COVID",
-        stride_variant=StrideVariant.V1_5,
-        preprocessing=Preprocessing(image_size=32),
-        decision=Decision(threshold=0.5, threshold_rule="youden_j"),
-        weights={},
-        data={},
-        training={},
-        validation_metrics={},
-        environment={},
-        covidct_version="0.1.0",
-        created="2025-01-01T00:00:00+00:00",
-    )
+    card = tiny_card()
     model_dir = tmp_path_factory.mktemp("old") / "model"
     save_model_dir(model_dir, build_resnet50(num_classes=2), card)
     return model_dir

@@ -10,13 +10,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+from cards import tiny_card
 
 from covidct import Prediction, Predictor, load_model
 from covidct.errors import InputError, ModelDirError, OptionError
-from covidct.model.card import Decision, ModelCard
 from covidct.model.checkpoint import save_model_dir
-from covidct.model.network import StrideVariant, build_resnet50
-from covidct.preprocess.transforms import Preprocessing
+from covidct.model.network import build_resnet50
 
 NOT_AN_IMAGE = "not a readable PNG, JPEG, BMP or TIFF image"
 
@@ -29,20 +28,7 @@ def save_random_model(model_dir, classes: tuple[str, ...], *, threshold: float =
     """A ResNet-50 with random weights behind a card for 32 x 32 inputs (predictions
     are arbitrary but valid)."""
     torch.manual_seed(seed)
-    card = ModelCard(
-        classes=classes,
-        positive_class="COVID",
-        stride_variant=StrideVariant.V1_5,
-        preprocessing=Preprocessing(image_size=32),
-        decision=Decision(threshold=threshold, threshold_rule="youden_j", temperature=2.0, tta_hflip=True),
-        weights={},
-        data={},
-        training={},
-        validation_metrics={},
-        environment={},
-        covidct_version="0.1.0",
-        created="2025-01-01T00:00:00+00:00",
-    )
+    card = tiny_card(classes, threshold=threshold, temperature=2.0, tta_hflip=True)
     save_model_dir(model_dir, build_resnet50(num_classes=len(classes)), card)
     return model_dir
 

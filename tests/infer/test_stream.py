@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from cards import tiny_card
 from PIL import Image
 
 from covidct import Predictor
@@ -16,8 +17,7 @@ from covidct.infer import stream
 from covidct.infer.engine_kind import Engine
 from covidct.infer.engines import InferenceEngine
 from covidct.infer.stream import computed_ahead, iter_slice_batches
-from covidct.model.card import Decision, ModelCard
-from covidct.model.network import FEATURE_DIM, StrideVariant, build_resnet50
+from covidct.model.network import FEATURE_DIM, build_resnet50
 from covidct.preprocess.transforms import Preprocessing
 
 SLICE_PX = 40  # the smallest images covidct reads are 32 px a side
@@ -37,20 +37,7 @@ class ConstantEngine(InferenceEngine):
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    card = ModelCard(
-        classes=("COVID", "non-COVID"),
-        positive_class="COVID",
-        stride_variant=StrideVariant.V1_5,
-        preprocessing=Preprocessing(image_size=32),
-        decision=Decision(threshold=0.5, threshold_rule="youden_j"),
-        weights={},
-        data={},
-        training={},
-        validation_metrics={},
-        environment={},
-        covidct_version="0.1.0",
-        created="2025-01-01T00:00:00+00:00",
-    )
+    card = tiny_card()
     return Predictor(
         build_resnet50(num_classes=2), card, device="cpu", batch_size=32, engine=ConstantEngine()
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cards import tiny_card
 from PIL import Image
 from volumes import TRAINING_LIKE_WINDOW, training_like_phantom
 
@@ -18,9 +19,6 @@ from covidct.infer.study import (
 )
 from covidct.infer.study_plot import plot_study, study_file_names
 from covidct.io.volume import Volume, privacy_key
-from covidct.model.card import Decision, ModelCard
-from covidct.model.network import StrideVariant
-from covidct.preprocess.transforms import Preprocessing
 from covidct.preprocess.window import HuWindow
 
 
@@ -29,23 +27,6 @@ def phantom_volume(*, n_slices: int, lung, covid: bool = False, source: str = "p
     hu = training_like_phantom(n_slices, lung, covid=covid)
     names = tuple(f"{source}#{index}" for index in range(n_slices))
     return Volume(source, privacy_key(f"study:{source}"), privacy_key(f"series:{source}"), hu, names)
-
-
-def _card(**decision) -> ModelCard:
-    return ModelCard(
-        classes=("COVID", "non-COVID"),
-        positive_class="COVID",
-        stride_variant=StrideVariant.V1_5,
-        preprocessing=Preprocessing(image_size=32),
-        decision=Decision(**{"threshold": 0.5, "threshold_rule": "youden_j", **decision}),
-        weights={},
-        data={},
-        training={},
-        validation_metrics={},
-        environment={},
-        covidct_version="test",
-        created="2026-01-01T00:00:00+00:00",
-    )
 
 
 def _slices(probs: list[float | None]) -> list[Prediction]:
@@ -112,7 +93,7 @@ STUDY_CASES = [
 def test_study_prediction_aggregates_by_the_card_rule(decision, probs, expected, label, n_used, message):
     volume = phantom_volume(n_slices=6, lung=range(1, 5))
 
-    study = study_prediction(volume.origin, [1, 2, 3, 4], _slices(probs), _card(**decision))
+    study = study_prediction(volume.origin, [1, 2, 3, 4], _slices(probs), tiny_card(**decision))
 
     assert study.prob_covid == (None if expected is None else pytest.approx(expected))
     assert (study.label, study.n_slices_used, study.n_slices_total, study.in_distribution) == (
@@ -132,7 +113,7 @@ def test_study_prediction_aggregates_by_the_card_rule(decision, probs, expected,
 
 def test_study_ood_score_is_the_median_over_lung_slices():
     study = study_prediction(
-        phantom_volume(n_slices=3, lung=range(3)).origin, [0, 1, 2], _slices([0.2, None, 0.4]), _card()
+        phantom_volume(n_slices=3, lung=range(3)).origin, [0, 1, 2], _slices([0.2, None, 0.4]), tiny_card()
     )
 
     assert study.ood_score == pytest.approx(1.0)
