@@ -56,6 +56,17 @@ EngineOpt = Annotated[
     ),
 ]
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 'covidct train'.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Write into a non-empty --out that is not a run of this command (files of the names covidct "
+        "writes are replaced; others are left alone).",
+    ),
+]
 CropFieldOpt = Annotated[
     bool,
     typer.Option(

@@ -13,8 +13,10 @@ from covidct.cli.options import (
     DeviceOpt,
     FillPaddingOpt,
     MaxMinutesOpt,
+    OverwriteOpt,
     PathCol,
     RemoveAnnotationsOpt,
+    ResumeOpt,
     StandardiseIntensityOpt,
     TrainWindowOpt,
 )
@@ -66,17 +68,8 @@ def pretrain(
     seed: int = 0,
     weights: WeightsOpt = "auto",
     device: DeviceOpt = Device.AUTO,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Write into a non-empty --out that is not a covidct pretrain run (files of the names "
-            "covidct writes are replaced; others are left alone).",
-        ),
-    ] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     path_col: PathCol = "path",
     split_col: Annotated[
         str | None,

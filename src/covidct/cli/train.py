@@ -25,9 +25,11 @@ from covidct.cli.options import (
     GroupCol,
     LabelCol,
     MaxMinutesOpt,
+    OverwriteOpt,
     PathCol,
     PositiveClass,
     RemoveAnnotationsOpt,
+    ResumeOpt,
     SplitCol,
     StandardiseIntensityOpt,
     TrainWindowOpt,
@@ -181,18 +183,8 @@ def train(
             ),
         ),
     ] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run in --out with the same options.")
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Write into a non-empty --out that is not a covidct "
-            "training run (files of the names covidct writes are "
-            "replaced; others are left alone).",
-        ),
-    ] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     path_col: PathCol = "path",
     label_col: LabelCol = "label",
     group_col: GroupCol = None,
