@@ -21,7 +21,7 @@ from covidct.pacs.auth import Credentials
 from covidct.pacs.identity import ResultUids
 from covidct.pacs.series import Instance
 
-_STUDY_UID, _SERIES_UID, _N_INSTANCES = "0020000D", "0020000E", "00201209"
+_STUDY_UID, _SERIES_UID = "0020000D", "0020000E"
 
 
 class PacsUnavailable(CovidctError):
@@ -30,11 +30,10 @@ class PacsUnavailable(CovidctError):
 
 @dataclass(frozen=True)
 class SeriesRef:
-    """A series found by QIDO-RS: its UIDs (never logged) and its instance count when the server says."""
+    """A series found by QIDO-RS: its UIDs (never logged)."""
 
     study_uid: str
     series_uid: str
-    n_instances: int | None = None
 
     @property
     def key(self) -> str:
@@ -67,11 +66,10 @@ class DicomWebPacs:
         answers = self._call(
             self.client.search_for_series,
             search_filters=search,
-            fields=["NumberOfSeriesRelatedInstances"],
             get_remaining=True,
         )
         return [
-            SeriesRef(_value(a, _STUDY_UID), _value(a, _SERIES_UID), _count(a))
+            SeriesRef(_value(a, _STUDY_UID), _value(a, _SERIES_UID))
             for a in answers
             if _value(a, _SERIES_UID)
         ]
@@ -161,8 +159,3 @@ def _with_timeout(request, timeout_s: float):
 def _value(answer: dict, tag: str) -> str:
     values = answer.get(tag, {}).get("Value") or [""]
     return str(values[0])
-
-
-def _count(answer: dict) -> int | None:
-    value = _value(answer, _N_INSTANCES)
-    return int(value) if value.isdigit() else None
