@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from synthetic import png_claiming
 
 from covidct.errors import InputError
 from covidct.io.images import read_grayscale
@@ -107,21 +106,6 @@ def test_16_bit_images_are_scaled_by_their_type_range_not_per_image(tmp_path):
     )
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A 100-byte PNG whose 8-bit grayscale IHDR claims ``width`` x ``height`` (its IDAT holds one row)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + _chunk(b"IEND", b"")
-    )
-
-
 def _truncated_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8), mode="L").save(
@@ -151,10 +135,10 @@ BAD_FILES = [
     (
         "over-pixel-limit",
         "huge.png",
-        _png_header(9000, 9000),
+        png_claiming(9000, 9000),
         "9000x9000 pixels, over the 64,000,000-pixel limit",
     ),
-    ("decompression-bomb", "bomb.png", _png_header(100_000, 100_000), "10000000000 pixels"),
+    ("decompression-bomb", "bomb.png", png_claiming(100_000, 100_000), "10000000000 pixels"),
     ("missing-file", "absent.png", None, "file not found"),
 ]
 
@@ -191,7 +175,7 @@ def test_huge_headers_are_refused_before_decoding(tmp_path, monkeypatch, width, 
     """The size is checked from the header: decoding a 10-gigapixel image would not
     return in time or memory."""
     path = tmp_path / "huge.png"
-    path.write_bytes(_png_header(width, height))
+    path.write_bytes(png_claiming(width, height))
 
     def fail_load(self):
         raise AssertionError("the pixel data was decoded")

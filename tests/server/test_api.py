@@ -9,35 +9,19 @@ import dataclasses
 import io
 import json
 import re
-import struct
 import tempfile
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 from server_forms import png_bytes, upload
+from synthetic import png_claiming
 
 from covidct.intended_use import RESEARCH_USE_STATEMENT
 from covidct.model.card import ModelCard
 from covidct.model.ood import not_ct_message
 from covidct.server.inference import ServerBusyError
 from covidct.server.routes.model import public_card
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A ~100-byte PNG whose header claims ``width`` x ``height`` pixels: a decompression bomb's shape."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + _chunk(b"IEND", b"")
-    )
 
 
 def test_healthz_is_ok(client):
