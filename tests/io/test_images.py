@@ -122,6 +122,14 @@ def _tiny_png() -> bytes:
 
 
 # (id, file name, bytes to write or None for no file, expected message)
+def _several_frames(format_name: str) -> bytes:
+    """Three slices in one file (a multi-page TIFF, an animated PNG), as some viewers export a stack."""
+    frames = [Image.fromarray(np.full((64, 64), 40 * (i + 1), np.uint8), mode="L") for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=format_name, save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
 BAD_FILES = [
     ("empty-file", "empty.png", b"", "empty file"),
     ("truncated-png", "cut.png", _truncated_png(), "cannot decode image"),
@@ -140,6 +148,8 @@ BAD_FILES = [
     ),
     ("decompression-bomb", "bomb.png", png_claiming(100_000, 100_000), "10000000000 pixels"),
     ("missing-file", "absent.png", None, "file not found"),
+    ("multi-page-tiff", "stack.tif", _several_frames("TIFF"), "TIFF file with 3 frames; covidct reads one"),
+    ("animated-png", "stack.png", _several_frames("PNG"), "PNG file with 3 frames; covidct reads one"),
 ]
 
 

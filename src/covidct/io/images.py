@@ -38,7 +38,8 @@ def read_grayscale(
     Raises:
         InputError: missing, empty, truncated or non-image file (or a format other than ``IMAGE_FORMATS``);
             images over ``max_pixels`` (checked from the header, before decoding, so a decompression bomb is
-            never expanded) or under ``MIN_SIDE_PX`` on a side; NaN or infinite pixels.
+            never expanded) or under ``MIN_SIDE_PX`` on a side; NaN or infinite pixels; several frames in one
+            file (a multi-page TIFF, an animated PNG).
         UploadTooLargeError: over ``budget`` (reserved from the header, before decoding).
     """
     name, opened = (
@@ -52,6 +53,7 @@ def read_grayscale(
             image = Image.open(opened, formats=IMAGE_FORMATS)
         with image:
             _check_size(name, image.size, max_pixels)
+            _check_single_frame(name, image)
             if budget is not None:
                 budget.reserve(str(name), image.size[0] * image.size[1])
             image.load()
@@ -76,6 +78,18 @@ def _check_size(name: str | Path, size: tuple[int, int], max_pixels: int) -> Non
     if min(width, height) < MIN_SIDE_PX:
         raise InputError(
             f"image is {width}x{height} pixels; expected at least {MIN_SIDE_PX} on each side", path=name
+        )
+
+
+def _check_single_frame(name: str | Path, image: Image.Image) -> None:
+    """A stack of slices in one file (multi-page TIFF, animated PNG) is refused: reading its first frame
+    alone would score one slice as if it were the whole file."""
+    n_frames = getattr(image, "n_frames", 1)
+    if n_frames > 1:
+        raise InputError(
+            f"{image.format} file with {n_frames} frames; covidct reads one slice per image file: save each "
+            "slice as its own file, or the series as DICOM or NIfTI",
+            path=name,
         )
 
 
