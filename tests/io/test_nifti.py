@@ -83,13 +83,13 @@ BAD_VOLUMES = [
         "4d",
         lambda t: _save(t, "fmri.nii", np.zeros((40, 40, 5, 3), np.int16)),
         {},
-        r"fmri\.nii: 4-D volume of shape \(40, 40, 5, 3\); expected one 3-D CT volume",
+        r"fmri\.nii: 4-D volume of shape \(40, 40, 5, 3\); expected one 3-D CT volume \(split a 4-D series",
     ),
     (
         "2d",
         lambda t: _save(t, "flat.nii", np.zeros((40, 40), np.int16)),
         {},
-        r"flat\.nii: 2-D volume of shape \(40, 40\)",
+        r"flat\.nii: 2-D volume of shape \(40, 40\); expected one 3-D CT volume \(save the series",
     ),
     (
         "not-hu",

@@ -115,9 +115,13 @@ def _load(source: NiftiSource) -> nib.Nifti1Image:
 def _check_shape(name: str, shape: tuple[int, ...], orientation: np.ndarray, max_pixels: int) -> None:
     is_3d = len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)
     if not is_3d:
+        fix = (
+            "split a 4-D series into 3-D files"
+            if len(shape) > 3
+            else "save the series as one 3-D file, or this slice windowed as a PNG"
+        )
         raise InputError(
-            f"{len(shape)}-D volume of shape {shape}; expected one "
-            "3-D CT volume (split a 4-D series into 3-D files)",
+            f"{len(shape)}-D volume of shape {shape}; expected one 3-D CT volume ({fix})",
             path=name,
         )
     canonical = [
