@@ -167,6 +167,14 @@ def test_bad_files_raise_input_error_naming_the_file(tmp_path, name, content, me
     assert raised.value.path == str(path)
 
 
+def test_a_jpeg_with_extra_pictures_is_read_as_its_first(tmp_path):
+    """An MPO JPEG's further pictures are previews or stereo views of the first, not more slices."""
+    first, preview = (Image.fromarray(np.full((64, 64), v, np.uint8)).convert("RGB") for v in (100, 200))
+    first.save(tmp_path / "slice.jpg", format="MPO", save_all=True, append_images=[preview])
+
+    assert read_grayscale(tmp_path / "slice.jpg").mean() == pytest.approx(100 / 255, abs=2 / 255)
+
+
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(InputError, match="is a directory, expected an image file"):
         read_grayscale(tmp_path)

@@ -21,6 +21,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # file named scan.png to Ghostscript, and decode SGI, TGA, PCX, ICO, WEBP, GIF or PPM content too (issue 15).
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 MIN_SIDE_PX = 32
+# Formats whose extra frames are further images (pages, animation frames), not views of the first.
+STACK_FORMATS = frozenset({"TIFF", "PNG"})
 
 
 def read_grayscale(
@@ -83,9 +85,10 @@ def _check_size(name: str | Path, size: tuple[int, int], max_pixels: int) -> Non
 
 def _check_single_frame(name: str | Path, image: Image.Image) -> None:
     """A stack of slices in one file (multi-page TIFF, animated PNG) is refused: reading its first frame
-    alone would score one slice as if it were the whole file."""
+    alone would score one slice as if it were the whole file. A JPEG's extra pictures (MPO: previews,
+    stereo pairs) are other views of its first, which is read."""
     n_frames = getattr(image, "n_frames", 1)
-    if n_frames > 1:
+    if image.format in STACK_FORMATS and n_frames > 1:
         raise InputError(
             f"{image.format} file with {n_frames} frames; covidct reads one slice per image file: save each "
             "slice as its own file, or the series as DICOM or NIfTI",
