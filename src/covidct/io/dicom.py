@@ -461,7 +461,10 @@ def _hu_frames(dataset: Dataset, header: _Header, name: str) -> np.ndarray:
             path=name,
         )
     slope, intercept = header.rescale[:, 0, None, None], header.rescale[:, 1, None, None]
-    hu = stored.reshape(expected).astype(np.float32) * slope + intercept
+    # One new array, then in place: each temporary of ``stored * slope + intercept`` cost a 512 x 512 slice
+    # 0.1-0.2 ms (issue 16). The stored values are cast to float32 first, as ``astype`` did.
+    hu = np.multiply(stored.reshape(expected), slope, dtype=np.float32)
+    hu += intercept
     if (
         stored.dtype.kind == "f" and not np.isfinite(hu).all()
     ):  # integer pixels with finite rescale values are finite

@@ -385,7 +385,9 @@ def standardise_intensity(gray: np.ndarray, field: np.ndarray) -> np.ndarray:
     low, high = _percentiles(values, [_LOW_PERCENTILE, _HIGH_PERCENTILE]).astype(np.float32)
     if high - low < _MIN_CONTRAST:
         return gray
-    return np.clip((gray - low) / (high - low), 0.0, 1.0)
+    standardised = gray - low  # one new array, then in place
+    standardised /= high - low
+    return np.clip(standardised, 0.0, 1.0, out=standardised)
 
 
 def _percentiles(values: np.ndarray, q: float | list[float]) -> np.floating | np.ndarray:
