@@ -100,7 +100,7 @@ def test_preview_lists_a_file_that_fails_and_goes_on(tiny_dataset, tmp_path):
         pytest.param(
             lambda root: root,
             ["--n", "0"],
-            "Invalid value for '--n': Input should be greater than or equal to 1",
+            "Invalid value for '--n': 0 is not in the range x>=1",
             id="n-zero",
         ),
     ],
