@@ -32,12 +32,10 @@ import os
 import random
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -62,6 +60,9 @@ from covidct.train.config import TrainConfig
 from covidct.train.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from synthetic import png_claiming  # the decompression bomb the tests send
+
 DEMO = REPO / "src" / "covidct" / "demo"
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 TARGET_RSS_GROWTH = 0.10
@@ -200,7 +201,7 @@ def _body(
     elif kind == "oversized":
         files = [("huge.png", b"\x89PNG\r\n\x1a\n" + rng.randbytes(MAX_UPLOAD_BYTES + 1024))]
     elif kind == "pixel_bomb":  # a tiny PNG whose header claims 30000 x 30000 pixels
-        files = [("bomb.png", _png_claiming(30_000, 30_000))]
+        files = [("bomb.png", png_claiming(30_000, 30_000))]
     else:
         files = hostile[kind]
     return [
@@ -285,19 +286,6 @@ def _ct_slice(stored: np.ndarray, study: str, series: str, k: int) -> Dataset:
     dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     dataset.PixelData = stored.tobytes()
     return dataset
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:

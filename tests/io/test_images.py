@@ -121,7 +121,6 @@ def _tiny_png() -> bytes:
     return buffer.getvalue()
 
 
-# (id, file name, bytes to write or None for no file, expected message)
 def _several_frames(format_name: str) -> bytes:
     """Three slices in one file (a multi-page TIFF, an animated PNG), as some viewers export a stack."""
     frames = [Image.fromarray(np.full((64, 64), 40 * (i + 1), np.uint8), mode="L") for i in range(3)]
@@ -130,6 +129,7 @@ def _several_frames(format_name: str) -> bytes:
     return buffer.getvalue()
 
 
+# (id, file name, bytes to write or None for no file, expected message)
 BAD_FILES = [
     ("empty-file", "empty.png", b"", "empty file"),
     ("truncated-png", "cut.png", _truncated_png(), "cannot decode image"),
