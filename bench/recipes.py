@@ -153,6 +153,15 @@ RECIPES = {
     # clips (peer-like-standardise: padded exports -0.11 to -0.32 sensitivity, the narrow window -0.23 to
     # -0.55 specificity).
     "peer-like-standardise-clip": {**_PEER_LIKE_STANDARDISE, "narrow_windows": True},
+    # peer-like-standardise-clip on the circle inscribed in the body's box (``circular_field``): its padded
+    # re-exports lost sensitivity because the padding (filled to air) blacked out corners that a tight crop
+    # shows as tissue, and it had learnt dark corners as non-COVID framing (session 36's probe). With every
+    # slice cut to the circle, a gray-padded export and the shipped slice differ by a few percent of zoom.
+    "peer-like-standardise-clip-circle": {
+        **_PEER_LIKE_STANDARDISE,
+        "narrow_windows": True,
+        "circular_field": True,
+    },
     "peer": None,
 }
 

@@ -46,6 +46,7 @@ DECISION_KEYS = [
 ]
 PREPROCESSING_KEYS = [
     "channels",
+    "circular_field",
     "crop_field",
     "fill_padding",
     "hu_window",

@@ -95,6 +95,13 @@ FillPaddingOpt = Annotated[
         help="Set a flat gray frame outside a circular field of view to the air level first.",
     ),
 ]
+CircularFieldOpt = Annotated[
+    bool,
+    typer.Option(
+        "--circular-field/--no-circular-field",
+        help="Crop to the body's box without a margin and set all outside its inscribed ellipse to air.",
+    ),
+]
 
 
 def load_dataset(

@@ -15,6 +15,7 @@ from covidct.cli.console import (
     reports_errors,
 )
 from covidct.cli.options import (
+    CircularFieldOpt,
     CropFieldOpt,
     FillPaddingOpt,
     RemoveAnnotationsOpt,
@@ -45,6 +46,7 @@ def preprocess_preview(
     remove_annotations: RemoveAnnotationsOpt = True,
     standardise_intensity: StandardiseIntensityOpt = False,
     fill_padding: FillPaddingOpt = True,
+    circular_field: CircularFieldOpt = False,
     seed: int = 0,
 ) -> None:
     """Show what the network would see for a sample of DATA: each slice before (whole image)
@@ -58,6 +60,7 @@ def preprocess_preview(
         remove_annotations=remove_annotations,
         standardise_intensity=standardise_intensity,
         fill_padding=fill_padding,
+        circular_field=circular_field,
     )
     with progress_callback("preparing slices") as progress:
         preview = write_preview(data, out, preprocessing, n=n, seed=seed, progress=progress)

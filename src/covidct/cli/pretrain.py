@@ -9,6 +9,7 @@ import typer
 
 from covidct.cli.console import console, new_progress, print_failures, progress_callback, reports_errors
 from covidct.cli.options import (
+    CircularFieldOpt,
     CropFieldOpt,
     DeviceOpt,
     FillPaddingOpt,
@@ -64,6 +65,7 @@ def pretrain(
     remove_annotations: RemoveAnnotationsOpt = _DEFAULTS.remove_annotations,
     standardise_intensity: StandardiseIntensityOpt = _DEFAULTS.standardise_intensity,
     fill_padding: FillPaddingOpt = _DEFAULTS.fill_padding,
+    circular_field: CircularFieldOpt = _DEFAULTS.circular_field,
     window: TrainWindowOpt = str(LUNG_WINDOW),
     seed: int = 0,
     weights: WeightsOpt = "auto",
@@ -94,6 +96,7 @@ def pretrain(
         remove_annotations=remove_annotations,
         standardise_intensity=standardise_intensity,
         fill_padding=fill_padding,
+        circular_field=circular_field,
         hu_window=window,
         seed=seed,
         device=device,

@@ -18,6 +18,7 @@ from covidct.cli.console import (
     reports_errors,
 )
 from covidct.cli.options import (
+    CircularFieldOpt,
     CropFieldOpt,
     DataArg,
     DeviceOpt,
@@ -131,6 +132,7 @@ def train(
     remove_annotations: RemoveAnnotationsOpt = True,
     standardise_intensity: StandardiseIntensityOpt = False,
     fill_padding: FillPaddingOpt = TrainConfig.fill_padding,
+    circular_field: CircularFieldOpt = TrainConfig.circular_field,
     vary_export: Annotated[
         bool,
         typer.Option(
@@ -211,6 +213,7 @@ def train(
         remove_annotations=remove_annotations,
         standardise_intensity=standardise_intensity,
         fill_padding=fill_padding,
+        circular_field=circular_field,
         vary_export=vary_export,
         narrow_windows=narrow_windows,
         augmentation=augmentation,

@@ -31,7 +31,10 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     if preprocessing.fill_padding:
         gray, padding = site.fill_padding(gray)
     if not (
-        preprocessing.crop_field or preprocessing.remove_annotations or preprocessing.standardise_intensity
+        preprocessing.crop_field
+        or preprocessing.remove_annotations
+        or preprocessing.standardise_intensity
+        or preprocessing.circular_field
     ):
         return resize_gray(gray, preprocessing.image_size)
     body = site.find_body(gray, padding)
@@ -39,7 +42,9 @@ def prepare_slice(gray: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
         gray = site.remove_annotations(gray, body)
     hull = body.hull
     if preprocessing.crop_field:
-        gray, hull = site.crop_to_field(gray, body)
+        gray, hull = site.crop_to_field(gray, body, margin=not preprocessing.circular_field)
+    if preprocessing.circular_field:
+        gray, hull = site.keep_circular_field(gray, hull)
     if preprocessing.standardise_intensity:
         gray = site.standardise_intensity(gray, hull)
     return resize_gray(gray, preprocessing.image_size)

@@ -12,8 +12,10 @@ other worse than chance. Each step here is one function on a (H, W) float32 slic
    field of view cut into the body, the pieces of chest wall and the lungs it cut open.
 2. ``remove_annotations``: bright components outside the body's hull (letters, arrows, the table,
    figure borders) are set to the background.
-3. ``crop_to_field``: the bounding box of the body with a margin.
-4. ``standardise_intensity``: the field's 1st and 99th percentiles map to 0 and 1.
+3. ``crop_to_field``: the bounding box of the body with a margin (none for ``keep_circular_field``).
+4. ``keep_circular_field``: everything outside the ellipse inscribed in the crop set to the air level, so a
+   slice exported with a circular field of view and one exported without look alike after the crop.
+5. ``standardise_intensity``: the field's 1st and 99th percentiles map to 0 and 1.
 
 Every step falls back to the whole image when nothing body-like is found (blank or all-bright slice),
 so it never fails on an image that decoded.
@@ -365,14 +367,36 @@ def remove_annotations(gray: np.ndarray, body: Body) -> np.ndarray:
     return cleaned
 
 
-def crop_to_field(gray: np.ndarray, body: Body) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``gray`` and the body hull to the body's box plus a margin; return (crop, hull crop)."""
+def crop_to_field(gray: np.ndarray, body: Body, *, margin: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``gray`` and the body hull to the body's box plus a margin (without ``margin``, the box alone);
+    return (crop, hull crop)."""
     height, width = gray.shape
     top, bottom, left, right = body.box
-    margin = round(_CROP_MARGIN_FRACTION * max(bottom - top, right - left))
-    rows = slice(max(0, top - margin), min(height, bottom + margin))
-    cols = slice(max(0, left - margin), min(width, right + margin))
+    border = round(_CROP_MARGIN_FRACTION * max(bottom - top, right - left)) if margin else 0
+    rows = slice(max(0, top - border), min(height, bottom + border))
+    cols = slice(max(0, left - border), min(width, right + border))
     return gray[rows, cols], body.hull[rows, cols]
+
+
+def keep_circular_field(gray: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``gray`` with everything outside the ellipse inscribed in it set to the air level (the 1st
+    percentile inside ``field`` and the ellipse), and ``field`` within the ellipse.
+
+    A tight crop of the chest runs tissue into its corners; the same slice exported with a circular field of
+    view has padding there (``fill_padding`` turns it to air), and its body box is the circle's. Where the
+    box is cropped without a margin (``crop_to_field``), both become the circle on black: a model that
+    always sees this cannot learn that dark corners mean anything (a model that never saw them lost 0.37 of
+    its sensitivity on gray-padded exports; BENCHMARKS.md). The field of view of a slice that had none is
+    cut to the ellipse: its corners are seldom lung.
+    """
+    height, width = gray.shape
+    rows = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height * 2 - 1  # pixel centres in (-1, 1)
+    cols = (np.arange(width, dtype=np.float32)[None, :] + 0.5) / width * 2 - 1
+    inside = rows**2 + cols**2 <= 1.0
+    kept = field & inside
+    values = gray[kept] if kept.any() else gray[inside]
+    air = np.float32(_percentiles(values, _LOW_PERCENTILE))
+    return np.where(inside, gray, air), kept
 
 
 def standardise_intensity(gray: np.ndarray, field: np.ndarray) -> np.ndarray:

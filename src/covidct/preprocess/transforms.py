@@ -26,9 +26,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Preprocessing:
     """How a decoded grayscale slice becomes a (3, size, size) network input.
 
-    The three site steps (see ``covidct.preprocess.site``) run before the resize, in this order:
-    ``remove_annotations``, ``crop_field`` (``resize`` then applies to the crop), ``standardise_intensity``.
-    They default to off, so a card written before they existed loads as the pipeline it was trained with.
+    The site steps (see ``covidct.preprocess.site``) run before the resize, in this order:
+    ``fill_padding``, ``remove_annotations``, ``crop_field`` (``resize`` then applies to the crop),
+    ``circular_field``, ``standardise_intensity``. They default to off, so a card written before they
+    existed loads as the pipeline it was trained with.
     """
 
     image_size: int = 224
@@ -44,6 +45,8 @@ class Preprocessing:
     standardise_intensity: bool = False
     # Off in cards written before it existed (``covidct.preprocess.site.fill_padding``); runs first.
     fill_padding: bool = False
+    # Off in cards written before it existed (``covidct.preprocess.site.keep_circular_field``).
+    circular_field: bool = False
     # DICOM/NIfTI slices are windowed from HU with this window (covidct.preprocess.window) before the steps
     # above, in training and inference alike; 8-bit PNG/JPEG slices are already windowed and skip it.
     hu_window: HuWindow = LUNG_WINDOW

@@ -62,6 +62,9 @@ class TrainConfig:
     # ROC-AUC (+0.002, 95% CI -0.026 to +0.029) and halved how far re-exported folds move the decisions
     # (BENCHMARKS.md, "Recipes by cross-validation").
     fill_padding: bool = True
+    # Off by default: a candidate under measurement (covidct.preprocess.site.keep_circular_field;
+    # BENCHMARKS.md, "Recipes by cross-validation").
+    circular_field: bool = False
     # Augment over how a slice was exported (window, circular field of view with gray or black padding):
     # covidct.preprocess.augment.RandomExport (BENCHMARKS.md, "Robust to how a slice was exported").
     vary_export: bool = True
@@ -204,6 +207,7 @@ class PretrainConfig:
     remove_annotations: bool = TrainConfig.remove_annotations
     standardise_intensity: bool = TrainConfig.standardise_intensity
     fill_padding: bool = TrainConfig.fill_padding
+    circular_field: bool = TrainConfig.circular_field
     hu_window: HuWindow = LUNG_WINDOW  # a "LEVEL,WIDTH" string is parsed
     seed: int = 0
     device: Device = Device.AUTO
@@ -277,6 +281,7 @@ def _preprocessing(config: TrainConfig | PretrainConfig) -> Preprocessing:
         remove_annotations=config.remove_annotations,
         standardise_intensity=config.standardise_intensity,
         fill_padding=config.fill_padding,
+        circular_field=config.circular_field,
         hu_window=config.hu_window,
     )
 
