@@ -162,6 +162,10 @@ RECIPES = {
         "narrow_windows": True,
         "circular_field": True,
     },
+    # The same options, measured after RandomNarrowWindow took its corrected form on 2026-12-07 (a stretch
+    # from black or to white, what a narrower export looks like once standardised; session 36's probe): the
+    # rows of the two recipes above ran with the older form (a narrowing around the middle gray).
+    "peer-like-circle": {**_PEER_LIKE_STANDARDISE, "narrow_windows": True, "circular_field": True},
     "peer": None,
 }
 

@@ -66,6 +66,23 @@ def test_preview_after_half_differs_from_before_half_only_when_a_step_is_on(tiny
     assert np.abs(halves["on"][0] - halves["on"][1]).mean() > 5
 
 
+@pytest.mark.parametrize("circular_field", [False, True], ids=["square", "circular-field"])
+def test_preview_with_circular_field_sets_the_corners_of_a_tight_crop_to_the_lungs_air(
+    tmp_path, circular_field
+):
+    tight_crop = np.full((96, 96), 128, np.uint8)  # tissue into every corner, two dark lungs
+    tight_crop[20:80, 10:40] = tight_crop[20:80, 56:86] = 20
+    Image.fromarray(tight_crop).save(tmp_path / "tight.png")
+    options = ["--circular-field"] if circular_field else []
+    result = invoke(
+        "preprocess-preview", tmp_path / "tight.png", "--out", tmp_path / "out", "--image-size", 32, *options
+    )
+    assert result.exit_code == 0, result.output
+    after = np.asarray(Image.open(next((tmp_path / "out").glob("*.png"))), np.int16)[:, 36:]
+    corners = after[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert bool(corners.max() < 40) is circular_field
+
+
 def test_preview_samples_the_rows_of_a_csv_manifest(tiny_dataset, tmp_path):
     result = invoke(
         "preprocess-preview", tiny_dataset.csv, "--out", tmp_path / "out", "--image-size", 32, "--n", 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from covidct.preprocess.augment import (
     export_as,
     train_augmentation,
 )
+from covidct.preprocess.site import standardise_intensity
 from covidct.train.config import TrainConfig
 
 SIZE = 64
@@ -65,18 +67,33 @@ def test_vary_export_switches_random_export_into_the_training_augmentation():
     assert any(isinstance(t, RandomExport) for t in train_augmentation(SIZE, vary_export=True).transforms)
 
 
-def test_random_narrow_window_only_clips_never_widens_and_reaches_twice_as_narrow():
+def test_random_narrow_window_only_narrows_at_either_end_and_reaches_twice_as_narrow():
     torch.manual_seed(0)
     draws = [RandomNarrowWindow().draw() for _ in range(400)]
-    assert all(d.fov_radius is None and 1.0 <= d.contrast <= 2.0 for d in draws)
-    assert all(abs(d.brightness) <= 0.1 for d in draws)
-    as_shipped = sum(d == Export() for d in draws)
-    assert 150 <= as_shipped <= 250 and sum(d.contrast > 1.5 for d in draws) >= 40
+    assert all(0.0 <= low < high <= 1.0 and high - low >= 0.5 - 1e-6 for low, high in draws)
+    as_shipped = sum(draw == (0.0, 1.0) for draw in draws)
+    assert 150 <= as_shipped <= 250 and sum(high - low < 1 / 1.5 for low, high in draws) >= 40
+    assert sum(low > 0.1 for low, _ in draws) >= 20 and sum(high < 0.9 for _, high in draws) >= 20
     # a narrower window turns the ends of the ramp black and white, where the slice had gray
     clipped = [RandomNarrowWindow(p=1.0)(_ramp()) for _ in range(20)]
     assert all(
         out.eq(0).sum() + out.eq(1).sum() > _ramp().eq(0).sum() + _ramp().eq(1).sum() for out in clipped
     )
+
+
+def test_a_standardised_narrower_export_is_the_slice_stretched_from_black_as_random_narrow_window_draws():
+    """Gray levels 0.2-1.0 with the bone white, as UCSD figures are saved: exported 1.5x narrower and
+    standardised, the slice is stretched from black and clipped at white (the form ``RandomNarrowWindow``
+    draws), not narrowed around the middle gray (its form before 2026-12-07), which darkens the lungs."""
+    gray = torch.linspace(0.2, 1.2, SIZE).clamp(max=1.0).expand(SIZE, SIZE).clone()
+    field = np.ones((SIZE, SIZE), bool)
+    shipped = torch.from_numpy(standardise_intensity(gray.numpy(), field))
+    narrower = torch.from_numpy(standardise_intensity(export_as(gray, Export(contrast=1.5)).numpy(), field))
+    unclipped = (shipped > 0.05) & (narrower < 0.95)
+    high = float((shipped[unclipped] / narrower[unclipped]).median())
+    assert 0.5 <= high < 1 / 1.2
+    assert (shipped / high).clamp(0.0, 1.0).sub(narrower).abs().max() < 0.02
+    assert ((shipped - 0.5) * 1.5 + 0.5).clamp(0.0, 1.0).sub(narrower).abs().mean() > 0.05
 
 
 def test_narrow_windows_switches_random_narrow_window_into_the_training_augmentation_and_the_card():

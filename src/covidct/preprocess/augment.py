@@ -168,7 +168,8 @@ class RandomExport(nn.Module):
         u = torch.rand(8).tolist()
         export = Export()
         if u[0] < self.p_window:
-            export = _window(u[1], u[2], contrast_range=(0.4, 1.5))
+            contrast = math.exp(math.log(0.4) + u[1] * math.log(1.5 / 0.4))  # log-uniform, 0.4 to 1.5
+            export = Export(contrast=contrast, brightness=0.2 * u[2] - 0.1)
         if u[3] < self.p_fov:
             padding = 0.1 + 0.6 * u[5] if u[4] < self.p_gray_padding else 0.0
             shift = (0.1 * u[6] - 0.05, 0.1 * u[7] - 0.05)
@@ -180,13 +181,17 @@ class RandomExport(nn.Module):
 
 
 class RandomNarrowWindow(nn.Module):
-    """``export_as`` with a window 1 to ``max_factor`` times as narrow (log-uniform) around a level moved by
-    up to a tenth of the width either way, on a share ``p`` of the slices: what a narrower window clips.
+    """A window 1 to ``max_factor`` times as narrow (log-uniform) as a standardised slice shows it, on a
+    share ``p`` of the slices: the gray levels below ``low`` and above ``high`` clipped, the rest stretched to
+    [0, 1], ``high - low = 1 / factor``, the clipped share split between the dark and bright ends at random.
 
-    The augmentation for a model that standardises intensity (``site.standardise_intensity``): the
-    standardisation undoes a wider window or a moved level before the network sees the slice, but not the
-    gray levels a narrower window clipped (BENCHMARKS.md: -0.23 to -0.55 specificity on 1.5x narrower
-    re-exports without it). Twice as narrow at most, so that the 1.5x re-export is inside the range.
+    The augmentation for a model that standardises intensity (``site.standardise_intensity``), which maps the
+    field's 1st and 99th percentiles to 0 and 1 and so undoes any window change that leaves them inside the
+    gray range. What a narrower export leaves is where it clipped them: UCSD figures are saved with the bone
+    white (99th percentile 1.0), so a 1.5x narrower export, standardised, is the slice brightened 1.16-1.33x
+    from black, lungs denser (session 36, BENCHMARKS.md). Until 2026-12-07 this class narrowed around the
+    middle gray instead, which darkens the lungs: training on it left the narrower re-exports' specificity
+    0.15-0.25 lower. Twice as narrow at most, so that the 1.5x re-export is inside the range.
     """
 
     def __init__(self, max_factor: float = 2.0, p: float = 0.5) -> None:
@@ -194,20 +199,16 @@ class RandomNarrowWindow(nn.Module):
         self.max_factor, self.p = max_factor, p
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        return export_as(gray, self.draw())
+        low, high = self.draw()
+        if (low, high) == (0.0, 1.0):
+            return gray
+        return ((gray - low) / (high - low)).clamp(0.0, 1.0)
 
-    def draw(self) -> Export:
-        """A random narrower window, or the slice as it is (torch's generator: the training seed fixes it)."""
+    def draw(self) -> tuple[float, float]:
+        """The gray levels (low, high) that a random narrower window stretches to black and white, (0.0, 1.0)
+        for the slice as it is (torch's generator: the training seed fixes it)."""
         u = torch.rand(3).tolist()
         if u[0] >= self.p:
-            return Export()
-        return _window(u[1], u[2], contrast_range=(1.0, self.max_factor))
-
-
-def _window(u_width: float, u_level: float, *, contrast_range: tuple[float, float]) -> Export:
-    """The window of ``RandomExport`` and ``RandomNarrowWindow`` from two uniform draws in [0, 1): its
-    contrast log-uniform in ``contrast_range``, its level moved by up to a tenth of the width either way."""
-    low, high = contrast_range
-    return Export(
-        contrast=math.exp(math.log(low) + u_width * math.log(high / low)), brightness=0.2 * u_level - 0.1
-    )
+            return 0.0, 1.0
+        clipped = 1.0 - math.exp(-u[1] * math.log(self.max_factor))
+        return clipped * u[2], 1.0 - clipped * (1.0 - u[2])
