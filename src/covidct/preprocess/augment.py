@@ -190,8 +190,8 @@ class RandomNarrowWindow(nn.Module):
     gray range. What a narrower export leaves is where it clipped them: UCSD figures are saved with the bone
     white (99th percentile 1.0), so a 1.5x narrower export, standardised, is the slice brightened 1.16-1.33x
     from black, lungs denser (session 36, BENCHMARKS.md). Until 2026-12-07 this class narrowed around the
-    middle gray instead, which darkens the lungs: training on it left the narrower re-exports' specificity
-    0.15-0.25 lower. Twice as narrow at most, so that the 1.5x re-export is inside the range.
+    middle gray instead, which darkens the lungs. Neither form has yet held a narrower re-export's
+    specificity within 0.10 (BENCHMARKS.md). Twice as narrow at most: the 1.5x re-export is inside the range.
     """
 
     def __init__(self, max_factor: float = 2.0, p: float = 0.5) -> None:
