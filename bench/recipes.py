@@ -92,6 +92,8 @@ _PEER_LIKE_STANDARDISE = {
     "fill_padding": True,
     "standardise_intensity": True,
 }
+# peer-like-standardise with the narrower-window augmentation and the circle inscribed in the body's box.
+_PEER_LIKE_CIRCLE = {**_PEER_LIKE_STANDARDISE, "narrow_windows": True, "circular_field": True}
 RECIPES = {
     "default": {},
     "no-export": _BEFORE_EXPORT,  # the default until 2026-12-03
@@ -157,15 +159,11 @@ RECIPES = {
     # re-exports lost sensitivity because the padding (filled to air) blacked out corners that a tight crop
     # shows as tissue, and it had learnt dark corners as non-COVID framing (session 36's probe). With every
     # slice cut to the circle, a gray-padded export and the shipped slice differ by a few percent of zoom.
-    "peer-like-standardise-clip-circle": {
-        **_PEER_LIKE_STANDARDISE,
-        "narrow_windows": True,
-        "circular_field": True,
-    },
+    "peer-like-standardise-clip-circle": _PEER_LIKE_CIRCLE,
     # The same options, measured after RandomNarrowWindow took its corrected form on 2026-12-07 (a stretch
     # from black or to white, what a narrower export looks like once standardised; session 36's probe): the
     # rows of the two recipes above ran with the older form (a narrowing around the middle gray).
-    "peer-like-circle": {**_PEER_LIKE_STANDARDISE, "narrow_windows": True, "circular_field": True},
+    "peer-like-circle": _PEER_LIKE_CIRCLE,
     "peer": None,
 }
 

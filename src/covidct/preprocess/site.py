@@ -69,8 +69,9 @@ _OUTLINE_TOLERANCE_PX = 1.5
 _AIR_PERCENTILE = 0.5
 # The body is searched on every k-th pixel of every k-th row, k chosen to leave at least this many a side: a
 # 512 x 512 DICOM slice is searched at 256 x 256, a quarter of the work (issue 16), and its hull and box are
-# scaled back (the margin of ``crop_to_field`` covers the k - 1 pixels a box edge may move). Most PNG and JPEG
-# slices (under 512 px) are searched at full resolution, as before. The same size as the lung selection's
+# scaled back (the margin of ``crop_to_field`` covers the k - 1 pixels a box edge may move; without the
+# margin, for ``keep_circular_field``, the ellipse cuts deeper than that). Most PNG and JPEG slices (under
+# 512 px) are searched at full resolution, as before. The same size as the lung selection's
 # ``lung_slices.EXAMINED_SIZE`` (blocks there, sampling here), so a series slice is examined at one scale.
 _EXAMINED_SIZE = 256
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
