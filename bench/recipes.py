@@ -1,8 +1,8 @@
 """Training recipes compared by cross-validation, row by row, resumable across sessions (not a test).
 
     .venv/bin/python bench/recipes.py --dataset ucsd --recipes default,peer --folds 0,1 --max-minutes 7
-    .venv/bin/python bench/recipes.py --summary          # mean ± sd per recipe; paired deltas vs default,
-                                                         # peer, and (other budgets) the default at 20 min
+    .venv/bin/python bench/recipes.py --summary   # mean ± sd per recipe; paired deltas vs default,
+                           # full-augmentation, peer, and (other budgets) full-augmentation at 20 minutes
     .venv/bin/python bench/recipes.py --folds 0 --pretrain-manifests DIR   # fold 0's training rows
     covidct pretrain DIR/ucsd-fold0-fold.csv --out BACKBONE --split-col split  # never sees fold 0
     .venv/bin/python bench/recipes.py --recipes ssl --folds 0 --backbone BACKBONE
@@ -66,10 +66,30 @@ REPO = Path(__file__).resolve().parent.parent
 N_FOLDS = 5
 STUDY_RESULTS = REPO / "bench" / "results" / "recipes.json"
 REFERENCE_BUDGET = 20.0  # minutes a fold model; the budget study (issue 13) compares other budgets with it
+BUDGET_STUDY_RECIPE = "full-augmentation"  # the default when the budget study ran
 SELECTIONS = ("fold", "inner")
-# Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's). The
-# default took --vary-export --fill-padding on 2026-12-03 (the rows of the recipe then called "export");
-# recipes measured before say what they ran with, explicitly.
+# Named recipes: TrainConfig options on top of covidct's defaults (max_minutes and seed: the command's).
+# "default" is always covidct's default. The default changed twice, and each time the rows of the recipe
+# that became it were relabelled "default" and the earlier default's rows took a name of their own: on
+# 2026-12-03 it took --vary-export --fill-padding (the rows of the recipe then called "export"); on 2026-12-08
+# it became peer-like-circle (those rows), and the default before it is "full-augmentation", which every
+# recipe measured before states underneath its own options, so that each keeps what its rows ran with.
+_FULL_AUGMENTATION = {
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "backbone_lr_factor": 0.1,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1.0,
+    "patience": 8,
+    "ema_epochs": 1.0,
+    "standardise_intensity": False,
+    "circular_field": False,
+    "vary_export": True,
+    "narrow_windows": False,
+    "augmentation": "full",
+}
+_FULL_AUGMENTATION_LINEAR = {**_FULL_AUGMENTATION, "epochs": None}  # 100 epochs for the linear head
 _BEFORE_EXPORT = {"vary_export": False, "fill_padding": False}
 _EXPORT = {"vary_export": True, "fill_padding": True}  # stated where a recipe was measured before the change
 _WHOLE_IMAGE = {"crop_field": False, "remove_annotations": False}
@@ -94,8 +114,9 @@ _PEER_LIKE_STANDARDISE = {
 }
 # peer-like-standardise with the narrower-window augmentation and the circle inscribed in the body's box.
 _PEER_LIKE_CIRCLE = {**_PEER_LIKE_STANDARDISE, "narrow_windows": True, "circular_field": True}
-RECIPES = {
-    "default": {},
+# Recipes measured while full-augmentation was the default ("the default" in their comments): their own
+# options on top of it.
+_EARLIER_RECIPES = {
     "no-export": _BEFORE_EXPORT,  # the default until 2026-12-03
     "export-aug-only": {"fill_padding": False},
     # The pre-export default's optimiser and site steps with the peer's batch of 10 and its epoch count at 20
@@ -117,7 +138,8 @@ RECIPES = {
     # a cheap probe of what the site steps (annotation removal, body crop) cost or give the features.
     "linear": {"mode": "linear", "fill_padding": False},
     "linear-whole": {"mode": "linear", "fill_padding": False, **_WHOLE_IMAGE},
-    # The default recipe from a self-supervised backbone (`covidct pretrain`), named by --backbone: one per
+    # The default recipe (full-augmentation; pre-train with --no-standardise-intensity --no-circular-field to
+    # match its site steps) from a self-supervised backbone (`covidct pretrain`), named by --backbone: one per
     # fold, pre-trained on that fold's training rows (--pretrain-manifests), so that its fold scores are as
     # honest as the other recipes'; a backbone that saw a slice the row selects or scores on is refused.
     "ssl": {"backbone": None},
@@ -160,10 +182,24 @@ RECIPES = {
     # shows as tissue, and it had learnt dark corners as non-COVID framing (session 36's probe). With every
     # slice cut to the circle, a gray-padded export and the shipped slice differ by a few percent of zoom.
     "peer-like-standardise-clip-circle": _PEER_LIKE_CIRCLE,
-    # The same options, measured after RandomNarrowWindow took its corrected form on 2026-12-07 (a stretch
-    # from black or to white, what a narrower export looks like once standardised; session 36's probe): the
-    # rows of the two recipes above ran with the older form (a narrowing around the middle gray).
-    "peer-like-circle": _PEER_LIKE_CIRCLE,
+}
+RECIPES = {
+    # peer-like-standardise-clip-circle's options, measured after RandomNarrowWindow took its corrected form
+    # on 2026-12-07 (a stretch from black or to white, what a narrower export looks like once standardised;
+    # session 36's probe; the rows of the two recipes above ran with the older form, a narrowing around the
+    # middle gray) under the name peer-like-circle, which became the default on 2026-12-08.
+    "default": {},
+    # What `covidct train --mode linear` does since the default changed (the peer's learning rate of 1e-4 and
+    # batch of 10 for the logistic head, the standardisation and the circle): does linear still hold?
+    "default-linear": {"mode": "linear"},
+    "full-augmentation": _FULL_AUGMENTATION,
+    **{
+        name: {
+            **(_FULL_AUGMENTATION_LINEAR if options.get("mode") == "linear" else _FULL_AUGMENTATION),
+            **options,
+        }
+        for name, options in _EARLIER_RECIPES.items()
+    },
     "peer": None,
 }
 
@@ -377,7 +413,7 @@ def _recipe_options(name: str, backbone: Path | None) -> dict:
     if backbone is None:
         raise SystemExit("--recipes ssl needs --backbone DIR (a folder `covidct pretrain` wrote)")
     sha256 = read_backbone(backbone).backbone.facts["weights_sha256"]
-    return {"backbone": str(backbone.absolute()), "backbone_sha256": sha256}
+    return {**RECIPES["ssl"], "backbone": str(backbone.absolute()), "backbone_sha256": sha256}
 
 
 def _refuse_backbone_that_saw(rows: list[dict], backbone: Backbone, fold: int) -> None:
@@ -447,8 +483,8 @@ def _val_auc_by_epoch(train_log: Path) -> list[float]:
 
 def summary_table(rows: list[dict]) -> str:
     """Mean ± sd over folds (a fold's seeds averaged first) per (dataset, recipe, budget, selection);
-    re-exports: mean, largest abs. change over all runs; then each recipe minus the default and minus the
-    peer on paired folds.
+    re-exports: mean, largest abs. change over all runs; then each recipe minus the default, minus
+    full-augmentation (the default before 2026-12-08) and minus the peer on paired folds.
 
     The issue's targets bound the change either way: AUC within 0.03, sensitivity and specificity within 0.10.
     """
@@ -486,10 +522,12 @@ def summary_table(rows: list[dict]) -> str:
             f"| {mean_sd(_fold_means(cell, 'auc'))} "
             f"| {mean_sd(_fold_means(cell, 'patient_auc'))} | {' | '.join(shown)} |"
         )
-    tables = [_paired_table(cells, f"recipe - {name}", _same_budget(name)) for name in ("default", "peer")]
-    tables.append(
-        _paired_table(cells, f"budget - default at {REFERENCE_BUDGET:g} min", _default_at_reference_budget)
-    )
+    tables = [
+        _paired_table(cells, f"recipe - {name}", _same_budget(name))
+        for name in ("default", BUDGET_STUDY_RECIPE, "peer")
+    ]
+    heading = f"budget - {BUDGET_STUDY_RECIPE} at {REFERENCE_BUDGET:g} min"
+    tables.append(_paired_table(cells, heading, _budget_study_reference))
     return "\n\n".join(["\n".join(lines), *tables])
 
 
@@ -517,11 +555,11 @@ def _same_budget(reference_recipe: str) -> Callable[[tuple], tuple | None]:
     return reference_of
 
 
-def _default_at_reference_budget(key: tuple) -> tuple | None:
-    """Pairs each cell at another budget with the default at ``REFERENCE_BUDGET`` minutes (the budget study:
-    what other minutes, and the schedule that spends them, give over the shipped setting)."""
+def _budget_study_reference(key: tuple) -> tuple | None:
+    """Pairs each cell at another budget with ``BUDGET_STUDY_RECIPE`` at ``REFERENCE_BUDGET`` minutes (the
+    budget study: what other minutes, and the schedule spending them, give over the setting shipped then)."""
     dataset, _recipe, budget, selection = key
-    return None if budget == REFERENCE_BUDGET else (dataset, "default", REFERENCE_BUDGET, selection)
+    return None if budget == REFERENCE_BUDGET else (dataset, BUDGET_STUDY_RECIPE, REFERENCE_BUDGET, selection)
 
 
 def _paired_table(

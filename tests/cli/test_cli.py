@@ -442,6 +442,11 @@ ERRORS = [
         r"--layer-lr-decay must be in \(0, 1\] \(1: off\); got 0.0",
     ),
     (
+        "train-bad-warmup-epochs",
+        lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--warmup-epochs", -1, "--weights", w],
+        r"--warmup-epochs must be >= 0 \(0: off\); got -1.0",
+    ),
+    (
         "train-missing-weights",
         lambda t, m, d, w: ["train", d.csv, "--out", t / "m", "--weights", t / "none.safetensors"],
         "none.safetensors: no such file",

@@ -13,6 +13,13 @@ from volumes import chest_phantom, write_dicom_series, write_nifti
 from covidct.cli.app import app
 
 WIDE = {"COLUMNS": "250"}
+NO_SITE_STEPS = [
+    "--no-crop-field",
+    "--no-remove-annotations",
+    "--no-standardise-intensity",
+    "--no-fill-padding",
+    "--no-circular-field",
+]
 
 
 def invoke(*args):
@@ -25,7 +32,7 @@ def invoke(*args):
         pytest.param([], 6, id="default-n-takes-all-six"),
         pytest.param(["--n", "4"], 4, id="sample-of-four"),
         pytest.param(
-            ["--n", "4", "--no-crop-field", "--no-remove-annotations", "--no-standardise-intensity"],
+            ["--n", "4", *NO_SITE_STEPS],
             4,
             id="steps-off",
         ),
@@ -52,7 +59,7 @@ def test_preview_after_half_differs_from_before_half_only_when_a_step_is_on(tiny
     halves = {}
     for name, options in (
         ("on", []),
-        ("off", ["--no-crop-field", "--no-remove-annotations", "--no-standardise-intensity"]),
+        ("off", NO_SITE_STEPS),
     ):
         assert (
             invoke(
@@ -73,7 +80,7 @@ def test_preview_with_circular_field_sets_the_corners_of_a_tight_crop_to_the_lun
     tight_crop = np.full((96, 96), 128, np.uint8)  # tissue into every corner, two dark lungs
     tight_crop[20:80, 10:40] = tight_crop[20:80, 56:86] = 20
     Image.fromarray(tight_crop).save(tmp_path / "tight.png")
-    options = ["--circular-field"] if circular_field else []
+    options = ["--circular-field"] if circular_field else ["--no-circular-field"]
     result = invoke(
         "preprocess-preview", tmp_path / "tight.png", "--out", tmp_path / "out", "--image-size", 32, *options
     )

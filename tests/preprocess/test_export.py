@@ -104,7 +104,7 @@ def test_narrow_windows_switches_random_narrow_window_into_the_training_augmenta
         transforms = train_augmentation(SIZE, light=light, narrow_windows=True).transforms
         assert any(isinstance(t, RandomNarrowWindow) for t in transforms)
     assert TrainConfig(narrow_windows=True).to_dict()["narrow_windows"] is True
-    assert TrainConfig().narrow_windows is False
+    assert TrainConfig(narrow_windows=False).to_dict()["narrow_windows"] is False
 
 
 @pytest.mark.parametrize("vary_export", [False, True])

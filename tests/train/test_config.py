@@ -14,13 +14,18 @@ def test_defaults():
     config = TrainConfig()
 
     assert (config.mode, config.train_layers, config.device) == (Mode.FINETUNE, TrainLayers.ALL, Device.AUTO)
-    assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 32, 0, False)
-    assert config.augmentation is Augmentation.FULL and config.vary_export and config.fill_padding
+    assert (config.image_size, config.batch_size, config.seed, config.tta_hflip) == (224, 10, 0, False)
+    # the UCSD baseline's optimiser: Adam at one rate of 1e-4, nothing decayed, warmed up or averaged
+    optimiser = (config.lr, config.backbone_lr_factor, config.weight_decay, config.warmup_epochs)
+    assert optimiser == (1e-4, 1.0, 0.0, 0.0) and config.ema_epochs is None
+    assert config.augmentation is Augmentation.LIGHT and config.narrow_windows and not config.vary_export
+    site_steps = config.preprocessing
+    assert site_steps.standardise_intensity and site_steps.fill_padding and site_steps.circular_field
 
 
 @pytest.mark.parametrize(
     ("options", "epochs"),
-    [({}, 20), ({"mode": "linear"}, 100), ({"epochs": 3}, 3), ({"mode": "linear", "epochs": 2}, 2)],
+    [({}, 28), ({"mode": "linear"}, 100), ({"epochs": 3}, 3), ({"mode": "linear", "epochs": 2}, 2)],
     ids=["finetune-default", "linear-default", "finetune-given", "linear-given"],
 )
 def test_resolved_epochs(options, epochs):
@@ -77,6 +82,7 @@ INVALID = [
         r"layer_lr_decay must be in \(0, 1\] \(1: off\); got 1.2",
     ),
     ("weight-decay-negative", {"weight_decay": -0.1}, "weight_decay must be >= 0; got -0.1"),
+    ("warmup-negative", {"warmup_epochs": -1.0}, r"warmup_epochs must be >= 0 \(0: off\); got -1.0"),
     ("patience-zero", {"patience": 0}, "patience must be at least 1; got 0"),
     ("label-smoothing-half", {"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\); got 0.5"),
     (

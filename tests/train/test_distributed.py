@@ -39,6 +39,8 @@ RECIPE = {
     "crop_field": False,
     "remove_annotations": False,
     "standardise_intensity": False,
+    "circular_field": False,
+    "narrow_windows": False,
 }
 RECIPE_FLAGS = [
     "--image-size",
@@ -56,6 +58,8 @@ RECIPE_FLAGS = [
     "--no-crop-field",
     "--no-remove-annotations",
     "--no-standardise-intensity",
+    "--no-circular-field",
+    "--no-narrow-windows",
 ]
 GLOBAL_BATCH = 16
 # Two processes see other augmentations and shuffles than one, so their AUCs are not equal; on this

@@ -21,6 +21,7 @@ from covidct.cli.options import (
     RemoveAnnotationsOpt,
     StandardiseIntensityOpt,
 )
+from covidct.train.config import TrainConfig
 
 
 @reports_errors
@@ -41,12 +42,12 @@ def preprocess_preview(
             "--n", min=1, help="How many inputs to sample (a volume is shown by its middle lung slice)."
         ),
     ] = 16,
-    image_size: Annotated[int, typer.Option("--image-size", min=32, max=1024)] = 224,
-    crop_field: CropFieldOpt = True,
-    remove_annotations: RemoveAnnotationsOpt = True,
-    standardise_intensity: StandardiseIntensityOpt = False,
-    fill_padding: FillPaddingOpt = True,
-    circular_field: CircularFieldOpt = False,
+    image_size: Annotated[int, typer.Option("--image-size", min=32, max=1024)] = TrainConfig.image_size,
+    crop_field: CropFieldOpt = TrainConfig.crop_field,
+    remove_annotations: RemoveAnnotationsOpt = TrainConfig.remove_annotations,
+    standardise_intensity: StandardiseIntensityOpt = TrainConfig.standardise_intensity,
+    fill_padding: FillPaddingOpt = TrainConfig.fill_padding,
+    circular_field: CircularFieldOpt = TrainConfig.circular_field,
     seed: int = 0,
 ) -> None:
     """Show what the network would see for a sample of DATA: each slice before (whole image)

@@ -83,14 +83,16 @@ def train(
         ),
     ] = 0,
     epochs: Annotated[
-        int | None, typer.Option(help="Maximum epochs (default 20 for finetune, 100 for linear).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+        int | None, typer.Option(help="Maximum epochs (default 28 for finetune, 100 for linear).")
+    ] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = TrainConfig.batch_size,
     lr: Annotated[
         float,
         typer.Option(help="Peak learning rate of the head; the backbone gets lr x --backbone-lr-factor."),
-    ] = 1e-3,
-    backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor")] = 0.1,
+    ] = TrainConfig.lr,
+    backbone_lr_factor: Annotated[
+        float, typer.Option("--backbone-lr-factor")
+    ] = TrainConfig.backbone_lr_factor,
     layer_lr_decay: Annotated[
         float,
         typer.Option(
@@ -99,19 +101,29 @@ def train(
             "it (1: off, e.g. 0.5).",
         ),
     ] = TrainConfig.layer_lr_decay,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="AdamW's decoupled weight decay (0: off, e.g. 0.05).")
+    ] = TrainConfig.weight_decay,
+    warmup_epochs: Annotated[
+        float,
+        typer.Option(
+            "--warmup-epochs",
+            help="Raise the learning rate linearly over this many epochs before the cosine decay (0: off).",
+        ),
+    ] = TrainConfig.warmup_epochs,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without a better validation ROC-AUC.")
-    ] = 8,
+    ] = TrainConfig.patience,
     ema_epochs: Annotated[
         float | None,
         typer.Option(
             "--ema-epochs",
             help=(
                 "Validate and keep an exponential moving average of the "
-                "weights over about this many epochs (0 turns it off)."
+                "weights over about this many epochs (0 or unset: off, e.g. 1)."
             ),
         ),
-    ] = 1.0,
+    ] = TrainConfig.ema_epochs,
     label_smoothing: Annotated[
         float,
         typer.Option(
@@ -127,10 +139,10 @@ def train(
         ),
     ] = TrainConfig.mixup_alpha,
     max_minutes: MaxMinutesOpt = None,
-    image_size: Annotated[int, typer.Option("--image-size")] = 224,
-    crop_field: CropFieldOpt = True,
-    remove_annotations: RemoveAnnotationsOpt = True,
-    standardise_intensity: StandardiseIntensityOpt = False,
+    image_size: Annotated[int, typer.Option("--image-size")] = TrainConfig.image_size,
+    crop_field: CropFieldOpt = TrainConfig.crop_field,
+    remove_annotations: RemoveAnnotationsOpt = TrainConfig.remove_annotations,
+    standardise_intensity: StandardiseIntensityOpt = TrainConfig.standardise_intensity,
     fill_padding: FillPaddingOpt = TrainConfig.fill_padding,
     circular_field: CircularFieldOpt = TrainConfig.circular_field,
     vary_export: Annotated[
@@ -152,8 +164,8 @@ def train(
     augmentation: Annotated[
         Augmentation,
         typer.Option(
-            help="full (default): crop, flip, rotation, gray levels, resolution, blur, noise. "
-            "light: the UCSD baseline's random resized crop and flip only.",
+            help="light (default): the UCSD baseline's random resized crop and flip. "
+            "full: crop, flip, rotation, gray levels, resolution, blur, noise.",
         ),
     ] = TrainConfig.augmentation,
     window: TrainWindowOpt = str(LUNG_WINDOW),
@@ -203,6 +215,8 @@ def train(
         lr=lr,
         backbone_lr_factor=backbone_lr_factor,
         layer_lr_decay=layer_lr_decay,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
         patience=patience,
         ema_epochs=ema_epochs or None,
         label_smoothing=label_smoothing,

@@ -10,12 +10,11 @@ Decisions, written down once:
 
 - ``--batch-size`` is per process, as in DistributedDataParallel: the global batch is
   ``batch_size x world_size``. covidct does not rescale ``--lr``; with N processes, either pass
-  ``--batch-size B/N`` to keep the single-GPU recipe, or scale ``--lr`` by about N (the linear
-  scaling rule, Goyal et al. 2017, arXiv:1706.02677; the recipe's one-epoch warm-up is what that
-  rule needs).
-- No SyncBatchNorm: at the default 32 slices per process each GPU's batch statistics are already
-  stable, SyncBatchNorm would add an all-reduce to each of ResNet-50's 53 BatchNorm layers in every
-  forward pass, and it does not run on CPUs (gloo). Frozen BatchNorms keep ImageNet's statistics anyway.
+  ``--batch-size B/N`` to keep the single-GPU recipe, or scale ``--lr`` by about N with a warm-up
+  (``--warmup-epochs 1``: the linear scaling rule, Goyal et al. 2017, arXiv:1706.02677).
+- No SyncBatchNorm: each process normalises over its own batch, as the single-device recipe does over
+  its 10 slices; SyncBatchNorm would add an all-reduce to each of ResNet-50's 53 BatchNorm layers in
+  every forward pass, and it does not run on CPUs (gloo). Frozen BatchNorms keep ImageNet's statistics.
 - Validation is sharded: rank r evaluates slices r, r + N, ... and the logits are all-gathered in
   the original order, so every rank computes the same ROC-AUC in 1/N of the time. The evaluated
   network's BatchNorm buffers are first copied from rank 0, so what is validated is what rank 0 saves.
